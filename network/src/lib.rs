@@ -1,0 +1,34 @@
+//! vmnode networking: addresses, the DHCP responder, and netns/bridge/tap plumbing.
+//!
+//! # The network model
+//!
+//! vmnode gives its guests networking the way a public cloud's node stack
+//! does, while never touching the host's own networks:
+//!
+//! * **One namespace per daemon.** All guest networking lives in one network
+//!   namespace the daemon owns (default name [`plumbing::DEFAULT_NETNS`],
+//!   `vmnode`, at `/run/netns/vmnode`). The host's interfaces, routes and
+//!   firewall are never changed.
+//! * **A bridge per virtual network.** Each virtual network (subnet) is a Linux
+//!   bridge in that namespace carrying the subnet's gateway address (`.1`, see
+//!   [`addr::Subnet::gateway`]) and the platform address `168.63.129.16/32`.
+//! * **A tap per NIC.** Each guest NIC is a tap ([`plumbing::create_tap`],
+//!   named by [`plumbing::tap_name_for`]) attached to its network's bridge. The
+//!   tap is not persistent: it goes away with the QEMU process holding it.
+//! * **Addresses from vmnode's own DHCP.** Each NIC's private address (DIP) is
+//!   chosen by the daemon ([`addr::Subnet::allocate`]: `.4` upwards, the cloud's
+//!   reserved addresses skipped) and served by [`dhcp`], which answers only the
+//!   MACs the daemon's [`dhcp::LeaseBook`] knows, always with the same address.
+//!   As in the cloud, the DHCP server identifier and the DNS server guests see
+//!   are the platform address [`dhcp::PLATFORM_ADDR`] (`168.63.129.16`).
+
+pub mod addr;
+pub mod dhcp;
+pub mod plumbing;
+
+pub use addr::{AddrError, Mac, Subnet};
+pub use dhcp::{handle, serve, Binding, DhcpConfig, DhcpError, LeaseBook, Reply, PLATFORM_ADDR};
+pub use plumbing::{
+    attach_to_bridge, create_tap, delete_link, delete_netns, ensure_bridge, ensure_netns,
+    link_exists, list_links, tap_name_for, udp_socket_in_ns, PlumbingError, DEFAULT_NETNS,
+};

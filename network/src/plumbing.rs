@@ -1,0 +1,464 @@
+//! Network namespace, bridge, tap and socket plumbing.
+//!
+//! Links and addresses are managed by running iproute2's `ip` (a later change
+//! moves this to rtnetlink); things that live in file descriptors (taps,
+//! sockets) are made directly with `libc`/`nix`. Everything happens inside a
+//! named network namespace (`/run/netns/NAME`), never in the host's.
+//!
+//! A tap or socket belongs to the namespace of the thread that creates it, so
+//! [`create_tap`] and [`udp_socket_in_ns`] create theirs on a short-lived
+//! dedicated thread that first joins the namespace with `setns`; the calling
+//! thread (maybe a tokio worker) never changes namespace.
+//!
+//! All functions block (they wait for `ip` or for that thread); async callers
+//! should run them with `tokio::task::spawn_blocking`.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+
+use ipnetwork::Ipv4Network;
+use nix::sched::CloneFlags;
+use tracing::debug;
+
+use crate::addr::stable_hash;
+
+/// Name of the daemon's namespace unless configured otherwise.
+pub const DEFAULT_NETNS: &str = "vmnode";
+/// Where iproute2 keeps named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Longest namespace name accepted here.
+const MAX_NETNS_LEN: usize = 64;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbingError {
+    /// A namespace or interface name that is not allowed.
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        /// "namespace" or "interface".
+        what: &'static str,
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// `ip` could not be started.
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `ip` failed.
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// `ip` printed something we cannot read.
+    #[error("cannot parse output of `{cmd}`: {reason}")]
+    Parse {
+        /// The command line.
+        cmd: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A link exists but is not of the expected kind.
+    #[error("link {name} in namespace {ns} is a {found:?}, not a {expected}")]
+    WrongKind {
+        /// Namespace.
+        ns: String,
+        /// Link name.
+        name: String,
+        /// Expected kind (e.g. "bridge").
+        expected: &'static str,
+        /// Kind found (`None` for a plain device).
+        found: Option<String>,
+    },
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Sys {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The thread that entered the namespace panicked or could not start.
+    #[error("namespace worker thread failed: {0}")]
+    Thread(String),
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, PlumbingError>;
+
+fn sys(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlumbingError {
+    let context = context.into();
+    move |source| PlumbingError::Sys { context, source }
+}
+
+fn nix_sys(context: impl Into<String>) -> impl FnOnce(nix::Error) -> PlumbingError {
+    let context = context.into();
+    move |e| PlumbingError::Sys {
+        context,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Path of a named namespace, `/run/netns/NAME`.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// Creates the namespace `name` unless it exists, and brings its `lo` up.
+pub fn ensure_netns(name: &str) -> Result<()> {
+    check_netns_name(name)?;
+    if !netns_path(name).exists() {
+        if let Err(e) = ip(&["netns", "add", name]) {
+            // Another process may have created it meanwhile.
+            if !netns_path(name).exists() {
+                return Err(e);
+            }
+        }
+    }
+    ip(&["-n", name, "link", "set", "dev", "lo", "up"])?;
+    Ok(())
+}
+
+/// Deletes the namespace `name` (and with it every link inside). Missing is fine.
+pub fn delete_netns(name: &str) -> Result<()> {
+    check_netns_name(name)?;
+    if netns_path(name).exists() {
+        ip(&["netns", "delete", name])?;
+    }
+    Ok(())
+}
+
+/// Makes sure the bridge exists in `ns`, carries `addrs` and is up.
+///
+/// Idempotent: an existing bridge is kept, missing addresses are added and
+/// addresses not in `addrs` are left alone. Fails if `bridge` exists and is
+/// not a bridge.
+pub fn ensure_bridge(ns: &str, bridge: &str, addrs: &[Ipv4Network]) -> Result<()> {
+    check_netns_name(ns)?;
+    check_ifname(bridge)?;
+    match link_kind(ns, bridge)? {
+        None => {
+            ip(&["-n", ns, "link", "add", "name", bridge, "type", "bridge"])?;
+        }
+        Some(kind) if kind.as_deref() == Some("bridge") => {}
+        Some(found) => {
+            return Err(PlumbingError::WrongKind {
+                ns: ns.into(),
+                name: bridge.into(),
+                expected: "bridge",
+                found,
+            })
+        }
+    }
+    for addr in addrs {
+        let cidr = addr.to_string();
+        ip(&["-n", ns, "addr", "replace", &cidr, "dev", bridge])?;
+    }
+    ip(&["-n", ns, "link", "set", "dev", bridge, "up"])?;
+    Ok(())
+}
+
+/// Creates a tap `name` in `ns` and returns its file descriptor.
+///
+/// The tap is made with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and is not
+/// persistent: it disappears when the last holder of the descriptor (QEMU)
+/// closes it. The descriptor has `FD_CLOEXEC` set; clear it only in the
+/// child that must inherit it. The tap is down and on no bridge: see
+/// [`attach_to_bridge`].
+pub fn create_tap(ns: &str, name: &str) -> Result<OwnedFd> {
+    check_ifname(name)?;
+    let tap = name.to_string();
+    in_netns(ns, move || open_tap(&tap))
+}
+
+nix::ioctl_write_ptr_bad!(
+    tun_set_iff,
+    nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
+    libc::ifreq
+);
+
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    // std opens with O_CLOEXEC.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(sys("open /dev/net/tun"))?;
+    // SAFETY: ifreq is plain old data (a byte array and a union of plain
+    // data); all-zero bytes is a valid value of it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // The flags are bit patterns that fit in the kernel's short.
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: the descriptor is open on /dev/net/tun and `req` is a valid,
+    // NUL-terminated ifreq (name checked to be at most 15 bytes) that lives
+    // across the call.
+    unsafe { tun_set_iff(file.as_raw_fd(), &req) }.map_err(nix_sys(format!("TUNSETIFF {name}")))?;
+    debug!(tap = name, "tap created");
+    Ok(OwnedFd::from(file))
+}
+
+/// Puts `link` on `bridge` and brings it up.
+pub fn attach_to_bridge(ns: &str, link: &str, bridge: &str) -> Result<()> {
+    check_netns_name(ns)?;
+    check_ifname(link)?;
+    check_ifname(bridge)?;
+    ip(&["-n", ns, "link", "set", "dev", link, "master", bridge, "up"])?;
+    Ok(())
+}
+
+/// Whether a link `name` exists in `ns`. A missing namespace has no links.
+pub fn link_exists(ns: &str, name: &str) -> bool {
+    matches!(link_kind(ns, name), Ok(Some(_)))
+}
+
+/// Deletes the link `name` in `ns`. Missing is fine.
+pub fn delete_link(ns: &str, name: &str) -> Result<()> {
+    check_netns_name(ns)?;
+    check_ifname(name)?;
+    if link_kind(ns, name)?.is_some() {
+        ip(&["-n", ns, "link", "delete", "dev", name])?;
+    }
+    Ok(())
+}
+
+/// Names of all links in `ns` (including `lo`), in ifindex order.
+pub fn list_links(ns: &str) -> Result<Vec<String>> {
+    check_netns_name(ns)?;
+    let args = ["-n", ns, "-j", "link", "show"];
+    let out = ip(&args)?;
+    let links = parse_json(&args, &out)?;
+    links
+        .iter()
+        .map(|l| {
+            l.get("ifname")
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| PlumbingError::Parse {
+                    cmd: cmdline(&args),
+                    reason: "link without ifname".into(),
+                })
+        })
+        .collect()
+}
+
+/// A UDP socket made inside `ns`: `SO_REUSEADDR`, `SO_BROADCAST`,
+/// `SO_BINDTODEVICE` = `device`, bound to `0.0.0.0:port`, non-blocking and
+/// close-on-exec. Wrap it with `tokio::net::UdpSocket::from_std`.
+pub fn udp_socket_in_ns(ns: &str, device: &str, port: u16) -> Result<UdpSocket> {
+    check_ifname(device)?;
+    let device = device.to_string();
+    in_netns(ns, move || {
+        use nix::sys::socket::{
+            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(nix_sys("socket"))?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(nix_sys("SO_REUSEADDR"))?;
+        setsockopt(&fd, sockopt::Broadcast, &true).map_err(nix_sys("SO_BROADCAST"))?;
+        setsockopt(&fd, sockopt::BindToDevice, &OsString::from(&device))
+            .map_err(nix_sys(format!("SO_BINDTODEVICE {device}")))?;
+        bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))
+            .map_err(nix_sys(format!("bind 0.0.0.0:{port} on {device}")))?;
+        Ok(UdpSocket::from(fd))
+    })
+}
+
+/// The tap name of a NIC: `vt` and 12 hex digits of a stable hash of its id
+/// (14 characters, within Linux's 15).
+pub fn tap_name_for(nic_id: &str) -> String {
+    format!("vt{:012x}", stable_hash(nic_id.as_bytes()) >> 16)
+}
+
+/// Runs `f` on a new thread that has joined the network namespace `ns`.
+fn in_netns<T, F>(ns: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    check_netns_name(ns)?;
+    let path = netns_path(ns);
+    let ns_file = File::open(&path).map_err(sys(format!("open {}", path.display())))?;
+    let context = format!("setns {}", path.display());
+    std::thread::Builder::new()
+        .name(format!("netns-{ns}"))
+        .spawn(move || {
+            // The thread ends right after `f`, so it never needs to go back.
+            nix::sched::setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(nix_sys(context))?;
+            f()
+        })
+        .map_err(|e| PlumbingError::Thread(e.to_string()))?
+        .join()
+        .map_err(|_| PlumbingError::Thread("panicked".into()))?
+}
+
+/// `Some(kind)` if the link exists (`kind` is `None` for a plain device),
+/// `None` if it does not. A missing namespace has no links.
+fn link_kind(ns: &str, name: &str) -> Result<Option<Option<String>>> {
+    check_netns_name(ns)?;
+    check_ifname(name)?;
+    if !netns_path(ns).exists() {
+        return Ok(None);
+    }
+    let args = ["-n", ns, "-j", "-d", "link", "show", "dev", name];
+    let out = match run_ip(&args)? {
+        Ok(out) => out,
+        // `ip` says "Device ... does not exist" and exits 1.
+        Err(PlumbingError::Command { stderr, .. }) if stderr.contains("does not exist") => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let links = parse_json(&args, &out)?;
+    Ok(links.first().map(|l| {
+        l.get("linkinfo")
+            .and_then(|i| i.get("info_kind"))
+            .and_then(|k| k.as_str())
+            .map(str::to_string)
+    }))
+}
+
+fn parse_json(args: &[&str], out: &str) -> Result<Vec<serde_json::Value>> {
+    serde_json::from_str(out).map_err(|e| PlumbingError::Parse {
+        cmd: cmdline(args),
+        reason: e.to_string(),
+    })
+}
+
+/// Runs `ip ARGS` and returns its stdout, or an error if it failed.
+fn ip(args: &[&str]) -> Result<String> {
+    run_ip(args)?
+}
+
+/// Runs `ip ARGS`: the outer error is "could not run", the inner "ran and failed".
+fn run_ip(args: &[&str]) -> Result<Result<String>> {
+    let cmd = cmdline(args);
+    debug!("{cmd}");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| PlumbingError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(Ok(String::from_utf8_lossy(&out.stdout).into_owned()))
+    } else {
+        Ok(Err(PlumbingError::Command {
+            cmd,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }))
+    }
+}
+
+fn cmdline(args: &[&str]) -> String {
+    format!("ip {}", args.join(" "))
+}
+
+/// Names are passed to `ip` as arguments and used as paths: allow only
+/// `[A-Za-z0-9_.-]`, not starting with `-` or `.`.
+fn check_name(what: &'static str, name: &str, max: usize) -> Result<()> {
+    let bad = |reason| {
+        Err(PlumbingError::InvalidName {
+            what,
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > max {
+        return bad("too long");
+    }
+    if name.starts_with(['-', '.']) {
+        return bad("starts with '-' or '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return bad("only letters, digits, '_', '.' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn check_ifname(name: &str) -> Result<()> {
+    check_name("interface", name, MAX_IFNAME_LEN)
+}
+
+fn check_netns_name(name: &str) -> Result<()> {
+    check_name("namespace", name, MAX_NETNS_LEN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_names_are_short_and_stable() {
+        let a = tap_name_for("nic-1");
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("vt"));
+        assert!(a[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, tap_name_for("nic-1"));
+        assert_ne!(a, tap_name_for("nic-2"));
+        assert!(check_ifname(&a).is_ok());
+        let long = "x".repeat(500);
+        assert_eq!(tap_name_for(&long).len(), 14);
+        // Pinned: a tap name must not change across releases.
+        assert_eq!(tap_name_for(""), "vtcbf29ce48422");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["vmnode", "br-1", "vt0123456789ab", "a.b_c", "x"] {
+            assert!(check_ifname(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-n",
+            ".hidden",
+            "..",
+            "a/b",
+            "a b",
+            "tap%d",
+            "sixteen-chars-xx",
+            "é",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_netns_name(&"n".repeat(64)).is_ok());
+        assert!(check_netns_name(&"n".repeat(65)).is_err());
+        assert!(matches!(
+            create_tap("../etc", "t0"),
+            Err(PlumbingError::InvalidName { .. })
+        ));
+        assert!(!link_exists("no-such-ns-for-vmnode-tests", "lo"));
+    }
+}

@@ -1,0 +1,172 @@
+//! `Microsoft.Compute/virtualMachines`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::catalog::ImageRef;
+use crate::vm::model::{self, VmRecord};
+use crate::vm::CreateVm;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn check_sub(state: &AppState, sub: &str) -> Result<()> {
+    if sub.eq_ignore_ascii_case(&state.node.subscription) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "SubscriptionNotFound",
+            format!("The subscription '{sub}' could not be found. This node's subscription is {}.", state.node.subscription),
+        ))
+    }
+}
+
+fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
+    let ip = state.node.lease_ip(&r.nic.mac);
+    model::to_arm(&state.node.subscription, r, ip, view)
+}
+
+fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
+    if !state.node.rg_exists(rg)? {
+        return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
+    }
+    state.node.get(rg, vm).ok_or_else(|| crate::vm::VmError::NotFound(vm.into(), rg.into()).into())
+}
+
+pub async fn get_vm(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+    q: axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let r = find(&state, &rg, &vm)?;
+    let view = q.get("$expand").map(|e| e.eq_ignore_ascii_case("instanceView")).unwrap_or(false);
+    Ok(Json(render(&state, &r, view)))
+}
+
+pub async fn instance_view(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let r = find(&state, &rg, &vm)?;
+    Ok(Json(model::instance_view(&r, state.node.lease_ip(&r.nic.mac))))
+}
+
+pub async fn serial_log(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    let r = find(&state, &rg, &vm)?;
+    let text = crate::diagnostics::read_serial(&r.serial_log);
+    Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
+}
+
+pub async fn list_in_rg(
+    State(state): State<AppState>,
+    Path((sub, rg)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    if !state.node.rg_exists(&rg)? {
+        return Err(crate::vm::VmError::ResourceGroupNotFound(rg).into());
+    }
+    let vms: Vec<Value> = state.node.list(Some(&rg)).iter().map(|r| render(&state, r, false)).collect();
+    Ok(Json(json!({ "value": vms })))
+}
+
+pub async fn list_all(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let vms: Vec<Value> = state.node.list(None).iter().map(|r| render(&state, r, false)).collect();
+    Ok(Json(json!({ "value": vms })))
+}
+
+fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(*k))
+}
+
+fn required_str(v: &Value, path: &[&str]) -> Result<String> {
+    field(v, path)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::bad_request(format!("Required parameter '{}' is missing (null).", path.join("."))))
+}
+
+/// Parses an ARM VM body into a create request.
+pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
+    let p = body.get("properties").ok_or_else(|| ApiError::bad_request("Required parameter 'properties' is missing."))?;
+    let img = field(p, &["storageProfile", "imageReference"])
+        .ok_or_else(|| ApiError::bad_request("Required parameter 'properties.storageProfile.imageReference' is missing."))?;
+    let part = |k: &str| -> Result<String> {
+        img.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
+            ApiError::bad_request(format!("Required parameter 'storageProfile.imageReference.{k}' is missing."))
+        })
+    };
+    let image = ImageRef {
+        publisher: part("publisher")?,
+        offer: part("offer")?,
+        sku: part("sku")?,
+        version: img.get("version").and_then(Value::as_str).unwrap_or("latest").to_string(),
+    };
+    Ok(CreateVm {
+        rg: rg.into(),
+        name: name.into(),
+        location: body.get("location").and_then(Value::as_str).map(str::to_string),
+        size: required_str(p, &["hardwareProfile", "vmSize"])?,
+        image,
+        computer_name: field(p, &["osProfile", "computerName"]).and_then(Value::as_str).map(str::to_string),
+        admin_username: field(p, &["osProfile", "adminUsername"])
+            .and_then(Value::as_str)
+            .unwrap_or("azureuser")
+            .to_string(),
+        caching: field(p, &["storageProfile", "osDisk", "caching"])
+            .and_then(Value::as_str)
+            .unwrap_or("ReadWrite")
+            .to_string(),
+        tags: body.get("tags").and_then(Value::as_object).cloned().unwrap_or_default(),
+    })
+}
+
+pub async fn put_vm(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    let Some(Json(body)) = body else {
+        return Err(ApiError::bad_request("The request body must be a JSON virtual machine."));
+    };
+    let req = parse_create(&rg, &vm, &body)?;
+    // A PUT of an existing VM with the same image and size is idempotent; changing them is not
+    // supported (yet): say so rather than half-apply it.
+    if let Some(existing) = state.node.get(&rg, &vm) {
+        let same = existing.size.eq_ignore_ascii_case(&req.size)
+            && existing.image.urn().eq_ignore_ascii_case(&req.image.urn());
+        if same {
+            return Ok((StatusCode::OK, Json(render(&state, &existing, false))).into_response());
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "PropertyChangeNotAllowed",
+            format!("VM '{vm}' already exists with size {} and image {}; changing them is not allowed. Delete the VM first or choose another name.", existing.size, existing.image.urn()),
+        ));
+    }
+    let rec = state.node.create(req)?;
+    Ok((StatusCode::CREATED, Json(render(&state, &rec, false))).into_response())
+}
+
+pub async fn delete_vm(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    if state.node.get(&rg, &vm).is_none() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    state.node.delete_nowait(&rg, &vm)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}

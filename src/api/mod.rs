@@ -1,0 +1,32 @@
+//! The management API: ARM-shaped JSON over HTTPS on `--listen` and plain HTTP on the unix
+//! socket in the run dir, both behind the daemon's bearer token.
+//!
+//! - `error`: the cloud's error shape and the mapping of module errors to status codes
+//! - `routes`: the path table (paths are matched case-insensitively, as ARM does)
+//! - `compute`: virtual machines; `resources`: subscriptions, groups, sizes, images, NICs
+//! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
+
+pub mod compute;
+pub mod error;
+pub mod resources;
+pub mod routes;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+use crate::vm::Node;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub token: Arc<String>,
+}
+
+/// Now, as RFC 3339 UTC (the cloud's timestamps).
+pub fn time_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,286 @@
+//! Subscriptions, resource groups, sizes, the image catalog, NICs and vmnode's own endpoints.
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::catalog;
+use crate::config::LOCATION;
+use crate::storage::db::Kind;
+use crate::vm::model::{self, NicRecord};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn check_sub(state: &AppState, sub: &str) -> Result<()> {
+    if sub.eq_ignore_ascii_case(&state.node.subscription) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("SubscriptionNotFound", format!("The subscription '{sub}' could not be found.")))
+    }
+}
+
+fn subscription(state: &AppState) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}", state.node.subscription),
+        "subscriptionId": state.node.subscription,
+        "displayName": "vmnode",
+        "state": "Enabled",
+        "tenantId": state.node.subscription,
+    })
+}
+
+pub async fn list_subscriptions(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "value": [subscription(&state)] }))
+}
+
+pub async fn get_subscription(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    Ok(Json(subscription(&state)))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RgRecord {
+    name: String,
+    location: String,
+    tags: serde_json::Map<String, Value>,
+}
+
+fn rg_json(state: &AppState, r: &RgRecord) -> Value {
+    json!({
+        "id": model::rg_id(&state.node.subscription, &r.name),
+        "name": r.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": r.location,
+        "tags": r.tags,
+        "properties": { "provisioningState": "Succeeded" },
+    })
+}
+
+pub async fn list_rgs(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let rgs: Vec<RgRecord> = state.node.db.list(Kind::ResourceGroup)?;
+    Ok(Json(json!({ "value": rgs.iter().map(|r| rg_json(&state, r)).collect::<Vec<_>>() })))
+}
+
+pub async fn get_rg(State(state): State<AppState>, Path((sub, rg)): Path<(String, String)>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let r: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
+    r.map(|r| Json(rg_json(&state, &r)))
+        .ok_or_else(|| ApiError::not_found("ResourceGroupNotFound", format!("Resource group '{rg}' could not be found.")))
+}
+
+pub async fn put_rg(
+    State(state): State<AppState>,
+    Path((sub, rg)): Path<(String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    crate::vm::validate_rg_name(&rg)?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let location = body.get("location").and_then(Value::as_str).unwrap_or(LOCATION);
+    if !location.eq_ignore_ascii_case(LOCATION) {
+        return Err(ApiError::bad_request(format!(
+            "The location '{location}' is not available on this node; its location is '{LOCATION}'."
+        )));
+    }
+    let tags = body.get("tags").and_then(Value::as_object).cloned().unwrap_or_default();
+    let existing: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
+    let rec = RgRecord { name: existing.as_ref().map(|e| e.name.clone()).unwrap_or(rg), location: LOCATION.into(), tags };
+    state.node.db.put(Kind::ResourceGroup, &rec.name, &rec)?;
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(rg_json(&state, &rec))).into_response())
+}
+
+pub async fn delete_rg(State(state): State<AppState>, Path((sub, rg)): Path<(String, String)>) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    let vms = state.node.list(Some(&rg));
+    if !vms.is_empty() {
+        let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ResourceGroupNotEmpty",
+            format!("Resource group '{rg}' still holds VMs: {}. Delete them first.", names.join(", ")),
+        ));
+    }
+    if state.node.db.delete(Kind::ResourceGroup, &rg)? {
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+fn check_loc(loc: &str) -> Result<()> {
+    if loc.eq_ignore_ascii_case(LOCATION) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("LocationNotAvailable", format!("Location '{loc}' is not available; this node is '{LOCATION}'.")))
+    }
+}
+
+pub async fn vm_sizes(State(state): State<AppState>, Path((sub, loc)): Path<(String, String)>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    Ok(Json(json!({ "value": crate::vm::sizes::SIZES })))
+}
+
+fn images(state: &AppState) -> Result<Vec<catalog::ImageVersion>> {
+    catalog::list(&state.node.cfg.paths.images()).map_err(|e| ApiError::internal(&e))
+}
+
+fn names_json(state: &AppState, loc: &str, names: Vec<String>, suffix: &str) -> Json<Value> {
+    let mut names = names;
+    names.sort_by_key(|n| n.to_lowercase());
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    Json(Value::Array(
+        names
+            .into_iter()
+            .map(|n| {
+                json!({
+                    "name": n,
+                    "location": loc,
+                    "id": format!("/Subscriptions/{}/Providers/Microsoft.Compute/Locations/{loc}/{suffix}{n}", state.node.subscription),
+                })
+            })
+            .collect(),
+    ))
+}
+
+pub async fn publishers(State(state): State<AppState>, Path((sub, loc)): Path<(String, String)>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    let names = images(&state)?.into_iter().map(|i| i.manifest.publisher).collect();
+    Ok(names_json(&state, &loc, names, "Publishers/"))
+}
+
+pub async fn offers(State(state): State<AppState>, Path((sub, loc, p)): Path<(String, String, String)>) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    let names = images(&state)?
+        .into_iter()
+        .filter(|i| i.manifest.publisher.eq_ignore_ascii_case(&p))
+        .map(|i| i.manifest.offer)
+        .collect();
+    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/")))
+}
+
+pub async fn skus(
+    State(state): State<AppState>,
+    Path((sub, loc, p, o)): Path<(String, String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    let names = images(&state)?
+        .into_iter()
+        .filter(|i| i.manifest.publisher.eq_ignore_ascii_case(&p) && i.manifest.offer.eq_ignore_ascii_case(&o))
+        .map(|i| i.manifest.sku)
+        .collect();
+    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/")))
+}
+
+fn matching(
+    state: &AppState,
+    p: &str,
+    o: &str,
+    s: &str,
+) -> Result<Vec<catalog::ImageVersion>> {
+    Ok(images(state)?
+        .into_iter()
+        .filter(|i| {
+            let m = &i.manifest;
+            m.publisher.eq_ignore_ascii_case(p) && m.offer.eq_ignore_ascii_case(o) && m.sku.eq_ignore_ascii_case(s)
+        })
+        .collect())
+}
+
+pub async fn versions(
+    State(state): State<AppState>,
+    Path((sub, loc, p, o, s)): Path<(String, String, String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    let names = matching(&state, &p, &o, &s)?.into_iter().map(|i| i.manifest.version).collect();
+    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/")))
+}
+
+pub async fn version(
+    State(state): State<AppState>,
+    Path((sub, loc, p, o, s, v)): Path<(String, String, String, String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    check_loc(&loc)?;
+    let r = catalog::ImageRef { publisher: p.clone(), offer: o.clone(), sku: s.clone(), version: v.clone() };
+    let img = catalog::resolve(&state.node.cfg.paths.images(), &r).map_err(crate::vm::VmError::from)?;
+    let m = &img.manifest;
+    Ok(Json(json!({
+        "name": m.version,
+        "location": loc,
+        "id": format!("/Subscriptions/{}/Providers/Microsoft.Compute/Locations/{loc}/Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/{}", state.node.subscription, m.version),
+        "properties": {
+            "osDiskImage": { "operatingSystem": m.os_type, "sizeInBytes": m.files.get("disk.raw").map(|f| f.size).unwrap_or(0) },
+            "hyperVGeneration": "V1",
+            "architecture": "x64",
+            "dataDiskImages": [],
+        },
+    })))
+}
+
+/// vmnode's flat image list (one row per version), for `vmnode vm image list`.
+pub async fn all_images(State(state): State<AppState>) -> Result<Json<Value>> {
+    let rows: Vec<Value> = images(&state)?
+        .into_iter()
+        .map(|i| {
+            let m = &i.manifest;
+            json!({
+                "publisher": m.publisher, "offer": m.offer, "sku": m.sku, "version": m.version,
+                "urn": i.urn(), "architecture": "x64", "kernel": m.kernel_release, "boot": m.boot,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "value": rows })))
+}
+
+pub async fn get_nic(
+    State(state): State<AppState>,
+    Path((sub, rg, nic)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let n: Option<NicRecord> = state.node.db.get(Kind::Nic, &format!("{rg}/{nic}"))?;
+    let n = n.ok_or_else(|| {
+        ApiError::not_found("ResourceNotFound", format!("The Resource 'Microsoft.Network/networkInterfaces/{nic}' under resource group '{rg}' was not found."))
+    })?;
+    let ip = state.node.lease_ip(&n.mac);
+    Ok(Json(model::nic_to_arm(&state.node.subscription, &n, LOCATION, ip)))
+}
+
+pub async fn dhcp_leases(State(state): State<AppState>) -> Result<Json<Value>> {
+    let leases = state.node.db.leases()?;
+    let rows: Vec<Value> = leases
+        .into_iter()
+        .map(|l| json!({ "macAddress": model::mac_azure(&l.mac), "ipAddress": l.ip.to_string(), "hostname": l.hostname, "committedAt": l.committed_at }))
+        .collect();
+    Ok(Json(json!({ "value": rows })))
+}
+
+pub async fn node_info(State(state): State<AppState>) -> Json<Value> {
+    let n = &state.node;
+    Json(json!({
+        "subscriptionId": n.subscription,
+        "location": LOCATION,
+        "accel": n.accel.accel.qemu_name(),
+        "accelReason": n.accel.reason,
+        "netns": n.net.ns,
+        "domain": n.net.domain,
+        "storageAccount": n.account,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+    }))
+}
+
+pub async fn no_route(uri: Uri) -> Response {
+    ApiError::not_found("InvalidResourceType", format!("No route for '{}'. See `vmnode --help` for what the API offers.", uri.path()))
+        .into_response()
+}

@@ -1,0 +1,104 @@
+//! The path table. ARM treats path keywords case-insensitively (`resourcegroups` and
+//! `resourceGroups` are the same), so known keywords are re-cased before routing.
+
+use axum::http::{Request, Uri};
+use axum::routing::get;
+use axum::Router;
+
+use super::{compute, resources, AppState};
+
+const KEYWORDS: &[&str] = &[
+    "subscriptions",
+    "resourceGroups",
+    "providers",
+    "Microsoft.Compute",
+    "Microsoft.Network",
+    "Microsoft.Storage",
+    "virtualMachines",
+    "instanceView",
+    "locations",
+    "vmSizes",
+    "publishers",
+    "artifacttypes",
+    "vmimage",
+    "offers",
+    "skus",
+    "versions",
+    "networkInterfaces",
+    "bootDiagnostics",
+    "serialConsoleLog",
+];
+
+/// Re-cases known keywords in a path; everything else is left as sent.
+pub fn canonical_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            KEYWORDS
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(seg))
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| seg.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+pub fn canonicalize<B>(mut req: Request<B>) -> Request<B> {
+    let uri = req.uri();
+    let path = canonical_path(uri.path());
+    if path != uri.path() {
+        let pq = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        if let Ok(new) = pq.parse::<Uri>() {
+            *req.uri_mut() = new;
+        }
+    }
+    req
+}
+
+pub fn router(state: AppState) -> Router {
+    const VM: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";
+    const LOC: &str = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}";
+    const IMG: &str = "/publishers/{publisher}/artifacttypes/vmimage/offers";
+    Router::new()
+        .route("/subscriptions", get(resources::list_subscriptions))
+        .route("/subscriptions/{sub}", get(resources::get_subscription))
+        .route("/subscriptions/{sub}/resourceGroups", get(resources::list_rgs))
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}",
+            get(resources::get_rg).put(resources::put_rg).delete(resources::delete_rg),
+        )
+        .route(VM, get(compute::list_in_rg))
+        .route(&format!("{VM}/{{vm}}"), get(compute::get_vm).put(compute::put_vm).delete(compute::delete_vm))
+        .route(&format!("{VM}/{{vm}}/instanceView"), get(compute::instance_view))
+        .route(&format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"), get(compute::serial_log))
+        .route("/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines", get(compute::list_all))
+        .route(&format!("{LOC}/vmSizes"), get(resources::vm_sizes))
+        .route(&format!("{LOC}/publishers"), get(resources::publishers))
+        .route(&format!("{LOC}{IMG}"), get(resources::offers))
+        .route(&format!("{LOC}{IMG}/{{offer}}/skus"), get(resources::skus))
+        .route(&format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions"), get(resources::versions))
+        .route(&format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions/{{version}}"), get(resources::version))
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkInterfaces/{nic}",
+            get(resources::get_nic),
+        )
+        .route("/vmnode/v1/images", get(resources::all_images))
+        .route("/vmnode/v1/dhcp/leases", get(resources::dhcp_leases))
+        .route("/vmnode/v1/node", get(resources::node_info))
+        .fallback(resources::no_route)
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keywords_are_recased_names_kept() {
+        assert_eq!(
+            super::canonical_path("/subscriptions/S/resourcegroups/MyRG/providers/microsoft.compute/VIRTUALMACHINES/Vm1"),
+            "/subscriptions/S/resourceGroups/MyRG/providers/Microsoft.Compute/virtualMachines/Vm1"
+        );
+    }
+}

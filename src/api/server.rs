@@ -1,0 +1,98 @@
+//! Listeners: HTTPS on `--listen`, plain HTTP on the unix socket; both require the bearer token.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt;
+
+use super::error::ApiError;
+use super::{routes, AppState};
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(state: axum::extract::State<AppState>, req: Request<Body>, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    match given {
+        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        _ => {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Missing or wrong bearer token. Get one with `vmnode account get-access-token`.",
+            )
+            .into_response();
+            r.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+async fn log_request(req: Request<Body>, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let res = next.run(req).await;
+    tracing::debug!(%method, %path, status = res.status().as_u16(), "request");
+    res
+}
+
+pub type Svc = tower::util::MapRequest<axum::Router, fn(Request<hyper::body::Incoming>) -> Request<hyper::body::Incoming>>;
+
+pub fn service(state: AppState) -> Svc {
+    let router = routes::router(state.clone())
+        .layer(middleware::from_fn_with_state(state, auth))
+        .layer(middleware::from_fn(log_request));
+    router.map_request(routes::canonicalize as fn(_) -> _)
+}
+
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    svc: Svc,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let (acceptor, svc) = (acceptor.clone(), svc.clone());
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(stream) => {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                        .await;
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            }
+        });
+    }
+}
+
+pub async fn serve_unix(listener: tokio::net::UnixListener, svc: Svc) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .await;
+        });
+    }
+}
+
+pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(l)
+}

@@ -1,0 +1,482 @@
+//! The client verbs, az-style.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::output::{print, Format};
+use super::Global;
+
+#[derive(Subcommand)]
+pub enum AccountCmd {
+    /// Print a bearer token for the management API (like `az account get-access-token`).
+    GetAccessToken,
+    /// The node's subscription, location, CA and endpoints.
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum GroupCmd {
+    /// Create a resource group (idempotent).
+    Create {
+        #[arg(short = 'n', long)]
+        name: String,
+        #[arg(short = 'l', long, default_value = crate::config::LOCATION)]
+        location: String,
+    },
+    List,
+    Show {
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+    Delete {
+        #[arg(short = 'n', long)]
+        name: String,
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct VmId {
+    /// Resource group.
+    #[arg(short = 'g', long = "resource-group")]
+    pub rg: String,
+    /// VM name.
+    #[arg(short = 'n', long)]
+    pub name: String,
+}
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Create a VM and wait until it runs and holds its DHCP lease.
+    Create(CreateArgs),
+    /// List VMs (of a group, or all).
+    List {
+        #[arg(short = 'g', long = "resource-group")]
+        rg: Option<String>,
+    },
+    /// Show a VM as the API returns it.
+    Show(VmId),
+    /// Delete a VM and everything it owns (QEMU, tap, lease, address, OS disk).
+    Delete {
+        #[command(flatten)]
+        id: VmId,
+        /// Do not ask (vmnode never asks; accepted for az compatibility).
+        #[arg(short = 'y', long)]
+        yes: bool,
+        /// Return once deletion has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Power and provisioning state, and the DIP.
+    GetInstanceView(VmId),
+    /// The VM sizes of this node.
+    ListSizes {
+        #[arg(short = 'l', long, default_value = crate::config::LOCATION)]
+        location: String,
+    },
+    /// The image catalog.
+    #[command(subcommand)]
+    Image(VmImageCmd),
+    /// Serial log and screenshots.
+    #[command(subcommand, name = "boot-diagnostics")]
+    BootDiagnostics(BootDiagCmd),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub id: VmId,
+    /// Image URN Publisher:Offer:Sku:Version (version may be `latest`), e.g. vmnode:tiny:1:latest.
+    #[arg(long)]
+    pub image: String,
+    /// VM size (see `vmnode vm list-sizes`).
+    #[arg(long, default_value = "Standard_DS1_v2")]
+    pub size: String,
+    /// The guest's host name (default: the VM name).
+    #[arg(long)]
+    pub computer_name: Option<String>,
+    #[arg(long, default_value = "azureuser")]
+    pub admin_username: String,
+    /// OS disk caching: None, ReadOnly or ReadWrite.
+    #[arg(long, default_value = "ReadWrite")]
+    pub os_disk_caching: String,
+    /// Return as soon as the request is accepted.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the guest's DHCP lease, in seconds (0: do not wait for it).
+    #[arg(long, default_value_t = 180)]
+    pub ip_timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum VmImageCmd {
+    /// One row per image version, with its URN.
+    List {
+        #[arg(long)]
+        publisher: Option<String>,
+        #[arg(long)]
+        offer: Option<String>,
+        #[arg(long)]
+        sku: Option<String>,
+        /// Accepted for az compatibility (the node lists everything it has).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BootDiagCmd {
+    /// Print the VM's serial console log.
+    GetBootLog(VmId),
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// The DHCP responder.
+    #[command(subcommand)]
+    Dhcp(DhcpCmd),
+    /// NICs.
+    #[command(subcommand)]
+    Nic(NicCmd),
+}
+
+#[derive(Subcommand)]
+pub enum DhcpCmd {
+    /// The lease table.
+    Leases,
+}
+
+#[derive(Subcommand)]
+pub enum NicCmd {
+    Show {
+        #[arg(short = 'g', long = "resource-group")]
+        rg: String,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Build an image from its recipe under images/ (cached) and publish it into the catalog.
+    Build {
+        /// Recipe name (e.g. tiny).
+        name: String,
+        /// Where downloaded packages and builds are cached.
+        #[arg(long, env = "VMNODE_CACHE_DIR", default_value = crate::config::DEFAULT_CACHE_DIR)]
+        cache_dir: std::path::PathBuf,
+        /// Ignore the cached build.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// The images in this node's store (no daemon needed).
+    List,
+}
+
+pub fn doctor() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for c in crate::doctor::checks() {
+        println!("{:<12} {:<4} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+        if !c.ok {
+            if let Some(f) = c.fix {
+                missing.push(f);
+            }
+        }
+    }
+    if missing.is_empty() {
+        println!("\nAll checks passed.");
+        Ok(())
+    } else {
+        println!("\nTo fix:");
+        for f in &missing {
+            println!("  {f}");
+        }
+        bail!("{} check(s) failed", missing.len())
+    }
+}
+
+pub async fn account(g: &Global, c: AccountCmd) -> anyhow::Result<()> {
+    let paths = g.paths();
+    let token = std::fs::read_to_string(paths.token())
+        .map_err(|e| anyhow!("cannot read {}: {e}; has `vmnode serve` run with this --state-dir?", paths.token().display()))?;
+    let sub = std::fs::read_to_string(paths.state.join("subscription")).unwrap_or_default();
+    match c {
+        AccountCmd::GetAccessToken => {
+            let v = json!({
+                "accessToken": token.trim(),
+                "expiresOn": "9999-12-31 23:59:59.000000",
+                "subscription": sub.trim(),
+                "tenant": sub.trim(),
+                "tokenType": "Bearer",
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        AccountCmd::Show => {
+            let v = json!({
+                "id": sub.trim(),
+                "name": "vmnode",
+                "location": crate::config::LOCATION,
+                "caPath": paths.ca_cert(),
+                "socket": paths.socket(),
+                "stateDir": paths.state,
+            });
+            print(g.output, &v, &[("Subscription", "id"), ("Location", "location"), ("CA", "caPath"), ("Socket", "socket")]);
+        }
+    }
+    Ok(())
+}
+
+pub async fn group(g: &Global, c: GroupCmd) -> anyhow::Result<()> {
+    let cl = Client::new(g.url.as_deref(), g.paths())?;
+    let cols = [("Name", "name"), ("Location", "location"), ("Status", "/properties/provisioningState")];
+    match c {
+        GroupCmd::Create { name, location } => {
+            let p = cl.rg_path(&name).await?;
+            let r = cl.request(Method::PUT, &p, Some(&json!({ "location": location }))).await?.ok()?;
+            print(g.output, &r.body, &cols);
+        }
+        GroupCmd::List => {
+            let p = format!("/subscriptions/{}/resourceGroups", cl.subscription().await?);
+            let r = cl.get(&p).await?.ok()?;
+            print(g.output, &r.body["value"], &cols);
+        }
+        GroupCmd::Show { name } => {
+            let r = cl.get(&cl.rg_path(&name).await?).await?.ok()?;
+            print(g.output, &r.body, &cols);
+        }
+        GroupCmd::Delete { name, .. } => {
+            cl.request(Method::DELETE, &cl.rg_path(&name).await?, None).await?.ok()?;
+            eprintln!("deleted resource group {name}");
+        }
+    }
+    Ok(())
+}
+
+const VM_COLS: &[(&str, &str)] = &[
+    ("Name", "name"),
+    ("ResourceGroup", "resourceGroup"),
+    ("PowerState", "powerState"),
+    ("PrivateIps", "privateIps"),
+    ("Provisioning", "/properties/provisioningState"),
+    ("Image", "urn"),
+];
+
+/// Adds the flat fields `az vm show -d` has.
+fn decorate(mut v: Value) -> Value {
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let rg = id.split('/').nth(4).unwrap_or_default().to_string();
+    v["resourceGroup"] = json!(rg);
+    let r = &v["properties"]["storageProfile"]["imageReference"];
+    let urn = format!(
+        "{}:{}:{}:{}",
+        r["publisher"].as_str().unwrap_or(""),
+        r["offer"].as_str().unwrap_or(""),
+        r["sku"].as_str().unwrap_or(""),
+        r["exactVersion"].as_str().unwrap_or("")
+    );
+    v["urn"] = json!(urn);
+    v
+}
+
+async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
+    let image = crate::catalog::ImageRef::parse_urn(&a.image)?;
+    let path = cl.vm_path(&a.id.rg, &a.id.name).await?;
+    let existing = cl.get(&path).await?;
+    if existing.status.is_success() {
+        bail!(
+            "a VM named '{}' already exists in resource group '{}'; choose another name or delete it first (`vmnode vm delete -g {} -n {}`)",
+            a.id.name, a.id.rg, a.id.rg, a.id.name
+        );
+    }
+    let mut os_profile = json!({ "adminUsername": a.admin_username });
+    if let Some(c) = &a.computer_name {
+        os_profile["computerName"] = json!(c);
+    }
+    let body = json!({
+        "location": crate::config::LOCATION,
+        "properties": {
+            "hardwareProfile": { "vmSize": a.size },
+            "storageProfile": {
+                "imageReference": { "publisher": image.publisher, "offer": image.offer, "sku": image.sku, "version": image.version },
+                "osDisk": { "createOption": "FromImage", "caching": a.os_disk_caching },
+            },
+            "osProfile": os_profile,
+            "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },
+        }
+    });
+    let start = Instant::now();
+    let r = cl.request(Method::PUT, &path, Some(&body)).await?.ok()?;
+    if a.no_wait {
+        print(g.output, &decorate(r.body), VM_COLS);
+        return Ok(());
+    }
+    eprintln!("creating VM {} ({})...", a.id.name, a.image);
+    let vm = loop {
+        let r = cl.get(&path).await?.ok()?;
+        match r.body["properties"]["provisioningState"].as_str() {
+            Some("Creating") | Some("Updating") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some("Failed") => {
+                let e = &r.body["properties"]["error"];
+                bail!(
+                    "VM {} failed to provision: {}: {}\nlook further: vmnode vm show -g {} -n {} ; delete it: vmnode vm delete -g {} -n {}",
+                    a.id.name, e["code"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""),
+                    a.id.rg, a.id.name, a.id.rg, a.id.name
+                )
+            }
+            _ => break r.body,
+        }
+    };
+    eprintln!("  QEMU running after {:.2}s", start.elapsed().as_secs_f64());
+    let mut vm = vm;
+    if a.ip_timeout > 0 {
+        eprint!("  waiting for the guest's DHCP lease");
+        let deadline = Instant::now() + Duration::from_secs(a.ip_timeout);
+        let mut last_dot = Instant::now();
+        loop {
+            let r = cl.get(&path).await?.ok()?;
+            if r.body["privateIps"].as_str().is_some_and(|s| !s.is_empty()) {
+                vm = r.body;
+                eprintln!(" {} after {:.2}s", vm["privateIps"].as_str().unwrap_or(""), start.elapsed().as_secs_f64());
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!();
+                bail!(
+                    "VM {} runs but its guest did not take a DHCP lease within {}s; see its boot log: vmnode vm boot-diagnostics get-boot-log -g {} -n {}",
+                    a.id.name, a.ip_timeout, a.id.rg, a.id.name
+                );
+            }
+            if last_dot.elapsed() > Duration::from_secs(2) {
+                eprint!(".");
+                last_dot = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    print(g.output, &decorate(vm), VM_COLS);
+    Ok(())
+}
+
+pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
+    if let VmCmd::Image(VmImageCmd::List { publisher, offer, sku, .. }) = &c {
+        let cl = Client::new(g.url.as_deref(), g.paths())?;
+        let r = cl.get("/vmnode/v1/images").await?.ok()?;
+        let m = |want: &Option<String>, have: &Value| {
+            want.as_ref().is_none_or(|w| have.as_str().is_some_and(|h| h.eq_ignore_ascii_case(w)))
+        };
+        let rows: Vec<Value> = r.body["value"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| m(publisher, &i["publisher"]) && m(offer, &i["offer"]) && m(sku, &i["sku"]))
+            .collect();
+        print(g.output, &Value::Array(rows), &[("Architecture", "architecture"), ("Offer", "offer"), ("Publisher", "publisher"), ("Sku", "sku"), ("Urn", "urn"), ("Version", "version")]);
+        return Ok(());
+    }
+    let cl = Client::new(g.url.as_deref(), g.paths())?;
+    match c {
+        VmCmd::Create(a) => create(g, &cl, a).await?,
+        VmCmd::List { rg } => {
+            let p = match rg {
+                Some(rg) => format!("{}/providers/Microsoft.Compute/virtualMachines", cl.rg_path(&rg).await?),
+                None => format!("/subscriptions/{}/providers/Microsoft.Compute/virtualMachines", cl.subscription().await?),
+            };
+            let r = cl.get(&p).await?.ok()?;
+            let rows: Vec<Value> = r.body["value"].as_array().cloned().unwrap_or_default().into_iter().map(decorate).collect();
+            print(g.output, &Value::Array(rows), VM_COLS);
+        }
+        VmCmd::Show(id) => {
+            let r = cl.get(&cl.vm_path(&id.rg, &id.name).await?).await?.ok()?;
+            let fmt = if g.output == Format::Table { Format::Json } else { g.output };
+            print(fmt, &decorate(r.body), VM_COLS);
+        }
+        VmCmd::GetInstanceView(id) => {
+            let p = format!("{}/instanceView", cl.vm_path(&id.rg, &id.name).await?);
+            let r = cl.get(&p).await?.ok()?;
+            print(Format::Json, &r.body, &[]);
+        }
+        VmCmd::Delete { id, no_wait, .. } => {
+            let p = cl.vm_path(&id.rg, &id.name).await?;
+            let r = cl.get(&p).await?;
+            if r.status == StatusCode::NOT_FOUND {
+                bail!("{}", r.error_message());
+            }
+            cl.request(Method::DELETE, &p, None).await?.ok()?;
+            if !no_wait {
+                eprint!("deleting VM {}", id.name);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let r = cl.get(&p).await?;
+                    if r.status == StatusCode::NOT_FOUND {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("VM {} is still being deleted after 60s; check `vmnode vm show`", id.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                eprintln!(": done");
+            }
+        }
+        VmCmd::ListSizes { location } => {
+            let p = format!("/subscriptions/{}/providers/Microsoft.Compute/locations/{location}/vmSizes", cl.subscription().await?);
+            let r = cl.get(&p).await?.ok()?;
+            print(g.output, &r.body["value"], &[("Name", "name"), ("NumberOfCores", "numberOfCores"), ("MemoryInMB", "memoryInMB"), ("MaxDataDiskCount", "maxDataDiskCount"), ("OsDiskSizeInMB", "osDiskSizeInMB"), ("ResourceDiskSizeInMB", "resourceDiskSizeInMB")]);
+        }
+        VmCmd::BootDiagnostics(BootDiagCmd::GetBootLog(id)) => {
+            let p = format!("{}/bootDiagnostics/serialConsoleLog", cl.vm_path(&id.rg, &id.name).await?);
+            let r = cl.get(&p).await?.ok()?;
+            print!("{}", r.text);
+        }
+        VmCmd::Image(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+pub async fn network(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
+    let cl = Client::new(g.url.as_deref(), g.paths())?;
+    match c {
+        NetworkCmd::Dhcp(DhcpCmd::Leases) => {
+            let r = cl.get("/vmnode/v1/dhcp/leases").await?.ok()?;
+            print(g.output, &r.body["value"], &[("MacAddress", "macAddress"), ("IpAddress", "ipAddress"), ("Hostname", "hostname"), ("CommittedAt", "committedAt")]);
+        }
+        NetworkCmd::Nic(NicCmd::Show { rg, name }) => {
+            let p = format!("{}/providers/Microsoft.Network/networkInterfaces/{name}", cl.rg_path(&rg).await?);
+            let r = cl.get(&p).await?.ok()?;
+            print(Format::Json, &r.body, &[]);
+        }
+    }
+    Ok(())
+}
+
+pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {
+    let paths = g.paths();
+    match c {
+        ImageCmd::Build { name, cache_dir, rebuild } => {
+            let images = paths.images();
+            let start = Instant::now();
+            let v = tokio::task::spawn_blocking(move || {
+                crate::catalog::build::build_and_publish(&name, &cache_dir, &images, rebuild, &mut |l| {
+                    eprintln!("[{:>5.1}s] {l}", start.elapsed().as_secs_f64())
+                })
+            })
+            .await??;
+            println!("{}", v.urn());
+        }
+        ImageCmd::List => {
+            let rows: Vec<Value> = crate::catalog::list(&paths.images())?
+                .iter()
+                .map(|i| json!({ "urn": i.urn(), "kernel": i.manifest.kernel_release, "boot": i.manifest.boot, "dir": i.dir }))
+                .collect();
+            print(g.output, &Value::Array(rows), &[("Urn", "urn"), ("Kernel", "kernel"), ("Boot", "boot"), ("Dir", "dir")]);
+        }
+    }
+    Ok(())
+}

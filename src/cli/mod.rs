@@ -1,0 +1,148 @@
+//! The `vmnode` command line: `serve` runs the daemon, every other verb is a client of it.
+
+mod client;
+mod commands;
+mod output;
+mod quickstart;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Paths};
+use crate::doctor::AccelChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "vmnode",
+    version,
+    about = "A host node manager: real QEMU guests, page-blob OS disks, its own DHCP, boot diagnostics",
+    long_about = "vmnode runs QEMU guests on this Linux host the way a public cloud's node stack runs an IaaS VM.\n\n\
+        Start here:\n  vmnode quickstart            install what is missing, build the tiny image, boot a VM\n  \
+        vmnode doctor                check this host (QEMU, KVM or TCG, tun, bridge, netns)\n  \
+        vmnode serve                 run the daemon (every other verb talks to it)\n\n\
+        Then, az-style:\n  vmnode group create -n rg1\n  \
+        vmnode vm create -g rg1 -n vm1 --image vmnode:tiny:1:latest --size Standard_DS1_v2\n  \
+        vmnode vm show -g rg1 -n vm1\n  vmnode vm boot-diagnostics get-boot-log -g rg1 -n vm1\n  \
+        vmnode vm delete -g rg1 -n vm1 --yes"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The daemon's state dir (token, CA, database, images, disks).
+    #[arg(long, global = true, env = "VMNODE_STATE_DIR", default_value = config::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The daemon's run dir (unix socket, VM sockets and pidfiles).
+    #[arg(long, global = true, env = "VMNODE_RUN_DIR", default_value = config::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Where the daemon is: unix:/path/vmnode.sock or https://127.0.0.1:7480 (default: the run dir's socket).
+    #[arg(long, global = true, env = "VMNODE_URL")]
+    pub url: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    pub output: output::Format,
+}
+
+impl Global {
+    pub fn paths(&self) -> Paths {
+        Paths::new(&self.state_dir, &self.run_dir)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Check this host and say what to install.
+    Doctor,
+    /// On a fresh host: install what is missing, build the tiny image, start the daemon, boot a VM.
+    Quickstart(quickstart::QuickstartArgs),
+    /// Access tokens and the node's subscription.
+    #[command(subcommand)]
+    Account(commands::AccountCmd),
+    /// Resource groups.
+    #[command(subcommand)]
+    Group(commands::GroupCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(commands::VmCmd),
+    /// Virtual networks, NICs and DHCP leases.
+    #[command(subcommand)]
+    Network(commands::NetworkCmd),
+    /// Build and list guest images.
+    #[command(subcommand)]
+    Image(commands::ImageCmd),
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Management API (HTTPS).
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Blob service address (used in disk URIs).
+    #[arg(long, default_value = config::DEFAULT_BLOB_LISTEN)]
+    pub blob_listen: std::net::SocketAddr,
+    /// The network namespace guests' bridges live in (created if missing).
+    #[arg(long, default_value = config::DEFAULT_NETNS)]
+    pub netns: String,
+    /// Accelerator: auto picks KVM only on hardware KVM (kvm_intel/kvm_amd), else TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// The platform address: DHCP server identifier and DNS.
+    #[arg(long, default_value = "168.63.129.16")]
+    pub platform_ip: std::net::Ipv4Addr,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => {
+                init_tracing();
+                let cfg = config::DaemonConfig {
+                    paths: cli.global.paths(),
+                    listen: a.listen,
+                    blob_listen: a.blob_listen,
+                    netns: a.netns,
+                    accel: a.accel,
+                    platform_ip: a.platform_ip,
+                };
+                crate::daemon::run(cfg).await
+            }
+            Cmd::Doctor => commands::doctor(),
+            Cmd::Quickstart(a) => quickstart::run(&cli.global, a).await,
+            Cmd::Account(c) => commands::account(&cli.global, c).await,
+            Cmd::Group(c) => commands::group(&cli.global, c).await,
+            Cmd::Vm(c) => commands::vm(&cli.global, c).await,
+            Cmd::Network(c) => commands::network(&cli.global, c).await,
+            Cmd::Image(c) => commands::image(&cli.global, c).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

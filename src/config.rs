@@ -1,0 +1,70 @@
+//! Where the daemon keeps things: the state dir (durable), the run dir (sockets, pids) and the
+//! addresses it listens on. One `Paths` value is built at start and passed everywhere.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmnode";
+pub const DEFAULT_RUN_DIR: &str = "/run/vmnode";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+pub const DEFAULT_BLOB_LISTEN: &str = "127.0.0.1:7481";
+pub const DEFAULT_NETNS: &str = "vmnode";
+pub const LOCATION: &str = "local";
+/// Where `vmnode image build` keeps downloaded packages and built images between runs.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/vmnode";
+
+/// Every path the daemon and the CLI derive from the two roots.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Paths {
+    pub fn new(state: &Path, run: &Path) -> Self {
+        Paths { state: state.to_path_buf(), run: run.to_path_buf() }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.state.join("vmnode.db")
+    }
+    pub fn token(&self) -> PathBuf {
+        self.state.join("token")
+    }
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state.join("tls")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+    pub fn images(&self) -> PathBuf {
+        self.state.join("images")
+    }
+    /// Page-blob store: `blobs/{account}/{container}/{blob}`.
+    pub fn blobs(&self) -> PathBuf {
+        self.state.join("blobs")
+    }
+    pub fn diagnostics(&self) -> PathBuf {
+        self.state.join("diagnostics")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.run.join("vmnode.sock")
+    }
+    pub fn daemon_pid(&self) -> PathBuf {
+        self.run.join("vmnode.pid")
+    }
+    /// A VM's run dir: QMP and agent sockets, pidfile, QEMU's own log, the QMP transcript.
+    pub fn vm_run(&self, vm_id: &str) -> PathBuf {
+        self.run.join("vms").join(vm_id)
+    }
+}
+
+/// The daemon's settings from `vmnode serve`.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub paths: Paths,
+    pub listen: SocketAddr,
+    pub blob_listen: SocketAddr,
+    pub netns: String,
+    pub accel: crate::doctor::AccelChoice,
+    pub platform_ip: std::net::Ipv4Addr,
+}

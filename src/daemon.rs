@@ -1,0 +1,94 @@
+//! `vmnode serve`: start-up order and shutdown. VMs are never stopped by the daemon's exit.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{self, AppState};
+use crate::config::DaemonConfig;
+use crate::net::NodeNet;
+use crate::storage::{db::Db, fsutil::write_atomic};
+use crate::vm::Node;
+
+fn random_hex(n: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Reads the token, making one on first start (0600 in the state dir).
+fn ensure_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let t = random_hex(32);
+    write_atomic(path, t.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    Ok(t)
+}
+
+fn ensure_meta(db: &Db, key: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    if let Some(v) = db.meta_get(key)? {
+        return Ok(v);
+    }
+    let v = make();
+    db.meta_set(key, &v)?;
+    Ok(v)
+}
+
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let paths = cfg.paths.clone();
+    for d in [&paths.state, &paths.run] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    let db = Db::open(&paths.db()).with_context(|| format!("opening {}", paths.db().display()))?;
+    let subscription = ensure_meta(&db, "subscription", || uuid::Uuid::new_v4().to_string())?;
+    let account = ensure_meta(&db, "storage.account", || format!("vmnode{}", &random_hex(4)))?;
+    let token = ensure_token(&paths.token())?;
+    // The CLI reads these without asking the daemon.
+    write_atomic(&paths.state.join("subscription"), subscription.as_bytes(), 0o644)?;
+
+    let accel = crate::doctor::decide(cfg.accel);
+    tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
+    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db)
+        .with_context(|| format!("setting up the guest network in namespace '{}' (is this root?)", cfg.netns))?;
+    let _dhcp = net.start_dhcp(db.clone()).context("starting the DHCP responder")?;
+
+    let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
+    let adopted = node.load()?;
+
+    let tls = api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
+    let state = AppState { node: node.clone(), token: Arc::new(token) };
+    let svc = api::server::service(state);
+    let tcp = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {} (is another daemon using it? pass --listen)", cfg.listen))?;
+    let unix = api::server::bind_unix(&paths.socket())
+        .with_context(|| format!("binding {}", paths.socket().display()))?;
+    write_atomic(&paths.daemon_pid(), std::process::id().to_string().as_bytes(), 0o644)?;
+    tokio::spawn(api::server::serve_tls(tcp, tls, svc.clone()));
+    tokio::spawn(api::server::serve_unix(unix, svc));
+    tracing::info!(
+        listen = %cfg.listen,
+        socket = %paths.socket().display(),
+        vms = adopted,
+        subscription = %subscription,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "vmnode serving"
+    );
+    println!("vmnode: ready on https://{} and {} ({} ms)", cfg.listen, paths.socket().display(), started.elapsed().as_millis());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; VMs keep running");
+    let _ = std::fs::remove_file(paths.socket());
+    let _ = std::fs::remove_file(paths.daemon_pid());
+    Ok(())
+}

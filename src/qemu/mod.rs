@@ -1,0 +1,6 @@
+//! Driving QEMU: the command line (`argv`), the process that lives independently of the daemon
+//! (`process`), and the QMP client (`qmp`).
+
+pub mod argv;
+pub mod process;
+pub mod qmp;

@@ -1,0 +1,6 @@
+//! Durable state. `db` is the ACID store (SQLite, WAL, synchronous=FULL) for resources and DHCP
+//! leases; `disk` makes OS disks as sparse page-blob files; `fsutil` writes files atomically.
+
+pub mod db;
+pub mod disk;
+pub mod fsutil;

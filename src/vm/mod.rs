@@ -1,0 +1,351 @@
+//! VMs: the manager (validation, the registry of VM actors) and one actor per VM.
+//!
+//! ```text
+//!            create                 QEMU up, QMP ok
+//!   (none) ─────────▶ Creating ───────────────────────▶ Succeeded/running
+//!                        │ step failed                      │  QEMU exits / QMP closes
+//!                        ▼                                  ▼
+//!                      Failed                         Succeeded/stopped
+//!   any state ── delete ──▶ Deleting ──▶ (gone: QEMU, tap, lease, address, disk, logs)
+//!   daemon restart: every stored VM is re-adopted (pid + UUID checked, QMP reconnected);
+//!   a live QEMU whose QMP cannot be reached is shown `unknown` and never killed on a guess.
+//! ```
+//! API handlers never touch a VM: they call the manager, which sends the VM's actor a command
+//! and reads its published state (a tokio `watch`).
+
+pub mod actor;
+pub mod model;
+pub mod sizes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::catalog::{self, CatalogError, ImageRef};
+use crate::config::{DaemonConfig, LOCATION};
+use crate::doctor::AccelDecision;
+use crate::net::NodeNet;
+use crate::storage::db::{Db, DbError, Kind};
+use model::{NicRecord, PowerState, ProvisioningState, VmRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Resource group '{0}' could not be found.")]
+    ResourceGroupNotFound(String),
+    #[error("The Resource 'Microsoft.Compute/virtualMachines/{0}' under resource group '{1}' was not found.")]
+    NotFound(String, String),
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("The requested VM size '{0}' is not available. Available sizes: {1}.")]
+    UnknownSize(String, String),
+    #[error(transparent)]
+    Image(#[from] CatalogError),
+    #[error("A virtual machine named '{0}' already exists in resource group '{1}'. Choose another name or delete it first.")]
+    Exists(String, String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("state store")]
+    Db(#[from] DbError),
+}
+
+/// What `PUT .../virtualMachines/{vm}` asks for, after parsing.
+#[derive(Clone, Debug)]
+pub struct CreateVm {
+    pub rg: String,
+    pub name: String,
+    pub location: Option<String>,
+    pub size: String,
+    pub image: ImageRef,
+    pub computer_name: Option<String>,
+    pub admin_username: String,
+    pub caching: String,
+    pub tags: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Commands a VM actor accepts.
+pub enum Command {
+    Delete(oneshot::Sender<Result<(), String>>),
+}
+
+#[derive(Clone)]
+pub struct VmHandle {
+    pub tx: mpsc::Sender<Command>,
+    pub state: watch::Receiver<VmRecord>,
+}
+
+/// Everything the VM actors share: configuration, the store, the network, the subscription.
+pub struct Node {
+    pub cfg: DaemonConfig,
+    pub db: Db,
+    pub subscription: String,
+    pub accel: AccelDecision,
+    pub net: NodeNet,
+    pub account: String,
+    vms: Mutex<HashMap<String, VmHandle>>,
+}
+
+/// Cloud rules for a Linux VM resource name.
+pub fn validate_vm_name(name: &str) -> Result<(), VmError> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && ok_chars
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.ends_with('.')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::InvalidParameter(format!(
+            "The VM name '{name}' is invalid: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit and not ending with '.' or '-'."
+        )))
+    }
+}
+
+/// Cloud rules for a Linux computer name (the guest's hostname).
+pub fn validate_computer_name(name: &str) -> Result<(), VmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.chars().all(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::InvalidParameter(format!(
+            "The computer name '{name}' is invalid: a Linux host name is 1-64 letters, digits or '-', not all digits, and does not start or end with '-'. Pass a valid --computer-name."
+        )))
+    }
+}
+
+/// Cloud rules for a resource group name.
+pub fn validate_rg_name(name: &str) -> Result<(), VmError> {
+    let ok = !name.is_empty()
+        && name.len() <= 90
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
+        && !name.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::InvalidParameter(format!(
+            "The resource group name '{name}' is invalid: use 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.'."
+        )))
+    }
+}
+
+impl Node {
+    pub fn new(
+        cfg: DaemonConfig,
+        db: Db,
+        subscription: String,
+        accel: AccelDecision,
+        net: NodeNet,
+        account: String,
+    ) -> Arc<Node> {
+        Arc::new(Node { cfg, db, subscription, accel, net, account, vms: Mutex::new(HashMap::new()) })
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, VmHandle>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn rg_exists(&self, rg: &str) -> Result<bool, VmError> {
+        Ok(self.db.get::<serde_json::Value>(Kind::ResourceGroup, rg)?.is_some())
+    }
+
+    /// Re-adopts every stored VM (called once at daemon start).
+    pub fn load(self: &Arc<Self>) -> Result<usize, VmError> {
+        let vms: Vec<VmRecord> = self.db.list(Kind::Vm)?;
+        let n = vms.len();
+        for rec in vms {
+            self.spawn_actor(rec, actor::Start::Adopt);
+        }
+        Ok(n)
+    }
+
+    fn spawn_actor(self: &Arc<Self>, rec: VmRecord, start: actor::Start) -> VmHandle {
+        let (tx, rx) = mpsc::channel(16);
+        let (state_tx, state_rx) = watch::channel(rec.clone());
+        let handle = VmHandle { tx, state: state_rx };
+        self.registry().insert(rec.key(), handle.clone());
+        actor::spawn(self.clone(), rec, start, rx, state_tx);
+        handle
+    }
+
+    pub(crate) fn forget(&self, key: &str) {
+        self.registry().remove(key);
+    }
+
+    pub fn get(&self, rg: &str, name: &str) -> Option<VmRecord> {
+        self.registry().get(&model::vm_key(rg, name)).map(|h| h.state.borrow().clone())
+    }
+
+    pub fn list(&self, rg: Option<&str>) -> Vec<VmRecord> {
+        let mut out: Vec<VmRecord> = self
+            .registry()
+            .values()
+            .map(|h| h.state.borrow().clone())
+            .filter(|r| rg.is_none_or(|g| g.eq_ignore_ascii_case(&r.rg)))
+            .collect();
+        out.sort_by_key(|r| r.key());
+        out
+    }
+
+    pub fn lease_ip(&self, mac: &str) -> Option<std::net::Ipv4Addr> {
+        self.db.lease_get(mac).ok().flatten().map(|l| l.ip)
+    }
+
+    /// Validates everything first, so that bad input creates nothing; then records the VM and
+    /// its NIC and hands the rest (disk, tap, QEMU) to the VM's actor.
+    pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord, VmError> {
+        validate_rg_name(&req.rg)?;
+        validate_vm_name(&req.name)?;
+        if !self.rg_exists(&req.rg)? {
+            return Err(VmError::ResourceGroupNotFound(req.rg));
+        }
+        let computer_name = req.computer_name.clone().unwrap_or_else(|| req.name.clone());
+        validate_computer_name(&computer_name)?;
+        let size = sizes::find(&req.size)
+            .ok_or_else(|| VmError::UnknownSize(req.size.clone(), sizes::names()))?;
+        if let Some(loc) = &req.location {
+            if !loc.eq_ignore_ascii_case(LOCATION) {
+                return Err(VmError::InvalidParameter(format!(
+                    "The location '{loc}' is not available on this node; its location is '{LOCATION}'."
+                )));
+            }
+        }
+        if !matches!(req.caching.to_ascii_lowercase().as_str(), "none" | "readonly" | "readwrite") {
+            return Err(VmError::InvalidParameter(format!(
+                "osDisk.caching '{}' is invalid: use None, ReadOnly or ReadWrite.",
+                req.caching
+            )));
+        }
+        if req.admin_username.is_empty() || req.admin_username.len() > 32 {
+            return Err(VmError::InvalidParameter("adminUsername must be 1-32 characters.".into()));
+        }
+        let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
+        let key = model::vm_key(&req.rg, &req.name);
+        if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some() {
+            return Err(VmError::Exists(req.name, req.rg));
+        }
+
+        let vm_id = uuid::Uuid::new_v4().to_string();
+        let nic_name = format!("{}VMNic", req.name);
+        let subnet = self.net.subnet_name();
+        let ip = self.db.allocate_addr(&subnet, &key, |used| self.net.allocate(used))?;
+        let mac = self.net.random_mac();
+        let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
+        let disk_path = self.cfg.paths.blobs().join(&self.account).join("vhds").join(format!("{disk_name}.vhd"));
+        let diag = crate::diagnostics::container_dir(&self.cfg.paths, &req.name, &vm_id);
+        let rec = VmRecord {
+            rg: req.rg.clone(),
+            name: req.name.clone(),
+            vm_id: vm_id.clone(),
+            location: LOCATION.into(),
+            size: size.name.into(),
+            image: req.image.clone(),
+            exact_version: image.manifest.version.clone(),
+            computer_name: computer_name.clone(),
+            admin_username: req.admin_username.clone(),
+            os_disk_uri: format!(
+                "http://{}/{}/vhds/{disk_name}.vhd",
+                self.cfg.blob_listen, self.account
+            ),
+            os_disk_name: disk_name,
+            os_disk_path: disk_path,
+            caching: req.caching.clone(),
+            nic: NicRecord {
+                rg: req.rg.clone(),
+                name: nic_name.clone(),
+                mac,
+                ip,
+                subnet: subnet.clone(),
+                tap: vmnode_network::plumbing::tap_name_for(&vm_id),
+                vm: req.name.clone(),
+                hostname: computer_name,
+            },
+            provisioning_state: ProvisioningState::Creating,
+            power: PowerState::Starting,
+            error: None,
+            time_created: crate::api::time_now(),
+            tags: req.tags.clone(),
+            serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
+            pid: None,
+        };
+        let nic_key = format!("{}/{}", req.rg, nic_name);
+        let stored = self
+            .db
+            .insert(Kind::Nic, &nic_key, &rec.nic)
+            .and_then(|_| self.db.insert(Kind::Vm, &key, &rec));
+        if let Err(e) = stored {
+            let _ = self.db.delete(Kind::Nic, &nic_key);
+            let _ = self.db.free_addr(&subnet, ip);
+            return Err(match e {
+                DbError::Exists(_) => VmError::Exists(req.name, req.rg),
+                e => e.into(),
+            });
+        }
+        self.spawn_actor(rec.clone(), actor::Start::Create(Box::new(image)));
+        Ok(rec)
+    }
+
+    /// Deletes a VM and everything it owns; returns when nothing is left.
+    pub async fn delete(&self, rg: &str, name: &str) -> Result<(), VmError> {
+        let handle = self
+            .registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let (tx, rx) = oneshot::channel();
+        handle
+            .tx
+            .send(Command::Delete(tx))
+            .await
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is already being deleted.")))?;
+        rx.await
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is already being deleted.")))?
+            .map_err(VmError::Conflict)
+    }
+
+    /// Starts deletion and returns at once (the API's 202).
+    pub fn delete_nowait(self: &Arc<Self>, rg: &str, name: &str) -> Result<(), VmError> {
+        if self.get(rg, name).is_none() {
+            return Err(VmError::NotFound(name.into(), rg.into()));
+        }
+        let node = self.clone();
+        let (rg, name) = (rg.to_string(), name.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = node.delete(&rg, &name).await {
+                tracing::warn!(vm = %name, error = %e, "delete failed");
+            }
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_follow_the_cloud_rules() {
+        for ok in ["vm1", "My-VM_2", "a", "web.01"] {
+            assert!(validate_vm_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-vm", "_vm", "vm-", "vm.", "vm 1", "vm/1", "vm,1", &"x".repeat(65)] {
+            assert!(validate_vm_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn computer_and_group_names() {
+        assert!(validate_computer_name("vm-1").is_ok());
+        assert!(validate_computer_name("vm_1").is_err());
+        assert!(validate_computer_name("1234").is_err());
+        assert!(validate_rg_name("rg(1)-x_y.z").is_ok());
+        assert!(validate_rg_name("rg.").is_err());
+        assert!(validate_rg_name("r g").is_err());
+    }
+}

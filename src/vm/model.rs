@@ -1,0 +1,262 @@
+//! A VM as stored (`VmRecord`) and as the ARM API shows it (`to_arm`).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::catalog::ImageRef;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ProvisioningState {
+    Creating,
+    Updating,
+    Succeeded,
+    Failed,
+    Deleting,
+}
+
+/// `PowerState/...` codes of the instance view.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Deallocated,
+    Unknown,
+}
+
+impl PowerState {
+    pub fn code(self) -> &'static str {
+        match self {
+            PowerState::Starting => "PowerState/starting",
+            PowerState::Running => "PowerState/running",
+            PowerState::Stopping => "PowerState/stopping",
+            PowerState::Stopped => "PowerState/stopped",
+            PowerState::Deallocated => "PowerState/deallocated",
+            PowerState::Unknown => "PowerState/unknown",
+        }
+    }
+    pub fn display(self) -> &'static str {
+        match self {
+            PowerState::Starting => "VM starting",
+            PowerState::Running => "VM running",
+            PowerState::Stopping => "VM stopping",
+            PowerState::Stopped => "VM stopped",
+            PowerState::Deallocated => "VM deallocated",
+            PowerState::Unknown => "VM status unknown",
+        }
+    }
+}
+
+/// The cloud's nested error shape.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ErrorBody>,
+}
+
+/// The NIC a VM was given (its own ARM resource: `.../networkInterfaces/{name}`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NicRecord {
+    pub rg: String,
+    pub name: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub subnet: String,
+    pub tap: String,
+    pub vm: String,
+    pub hostname: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub rg: String,
+    pub name: String,
+    pub vm_id: String,
+    pub location: String,
+    pub size: String,
+    pub image: ImageRef,
+    pub exact_version: String,
+    pub computer_name: String,
+    pub admin_username: String,
+    pub os_disk_name: String,
+    pub os_disk_path: PathBuf,
+    pub os_disk_uri: String,
+    pub caching: String,
+    pub nic: NicRecord,
+    pub provisioning_state: ProvisioningState,
+    pub power: PowerState,
+    pub error: Option<ErrorBody>,
+    pub time_created: String,
+    pub tags: serde_json::Map<String, Value>,
+    pub serial_log: PathBuf,
+    pub pid: Option<i32>,
+}
+
+impl VmRecord {
+    pub fn key(&self) -> String {
+        vm_key(&self.rg, &self.name)
+    }
+}
+
+pub fn vm_key(rg: &str, name: &str) -> String {
+    format!("{}/{}", rg.to_lowercase(), name.to_lowercase())
+}
+
+pub fn rg_id(sub: &str, rg: &str) -> String {
+    format!("/subscriptions/{sub}/resourceGroups/{rg}")
+}
+
+pub fn vm_arm_id(sub: &str, rg: &str, name: &str) -> String {
+    format!("{}/providers/Microsoft.Compute/virtualMachines/{name}", rg_id(sub, rg))
+}
+
+pub fn nic_arm_id(sub: &str, rg: &str, name: &str) -> String {
+    format!("{}/providers/Microsoft.Network/networkInterfaces/{name}", rg_id(sub, rg))
+}
+
+/// The VM's instance view: statuses (provisioning, power) and, vmnode's addition, the DIP.
+pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
+    let mut statuses = vec![json!({
+        "code": format!("ProvisioningState/{}", provisioning_str(r.provisioning_state).to_lowercase()),
+        "level": if r.provisioning_state == ProvisioningState::Failed { "Error" } else { "Info" },
+        "displayStatus": format!("Provisioning {}", provisioning_str(r.provisioning_state).to_lowercase()),
+        "message": r.error.as_ref().map(|e| e.message.clone()),
+    })];
+    statuses.push(json!({
+        "code": r.power.code(),
+        "level": "Info",
+        "displayStatus": r.power.display(),
+    }));
+    json!({
+        "computerName": r.computer_name,
+        "osName": "Linux",
+        "hyperVGeneration": "V1",
+        "bootDiagnostics": {},
+        "statuses": statuses,
+        "networkInterfaces": [{
+            "name": r.nic.name,
+            "macAddress": mac_azure(&r.nic.mac),
+            "privateIPAddress": lease_ip.map(|ip| ip.to_string()),
+        }],
+    })
+}
+
+pub fn provisioning_str(p: ProvisioningState) -> &'static str {
+    match p {
+        ProvisioningState::Creating => "Creating",
+        ProvisioningState::Updating => "Updating",
+        ProvisioningState::Succeeded => "Succeeded",
+        ProvisioningState::Failed => "Failed",
+        ProvisioningState::Deleting => "Deleting",
+    }
+}
+
+/// `00-0D-3A-12-34-56`, as the cloud shows MAC addresses.
+pub fn mac_azure(mac: &str) -> String {
+    mac.replace(':', "-").to_uppercase()
+}
+
+/// The VM as `GET .../virtualMachines/{vm}` returns it. `lease_ip` is the address the guest
+/// holds by DHCP (none until it has asked).
+pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bool) -> Value {
+    let nic_id = nic_arm_id(sub, &r.rg, &r.nic.name);
+    let mut v = json!({
+        "id": vm_arm_id(sub, &r.rg, &r.name),
+        "name": r.name,
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": r.location,
+        "tags": r.tags,
+        "properties": {
+            "vmId": r.vm_id,
+            "hardwareProfile": { "vmSize": r.size },
+            "storageProfile": {
+                "imageReference": {
+                    "publisher": r.image.publisher,
+                    "offer": r.image.offer,
+                    "sku": r.image.sku,
+                    "version": r.image.version,
+                    "exactVersion": r.exact_version,
+                },
+                "osDisk": {
+                    "osType": "Linux",
+                    "name": r.os_disk_name,
+                    "createOption": "FromImage",
+                    "vhd": { "uri": r.os_disk_uri },
+                    "caching": r.caching,
+                    "diskSizeGB": 1,
+                },
+                "dataDisks": [],
+            },
+            "osProfile": {
+                "computerName": r.computer_name,
+                "adminUsername": r.admin_username,
+                "linuxConfiguration": {
+                    "disablePasswordAuthentication": false,
+                    "provisionVMAgent": true,
+                },
+                "secrets": [],
+                "allowExtensionOperations": true,
+            },
+            "networkProfile": {
+                "networkInterfaces": [{
+                    "id": nic_id,
+                    "properties": {
+                        "primary": true,
+                    },
+                }],
+            },
+            "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },
+            "provisioningState": provisioning_str(r.provisioning_state),
+            "timeCreated": r.time_created,
+        },
+        "resources": [],
+    });
+    // As `az vm show -d` adds them: the DIP from the lease, the MAC and the power state.
+    v["privateIps"] = json!(lease_ip.map(|ip| ip.to_string()).unwrap_or_default());
+    v["macAddresses"] = json!(mac_azure(&r.nic.mac));
+    v["powerState"] = json!(r.power.display());
+    if let Some(e) = &r.error {
+        v["properties"]["error"] = json!(e);
+    }
+    if with_view {
+        v["properties"]["instanceView"] = instance_view(r, lease_ip);
+    }
+    v
+}
+
+/// The NIC resource, `GET .../networkInterfaces/{nic}`.
+pub fn nic_to_arm(sub: &str, n: &NicRecord, location: &str, lease_ip: Option<Ipv4Addr>) -> Value {
+    let id = nic_arm_id(sub, &n.rg, &n.name);
+    json!({
+        "id": id,
+        "name": n.name,
+        "type": "Microsoft.Network/networkInterfaces",
+        "location": location,
+        "properties": {
+            "provisioningState": "Succeeded",
+            "macAddress": mac_azure(&n.mac),
+            "primary": true,
+            "virtualMachine": { "id": vm_arm_id(sub, &n.rg, &n.vm) },
+            "ipConfigurations": [{
+                "id": format!("{id}/ipConfigurations/ipconfig1"),
+                "name": "ipconfig1",
+                "properties": {
+                    "privateIPAddress": n.ip.to_string(),
+                    "privateIPAllocationMethod": "Dynamic",
+                    "privateIPAddressVersion": "IPv4",
+                    "primary": true,
+                    "subnet": { "id": format!("/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network/virtualNetworks/vmnode-vnet/subnets/{}", n.rg, n.subnet) },
+                },
+            }],
+            "dhcpLease": lease_ip.map(|ip| ip.to_string()),
+            "tapName": n.tap,
+        },
+    })
+}
