@@ -22,7 +22,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(state: &Path, run: &Path) -> Self {
-        Paths { state: state.to_path_buf(), run: run.to_path_buf() }
+        Paths {
+            state: state.to_path_buf(),
+            run: run.to_path_buf(),
+        }
     }
     pub fn db(&self) -> PathBuf {
         self.state.join("vmnode.db")

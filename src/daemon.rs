@@ -25,7 +25,8 @@ fn ensure_token(path: &std::path::Path) -> anyhow::Result<String> {
         }
     }
     let t = random_hex(32);
-    write_atomic(path, t.as_bytes(), 0o600).with_context(|| format!("writing {}", path.display()))?;
+    write_atomic(path, t.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(t)
 }
 
@@ -47,29 +48,54 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let db = Db::open(&paths.db()).with_context(|| format!("opening {}", paths.db().display()))?;
     let subscription = ensure_meta(&db, "subscription", || uuid::Uuid::new_v4().to_string())?;
-    let account = ensure_meta(&db, "storage.account", || format!("vmnode{}", &random_hex(4)))?;
+    let account = ensure_meta(&db, "storage.account", || {
+        format!("vmnode{}", &random_hex(4))
+    })?;
     let token = ensure_token(&paths.token())?;
     // The CLI reads these without asking the daemon.
-    write_atomic(&paths.state.join("subscription"), subscription.as_bytes(), 0o644)?;
+    write_atomic(
+        &paths.state.join("subscription"),
+        subscription.as_bytes(),
+        0o644,
+    )?;
 
     let accel = crate::doctor::decide(cfg.accel);
     tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
-    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db)
-        .with_context(|| format!("setting up the guest network in namespace '{}' (is this root?)", cfg.netns))?;
-    let _dhcp = net.start_dhcp(db.clone()).context("starting the DHCP responder")?;
+    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db).with_context(|| {
+        format!(
+            "setting up the guest network in namespace '{}' (is this root?)",
+            cfg.netns
+        )
+    })?;
+    let _dhcp = net
+        .start_dhcp(db.clone())
+        .context("starting the DHCP responder")?;
 
     let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
     let adopted = node.load()?;
 
-    let tls = api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
-    let state = AppState { node: node.clone(), token: Arc::new(token) };
+    let tls =
+        api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
+    let state = AppState {
+        node: node.clone(),
+        token: Arc::new(token),
+    };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("listening on {} (is another daemon using it? pass --listen)", cfg.listen))?;
+        .with_context(|| {
+            format!(
+                "listening on {} (is another daemon using it? pass --listen)",
+                cfg.listen
+            )
+        })?;
     let unix = api::server::bind_unix(&paths.socket())
         .with_context(|| format!("binding {}", paths.socket().display()))?;
-    write_atomic(&paths.daemon_pid(), std::process::id().to_string().as_bytes(), 0o644)?;
+    write_atomic(
+        &paths.daemon_pid(),
+        std::process::id().to_string().as_bytes(),
+        0o644,
+    )?;
     tokio::spawn(api::server::serve_tls(tcp, tls, svc.clone()));
     tokio::spawn(api::server::serve_unix(unix, svc));
     tracing::info!(
@@ -80,7 +106,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "vmnode serving"
     );
-    println!("vmnode: ready on https://{} and {} ({} ms)", cfg.listen, paths.socket().display(), started.elapsed().as_millis());
+    println!(
+        "vmnode: ready on https://{} and {} ({} ms)",
+        cfg.listen,
+        paths.socket().display(),
+        started.elapsed().as_millis()
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -49,7 +49,11 @@ pub struct AccelDecision {
 /// plus /proc/modules where it exists.
 fn loaded_modules() -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir("/sys/module")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     out.extend(
         std::fs::read_to_string("/proc/modules")
@@ -82,8 +86,7 @@ pub fn decide_from(modules: &[String], dev_kvm: bool, choice: AccelChoice) -> Ac
         },
         (true, None) => AccelDecision {
             accel: Accel::Tcg,
-            reason: "/dev/kvm exists but neither kvm_intel nor kvm_amd is loaded: using TCG"
-                .into(),
+            reason: "/dev/kvm exists but neither kvm_intel nor kvm_amd is loaded: using TCG".into(),
         },
         (false, _) => AccelDecision {
             accel: Accel::Tcg,
@@ -92,7 +95,10 @@ pub fn decide_from(modules: &[String], dev_kvm: bool, choice: AccelChoice) -> Ac
     };
     match choice {
         AccelChoice::Auto => auto,
-        AccelChoice::Tcg => AccelDecision { accel: Accel::Tcg, reason: "--accel tcg".into() },
+        AccelChoice::Tcg => AccelDecision {
+            accel: Accel::Tcg,
+            reason: "--accel tcg".into(),
+        },
         AccelChoice::Kvm => AccelDecision {
             accel: Accel::Kvm,
             reason: format!("--accel kvm (auto would say: {})", auto.reason),
@@ -105,8 +111,6 @@ pub fn decide(choice: AccelChoice) -> AccelDecision {
 }
 
 pub const QEMU_BIN: &str = "qemu-system-x86_64";
-pub const APT_PACKAGES: &[&str] =
-    &["qemu-system-x86", "qemu-utils", "iproute2", "xz-utils", "cpio", "busybox-static"];
 
 /// One line of the doctor's report.
 pub struct Check {
@@ -118,7 +122,9 @@ pub struct Check {
 
 fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 pub fn qemu_version() -> Option<String> {
@@ -135,12 +141,21 @@ pub fn checks() -> Vec<Check> {
         fix: Some("apt-get install -y qemu-system-x86 qemu-utils".into()),
     });
     let d = decide(AccelChoice::Auto);
-    out.push(Check { name: "accel", ok: true, detail: format!("{} — {}", d.accel, d.reason), fix: None });
+    out.push(Check {
+        name: "accel",
+        ok: true,
+        detail: format!("{} — {}", d.accel, d.reason),
+        fix: None,
+    });
     let tun = Path::new("/dev/net/tun").exists();
     out.push(Check {
         name: "tun",
         ok: tun,
-        detail: if tun { "/dev/net/tun present".into() } else { "/dev/net/tun missing".into() },
+        detail: if tun {
+            "/dev/net/tun present".into()
+        } else {
+            "/dev/net/tun missing".into()
+        },
         fix: Some("modprobe tun".into()),
     });
     let ip = command_output("ip", &["-V"]);
@@ -154,7 +169,11 @@ pub fn checks() -> Vec<Check> {
     out.push(Check {
         name: "netns",
         ok: netns,
-        detail: if netns { "network namespaces supported".into() } else { "no netns support".into() },
+        detail: if netns {
+            "network namespaces supported".into()
+        } else {
+            "no netns support".into()
+        },
         fix: Some("a kernel with CONFIG_NET_NS".into()),
     });
     let bridge = Path::new("/sys/module/bridge").exists() || Path::new("/sys/class/net").exists();
@@ -177,7 +196,11 @@ pub fn checks() -> Vec<Check> {
     out.push(Check {
         name: "root",
         ok: root,
-        detail: if root { "running as root".into() } else { "not root".into() },
+        detail: if root {
+            "running as root".into()
+        } else {
+            "not root".into()
+        },
         fix: Some("run the daemon as root (it creates namespaces, bridges and taps)".into()),
     });
     out

@@ -20,7 +20,10 @@ fn check_sub(state: &AppState, sub: &str) -> Result<()> {
     } else {
         Err(ApiError::not_found(
             "SubscriptionNotFound",
-            format!("The subscription '{sub}' could not be found. This node's subscription is {}.", state.node.subscription),
+            format!(
+                "The subscription '{sub}' could not be found. This node's subscription is {}.",
+                state.node.subscription
+            ),
         ))
     }
 }
@@ -34,7 +37,10 @@ fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
     if !state.node.rg_exists(rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
     }
-    state.node.get(rg, vm).ok_or_else(|| crate::vm::VmError::NotFound(vm.into(), rg.into()).into())
+    state
+        .node
+        .get(rg, vm)
+        .ok_or_else(|| crate::vm::VmError::NotFound(vm.into(), rg.into()).into())
 }
 
 pub async fn get_vm(
@@ -44,7 +50,10 @@ pub async fn get_vm(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
-    let view = q.get("$expand").map(|e| e.eq_ignore_ascii_case("instanceView")).unwrap_or(false);
+    let view = q
+        .get("$expand")
+        .map(|e| e.eq_ignore_ascii_case("instanceView"))
+        .unwrap_or(false);
     Ok(Json(render(&state, &r, view)))
 }
 
@@ -54,7 +63,10 @@ pub async fn instance_view(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
-    Ok(Json(model::instance_view(&r, state.node.lease_ip(&r.nic.mac))))
+    Ok(Json(model::instance_view(
+        &r,
+        state.node.lease_ip(&r.nic.mac),
+    )))
 }
 
 pub async fn serial_log(
@@ -75,13 +87,26 @@ pub async fn list_in_rg(
     if !state.node.rg_exists(&rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg).into());
     }
-    let vms: Vec<Value> = state.node.list(Some(&rg)).iter().map(|r| render(&state, r, false)).collect();
+    let vms: Vec<Value> = state
+        .node
+        .list(Some(&rg))
+        .iter()
+        .map(|r| render(&state, r, false))
+        .collect();
     Ok(Json(json!({ "value": vms })))
 }
 
-pub async fn list_all(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+pub async fn list_all(
+    State(state): State<AppState>,
+    Path(sub): Path<String>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    let vms: Vec<Value> = state.node.list(None).iter().map(|r| render(&state, r, false)).collect();
+    let vms: Vec<Value> = state
+        .node
+        .list(None)
+        .iter()
+        .map(|r| render(&state, r, false))
+        .collect();
     Ok(Json(json!({ "value": vms })))
 }
 
@@ -93,32 +118,56 @@ fn required_str(v: &Value, path: &[&str]) -> Result<String> {
     field(v, path)
         .and_then(Value::as_str)
         .map(str::to_string)
-        .ok_or_else(|| ApiError::bad_request(format!("Required parameter '{}' is missing (null).", path.join("."))))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Required parameter '{}' is missing (null).",
+                path.join(".")
+            ))
+        })
 }
 
 /// Parses an ARM VM body into a create request.
 pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
-    let p = body.get("properties").ok_or_else(|| ApiError::bad_request("Required parameter 'properties' is missing."))?;
-    let img = field(p, &["storageProfile", "imageReference"])
-        .ok_or_else(|| ApiError::bad_request("Required parameter 'properties.storageProfile.imageReference' is missing."))?;
+    let p = body
+        .get("properties")
+        .ok_or_else(|| ApiError::bad_request("Required parameter 'properties' is missing."))?;
+    let img = field(p, &["storageProfile", "imageReference"]).ok_or_else(|| {
+        ApiError::bad_request(
+            "Required parameter 'properties.storageProfile.imageReference' is missing.",
+        )
+    })?;
     let part = |k: &str| -> Result<String> {
-        img.get(k).and_then(Value::as_str).map(str::to_string).ok_or_else(|| {
-            ApiError::bad_request(format!("Required parameter 'storageProfile.imageReference.{k}' is missing."))
-        })
+        img.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Required parameter 'storageProfile.imageReference.{k}' is missing."
+                ))
+            })
     };
     let image = ImageRef {
         publisher: part("publisher")?,
         offer: part("offer")?,
         sku: part("sku")?,
-        version: img.get("version").and_then(Value::as_str).unwrap_or("latest").to_string(),
+        version: img
+            .get("version")
+            .and_then(Value::as_str)
+            .unwrap_or("latest")
+            .to_string(),
     };
     Ok(CreateVm {
         rg: rg.into(),
         name: name.into(),
-        location: body.get("location").and_then(Value::as_str).map(str::to_string),
+        location: body
+            .get("location")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         size: required_str(p, &["hardwareProfile", "vmSize"])?,
         image,
-        computer_name: field(p, &["osProfile", "computerName"]).and_then(Value::as_str).map(str::to_string),
+        computer_name: field(p, &["osProfile", "computerName"])
+            .and_then(Value::as_str)
+            .map(str::to_string),
         admin_username: field(p, &["osProfile", "adminUsername"])
             .and_then(Value::as_str)
             .unwrap_or("azureuser")
@@ -127,7 +176,11 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .and_then(Value::as_str)
             .unwrap_or("ReadWrite")
             .to_string(),
-        tags: body.get("tags").and_then(Value::as_object).cloned().unwrap_or_default(),
+        tags: body
+            .get("tags")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -138,7 +191,9 @@ pub async fn put_vm(
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
     let Some(Json(body)) = body else {
-        return Err(ApiError::bad_request("The request body must be a JSON virtual machine."));
+        return Err(ApiError::bad_request(
+            "The request body must be a JSON virtual machine.",
+        ));
     };
     let req = parse_create(&rg, &vm, &body)?;
     // A PUT of an existing VM with the same image and size is idempotent; changing them is not

@@ -16,7 +16,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.into(), message: message.into() }
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", message)
@@ -33,31 +37,47 @@ impl ApiError {
             cur = c.source();
         }
         tracing::error!(error = %msg, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", msg)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            msg,
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message, "details": [] } });
-        (self.status, [("x-ms-error-code", self.code.clone())], axum::Json(body)).into_response()
+        let body =
+            json!({ "error": { "code": self.code, "message": self.message, "details": [] } });
+        (
+            self.status,
+            [("x-ms-error-code", self.code.clone())],
+            axum::Json(body),
+        )
+            .into_response()
     }
 }
 
 impl From<VmError> for ApiError {
     fn from(e: VmError) -> Self {
         match &e {
-            VmError::ResourceGroupNotFound(_) => Self::not_found("ResourceGroupNotFound", e.to_string()),
+            VmError::ResourceGroupNotFound(_) => {
+                Self::not_found("ResourceGroupNotFound", e.to_string())
+            }
             VmError::NotFound(..) => Self::not_found("ResourceNotFound", e.to_string()),
             VmError::InvalidParameter(_) => Self::bad_request(e.to_string()),
-            VmError::UnknownSize(..) => Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string()),
+            VmError::UnknownSize(..) => {
+                Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string())
+            }
             VmError::Image(CatalogError::BadUrn(_)) => Self::bad_request(e.to_string()),
             VmError::Image(CatalogError::NotFound { .. }) => {
                 Self::not_found("PlatformImageNotFound", e.to_string())
             }
             VmError::Image(CatalogError::Io { .. }) => Self::internal(&e),
             VmError::Exists(..) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
-            VmError::Conflict(_) => Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string()),
+            VmError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
+            }
             VmError::Db(_) => Self::internal(&e),
         }
     }

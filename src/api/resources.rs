@@ -19,7 +19,10 @@ fn check_sub(state: &AppState, sub: &str) -> Result<()> {
     if sub.eq_ignore_ascii_case(&state.node.subscription) {
         Ok(())
     } else {
-        Err(ApiError::not_found("SubscriptionNotFound", format!("The subscription '{sub}' could not be found.")))
+        Err(ApiError::not_found(
+            "SubscriptionNotFound",
+            format!("The subscription '{sub}' could not be found."),
+        ))
     }
 }
 
@@ -37,7 +40,10 @@ pub async fn list_subscriptions(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "value": [subscription(&state)] }))
 }
 
-pub async fn get_subscription(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+pub async fn get_subscription(
+    State(state): State<AppState>,
+    Path(sub): Path<String>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     Ok(Json(subscription(&state)))
 }
@@ -60,17 +66,29 @@ fn rg_json(state: &AppState, r: &RgRecord) -> Value {
     })
 }
 
-pub async fn list_rgs(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<Value>> {
+pub async fn list_rgs(
+    State(state): State<AppState>,
+    Path(sub): Path<String>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let rgs: Vec<RgRecord> = state.node.db.list(Kind::ResourceGroup)?;
-    Ok(Json(json!({ "value": rgs.iter().map(|r| rg_json(&state, r)).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "value": rgs.iter().map(|r| rg_json(&state, r)).collect::<Vec<_>>() }),
+    ))
 }
 
-pub async fn get_rg(State(state): State<AppState>, Path((sub, rg)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn get_rg(
+    State(state): State<AppState>,
+    Path((sub, rg)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
-    r.map(|r| Json(rg_json(&state, &r)))
-        .ok_or_else(|| ApiError::not_found("ResourceGroupNotFound", format!("Resource group '{rg}' could not be found.")))
+    r.map(|r| Json(rg_json(&state, &r))).ok_or_else(|| {
+        ApiError::not_found(
+            "ResourceGroupNotFound",
+            format!("Resource group '{rg}' could not be found."),
+        )
+    })
 }
 
 pub async fn put_rg(
@@ -81,21 +99,39 @@ pub async fn put_rg(
     check_sub(&state, &sub)?;
     crate::vm::validate_rg_name(&rg)?;
     let body = body.map(|b| b.0).unwrap_or_default();
-    let location = body.get("location").and_then(Value::as_str).unwrap_or(LOCATION);
+    let location = body
+        .get("location")
+        .and_then(Value::as_str)
+        .unwrap_or(LOCATION);
     if !location.eq_ignore_ascii_case(LOCATION) {
         return Err(ApiError::bad_request(format!(
             "The location '{location}' is not available on this node; its location is '{LOCATION}'."
         )));
     }
-    let tags = body.get("tags").and_then(Value::as_object).cloned().unwrap_or_default();
+    let tags = body
+        .get("tags")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let existing: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
-    let rec = RgRecord { name: existing.as_ref().map(|e| e.name.clone()).unwrap_or(rg), location: LOCATION.into(), tags };
+    let rec = RgRecord {
+        name: existing.as_ref().map(|e| e.name.clone()).unwrap_or(rg),
+        location: LOCATION.into(),
+        tags,
+    };
     state.node.db.put(Kind::ResourceGroup, &rec.name, &rec)?;
-    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(rg_json(&state, &rec))).into_response())
 }
 
-pub async fn delete_rg(State(state): State<AppState>, Path((sub, rg)): Path<(String, String)>) -> Result<Response> {
+pub async fn delete_rg(
+    State(state): State<AppState>,
+    Path((sub, rg)): Path<(String, String)>,
+) -> Result<Response> {
     check_sub(&state, &sub)?;
     let vms = state.node.list(Some(&rg));
     if !vms.is_empty() {
@@ -103,7 +139,10 @@ pub async fn delete_rg(State(state): State<AppState>, Path((sub, rg)): Path<(Str
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "ResourceGroupNotEmpty",
-            format!("Resource group '{rg}' still holds VMs: {}. Delete them first.", names.join(", ")),
+            format!(
+                "Resource group '{rg}' still holds VMs: {}. Delete them first.",
+                names.join(", ")
+            ),
         ));
     }
     if state.node.db.delete(Kind::ResourceGroup, &rg)? {
@@ -117,11 +156,17 @@ fn check_loc(loc: &str) -> Result<()> {
     if loc.eq_ignore_ascii_case(LOCATION) {
         Ok(())
     } else {
-        Err(ApiError::not_found("LocationNotAvailable", format!("Location '{loc}' is not available; this node is '{LOCATION}'.")))
+        Err(ApiError::not_found(
+            "LocationNotAvailable",
+            format!("Location '{loc}' is not available; this node is '{LOCATION}'."),
+        ))
     }
 }
 
-pub async fn vm_sizes(State(state): State<AppState>, Path((sub, loc)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn vm_sizes(
+    State(state): State<AppState>,
+    Path((sub, loc)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
     Ok(Json(json!({ "value": crate::vm::sizes::SIZES })))
@@ -149,14 +194,23 @@ fn names_json(state: &AppState, loc: &str, names: Vec<String>, suffix: &str) -> 
     ))
 }
 
-pub async fn publishers(State(state): State<AppState>, Path((sub, loc)): Path<(String, String)>) -> Result<Json<Value>> {
+pub async fn publishers(
+    State(state): State<AppState>,
+    Path((sub, loc)): Path<(String, String)>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
-    let names = images(&state)?.into_iter().map(|i| i.manifest.publisher).collect();
+    let names = images(&state)?
+        .into_iter()
+        .map(|i| i.manifest.publisher)
+        .collect();
     Ok(names_json(&state, &loc, names, "Publishers/"))
 }
 
-pub async fn offers(State(state): State<AppState>, Path((sub, loc, p)): Path<(String, String, String)>) -> Result<Json<Value>> {
+pub async fn offers(
+    State(state): State<AppState>,
+    Path((sub, loc, p)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
     let names = images(&state)?
@@ -164,7 +218,12 @@ pub async fn offers(State(state): State<AppState>, Path((sub, loc, p)): Path<(St
         .filter(|i| i.manifest.publisher.eq_ignore_ascii_case(&p))
         .map(|i| i.manifest.offer)
         .collect();
-    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/")))
+    Ok(names_json(
+        &state,
+        &loc,
+        names,
+        &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/"),
+    ))
 }
 
 pub async fn skus(
@@ -175,23 +234,28 @@ pub async fn skus(
     check_loc(&loc)?;
     let names = images(&state)?
         .into_iter()
-        .filter(|i| i.manifest.publisher.eq_ignore_ascii_case(&p) && i.manifest.offer.eq_ignore_ascii_case(&o))
+        .filter(|i| {
+            i.manifest.publisher.eq_ignore_ascii_case(&p)
+                && i.manifest.offer.eq_ignore_ascii_case(&o)
+        })
         .map(|i| i.manifest.sku)
         .collect();
-    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/")))
+    Ok(names_json(
+        &state,
+        &loc,
+        names,
+        &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/"),
+    ))
 }
 
-fn matching(
-    state: &AppState,
-    p: &str,
-    o: &str,
-    s: &str,
-) -> Result<Vec<catalog::ImageVersion>> {
+fn matching(state: &AppState, p: &str, o: &str, s: &str) -> Result<Vec<catalog::ImageVersion>> {
     Ok(images(state)?
         .into_iter()
         .filter(|i| {
             let m = &i.manifest;
-            m.publisher.eq_ignore_ascii_case(p) && m.offer.eq_ignore_ascii_case(o) && m.sku.eq_ignore_ascii_case(s)
+            m.publisher.eq_ignore_ascii_case(p)
+                && m.offer.eq_ignore_ascii_case(o)
+                && m.sku.eq_ignore_ascii_case(s)
         })
         .collect())
 }
@@ -202,8 +266,16 @@ pub async fn versions(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
-    let names = matching(&state, &p, &o, &s)?.into_iter().map(|i| i.manifest.version).collect();
-    Ok(names_json(&state, &loc, names, &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/")))
+    let names = matching(&state, &p, &o, &s)?
+        .into_iter()
+        .map(|i| i.manifest.version)
+        .collect();
+    Ok(names_json(
+        &state,
+        &loc,
+        names,
+        &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/"),
+    ))
 }
 
 pub async fn version(
@@ -212,8 +284,14 @@ pub async fn version(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
-    let r = catalog::ImageRef { publisher: p.clone(), offer: o.clone(), sku: s.clone(), version: v.clone() };
-    let img = catalog::resolve(&state.node.cfg.paths.images(), &r).map_err(crate::vm::VmError::from)?;
+    let r = catalog::ImageRef {
+        publisher: p.clone(),
+        offer: o.clone(),
+        sku: s.clone(),
+        version: v.clone(),
+    };
+    let img =
+        catalog::resolve(&state.node.cfg.paths.images(), &r).map_err(crate::vm::VmError::from)?;
     let m = &img.manifest;
     Ok(Json(json!({
         "name": m.version,
@@ -253,7 +331,12 @@ pub async fn get_nic(
         ApiError::not_found("ResourceNotFound", format!("The Resource 'Microsoft.Network/networkInterfaces/{nic}' under resource group '{rg}' was not found."))
     })?;
     let ip = state.node.lease_ip(&n.mac);
-    Ok(Json(model::nic_to_arm(&state.node.subscription, &n, LOCATION, ip)))
+    Ok(Json(model::nic_to_arm(
+        &state.node.subscription,
+        &n,
+        LOCATION,
+        ip,
+    )))
 }
 
 pub async fn dhcp_leases(State(state): State<AppState>) -> Result<Json<Value>> {
@@ -273,6 +356,8 @@ pub async fn node_info(State(state): State<AppState>) -> Json<Value> {
         "accel": n.accel.accel.qemu_name(),
         "accelReason": n.accel.reason,
         "netns": n.net.ns,
+        "addressSpace": crate::net::VNET_SPACE,
+        "subnet": crate::net::SUBNET_PREFIX,
         "domain": n.net.domain,
         "storageAccount": n.account,
         "version": env!("CARGO_PKG_VERSION"),
@@ -281,6 +366,12 @@ pub async fn node_info(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub async fn no_route(uri: Uri) -> Response {
-    ApiError::not_found("InvalidResourceType", format!("No route for '{}'. See `vmnode --help` for what the API offers.", uri.path()))
-        .into_response()
+    ApiError::not_found(
+        "InvalidResourceType",
+        format!(
+            "No route for '{}'. See `vmnode --help` for what the API offers.",
+            uri.path()
+        ),
+    )
+    .into_response()
 }

@@ -59,7 +59,8 @@ pub fn canonicalize<B>(mut req: Request<B>) -> Request<B> {
 }
 
 pub fn router(state: AppState) -> Router {
-    const VM: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";
+    const VM: &str =
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";
     const LOC: &str = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}";
     const IMG: &str = "/publishers/{publisher}/artifacttypes/vmimage/offers";
     Router::new()

@@ -24,7 +24,10 @@ async fn auth(state: axum::extract::State<AppState>, req: Request<Body>, next: N
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     match given {
         Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
         _ => {
@@ -34,7 +37,10 @@ async fn auth(state: axum::extract::State<AppState>, req: Request<Body>, next: N
                 "Missing or wrong bearer token. Get one with `vmnode account get-access-token`.",
             )
             .into_response();
-            r.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
             r
         }
     }
@@ -47,7 +53,10 @@ async fn log_request(req: Request<Body>, next: Next) -> Response {
     res
 }
 
-pub type Svc = tower::util::MapRequest<axum::Router, fn(Request<hyper::body::Incoming>) -> Request<hyper::body::Incoming>>;
+pub type Svc = tower::util::MapRequest<
+    axum::Router,
+    fn(Request<hyper::body::Incoming>) -> Request<hyper::body::Incoming>,
+>;
 
 pub fn service(state: AppState) -> Svc {
     let router = routes::router(state.clone())
@@ -63,7 +72,9 @@ pub async fn serve_tls(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
         let (acceptor, svc) = (acceptor.clone(), svc.clone());
         tokio::spawn(async move {
             match acceptor.accept(tcp).await {
@@ -80,7 +91,9 @@ pub async fn serve_tls(
 
 pub async fn serve_unix(listener: tokio::net::UnixListener, svc: Svc) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let svc = svc.clone();
         tokio::spawn(async move {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -34,7 +34,10 @@ const CATALOG: &str = include_str!("../../images/catalog.json");
 const RECIPE_FILES: &[(&str, &str)] = &[
     ("tiny/build.sh", include_str!("../../images/tiny/build.sh")),
     ("tiny/init", include_str!("../../images/tiny/init")),
-    ("tiny/udhcpc.script", include_str!("../../images/tiny/udhcpc.script")),
+    (
+        "tiny/udhcpc.script",
+        include_str!("../../images/tiny/udhcpc.script"),
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -55,11 +58,17 @@ pub struct Recipe {
 }
 
 pub fn recipes() -> Result<std::collections::BTreeMap<String, Recipe>, BuildError> {
-    Ok(serde_json::from_str::<Catalog>(CATALOG).map_err(BuildError::Catalog)?.recipes)
+    Ok(serde_json::from_str::<Catalog>(CATALOG)
+        .map_err(BuildError::Catalog)?
+        .recipes)
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io { what, path: path.to_path_buf(), source }
+    move |source| BuildError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
@@ -90,17 +99,25 @@ pub fn build_and_publish(
 ) -> Result<ImageVersion, BuildError> {
     let all = recipes()?;
     let recipe = all.get(name).cloned().ok_or_else(|| {
-        BuildError::UnknownRecipe(name.into(), all.keys().cloned().collect::<Vec<_>>().join(", "))
+        BuildError::UnknownRecipe(
+            name.into(),
+            all.keys().cloned().collect::<Vec<_>>().join(", "),
+        )
     })?;
     let mut key = Sha256::new();
     key.update(name.as_bytes());
     key.update(CATALOG.as_bytes());
-    for (path, body) in RECIPE_FILES.iter().filter(|(p, _)| recipe.recipe.iter().any(|r| r == p)) {
+    for (path, body) in RECIPE_FILES
+        .iter()
+        .filter(|(p, _)| recipe.recipe.iter().any(|r| r == p))
+    {
         key.update(path.as_bytes());
         key.update(body.as_bytes());
     }
     let key = hex::encode(key.finalize());
-    let built = cache_dir.join("images").join(format!("{name}-{}", &key[..16]));
+    let built = cache_dir
+        .join("images")
+        .join(format!("{name}-{}", &key[..16]));
     let debs = cache_dir.join("debs");
     if rebuild && built.exists() {
         std::fs::remove_dir_all(&built).map_err(io("cannot clear", &built))?;
@@ -122,7 +139,10 @@ fn run_recipe(
 ) -> Result<(), BuildError> {
     let parent = built.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
-    let src = tempfile::Builder::new().prefix(".recipe-").tempdir_in(parent).map_err(io("cannot create a temp dir in", parent))?;
+    let src = tempfile::Builder::new()
+        .prefix(".recipe-")
+        .tempdir_in(parent)
+        .map_err(io("cannot create a temp dir in", parent))?;
     for (path, body) in RECIPE_FILES {
         let p = src.path().join(path);
         if let Some(d) = p.parent() {
@@ -130,9 +150,15 @@ fn run_recipe(
         }
         std::fs::write(&p, body).map_err(io("cannot write", &p))?;
     }
-    let out = tempfile::Builder::new().prefix(".build-").tempdir_in(parent).map_err(io("cannot create a temp dir in", parent))?;
+    let out = tempfile::Builder::new()
+        .prefix(".build-")
+        .tempdir_in(parent)
+        .map_err(io("cannot create a temp dir in", parent))?;
     let script = src.path().join(&recipe.recipe[0]);
-    progress(&format!("building image recipe '{name}' ({})", recipe.description));
+    progress(&format!(
+        "building image recipe '{name}' ({})",
+        recipe.description
+    ));
     let mut child = Command::new("bash")
         .arg(&script)
         .arg(out.path())
@@ -148,7 +174,10 @@ fn run_recipe(
     }
     let status = child.wait().map_err(io("cannot wait for", &script))?;
     if !status.success() {
-        return Err(BuildError::RecipeFailed { name: name.into(), code: status.code().unwrap_or(-1) });
+        return Err(BuildError::RecipeFailed {
+            name: name.into(),
+            code: status.code().unwrap_or(-1),
+        });
     }
     progress("hashing image files");
     let mut files = std::collections::BTreeMap::new();
@@ -157,7 +186,10 @@ fn run_recipe(
         let (sha256, size) = sha256_file(&p).map_err(io("cannot read", &p))?;
         files.insert(f.to_string(), FileEntry { sha256, size });
     }
-    let kernel_release = std::fs::read_to_string(out.path().join("kernel.txt")).unwrap_or_default().trim().to_string();
+    let kernel_release = std::fs::read_to_string(out.path().join("kernel.txt"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let manifest = Manifest {
         publisher: recipe.publisher.clone(),
         offer: recipe.offer.clone(),
@@ -174,30 +206,66 @@ fn run_recipe(
     let body = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Catalog)?;
     std::fs::write(&mpath, body).map_err(io("cannot write", &mpath))?;
     let out = out.keep();
-    std::fs::rename(&out, built).map_err(io("cannot move the build into", built))?;
+    if let Err(e) = std::fs::rename(&out, built) {
+        let _ = std::fs::remove_dir_all(&out);
+        // Another build of the same recipe finished first: its result is as good as ours.
+        if !built.join("manifest.json").exists() {
+            return Err(BuildError::Io {
+                what: "cannot move the build into",
+                path: built.into(),
+                source: e,
+            });
+        }
+    }
     Ok(())
 }
 
 /// Copies a built image into the store as `{publisher}/{offer}/{sku}/{version}` (hard links
 /// when on the same filesystem, sparse copies otherwise).
-fn publish(built: &Path, images_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<ImageVersion, BuildError> {
+fn publish(
+    built: &Path,
+    images_dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ImageVersion, BuildError> {
     let mpath = built.join("manifest.json");
-    let manifest: Manifest = serde_json::from_slice(&std::fs::read(&mpath).map_err(io("cannot read", &mpath))?)
-        .map_err(BuildError::Catalog)?;
-    let dest = images_dir.join(&manifest.publisher).join(&manifest.offer).join(&manifest.sku).join(&manifest.version);
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(&mpath).map_err(io("cannot read", &mpath))?)
+            .map_err(BuildError::Catalog)?;
+    let dest = images_dir
+        .join(&manifest.publisher)
+        .join(&manifest.offer)
+        .join(&manifest.sku)
+        .join(&manifest.version);
     if let Ok(existing) = std::fs::read(dest.join("manifest.json")) {
         if let Ok(m) = serde_json::from_slice::<Manifest>(&existing) {
-            if m.files.iter().all(|(k, v)| manifest.files.get(k).map(|x| x.sha256 == v.sha256).unwrap_or(false)) {
+            if m.files.iter().all(|(k, v)| {
+                manifest
+                    .files
+                    .get(k)
+                    .map(|x| x.sha256 == v.sha256)
+                    .unwrap_or(false)
+            }) {
                 progress(&format!("already published at {}", dest.display()));
-                return Ok(ImageVersion { manifest, dir: dest });
+                return Ok(ImageVersion {
+                    manifest,
+                    dir: dest,
+                });
             }
         }
         std::fs::remove_dir_all(&dest).map_err(io("cannot replace", &dest))?;
     }
     let parent = dest.parent().unwrap_or(images_dir);
     std::fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
-    let tmp = tempfile::Builder::new().prefix(".publish-").tempdir_in(parent).map_err(io("cannot create a temp dir in", parent))?;
-    for f in manifest.files.keys().map(String::as_str).chain(["manifest.json"]) {
+    let tmp = tempfile::Builder::new()
+        .prefix(".publish-")
+        .tempdir_in(parent)
+        .map_err(io("cannot create a temp dir in", parent))?;
+    for f in manifest
+        .files
+        .keys()
+        .map(String::as_str)
+        .chain(["manifest.json"])
+    {
         let (from, to) = (built.join(f), tmp.path().join(f));
         if std::fs::hard_link(&from, &to).is_err() {
             crate::storage::disk::sparse_clone(&from, &to).map_err(|e| BuildError::Io {
@@ -208,10 +276,26 @@ fn publish(built: &Path, images_dir: &Path, progress: &mut dyn FnMut(&str)) -> R
         }
     }
     let tmp = tmp.keep();
-    std::fs::rename(&tmp, &dest).map_err(io("cannot publish into", &dest))?;
+    if let Err(e) = std::fs::rename(&tmp, &dest) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dest.join("manifest.json").exists() {
+            return Err(BuildError::Io {
+                what: "cannot publish into",
+                path: dest,
+                source: e,
+            });
+        }
+    }
     progress(&format!(
         "published {}:{}:{}:{} at {}",
-        manifest.publisher, manifest.offer, manifest.sku, manifest.version, dest.display()
+        manifest.publisher,
+        manifest.offer,
+        manifest.sku,
+        manifest.version,
+        dest.display()
     ));
-    Ok(ImageVersion { manifest, dir: dest })
+    Ok(ImageVersion {
+        manifest,
+        dir: dest,
+    })
 }

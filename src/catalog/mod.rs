@@ -47,7 +47,10 @@ impl ImageRef {
         })
     }
     pub fn urn(&self) -> String {
-        format!("{}:{}:{}:{}", self.publisher, self.offer, self.sku, self.version)
+        format!(
+            "{}:{}:{}:{}",
+            self.publisher, self.offer, self.sku, self.version
+        )
     }
 }
 
@@ -98,13 +101,18 @@ impl ImageVersion {
 
 /// Compares versions the way the cloud orders them: dot-separated integers, then text.
 pub fn version_key(v: &str) -> Vec<(u64, String)> {
-    v.split('.').map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string())).collect()
+    v.split('.')
+        .map(|p| (p.parse::<u64>().unwrap_or(0), p.to_string()))
+        .collect()
 }
 
 /// Every image version in the store, sorted by URN and version.
 pub fn list(images: &Path) -> Result<Vec<ImageVersion>, CatalogError> {
     let mut out = Vec::new();
-    let io = |p: &Path, e| CatalogError::Io { path: p.to_path_buf(), source: e };
+    let io = |p: &Path, e| CatalogError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
     if !images.exists() {
         return Ok(out);
     }
@@ -123,16 +131,31 @@ pub fn list(images: &Path) -> Result<Vec<ImageVersion>, CatalogError> {
             }
             let mpath = path.join("manifest.json");
             match std::fs::read(&mpath).map(|b| serde_json::from_slice::<Manifest>(&b)) {
-                Ok(Ok(manifest)) => out.push(ImageVersion { manifest, dir: path }),
-                Ok(Err(e)) => tracing::warn!(path = %mpath.display(), error = %e, "bad image manifest"),
+                Ok(Ok(manifest)) => out.push(ImageVersion {
+                    manifest,
+                    dir: path,
+                }),
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %mpath.display(), error = %e, "bad image manifest")
+                }
                 Err(_) => {}
             }
         }
     }
     out.sort_by(|a, b| {
         let (ma, mb) = (&a.manifest, &b.manifest);
-        (ma.publisher.to_lowercase(), ma.offer.to_lowercase(), ma.sku.to_lowercase(), version_key(&ma.version))
-            .cmp(&(mb.publisher.to_lowercase(), mb.offer.to_lowercase(), mb.sku.to_lowercase(), version_key(&mb.version)))
+        (
+            ma.publisher.to_lowercase(),
+            ma.offer.to_lowercase(),
+            ma.sku.to_lowercase(),
+            version_key(&ma.version),
+        )
+            .cmp(&(
+                mb.publisher.to_lowercase(),
+                mb.offer.to_lowercase(),
+                mb.sku.to_lowercase(),
+                version_key(&mb.version),
+            ))
     });
     Ok(out)
 }
@@ -152,14 +175,20 @@ pub fn resolve(images: &Path, r: &ImageRef) -> Result<ImageVersion, CatalogError
     let found = if r.version.eq_ignore_ascii_case("latest") {
         same_sku.last().copied()
     } else {
-        same_sku.iter().copied().find(|i| i.manifest.version == r.version)
+        same_sku
+            .iter()
+            .copied()
+            .find(|i| i.manifest.version == r.version)
     };
     found.cloned().ok_or_else(|| CatalogError::NotFound {
         urn: r.urn(),
         available: if all.is_empty() {
             "none (build one with `vmnode image build tiny`)".into()
         } else {
-            all.iter().map(ImageVersion::urn).collect::<Vec<_>>().join(", ")
+            all.iter()
+                .map(ImageVersion::urn)
+                .collect::<Vec<_>>()
+                .join(", ")
         },
     })
 }

@@ -1,7 +1,7 @@
 //! The CLI's connection to the daemon: the unix socket in the run dir by default, or
 //! `--url`/`VMNODE_URL` (`unix:/path` or `https://host:port`, trusting the node's CA).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -15,13 +15,16 @@ use crate::config::Paths;
 
 enum Target {
     Unix(PathBuf),
-    Https { host: String, port: u16, tls: Arc<rustls::ClientConfig> },
+    Https {
+        host: String,
+        port: u16,
+        tls: Arc<rustls::ClientConfig>,
+    },
 }
 
 pub struct Client {
     target: Target,
     token: String,
-    pub paths: Paths,
     sub: tokio::sync::OnceCell<String>,
 }
 
@@ -67,30 +70,61 @@ impl Client {
                 })?,
         };
         let target = match url {
-            Some(u) if u.starts_with("unix:") => Target::Unix(PathBuf::from(u.trim_start_matches("unix:"))),
+            Some(u) if u.starts_with("unix:") => {
+                Target::Unix(PathBuf::from(u.trim_start_matches("unix:")))
+            }
             Some(u) if u.starts_with("https://") => {
                 let hostport = u.trim_start_matches("https://").trim_end_matches('/');
                 let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "443"));
-                let ca = std::env::var("VMNODE_CA").map(PathBuf::from).unwrap_or_else(|_| paths.ca_cert());
+                let ca = std::env::var("VMNODE_CA")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| paths.ca_cert());
                 let tls = crate::api::tls::client_config(&ca)
                     .with_context(|| format!("loading the node's CA from {}", ca.display()))?;
-                Target::Https { host: host.into(), port: port.parse().context("bad port in --url")?, tls }
+                Target::Https {
+                    host: host.into(),
+                    port: port.parse().context("bad port in --url")?,
+                    tls,
+                }
             }
-            Some(u) => bail!("unsupported --url '{u}': use unix:/path/to/vmnode.sock or https://host:port"),
+            Some(u) => {
+                bail!("unsupported --url '{u}': use unix:/path/to/vmnode.sock or https://host:port")
+            }
             None if paths.socket().exists() => Target::Unix(paths.socket()),
             None => {
-                let tls = crate::api::tls::client_config(&paths.ca_cert())
-                    .with_context(|| format!("no daemon socket at {} and no CA at {}: is `vmnode serve` running?", paths.socket().display(), paths.ca_cert().display()))?;
-                Target::Https { host: "127.0.0.1".into(), port: 7480, tls }
+                let tls = crate::api::tls::client_config(&paths.ca_cert()).with_context(|| {
+                    format!(
+                        "no daemon socket at {} and no CA at {}: is `vmnode serve` running?",
+                        paths.socket().display(),
+                        paths.ca_cert().display()
+                    )
+                })?;
+                Target::Https {
+                    host: "127.0.0.1".into(),
+                    port: 7480,
+                    tls,
+                }
             }
         };
-        Ok(Client { target, token, paths, sub: tokio::sync::OnceCell::new() })
+        Ok(Client {
+            target,
+            token,
+            sub: tokio::sync::OnceCell::new(),
+        })
     }
 
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Reply> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let uri = format!("{path}{sep}api-version=2024-07-01");
-        let data = body.map(|b| serde_json::to_vec(b)).transpose()?.unwrap_or_default();
+        let data = body
+            .map(serde_json::to_vec)
+            .transpose()?
+            .unwrap_or_default();
         let req = Request::builder()
             .method(method)
             .uri(&uri)
@@ -101,7 +135,10 @@ impl Client {
         let res = match &self.target {
             Target::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p).await.with_context(|| {
-                    format!("cannot reach the daemon at {}: is `vmnode serve` running?", p.display())
+                    format!(
+                        "cannot reach the daemon at {}: is `vmnode serve` running?",
+                        p.display()
+                    )
                 })?;
                 send(s, req).await?
             }
@@ -110,7 +147,9 @@ impl Client {
                     .await
                     .with_context(|| format!("cannot reach the daemon at https://{host}:{port}: is `vmnode serve` running?"))?;
                 let name = rustls::pki_types::ServerName::try_from(host.clone())?;
-                let s = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?;
+                let s = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await?;
                 send(s, req).await?
             }
         };
@@ -140,15 +179,24 @@ impl Client {
     }
 
     pub async fn rg_path(&self, rg: &str) -> anyhow::Result<String> {
-        Ok(format!("/subscriptions/{}/resourceGroups/{rg}", self.subscription().await?))
+        Ok(format!(
+            "/subscriptions/{}/resourceGroups/{rg}",
+            self.subscription().await?
+        ))
     }
 
     pub async fn vm_path(&self, rg: &str, name: &str) -> anyhow::Result<String> {
-        Ok(format!("{}/providers/Microsoft.Compute/virtualMachines/{name}", self.rg_path(rg).await?))
+        Ok(format!(
+            "{}/providers/Microsoft.Compute/virtualMachines/{name}",
+            self.rg_path(rg).await?
+        ))
     }
 }
 
-async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+async fn send<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -157,8 +205,4 @@ where
         let _ = conn.await;
     });
     Ok(sender.send_request(req).await?)
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

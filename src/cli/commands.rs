@@ -182,7 +182,12 @@ pub enum ImageCmd {
 pub fn doctor() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     for c in crate::doctor::checks() {
-        println!("{:<12} {:<4} {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+        println!(
+            "{:<12} {:<4} {}",
+            c.name,
+            if c.ok { "ok" } else { "FAIL" },
+            c.detail
+        );
         if !c.ok {
             if let Some(f) = c.fix {
                 missing.push(f);
@@ -203,8 +208,12 @@ pub fn doctor() -> anyhow::Result<()> {
 
 pub async fn account(g: &Global, c: AccountCmd) -> anyhow::Result<()> {
     let paths = g.paths();
-    let token = std::fs::read_to_string(paths.token())
-        .map_err(|e| anyhow!("cannot read {}: {e}; has `vmnode serve` run with this --state-dir?", paths.token().display()))?;
+    let token = std::fs::read_to_string(paths.token()).map_err(|e| {
+        anyhow!(
+            "cannot read {}: {e}; has `vmnode serve` run with this --state-dir?",
+            paths.token().display()
+        )
+    })?;
     let sub = std::fs::read_to_string(paths.state.join("subscription")).unwrap_or_default();
     match c {
         AccountCmd::GetAccessToken => {
@@ -226,7 +235,16 @@ pub async fn account(g: &Global, c: AccountCmd) -> anyhow::Result<()> {
                 "socket": paths.socket(),
                 "stateDir": paths.state,
             });
-            print(g.output, &v, &[("Subscription", "id"), ("Location", "location"), ("CA", "caPath"), ("Socket", "socket")]);
+            print(
+                g.output,
+                &v,
+                &[
+                    ("Subscription", "id"),
+                    ("Location", "location"),
+                    ("CA", "caPath"),
+                    ("Socket", "socket"),
+                ],
+            );
         }
     }
     Ok(())
@@ -234,11 +252,18 @@ pub async fn account(g: &Global, c: AccountCmd) -> anyhow::Result<()> {
 
 pub async fn group(g: &Global, c: GroupCmd) -> anyhow::Result<()> {
     let cl = Client::new(g.url.as_deref(), g.paths())?;
-    let cols = [("Name", "name"), ("Location", "location"), ("Status", "/properties/provisioningState")];
+    let cols = [
+        ("Name", "name"),
+        ("Location", "location"),
+        ("Status", "/properties/provisioningState"),
+    ];
     match c {
         GroupCmd::Create { name, location } => {
             let p = cl.rg_path(&name).await?;
-            let r = cl.request(Method::PUT, &p, Some(&json!({ "location": location }))).await?.ok()?;
+            let r = cl
+                .request(Method::PUT, &p, Some(&json!({ "location": location })))
+                .await?
+                .ok()?;
             print(g.output, &r.body, &cols);
         }
         GroupCmd::List => {
@@ -251,7 +276,9 @@ pub async fn group(g: &Global, c: GroupCmd) -> anyhow::Result<()> {
             print(g.output, &r.body, &cols);
         }
         GroupCmd::Delete { name, .. } => {
-            cl.request(Method::DELETE, &cl.rg_path(&name).await?, None).await?.ok()?;
+            cl.request(Method::DELETE, &cl.rg_path(&name).await?, None)
+                .await?
+                .ok()?;
             eprintln!("deleted resource group {name}");
         }
     }
@@ -320,7 +347,9 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
     let vm = loop {
         let r = cl.get(&path).await?.ok()?;
         match r.body["properties"]["provisioningState"].as_str() {
-            Some("Creating") | Some("Updating") => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some("Creating") | Some("Updating") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
             Some("Failed") => {
                 let e = &r.body["properties"]["error"];
                 bail!(
@@ -342,7 +371,11 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
             let r = cl.get(&path).await?.ok()?;
             if r.body["privateIps"].as_str().is_some_and(|s| !s.is_empty()) {
                 vm = r.body;
-                eprintln!(" {} after {:.2}s", vm["privateIps"].as_str().unwrap_or(""), start.elapsed().as_secs_f64());
+                eprintln!(
+                    " {} after {:.2}s",
+                    vm["privateIps"].as_str().unwrap_or(""),
+                    start.elapsed().as_secs_f64()
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -364,11 +397,18 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
-    if let VmCmd::Image(VmImageCmd::List { publisher, offer, sku, .. }) = &c {
+    if let VmCmd::Image(VmImageCmd::List {
+        publisher,
+        offer,
+        sku,
+        ..
+    }) = &c
+    {
         let cl = Client::new(g.url.as_deref(), g.paths())?;
         let r = cl.get("/vmnode/v1/images").await?.ok()?;
         let m = |want: &Option<String>, have: &Value| {
-            want.as_ref().is_none_or(|w| have.as_str().is_some_and(|h| h.eq_ignore_ascii_case(w)))
+            want.as_ref()
+                .is_none_or(|w| have.as_str().is_some_and(|h| h.eq_ignore_ascii_case(w)))
         };
         let rows: Vec<Value> = r.body["value"]
             .as_array()
@@ -377,7 +417,18 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
             .into_iter()
             .filter(|i| m(publisher, &i["publisher"]) && m(offer, &i["offer"]) && m(sku, &i["sku"]))
             .collect();
-        print(g.output, &Value::Array(rows), &[("Architecture", "architecture"), ("Offer", "offer"), ("Publisher", "publisher"), ("Sku", "sku"), ("Urn", "urn"), ("Version", "version")]);
+        print(
+            g.output,
+            &Value::Array(rows),
+            &[
+                ("Architecture", "architecture"),
+                ("Offer", "offer"),
+                ("Publisher", "publisher"),
+                ("Sku", "sku"),
+                ("Urn", "urn"),
+                ("Version", "version"),
+            ],
+        );
         return Ok(());
     }
     let cl = Client::new(g.url.as_deref(), g.paths())?;
@@ -385,16 +436,32 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
         VmCmd::Create(a) => create(g, &cl, a).await?,
         VmCmd::List { rg } => {
             let p = match rg {
-                Some(rg) => format!("{}/providers/Microsoft.Compute/virtualMachines", cl.rg_path(&rg).await?),
-                None => format!("/subscriptions/{}/providers/Microsoft.Compute/virtualMachines", cl.subscription().await?),
+                Some(rg) => format!(
+                    "{}/providers/Microsoft.Compute/virtualMachines",
+                    cl.rg_path(&rg).await?
+                ),
+                None => format!(
+                    "/subscriptions/{}/providers/Microsoft.Compute/virtualMachines",
+                    cl.subscription().await?
+                ),
             };
             let r = cl.get(&p).await?.ok()?;
-            let rows: Vec<Value> = r.body["value"].as_array().cloned().unwrap_or_default().into_iter().map(decorate).collect();
+            let rows: Vec<Value> = r.body["value"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(decorate)
+                .collect();
             print(g.output, &Value::Array(rows), VM_COLS);
         }
         VmCmd::Show(id) => {
             let r = cl.get(&cl.vm_path(&id.rg, &id.name).await?).await?.ok()?;
-            let fmt = if g.output == Format::Table { Format::Json } else { g.output };
+            let fmt = if g.output == Format::Table {
+                Format::Json
+            } else {
+                g.output
+            };
             print(fmt, &decorate(r.body), VM_COLS);
         }
         VmCmd::GetInstanceView(id) => {
@@ -418,7 +485,10 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
                         break;
                     }
                     if Instant::now() > deadline {
-                        bail!("VM {} is still being deleted after 60s; check `vmnode vm show`", id.name);
+                        bail!(
+                            "VM {} is still being deleted after 60s; check `vmnode vm show`",
+                            id.name
+                        );
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -426,12 +496,29 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
             }
         }
         VmCmd::ListSizes { location } => {
-            let p = format!("/subscriptions/{}/providers/Microsoft.Compute/locations/{location}/vmSizes", cl.subscription().await?);
+            let p = format!(
+                "/subscriptions/{}/providers/Microsoft.Compute/locations/{location}/vmSizes",
+                cl.subscription().await?
+            );
             let r = cl.get(&p).await?.ok()?;
-            print(g.output, &r.body["value"], &[("Name", "name"), ("NumberOfCores", "numberOfCores"), ("MemoryInMB", "memoryInMB"), ("MaxDataDiskCount", "maxDataDiskCount"), ("OsDiskSizeInMB", "osDiskSizeInMB"), ("ResourceDiskSizeInMB", "resourceDiskSizeInMB")]);
+            print(
+                g.output,
+                &r.body["value"],
+                &[
+                    ("Name", "name"),
+                    ("NumberOfCores", "numberOfCores"),
+                    ("MemoryInMB", "memoryInMB"),
+                    ("MaxDataDiskCount", "maxDataDiskCount"),
+                    ("OsDiskSizeInMB", "osDiskSizeInMB"),
+                    ("ResourceDiskSizeInMB", "resourceDiskSizeInMB"),
+                ],
+            );
         }
         VmCmd::BootDiagnostics(BootDiagCmd::GetBootLog(id)) => {
-            let p = format!("{}/bootDiagnostics/serialConsoleLog", cl.vm_path(&id.rg, &id.name).await?);
+            let p = format!(
+                "{}/bootDiagnostics/serialConsoleLog",
+                cl.vm_path(&id.rg, &id.name).await?
+            );
             let r = cl.get(&p).await?.ok()?;
             print!("{}", r.text);
         }
@@ -445,10 +532,22 @@ pub async fn network(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
     match c {
         NetworkCmd::Dhcp(DhcpCmd::Leases) => {
             let r = cl.get("/vmnode/v1/dhcp/leases").await?.ok()?;
-            print(g.output, &r.body["value"], &[("MacAddress", "macAddress"), ("IpAddress", "ipAddress"), ("Hostname", "hostname"), ("CommittedAt", "committedAt")]);
+            print(
+                g.output,
+                &r.body["value"],
+                &[
+                    ("MacAddress", "macAddress"),
+                    ("IpAddress", "ipAddress"),
+                    ("Hostname", "hostname"),
+                    ("CommittedAt", "committedAt"),
+                ],
+            );
         }
         NetworkCmd::Nic(NicCmd::Show { rg, name }) => {
-            let p = format!("{}/providers/Microsoft.Network/networkInterfaces/{name}", cl.rg_path(&rg).await?);
+            let p = format!(
+                "{}/providers/Microsoft.Network/networkInterfaces/{name}",
+                cl.rg_path(&rg).await?
+            );
             let r = cl.get(&p).await?.ok()?;
             print(Format::Json, &r.body, &[]);
         }
@@ -459,13 +558,21 @@ pub async fn network(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
 pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {
     let paths = g.paths();
     match c {
-        ImageCmd::Build { name, cache_dir, rebuild } => {
+        ImageCmd::Build {
+            name,
+            cache_dir,
+            rebuild,
+        } => {
             let images = paths.images();
             let start = Instant::now();
             let v = tokio::task::spawn_blocking(move || {
-                crate::catalog::build::build_and_publish(&name, &cache_dir, &images, rebuild, &mut |l| {
-                    eprintln!("[{:>5.1}s] {l}", start.elapsed().as_secs_f64())
-                })
+                crate::catalog::build::build_and_publish(
+                    &name,
+                    &cache_dir,
+                    &images,
+                    rebuild,
+                    &mut |l| eprintln!("[{:>5.1}s] {l}", start.elapsed().as_secs_f64()),
+                )
             })
             .await??;
             println!("{}", v.urn());
@@ -475,7 +582,16 @@ pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {
                 .iter()
                 .map(|i| json!({ "urn": i.urn(), "kernel": i.manifest.kernel_release, "boot": i.manifest.boot, "dir": i.dir }))
                 .collect();
-            print(g.output, &Value::Array(rows), &[("Urn", "urn"), ("Kernel", "kernel"), ("Boot", "boot"), ("Dir", "dir")]);
+            print(
+                g.output,
+                &Value::Array(rows),
+                &[
+                    ("Urn", "urn"),
+                    ("Kernel", "kernel"),
+                    ("Boot", "boot"),
+                    ("Dir", "dir"),
+                ],
+            );
         }
     }
     Ok(())

@@ -12,7 +12,10 @@ pub enum Format {
 /// Prints `rows` (objects) as a table with `cols` (header, JSON key), or as JSON.
 pub fn print(format: Format, value: &Value, cols: &[(&str, &str)]) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
         Format::Table | Format::Tsv => {
             let rows: Vec<&Value> = match value {
                 Value::Array(a) => a.iter().collect(),
@@ -27,7 +30,13 @@ pub fn print(format: Format, value: &Value, cols: &[(&str, &str)]) {
             };
             if format == Format::Tsv {
                 for r in &rows {
-                    println!("{}", cols.iter().map(|(_, k)| cell(r, k)).collect::<Vec<_>>().join("\t"));
+                    println!(
+                        "{}",
+                        cols.iter()
+                            .map(|(_, k)| cell(r, k))
+                            .collect::<Vec<_>>()
+                            .join("\t")
+                    );
                 }
                 return;
             }
@@ -38,9 +47,19 @@ pub fn print(format: Format, value: &Value, cols: &[(&str, &str)]) {
                 }
             }
             let line = |cells: Vec<String>| {
-                cells.iter().enumerate().map(|(i, c)| format!("{:w$}", c, w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{:w$}", c, w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
             };
-            println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
+            println!(
+                "{}",
+                line(cols.iter().map(|(h, _)| h.to_string()).collect())
+            );
             println!("{}", line(widths.iter().map(|w| "-".repeat(*w)).collect()));
             for r in rows {
                 println!("{}", line(cols.iter().map(|(_, k)| cell(r, k)).collect()));

@@ -42,7 +42,11 @@ fn say(s: &str) {
 }
 
 fn install_missing(no_install: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = NEEDS.iter().filter(|(_, bin)| !crate::doctor::which(bin)).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = NEEDS
+        .iter()
+        .filter(|(_, bin)| !crate::doctor::which(bin))
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         say("host packages: all present");
         return Ok(());
@@ -54,13 +58,23 @@ fn install_missing(no_install: bool) -> anyhow::Result<()> {
     }
     let line = format!("apt-get install -y --allow-downgrades {}", pkgs.join(" "));
     if no_install {
-        bail!("missing packages: {}; install them with: {line}", missing.join(" "));
+        bail!(
+            "missing packages: {}; install them with: {line}",
+            missing.join(" ")
+        );
     }
     if !nix::unistd::geteuid().is_root() {
-        bail!("missing packages: {}; run as root, or install them with: sudo {line}", missing.join(" "));
+        bail!(
+            "missing packages: {}; run as root, or install them with: sudo {line}",
+            missing.join(" ")
+        );
     }
     say("apt-get update");
-    let ok = Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive").status()?.success();
+    let ok = Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
     if !ok {
         bail!("apt-get update failed");
     }
@@ -79,7 +93,11 @@ fn install_missing(no_install: bool) -> anyhow::Result<()> {
 
 async fn daemon_up(g: &Global) -> bool {
     match Client::new(g.url.as_deref(), g.paths()) {
-        Ok(c) => c.get("/vmnode/v1/node").await.map(|r| r.status.is_success()).unwrap_or(false),
+        Ok(c) => c
+            .get("/vmnode/v1/node")
+            .await
+            .map(|r| r.status.is_success())
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -93,8 +111,15 @@ async fn start_daemon(g: &Global) -> anyhow::Result<()> {
     std::fs::create_dir_all(&paths.state)?;
     let log = paths.state.join("vmnode.log");
     let exe = std::env::current_exe()?;
-    say(&format!("starting the daemon: {} serve (log: {})", exe.display(), log.display()));
-    let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    say(&format!(
+        "starting the daemon: {} serve (log: {})",
+        exe.display(),
+        log.display()
+    ));
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .arg("--state-dir")
@@ -122,7 +147,10 @@ async fn start_daemon(g: &Global) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the daemon did not come up within 20s; see {}", log.display())
+    bail!(
+        "the daemon did not come up within 20s; see {}",
+        log.display()
+    )
 }
 
 pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
@@ -132,23 +160,43 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
     let images = g.paths().images();
     let cache = a.cache_dir.clone();
     let v = tokio::task::spawn_blocking(move || {
-        crate::catalog::build::build_and_publish("tiny", &cache, &images, false, &mut |l| eprintln!("    {l}"))
+        crate::catalog::build::build_and_publish("tiny", &cache, &images, false, &mut |l| {
+            eprintln!("    {l}")
+        })
     })
     .await??;
     say(&format!("image {} ready", v.urn()));
     start_daemon(g).await?;
     let cl = Client::new(g.url.as_deref(), g.paths())?;
     let rgp = cl.rg_path(&a.rg).await?;
-    cl.request(Method::PUT, &rgp, Some(&json!({ "location": crate::config::LOCATION }))).await?.ok()?;
+    cl.request(
+        Method::PUT,
+        &rgp,
+        Some(&json!({ "location": crate::config::LOCATION })),
+    )
+    .await?
+    .ok()?;
     let vmp = cl.vm_path(&a.rg, &a.name).await?;
     if cl.get(&vmp).await?.status.is_success() {
-        say(&format!("VM {} already exists in {}: showing it", a.name, a.rg));
+        say(&format!(
+            "VM {} already exists in {}: showing it",
+            a.name, a.rg
+        ));
     } else {
-        say(&format!("creating VM {} in resource group {}", a.name, a.rg));
+        say(&format!(
+            "creating VM {} in resource group {}",
+            a.name, a.rg
+        ));
         super::commands::vm(
-            &Global { output: super::output::Format::Table, ..g.clone() },
+            &Global {
+                output: super::output::Format::Table,
+                ..g.clone()
+            },
             super::commands::VmCmd::Create(CreateArgs {
-                id: VmId { rg: a.rg.clone(), name: a.name.clone() },
+                id: VmId {
+                    rg: a.rg.clone(),
+                    name: a.name.clone(),
+                },
                 image: "vmnode:tiny:1:latest".into(),
                 size: "Standard_DS1_v2".into(),
                 computer_name: None,
@@ -161,18 +209,40 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
         .await?;
     }
     let vm = cl.get(&vmp).await?.ok()?.body;
-    let log = cl.get(&format!("{vmp}/bootDiagnostics/serialConsoleLog")).await?.text;
+    let log = cl
+        .get(&format!("{vmp}/bootDiagnostics/serialConsoleLog"))
+        .await?
+        .text;
     println!();
-    println!("VM {} is {} with private IP {}", a.name, vm["powerState"].as_str().unwrap_or("?"), vm["privateIps"].as_str().unwrap_or("?"));
+    println!(
+        "VM {} is {} with private IP {}",
+        a.name,
+        vm["powerState"].as_str().unwrap_or("?"),
+        vm["privateIps"].as_str().unwrap_or("?")
+    );
     println!("Last lines of its boot log:");
-    for l in log.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().iter().rev().take(12).rev() {
+    for l in log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .take(12)
+        .rev()
+    {
         println!("  | {l}");
     }
     println!();
     println!("Look further:  vmnode vm show -g {} -n {}", a.rg, a.name);
-    println!("               vmnode vm boot-diagnostics get-boot-log -g {} -n {}", a.rg, a.name);
+    println!(
+        "               vmnode vm boot-diagnostics get-boot-log -g {} -n {}",
+        a.rg, a.name
+    );
     println!("               vmnode network dhcp leases");
-    println!("Delete it:     vmnode vm delete -g {} -n {} --yes", a.rg, a.name);
+    println!(
+        "Delete it:     vmnode vm delete -g {} -n {} --yes",
+        a.rg, a.name
+    );
     println!("(quickstart took {:.1}s)", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -27,7 +27,9 @@ pub fn serial_log_path(container: &Path, vm: &str, vm_id: &str) -> PathBuf {
 
 /// The serial log as text (invalid UTF-8 replaced), or empty if nothing was written yet.
 pub fn read_serial(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

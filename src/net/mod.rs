@@ -45,9 +45,9 @@ impl NodeNet {
     /// Creates (or finds) the namespace and the default vnet's bridge, with the gateway and
     /// the platform address on it. The domain suffix is made once and kept in the store.
     pub fn setup(ns: &str, platform_ip: Ipv4Addr, db: &Db) -> Result<NodeNet, NetError> {
-        let subnet: Subnet = SUBNET_PREFIX.parse().map_err(|_| {
-            NetError::Socket(std::io::Error::other("bad built-in subnet"))
-        })?;
+        let subnet: Subnet = SUBNET_PREFIX
+            .parse()
+            .map_err(|_| NetError::Socket(std::io::Error::other("bad built-in subnet")))?;
         let domain = match db.meta_get("vnet.default.domain")? {
             Some(d) => d,
             None => {
@@ -60,7 +60,13 @@ impl NodeNet {
         let platform = Ipv4Network::new(platform_ip, 32)
             .map_err(|e| NetError::Socket(std::io::Error::other(e.to_string())))?;
         plumbing::ensure_bridge(ns, BRIDGE, &[subnet.gateway_cidr(), platform])?;
-        Ok(NodeNet { ns: ns.into(), bridge: BRIDGE.into(), subnet, platform_ip, domain })
+        Ok(NodeNet {
+            ns: ns.into(),
+            bridge: BRIDGE.into(),
+            subnet,
+            platform_ip,
+            domain,
+        })
     }
 
     pub fn subnet_name(&self) -> String {
@@ -100,7 +106,10 @@ impl NodeNet {
             dns: vec![self.platform_ip],
             ..DhcpConfig::default()
         };
-        let book = Arc::new(DbLeaseBook { db, net: self.clone() });
+        let book = Arc::new(DbLeaseBook {
+            db,
+            net: self.clone(),
+        });
         Ok(tokio::spawn(dhcp::serve(sock, cfg, book)))
     }
 }
@@ -109,7 +118,9 @@ fn random_label() -> String {
     use rand::Rng;
     const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..26).map(|_| ALPHA[rng.gen_range(0..ALPHA.len())] as char).collect()
+    (0..26)
+        .map(|_| ALPHA[rng.gen_range(0..ALPHA.len())] as char)
+        .collect()
 }
 
 /// The responder's view of the store: which MACs are NICs, and durable lease commits.
@@ -122,7 +133,9 @@ impl LeaseBook for DbLeaseBook {
     fn binding(&self, mac: &Mac) -> Option<Binding> {
         let nics: Vec<NicRecord> = self.db.list(Kind::Nic).ok()?;
         let want = mac.to_colon();
-        let nic = nics.into_iter().find(|n| n.mac.eq_ignore_ascii_case(&want))?;
+        let nic = nics
+            .into_iter()
+            .find(|n| n.mac.eq_ignore_ascii_case(&want))?;
         Some(Binding {
             ip: nic.ip,
             prefix: self.net.subnet.prefix(),
@@ -134,7 +147,9 @@ impl LeaseBook for DbLeaseBook {
 
     fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
         let host = self.binding(mac).map(|b| b.hostname).unwrap_or_default();
-        self.db.lease_commit(&mac.to_colon(), ip, &host).map_err(|e| e.to_string())
+        self.db
+            .lease_commit(&mac.to_colon(), ip, &host)
+            .map_err(|e| e.to_string())
     }
 
     fn release(&self, mac: &Mac, _ip: Ipv4Addr) {

@@ -50,14 +50,27 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     };
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
-    push(&["-name", &format!("guest={},process=vmnode-{},debug-threads=on", s.name, s.name)]);
+    push(&[
+        "-name",
+        &format!(
+            "guest={},process=vmnode-{},debug-threads=on",
+            s.name, s.name
+        ),
+    ]);
     push(&["-uuid", &s.vm_id]);
     push(&["-nodefaults", "-no-user-config", "-nographic"]);
     push(&["-machine", &format!("q35,accel={}", s.accel.qemu_name())]);
     push(&["-cpu", cpu]);
     push(&["-smp", &s.cpus.to_string()]);
     push(&["-m", &format!("{}M", s.memory_mb)]);
-    push(&["-kernel", &p(&s.kernel), "-initrd", &p(&s.initrd), "-append", &s.cmdline]);
+    push(&[
+        "-kernel",
+        &p(&s.kernel),
+        "-initrd",
+        &p(&s.initrd),
+        "-append",
+        &s.cmdline,
+    ]);
     push(&["-device", "VGA,id=video0"]);
     push(&[
         "-chardev",
@@ -70,7 +83,11 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         &format!(
             "driver=file,node-name=osdisk-file,filename={},cache.direct={},discard=unmap",
             p(&s.disk),
-            if cache_mode(&s.caching) == "none" { "on" } else { "off" }
+            if cache_mode(&s.caching) == "none" {
+                "on"
+            } else {
+                "off"
+            }
         ),
         "-blockdev",
         &format!(
@@ -80,24 +97,37 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         "-device",
         &format!(
             "virtio-blk-pci,drive=osdisk,id=osdisk-dev,write-cache={}",
-            if cache_mode(&s.caching) == "writethrough" { "off" } else { "on" }
+            if cache_mode(&s.caching) == "writethrough" {
+                "off"
+            } else {
+                "on"
+            }
         ),
     ]);
     push(&[
         "-netdev",
         &format!("tap,id=net0,fd={TAP_FD}"),
         "-device",
-        &format!("virtio-net-pci,netdev=net0,mac={},id=nic0", s.mac.to_lowercase()),
+        &format!(
+            "virtio-net-pci,netdev=net0,mac={},id=nic0",
+            s.mac.to_lowercase()
+        ),
     ]);
     push(&[
         "-device",
         "virtio-serial-pci,id=vser0",
         "-chardev",
-        &format!("socket,id=qga0,path={},server=on,wait=off", p(&s.qga_socket)),
+        &format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            p(&s.qga_socket)
+        ),
         "-device",
         "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
     ]);
-    push(&["-qmp", &format!("unix:{},server=on,wait=off", p(&s.qmp_socket))]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", p(&s.qmp_socket)),
+    ]);
     push(&["-pidfile", &p(&s.pidfile)]);
     a
 }

@@ -45,8 +45,14 @@ pub fn spawn(
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| ProcessError::Io { path: log.into(), source: e })?;
-    let logf2 = logf.try_clone().map_err(|e| ProcessError::Io { path: log.into(), source: e })?;
+        .map_err(|e| ProcessError::Io {
+            path: log.into(),
+            source: e,
+        })?;
+    let logf2 = logf.try_clone().map_err(|e| ProcessError::Io {
+        path: log.into(),
+        source: e,
+    })?;
     let tap_raw = tap.as_raw_fd();
     let mut cmd = tokio::process::Command::new(QEMU_BIN);
     cmd.args(argv)
@@ -71,7 +77,10 @@ pub fn spawn(
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| ProcessError::Spawn { bin: QEMU_BIN.into(), source: e })
+    cmd.spawn().map_err(|e| ProcessError::Spawn {
+        bin: QEMU_BIN.into(),
+        source: e,
+    })
 }
 
 /// Waits for QEMU's QMP socket to accept a connection, failing early (with QEMU's own error
@@ -88,7 +97,16 @@ pub async fn wait_for_socket(
             let text = std::fs::read_to_string(log).unwrap_or_default();
             return Err(ProcessError::EarlyExit {
                 status: status.to_string(),
-                log: text.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | "),
+                log: text
+                    .trim()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join(" | "),
             });
         }
         if socket.exists() {
@@ -107,8 +125,11 @@ pub fn pid_is_vm(pid: i32, vm_id: &str) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(raw) => {
             let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-            let is_qemu = args.first().map(|a| a.ends_with(QEMU_BIN.as_bytes())).unwrap_or(false);
-            is_qemu && args.iter().any(|a| *a == vm_id.as_bytes())
+            let is_qemu = args
+                .first()
+                .map(|a| a.ends_with(QEMU_BIN.as_bytes()))
+                .unwrap_or(false);
+            is_qemu && args.contains(&vm_id.as_bytes())
         }
         Err(_) => false,
     }
@@ -121,7 +142,11 @@ pub fn read_pidfile(path: &Path) -> Option<i32> {
 /// Is the process gone (or a zombie)?
 pub fn is_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|r| r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => true,
     }
 }

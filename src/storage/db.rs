@@ -73,7 +73,9 @@ impl Db {
              CREATE TABLE IF NOT EXISTS leases (mac TEXT PRIMARY KEY, ip TEXT NOT NULL,
                  hostname TEXT NOT NULL, committed_at INTEGER NOT NULL);",
         )?;
-        Ok(Db { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -100,7 +102,10 @@ impl Db {
 
     /// Inserts a new document; `DbError::Exists` if the key is taken.
     pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
-        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt { key: key.into(), source: e })?;
+        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
+            key: key.into(),
+            source: e,
+        })?;
         let n = self.lock().execute(
             "INSERT OR IGNORE INTO docs (kind, key, body) VALUES (?1, ?2, ?3)",
             params![kind.as_str(), key.to_lowercase(), body],
@@ -112,7 +117,10 @@ impl Db {
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
-        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt { key: key.into(), source: e })?;
+        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
+            key: key.into(),
+            source: e,
+        })?;
         self.lock().execute(
             "INSERT INTO docs (kind, key, body) VALUES (?1, ?2, ?3)
              ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body",
@@ -130,15 +138,22 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        body.map(|b| serde_json::from_str(&b).map_err(|e| DbError::Corrupt { key: key.into(), source: e }))
-            .transpose()
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| DbError::Corrupt {
+                key: key.into(),
+                source: e,
+            })
+        })
+        .transpose()
     }
 
     /// All documents of a kind. A corrupt one is logged and skipped, never fatal.
     pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, DbError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT key, body FROM docs WHERE kind = ?1 ORDER BY key")?;
-        let rows = stmt.query_map([kind.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([kind.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (key, body) = row?;
@@ -171,7 +186,9 @@ impl Db {
         let used: std::collections::HashSet<Ipv4Addr> = {
             let mut stmt = tx.prepare("SELECT ip FROM addrs WHERE subnet = ?1")?;
             let rows = stmt.query_map([subnet], |r| r.get::<_, String>(0))?;
-            rows.filter_map(|r| r.ok()).filter_map(|s| s.parse().ok()).collect()
+            rows.filter_map(|r| r.ok())
+                .filter_map(|s| s.parse().ok())
+                .collect()
         };
         let ip = pick(&used).ok_or_else(|| DbError::Exhausted(subnet.into()))?;
         tx.execute(
@@ -190,8 +207,11 @@ impl Db {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn addr_count(&self) -> Result<usize, DbError> {
-        let n: i64 = self.lock().query_row("SELECT COUNT(*) FROM addrs", [], |r| r.get(0))?;
+        let n: i64 = self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM addrs", [], |r| r.get(0))?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
@@ -211,11 +231,15 @@ impl Db {
     }
 
     pub fn lease_get(&self, mac: &str) -> Result<Option<Lease>, DbError> {
-        Ok(self.leases()?.into_iter().find(|l| l.mac.eq_ignore_ascii_case(mac)))
+        Ok(self
+            .leases()?
+            .into_iter()
+            .find(|l| l.mac.eq_ignore_ascii_case(mac)))
     }
 
     pub fn lease_delete(&self, mac: &str) -> Result<(), DbError> {
-        self.lock().execute("DELETE FROM leases WHERE mac = ?1", [mac.to_lowercase()])?;
+        self.lock()
+            .execute("DELETE FROM leases WHERE mac = ?1", [mac.to_lowercase()])?;
         Ok(())
     }
 
@@ -225,13 +249,23 @@ impl Db {
         let mut stmt =
             conn.prepare("SELECT mac, ip, hostname, committed_at FROM leases ORDER BY ip")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (mac, ip, hostname, committed_at) = row?;
             match ip.parse() {
-                Ok(ip) => out.push(Lease { mac, ip, hostname, committed_at }),
+                Ok(ip) => out.push(Lease {
+                    mac,
+                    ip,
+                    hostname,
+                    committed_at,
+                }),
                 Err(_) => tracing::error!(%mac, %ip, "skipping corrupt stored lease"),
             }
         }
@@ -247,12 +281,19 @@ mod tests {
     fn docs_are_case_insensitive_and_unique() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db")).unwrap();
-        db.insert(Kind::Vm, "RG/VM1", &serde_json::json!({"a": 1})).unwrap();
-        assert!(matches!(db.insert(Kind::Vm, "rg/vm1", &1), Err(DbError::Exists(_))));
+        db.insert(Kind::Vm, "RG/VM1", &serde_json::json!({"a": 1}))
+            .unwrap();
+        assert!(matches!(
+            db.insert(Kind::Vm, "rg/vm1", &1),
+            Err(DbError::Exists(_))
+        ));
         let v: serde_json::Value = db.get(Kind::Vm, "rg/Vm1").unwrap().unwrap();
         assert_eq!(v["a"], 1);
         assert!(db.delete(Kind::Vm, "rg/vm1").unwrap());
-        assert!(db.get::<serde_json::Value>(Kind::Vm, "rg/vm1").unwrap().is_none());
+        assert!(db
+            .get::<serde_json::Value>(Kind::Vm, "rg/vm1")
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -262,11 +303,20 @@ mod tests {
         {
             let db = Db::open(&path).unwrap();
             let pick = |used: &std::collections::HashSet<Ipv4Addr>| {
-                (4..10).map(|i| Ipv4Addr::new(10, 1, 0, i)).find(|ip| !used.contains(ip))
+                (4..10)
+                    .map(|i| Ipv4Addr::new(10, 1, 0, i))
+                    .find(|ip| !used.contains(ip))
             };
-            assert_eq!(db.allocate_addr("s", "a", pick).unwrap(), Ipv4Addr::new(10, 1, 0, 4));
-            assert_eq!(db.allocate_addr("s", "b", pick).unwrap(), Ipv4Addr::new(10, 1, 0, 5));
-            db.lease_commit("00:0d:3a:00:00:01", Ipv4Addr::new(10, 1, 0, 4), "vm1").unwrap();
+            assert_eq!(
+                db.allocate_addr("s", "a", pick).unwrap(),
+                Ipv4Addr::new(10, 1, 0, 4)
+            );
+            assert_eq!(
+                db.allocate_addr("s", "b", pick).unwrap(),
+                Ipv4Addr::new(10, 1, 0, 5)
+            );
+            db.lease_commit("00:0d:3a:00:00:01", Ipv4Addr::new(10, 1, 0, 4), "vm1")
+                .unwrap();
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(db.addr_count().unwrap(), 2);

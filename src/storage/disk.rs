@@ -38,18 +38,34 @@ pub enum CloneMethod {
 /// Clones `src` into a new file `dst` (which must not exist), preserving holes.
 /// On failure nothing is left at `dst`.
 pub fn sparse_clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
-    let open = |p: &Path| DiskError::Open { path: p.to_path_buf(), source: io::Error::last_os_error() };
-    let from = File::open(src).map_err(|e| DiskError::Open { path: src.into(), source: e })?;
-    if let Some(dir) = dst.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| DiskError::Open { path: dir.into(), source: e })?;
-    }
-    let to = OpenOptions::new().write(true).create_new(true).open(dst).map_err(|e| {
-        if e.kind() == io::ErrorKind::AlreadyExists {
-            DiskError::Exists(dst.into())
-        } else {
-            DiskError::Open { path: dst.into(), source: e }
-        }
+    let open = |p: &Path| DiskError::Open {
+        path: p.to_path_buf(),
+        source: io::Error::last_os_error(),
+    };
+    let from = File::open(src).map_err(|e| DiskError::Open {
+        path: src.into(),
+        source: e,
     })?;
+    if let Some(dir) = dst.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DiskError::Open {
+            path: dir.into(),
+            source: e,
+        })?;
+    }
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                DiskError::Exists(dst.into())
+            } else {
+                DiskError::Open {
+                    path: dst.into(),
+                    source: e,
+                }
+            }
+        })?;
     let _ = open;
     let result = clone_into(&from, &to);
     match result {
@@ -65,7 +81,11 @@ pub fn sparse_clone(src: &Path, dst: &Path) -> Result<CloneMethod, DiskError> {
 }
 
 fn copy_err(src: &Path, dst: &Path, source: io::Error) -> DiskError {
-    DiskError::Copy { from: src.into(), to: dst.into(), source }
+    DiskError::Copy {
+        from: src.into(),
+        to: dst.into(),
+        source,
+    }
 }
 
 fn clone_into(from: &File, to: &File) -> io::Result<CloneMethod> {
@@ -97,11 +117,11 @@ fn clone_into(from: &File, to: &File) -> io::Result<CloneMethod> {
         let mut off_in = data;
         let mut off_out = data;
         while off_in < hole {
-            let want = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(hole - off_in)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             // SAFETY: both offsets point to live i64s; fds are open; the kernel bounds the copy.
-            let n = unsafe {
-                libc::copy_file_range(ffd, &mut off_in, tfd, &mut off_out, want, 0)
-            };
+            let n = unsafe { libc::copy_file_range(ffd, &mut off_in, tfd, &mut off_out, want, 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -115,6 +135,7 @@ fn clone_into(from: &File, to: &File) -> io::Result<CloneMethod> {
 }
 
 /// Bytes actually allocated on disk for a file (st_blocks × 512).
+#[cfg(test)]
 pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.blocks() * 512)
@@ -144,7 +165,10 @@ mod tests {
         assert!(out[(100 << 20)..(100 << 20) + 8192].iter().all(|b| *b == 7));
         assert!(out[1 << 20..2 << 20].iter().all(|b| *b == 0));
         // cost follows data, not size
-        assert!(allocated_bytes(&dst).unwrap() < 4 << 20, "clone is not sparse");
+        assert!(
+            allocated_bytes(&dst).unwrap() < 4 << 20,
+            "clone is not sparse"
+        );
     }
 
     #[test]
@@ -154,7 +178,10 @@ mod tests {
         std::fs::write(&src, b"x").unwrap();
         let dst = dir.path().join("b");
         std::fs::write(&dst, b"keep").unwrap();
-        assert!(matches!(sparse_clone(&src, &dst), Err(DiskError::Exists(_))));
+        assert!(matches!(
+            sparse_clone(&src, &dst),
+            Err(DiskError::Exists(_))
+        ));
         assert_eq!(std::fs::read(&dst).unwrap(), b"keep");
     }
 }

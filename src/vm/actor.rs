@@ -36,7 +36,13 @@ pub fn spawn(
     state: watch::Sender<VmRecord>,
 ) {
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
-    let actor = Actor { node, rec, state, qmp: None, child: None };
+    let actor = Actor {
+        node,
+        rec,
+        state,
+        qmp: None,
+        child: None,
+    };
     tokio::spawn(actor.run(start, rx).instrument(span));
 }
 
@@ -155,25 +161,32 @@ impl Actor {
     async fn provision(&mut self, image: &ImageVersion) -> Result<(), StepError> {
         let src = image.disk();
         let dst = self.rec.os_disk_path.clone();
-        let method = tokio::task::spawn_blocking(move || crate::storage::disk::sparse_clone(&src, &dst))
-            .await
-            .map_err(|e| StepError::Disk(e.to_string()))?
-            .map_err(|e| StepError::Disk(chain(&e)))?;
+        let method =
+            tokio::task::spawn_blocking(move || crate::storage::disk::sparse_clone(&src, &dst))
+                .await
+                .map_err(|e| StepError::Disk(e.to_string()))?
+                .map_err(|e| StepError::Disk(chain(&e)))?;
         tracing::info!(?method, disk = %self.rec.os_disk_path.display(), "OS disk created");
 
         let tap = self.make_tap().await?;
         let run = self.run_dir();
-        std::fs::create_dir_all(&run).map_err(|e| StepError::Qemu(format!("{}: {e}", run.display())))?;
+        std::fs::create_dir_all(&run)
+            .map_err(|e| StepError::Qemu(format!("{}: {e}", run.display())))?;
         let _ = std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         if let Some(d) = self.rec.serial_log.parent() {
-            std::fs::create_dir_all(d).map_err(|e| StepError::Qemu(format!("{}: {e}", d.display())))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| StepError::Qemu(format!("{}: {e}", d.display())))?;
         }
         let spec = argv::VmSpec {
             name: self.rec.name.clone(),
             vm_id: self.rec.vm_id.clone(),
             accel: self.node.accel.accel,
-            cpus: super::sizes::find(&self.rec.size).map(|s| s.number_of_cores).unwrap_or(1),
-            memory_mb: super::sizes::find(&self.rec.size).map(|s| s.memory_in_mb).unwrap_or(1024),
+            cpus: super::sizes::find(&self.rec.size)
+                .map(|s| s.number_of_cores)
+                .unwrap_or(1),
+            memory_mb: super::sizes::find(&self.rec.size)
+                .map(|s| s.memory_in_mb)
+                .unwrap_or(1024),
             kernel: image.kernel(),
             initrd: image.initrd(),
             cmdline: image.manifest.cmdline.clone(),
@@ -186,17 +199,23 @@ impl Actor {
             pidfile: run.join("qemu.pid"),
         };
         let args = argv::build(&spec);
-        let _ = std::fs::write(run.join("qemu.argv.json"), serde_json::to_vec(&args).unwrap_or_default());
+        let _ = std::fs::write(
+            run.join("qemu.argv.json"),
+            serde_json::to_vec(&args).unwrap_or_default(),
+        );
         for s in [&spec.qmp_socket, &spec.qga_socket, &spec.pidfile] {
             let _ = std::fs::remove_file(s);
         }
         let log = run.join("qemu.log");
-        let mut child = process::spawn(&args, &tap, &log).map_err(|e| StepError::Qemu(chain(&e)))?;
+        let mut child =
+            process::spawn(&args, &tap, &log).map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(pid = child.id(), accel = %spec.accel, "QEMU spawned");
         // QEMU holds the tap now; dropping ours ties the tap's life to QEMU's.
         drop(tap);
         self.rec.pid = child.id().map(|p| p as i32);
-        let waited = process::wait_for_socket(&mut child, &spec.qmp_socket, &log, Duration::from_secs(20)).await;
+        let waited =
+            process::wait_for_socket(&mut child, &spec.qmp_socket, &log, Duration::from_secs(20))
+                .await;
         self.child = Some(child);
         waited.map_err(|e| StepError::Qemu(chain(&e)))?;
         let qmp = Qmp::connect(&spec.qmp_socket, Some(run.join("qmp.transcript")))
@@ -238,7 +257,11 @@ impl Actor {
                 match self.connect_qmp(&run).await {
                     Some((qmp, status)) => {
                         tracing::info!(pid, %status, "re-adopted running QEMU");
-                        self.rec.power = if status == "running" { PowerState::Running } else { PowerState::Stopped };
+                        self.rec.power = if status == "running" {
+                            PowerState::Running
+                        } else {
+                            PowerState::Stopped
+                        };
                         if self.rec.provisioning_state == ProvisioningState::Creating {
                             self.rec.provisioning_state = ProvisioningState::Succeeded;
                         }
@@ -288,10 +311,16 @@ impl Actor {
         if let Some(q) = self.qmp.take() {
             let _ = q.execute(qapi::qmp::quit {}).await;
         }
-        let pid = self.rec.pid.filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
+        let pid = self
+            .rec
+            .pid
+            .filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
         if let Some(pid) = pid {
             if self.child.is_none() && self.qmp.is_none() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
             process::ensure_dead(pid, Duration::from_secs(5)).await;
         }
@@ -313,7 +342,11 @@ impl Actor {
         let tap = self.rec.nic.tap.clone();
         let tap_left = tokio::task::spawn_blocking(move || net.remove_tap(&tap)).await;
         if let Ok(Err(e)) = tap_left {
-            return Err(format!("cannot remove tap {}: {}", self.rec.nic.tap, chain(&e)));
+            return Err(format!(
+                "cannot remove tap {}: {}",
+                self.rec.nic.tap,
+                chain(&e)
+            ));
         }
         let db = &self.node.db;
         let nic_key = format!("{}/{}", self.rec.rg, self.rec.nic.name);

@@ -87,11 +87,16 @@ pub struct Node {
 
 /// Cloud rules for a Linux VM resource name.
 pub fn validate_vm_name(name: &str) -> Result<(), VmError> {
-    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     let ok = !name.is_empty()
         && name.len() <= 64
         && ok_chars
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && !name.ends_with('.')
         && !name.ends_with('-');
     if ok {
@@ -124,7 +129,9 @@ pub fn validate_computer_name(name: &str) -> Result<(), VmError> {
 pub fn validate_rg_name(name: &str) -> Result<(), VmError> {
     let ok = !name.is_empty()
         && name.len() <= 90
-        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
         && !name.ends_with('.');
     if ok {
         Ok(())
@@ -144,7 +151,15 @@ impl Node {
         net: NodeNet,
         account: String,
     ) -> Arc<Node> {
-        Arc::new(Node { cfg, db, subscription, accel, net, account, vms: Mutex::new(HashMap::new()) })
+        Arc::new(Node {
+            cfg,
+            db,
+            subscription,
+            accel,
+            net,
+            account,
+            vms: Mutex::new(HashMap::new()),
+        })
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, VmHandle>> {
@@ -152,7 +167,10 @@ impl Node {
     }
 
     pub fn rg_exists(&self, rg: &str) -> Result<bool, VmError> {
-        Ok(self.db.get::<serde_json::Value>(Kind::ResourceGroup, rg)?.is_some())
+        Ok(self
+            .db
+            .get::<serde_json::Value>(Kind::ResourceGroup, rg)?
+            .is_some())
     }
 
     /// Re-adopts every stored VM (called once at daemon start).
@@ -168,7 +186,10 @@ impl Node {
     fn spawn_actor(self: &Arc<Self>, rec: VmRecord, start: actor::Start) -> VmHandle {
         let (tx, rx) = mpsc::channel(16);
         let (state_tx, state_rx) = watch::channel(rec.clone());
-        let handle = VmHandle { tx, state: state_rx };
+        let handle = VmHandle {
+            tx,
+            state: state_rx,
+        };
         self.registry().insert(rec.key(), handle.clone());
         actor::spawn(self.clone(), rec, start, rx, state_tx);
         handle
@@ -179,7 +200,9 @@ impl Node {
     }
 
     pub fn get(&self, rg: &str, name: &str) -> Option<VmRecord> {
-        self.registry().get(&model::vm_key(rg, name)).map(|h| h.state.borrow().clone())
+        self.registry()
+            .get(&model::vm_key(rg, name))
+            .map(|h| h.state.borrow().clone())
     }
 
     pub fn list(&self, rg: Option<&str>) -> Vec<VmRecord> {
@@ -205,7 +228,10 @@ impl Node {
         if !self.rg_exists(&req.rg)? {
             return Err(VmError::ResourceGroupNotFound(req.rg));
         }
-        let computer_name = req.computer_name.clone().unwrap_or_else(|| req.name.clone());
+        let computer_name = req
+            .computer_name
+            .clone()
+            .unwrap_or_else(|| req.name.clone());
         validate_computer_name(&computer_name)?;
         let size = sizes::find(&req.size)
             .ok_or_else(|| VmError::UnknownSize(req.size.clone(), sizes::names()))?;
@@ -216,28 +242,42 @@ impl Node {
                 )));
             }
         }
-        if !matches!(req.caching.to_ascii_lowercase().as_str(), "none" | "readonly" | "readwrite") {
+        if !matches!(
+            req.caching.to_ascii_lowercase().as_str(),
+            "none" | "readonly" | "readwrite"
+        ) {
             return Err(VmError::InvalidParameter(format!(
                 "osDisk.caching '{}' is invalid: use None, ReadOnly or ReadWrite.",
                 req.caching
             )));
         }
         if req.admin_username.is_empty() || req.admin_username.len() > 32 {
-            return Err(VmError::InvalidParameter("adminUsername must be 1-32 characters.".into()));
+            return Err(VmError::InvalidParameter(
+                "adminUsername must be 1-32 characters.".into(),
+            ));
         }
         let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
         let key = model::vm_key(&req.rg, &req.name);
-        if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some() {
+        if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
+        {
             return Err(VmError::Exists(req.name, req.rg));
         }
 
         let vm_id = uuid::Uuid::new_v4().to_string();
         let nic_name = format!("{}VMNic", req.name);
         let subnet = self.net.subnet_name();
-        let ip = self.db.allocate_addr(&subnet, &key, |used| self.net.allocate(used))?;
+        let ip = self
+            .db
+            .allocate_addr(&subnet, &key, |used| self.net.allocate(used))?;
         let mac = self.net.random_mac();
         let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
-        let disk_path = self.cfg.paths.blobs().join(&self.account).join("vhds").join(format!("{disk_name}.vhd"));
+        let disk_path = self
+            .cfg
+            .paths
+            .blobs()
+            .join(&self.account)
+            .join("vhds")
+            .join(format!("{disk_name}.vhd"));
         let diag = crate::diagnostics::container_dir(&self.cfg.paths, &req.name, &vm_id);
         let rec = VmRecord {
             rg: req.rg.clone(),
@@ -334,7 +374,17 @@ mod tests {
         for ok in ["vm1", "My-VM_2", "a", "web.01"] {
             assert!(validate_vm_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-vm", "_vm", "vm-", "vm.", "vm 1", "vm/1", "vm,1", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "-vm",
+            "_vm",
+            "vm-",
+            "vm.",
+            "vm 1",
+            "vm/1",
+            "vm,1",
+            &"x".repeat(65),
+        ] {
             assert!(validate_vm_name(bad).is_err(), "{bad}");
         }
     }

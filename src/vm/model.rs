@@ -114,11 +114,17 @@ pub fn rg_id(sub: &str, rg: &str) -> String {
 }
 
 pub fn vm_arm_id(sub: &str, rg: &str, name: &str) -> String {
-    format!("{}/providers/Microsoft.Compute/virtualMachines/{name}", rg_id(sub, rg))
+    format!(
+        "{}/providers/Microsoft.Compute/virtualMachines/{name}",
+        rg_id(sub, rg)
+    )
 }
 
 pub fn nic_arm_id(sub: &str, rg: &str, name: &str) -> String {
-    format!("{}/providers/Microsoft.Network/networkInterfaces/{name}", rg_id(sub, rg))
+    format!(
+        "{}/providers/Microsoft.Network/networkInterfaces/{name}",
+        rg_id(sub, rg)
+    )
 }
 
 /// The VM's instance view: statuses (provisioning, power) and, vmnode's addition, the DIP.

@@ -50,8 +50,18 @@ mod tests {
     #[test]
     fn ds1_v2_has_the_published_figures() {
         let s = super::find("standard_ds1_v2").unwrap();
-        assert_eq!((s.number_of_cores, s.memory_in_mb, s.resource_disk_size_in_mb), (1, 3584, 7168));
-        assert_eq!((s.os_disk_size_in_mb, s.max_data_disk_count), (1_047_552, 2));
+        assert_eq!(
+            (
+                s.number_of_cores,
+                s.memory_in_mb,
+                s.resource_disk_size_in_mb
+            ),
+            (1, 3584, 7168)
+        );
+        assert_eq!(
+            (s.os_disk_size_in_mb, s.max_data_disk_count),
+            (1_047_552, 2)
+        );
         assert!(super::find("Standard_Nope").is_none());
     }
 }

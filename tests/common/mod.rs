@@ -1,0 +1,277 @@
+//! Test harness: each test gets its own daemon with its own state dir, run dir, port and
+//! network namespace; guests are real QEMU under the node's accelerator choice. On failure
+//! the harness prints every VM's serial log, QEMU log and QMP transcript.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vmnode");
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub run: PathBuf,
+    pub netns: String,
+    pub port: u16,
+    pub daemon: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    /// A fresh daemon with the tiny image published in its store.
+    pub fn start() -> Node {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::Builder::new()
+            .prefix("vmnode-test-")
+            .tempdir()
+            .unwrap();
+        let state = dir.path().join("state");
+        let run = dir.path().join("run");
+        let mut node = Node {
+            netns: format!("vmnt-{}-{n}", std::process::id()),
+            port: free_port(),
+            state,
+            run,
+            dir,
+            daemon: None,
+        };
+        let out = node.cli(&["image", "build", "tiny"]);
+        assert!(
+            out.status.success(),
+            "image build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.spawn_daemon();
+        node
+    }
+
+    pub fn spawn_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--netns",
+                &self.netns,
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .arg("--blob-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .env("VMNODE_STATE_DIR", &self.state)
+            .env("VMNODE_RUN_DIR", &self.run)
+            .env("VMNODE_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.run.join("vmnode.sock").exists()
+                && self.cli(&["group", "list"]).status.success()
+            {
+                return;
+            }
+            if let Some(st) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited ({st}): {}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up: {}", self.daemon_log());
+    }
+
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("VMNODE_STATE_DIR", &self.state)
+            .env("VMNODE_RUN_DIR", &self.run)
+            .env_remove("VMNODE_URL")
+            .env_remove("VMNODE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "vmnode {} failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "vmnode {} should have failed but printed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    pub fn create_vm(&self, rg: &str, name: &str, extra: &[&str]) -> Value {
+        let mut a = vec![
+            "vm",
+            "create",
+            "-g",
+            rg,
+            "-n",
+            name,
+            "--image",
+            "vmnode:tiny:1:latest",
+            "--size",
+            "Standard_B1s",
+        ];
+        a.extend(extra);
+        self.json(&a)
+    }
+
+    /// Waits until the VM's serial log has a line containing `needle`; returns the log.
+    pub fn wait_for_log(&self, rg: &str, name: &str, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.ok(&[
+                "vm",
+                "boot-diagnostics",
+                "get-boot-log",
+                "-g",
+                rg,
+                "-n",
+                name,
+            ]);
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("'{needle}' not in the serial log of {name} after {limit:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The QEMU pid of a VM, from its pidfile.
+    pub fn qemu_pid(&self, vm_id: &str) -> i32 {
+        std::fs::read_to_string(self.run.join("vms").join(vm_id).join("qemu.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn links(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.netns, "-o", "link"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn dump_artifacts(&self) {
+        eprintln!("===== daemon log =====\n{}", self.daemon_log());
+        for pattern in ["serialconsole.log", "qemu.log", "qmp.transcript"] {
+            for f in walk(self.dir.path())
+                .into_iter()
+                .filter(|p| p.to_string_lossy().ends_with(pattern))
+            {
+                eprintln!(
+                    "===== {} =====\n{}",
+                    f.display(),
+                    String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default())
+                );
+            }
+        }
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Pids of QEMU processes whose command line mentions `needle`.
+pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-system") && cmd.contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_artifacts();
+        }
+        self.kill_daemon();
+        for pid in qemu_pids_with(&self.dir.path().to_string_lossy()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
