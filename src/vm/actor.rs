@@ -16,7 +16,8 @@ use crate::qemu::{argv, process, qmp::Qmp};
 use crate::storage::db::Kind;
 
 pub enum Start {
-    Create(Box<ImageVersion>),
+    /// A new VM: the image to boot, and when the create request arrived.
+    Create(Box<ImageVersion>, std::time::Instant),
     Adopt,
 }
 
@@ -82,9 +83,9 @@ impl Actor {
 
     async fn run(mut self, start: Start, mut rx: mpsc::Receiver<Command>) {
         match start {
-            Start::Create(image) => {
+            Start::Create(image, requested) => {
                 tracing::info!(image = %image.urn(), "creating");
-                if let Err(e) = self.provision(&image).await {
+                if let Err(e) = self.provision(&image, requested).await {
                     tracing::error!(error = %e, "provisioning failed");
                     self.rec.provisioning_state = ProvisioningState::Failed;
                     self.rec.power = PowerState::Stopped;
@@ -158,7 +159,11 @@ impl Actor {
         }
     }
 
-    async fn provision(&mut self, image: &ImageVersion) -> Result<(), StepError> {
+    async fn provision(
+        &mut self,
+        image: &ImageVersion,
+        requested: std::time::Instant,
+    ) -> Result<(), StepError> {
         let src = image.disk();
         let dst = self.rec.os_disk_path.clone();
         let method =
@@ -209,7 +214,12 @@ impl Actor {
         let log = run.join("qemu.log");
         let mut child =
             process::spawn(&args, &tap, &log).map_err(|e| StepError::Qemu(chain(&e)))?;
-        tracing::info!(pid = child.id(), accel = %spec.accel, "QEMU spawned");
+        tracing::info!(
+            pid = child.id(),
+            accel = %spec.accel,
+            since_request_us = requested.elapsed().as_micros() as u64,
+            "QEMU spawned"
+        );
         // QEMU holds the tap now; dropping ours ties the tap's life to QEMU's.
         drop(tap);
         self.rec.pid = child.id().map(|p| p as i32);

@@ -223,6 +223,7 @@ impl Node {
     /// Validates everything first, so that bad input creates nothing; then records the VM and
     /// its NIC and hands the rest (disk, tap, QEMU) to the VM's actor.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord, VmError> {
+        let requested = std::time::Instant::now();
         validate_rg_name(&req.rg)?;
         validate_vm_name(&req.name)?;
         if !self.rg_exists(&req.rg)? {
@@ -327,7 +328,10 @@ impl Node {
                 e => e.into(),
             });
         }
-        self.spawn_actor(rec.clone(), actor::Start::Create(Box::new(image)));
+        self.spawn_actor(
+            rec.clone(),
+            actor::Start::Create(Box::new(image), requested),
+        );
         Ok(rec)
     }
 
