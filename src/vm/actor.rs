@@ -228,9 +228,14 @@ impl Actor {
                 .await;
         self.child = Some(child);
         waited.map_err(|e| StepError::Qemu(chain(&e)))?;
-        let qmp = Qmp::connect(&spec.qmp_socket, Some(run.join("qmp.transcript")))
-            .await
-            .map_err(|e| StepError::Qemu(chain(&e)))?;
+        // The socket file appears at bind(), a moment before QEMU listens: retry refusals.
+        let qmp = Qmp::connect_with_retry(
+            &spec.qmp_socket,
+            Some(run.join("qmp.transcript")),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| StepError::Qemu(chain(&e)))?;
         let status = qmp
             .execute(qapi::qmp::query_status {})
             .await
