@@ -61,6 +61,24 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
         .unwrap()
         .starts_with("00-0D-3A-"));
 
+    // The catalog lists the image with its URN, one row per version.
+    let images = node.json(&["vm", "image", "list"]);
+    assert_eq!(images[0]["urn"], "vmnode:tiny:1:1.0.1", "{images}");
+    let table = node.ok(&["vm", "image", "list", "--publisher", "vmnode"]);
+    assert!(
+        table.starts_with("Architecture") && table.contains("vmnode:tiny:1:1.0.1"),
+        "{table}"
+    );
+    // The token the daemon issued is what the CLI prints, az-style.
+    let tok = node.json(&["account", "get-access-token"]);
+    assert_eq!(tok["tokenType"], "Bearer");
+    assert_eq!(
+        tok["accessToken"].as_str().unwrap(),
+        std::fs::read_to_string(node.state.join("token"))
+            .unwrap()
+            .trim()
+    );
+
     // The second VM gets the next address.
     let vm2 = node.create_vm("rg1", "web-2", &[]);
     assert_eq!(vm2["privateIps"], "10.1.0.5", "{vm2}");

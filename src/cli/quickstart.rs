@@ -23,6 +23,15 @@ pub struct QuickstartArgs {
     /// Do not install missing Debian packages (just say what is missing).
     #[arg(long)]
     pub no_install: bool,
+    /// Network namespace for the daemon quickstart starts (when none runs).
+    #[arg(long, default_value = crate::config::DEFAULT_NETNS)]
+    pub netns: String,
+    /// Management API address for the daemon quickstart starts.
+    #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Blob service address for the daemon quickstart starts.
+    #[arg(long, default_value = crate::config::DEFAULT_BLOB_LISTEN)]
+    pub blob_listen: String,
     /// Where packages and image builds are cached.
     #[arg(long, env = "VMNODE_CACHE_DIR", default_value = crate::config::DEFAULT_CACHE_DIR)]
     pub cache_dir: std::path::PathBuf,
@@ -102,7 +111,7 @@ async fn daemon_up(g: &Global) -> bool {
     }
 }
 
-async fn start_daemon(g: &Global) -> anyhow::Result<()> {
+async fn start_daemon(g: &Global, a: &QuickstartArgs) -> anyhow::Result<()> {
     if daemon_up(g).await {
         say("daemon: already running");
         return Ok(());
@@ -126,6 +135,14 @@ async fn start_daemon(g: &Global) -> anyhow::Result<()> {
         .arg(&paths.state)
         .arg("--run-dir")
         .arg(&paths.run)
+        .args([
+            "--netns",
+            &a.netns,
+            "--listen",
+            &a.listen,
+            "--blob-listen",
+            &a.blob_listen,
+        ])
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);
@@ -166,7 +183,7 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
     })
     .await??;
     say(&format!("image {} ready", v.urn()));
-    start_daemon(g).await?;
+    start_daemon(g, &a).await?;
     let cl = Client::new(g.url.as_deref(), g.paths())?;
     let rgp = cl.rg_path(&a.rg).await?;
     cl.request(
