@@ -27,7 +27,10 @@ pub mod dhcp;
 pub mod plumbing;
 
 pub use addr::{AddrError, Mac, Subnet};
-pub use dhcp::{handle, serve, Binding, DhcpConfig, DhcpError, LeaseBook, Reply, PLATFORM_ADDR};
+pub use dhcp::{
+    diagnose, handle, serve, Binding, DhcpConfig, DhcpError, LeaseBook, LedgerEntry, LedgerKind,
+    Reply, PLATFORM_ADDR,
+};
 pub use plumbing::{
     attach_to_bridge, create_tap, delete_link, delete_netns, ensure_bridge, ensure_netns,
     link_exists, list_links, tap_name_for, udp_socket_in_ns, PlumbingError, DEFAULT_NETNS,
