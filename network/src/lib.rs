@@ -24,6 +24,7 @@
 
 pub mod addr;
 pub mod dhcp;
+pub mod dns;
 pub mod plumbing;
 
 pub use addr::{AddrError, Mac, Subnet};
@@ -33,5 +34,6 @@ pub use dhcp::{
 };
 pub use plumbing::{
     attach_to_bridge, create_tap, delete_link, delete_netns, ensure_bridge, ensure_netns,
-    link_exists, list_links, tap_name_for, udp_socket_in_ns, PlumbingError, DEFAULT_NETNS,
+    link_exists, list_links, tap_name_for, udp_socket_in_ns, udp_socket_in_ns_at, PlumbingError,
+    DEFAULT_NETNS,
 };

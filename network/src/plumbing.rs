@@ -15,7 +15,7 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
@@ -265,6 +265,14 @@ pub fn list_links(ns: &str) -> Result<Vec<String>> {
 /// `SO_BINDTODEVICE` = `device`, bound to `0.0.0.0:port`, non-blocking and
 /// close-on-exec. Wrap it with `tokio::net::UdpSocket::from_std`.
 pub fn udp_socket_in_ns(ns: &str, device: &str, port: u16) -> Result<UdpSocket> {
+    udp_socket_in_ns_at(ns, device, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// Like [`udp_socket_in_ns`], bound to `addr`. Sockets bound to the same
+/// address and port on different devices coexist, so every bridge of a
+/// namespace can have its own listener at the platform address (the DNS
+/// listeners do: see [`crate::dns`]).
+pub fn udp_socket_in_ns_at(ns: &str, device: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
     check_ifname(device)?;
     let device = device.to_string();
     in_netns(ns, move || {
@@ -282,8 +290,8 @@ pub fn udp_socket_in_ns(ns: &str, device: &str, port: u16) -> Result<UdpSocket> 
         setsockopt(&fd, sockopt::Broadcast, &true).map_err(nix_sys("SO_BROADCAST"))?;
         setsockopt(&fd, sockopt::BindToDevice, &OsString::from(&device))
             .map_err(nix_sys(format!("SO_BINDTODEVICE {device}")))?;
-        bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))
-            .map_err(nix_sys(format!("bind 0.0.0.0:{port} on {device}")))?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(addr))
+            .map_err(nix_sys(format!("bind {addr} on {device}")))?;
         Ok(UdpSocket::from(fd))
     })
 }
