@@ -25,6 +25,7 @@
 pub mod addr;
 pub mod dhcp;
 pub mod dns;
+pub mod filter;
 pub mod plumbing;
 
 pub use addr::{AddrError, Mac, Subnet};

@@ -302,8 +302,42 @@ pub fn tap_name_for(nic_id: &str) -> String {
     format!("vt{:012x}", stable_hash(nic_id.as_bytes()) >> 16)
 }
 
+/// Sets the sysctl `key` (e.g. `net/ipv4/ip_forward`) to `value` inside `ns`.
+/// `/proc/sys/net` shows the namespace of the thread that opens it.
+pub fn set_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let ok = key.starts_with("net/")
+        && !key.contains("..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'.'));
+    if !ok {
+        return Err(PlumbingError::InvalidName {
+            what: "sysctl",
+            name: key.into(),
+            reason: "not a net/ sysctl",
+        });
+    }
+    let path = format!("/proc/sys/{key}");
+    let value = value.to_string();
+    debug!(ns, %path, %value, "sysctl");
+    in_netns(ns, move || {
+        std::fs::write(&path, value.as_bytes()).map_err(sys(format!("write {path}")))
+    })
+}
+
+/// Reads the sysctl `key` inside `ns` (trimmed).
+pub fn get_sysctl(ns: &str, key: &str) -> Result<String> {
+    let path = format!("/proc/sys/{key}");
+    in_netns(ns, move || {
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(sys(format!("read {path}")))
+    })
+}
+
 /// Runs `f` on a new thread that has joined the network namespace `ns`.
-fn in_netns<T, F>(ns: &str, f: F) -> Result<T>
+/// Children spawned by `f` start in that namespace too.
+pub(crate) fn in_netns<T, F>(ns: &str, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
@@ -416,7 +450,7 @@ fn check_name(what: &'static str, name: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_ifname(name: &str) -> Result<()> {
+pub(crate) fn check_ifname(name: &str) -> Result<()> {
     check_name("interface", name, MAX_IFNAME_LEN)
 }
 
