@@ -95,7 +95,8 @@ add_module() { # depth-first: dependencies first
     cp "$f" "$ROOT/lib/modules/"
     ORDER+=("$(basename "$f")")
 }
-for m in virtio_pci virtio_blk virtio_net virtio_console; do add_module "$m"; done
+# button + evdev: the ACPI power button reaches busybox acpid (a graceful stop without the agent).
+for m in virtio_pci virtio_blk virtio_net virtio_console button evdev; do add_module "$m"; done
 printf '%s\n' "${ORDER[@]}" >"$ROOT/lib/modules/order"
 
 step 5 "installing busybox and qemu-guest-agent with its shared libraries"
@@ -120,6 +121,11 @@ cp -L "$LDSO" "$ROOT/lib64/ld-linux-x86-64.so.2"
 step 6 "writing init and the DHCP client script"
 install -m 0755 "$HERE/init" "$ROOT/init"
 install -m 0755 "$HERE/udhcpc.script" "$ROOT/usr/share/udhcpc/default.script"
+mkdir -p "$ROOT/sbin" "$ROOT/etc/acpi/PWRF"
+install -m 0755 "$HERE/shutdown" "$ROOT/sbin/shutdown"
+printf '#!/bin/sh\nexec /sbin/shutdown -P acpi-power-button\n' >"$ROOT/etc/acpi/PWRF/00000080"
+chmod 0755 "$ROOT/etc/acpi/PWRF/00000080"
+: >"$ROOT/etc/acpid.conf"
 echo "vmnode-tiny" >"$ROOT/etc/hostname"
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOT/etc/passwd"
 echo "root:x:0:" >"$ROOT/etc/group"

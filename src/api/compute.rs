@@ -214,14 +214,89 @@ pub async fn put_vm(
     Ok((StatusCode::CREATED, Json(render(&state, &rec, false))).into_response())
 }
 
+/// The 202 of a long operation, pointing at its status like the cloud does.
+fn accepted(state: &AppState, headers: &axum::http::HeaderMap, op: &str) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let url = format!(
+        "https://{host}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version=2024-07-01",
+        state.node.subscription,
+        crate::config::LOCATION
+    );
+    let mut r = StatusCode::ACCEPTED.into_response();
+    for h in ["azure-asyncoperation", "location"] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&url) {
+            r.headers_mut().insert(h, v);
+        }
+    }
+    r.headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    r
+}
+
 pub async fn delete_vm(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path((sub, rg, vm)): Path<(String, String, String)>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
     if state.node.get(&rg, &vm).is_none() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    state.node.delete_nowait(&rg, &vm)?;
-    Ok(StatusCode::ACCEPTED.into_response())
+    let op = state.node.delete_nowait(&rg, &vm)?;
+    Ok(accepted(&state, &headers, &op))
+}
+
+/// `POST .../virtualMachines/{vm}/{start|powerOff|deallocate|restart|redeploy}`.
+pub async fn action(
+    state: AppState,
+    headers: axum::http::HeaderMap,
+    (sub, rg, vm): (String, String, String),
+    query: std::collections::HashMap<String, String>,
+    op: &str,
+) -> Result<Response> {
+    use crate::vm::lifecycle::PowerOp;
+    check_sub(&state, &sub)?;
+    find(&state, &rg, &vm)?;
+    let op = match op {
+        "start" => PowerOp::Start,
+        "powerOff" => PowerOp::PowerOff {
+            skip_shutdown: query
+                .get("skipShutdown")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        },
+        "deallocate" => PowerOp::Deallocate,
+        "restart" => PowerOp::Restart,
+        _ => PowerOp::Redeploy,
+    };
+    let id = state.node.power(&rg, &vm, op)?;
+    Ok(accepted(&state, &headers, &id))
+}
+
+/// One handler per action route, all sharing `action`.
+macro_rules! action_handlers {
+    ($($fn_name:ident => $op:literal),*) => {$(
+        pub async fn $fn_name(
+            State(state): State<AppState>,
+            headers: axum::http::HeaderMap,
+            Path(p): Path<(String, String, String)>,
+            axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+        ) -> Result<Response> {
+            action(state, headers, p, q, $op).await
+        }
+    )*};
+}
+action_handlers!(start => "start", power_off => "powerOff", deallocate => "deallocate", restart => "restart", redeploy => "redeploy");
+
+pub async fn operation(
+    State(state): State<AppState>,
+    Path((sub, loc, id)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    check_sub(&state, &sub)?;
+    let _ = loc;
+    state.node.ops.status(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found("OperationNotFound", format!("Operation '{id}' is not known to this node (operations do not survive a daemon restart; look at the resource itself)."))
+    })
 }

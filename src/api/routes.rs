@@ -2,7 +2,7 @@
 //! `resourceGroups` are the same), so known keywords are re-cased before routing.
 
 use axum::http::{Request, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use super::{compute, resources, AppState};
@@ -27,6 +27,12 @@ const KEYWORDS: &[&str] = &[
     "networkInterfaces",
     "bootDiagnostics",
     "serialConsoleLog",
+    "start",
+    "powerOff",
+    "deallocate",
+    "restart",
+    "redeploy",
+    "operations",
 ];
 
 /// Re-cases known keywords in a path; everything else is left as sent.
@@ -74,6 +80,12 @@ pub fn router(state: AppState) -> Router {
         .route(VM, get(compute::list_in_rg))
         .route(&format!("{VM}/{{vm}}"), get(compute::get_vm).put(compute::put_vm).delete(compute::delete_vm))
         .route(&format!("{VM}/{{vm}}/instanceView"), get(compute::instance_view))
+        .route(&format!("{VM}/{{vm}}/start"), post(compute::start))
+        .route(&format!("{VM}/{{vm}}/powerOff"), post(compute::power_off))
+        .route(&format!("{VM}/{{vm}}/deallocate"), post(compute::deallocate))
+        .route(&format!("{VM}/{{vm}}/restart"), post(compute::restart))
+        .route(&format!("{VM}/{{vm}}/redeploy"), post(compute::redeploy))
+        .route(&format!("{LOC}/operations/{{id}}"), get(compute::operation))
         .route(&format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"), get(compute::serial_log))
         .route("/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines", get(compute::list_all))
         .route(&format!("{LOC}/vmSizes"), get(resources::vm_sizes))

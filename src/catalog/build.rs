@@ -38,6 +38,7 @@ const RECIPE_FILES: &[(&str, &str)] = &[
         "tiny/udhcpc.script",
         include_str!("../../images/tiny/udhcpc.script"),
     ),
+    ("tiny/shutdown", include_str!("../../images/tiny/shutdown")),
 ];
 
 #[derive(serde::Deserialize)]

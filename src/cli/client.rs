@@ -30,6 +30,7 @@ pub struct Client {
 
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Value,
     pub text: String,
 }
@@ -154,10 +155,57 @@ impl Client {
             }
         };
         let status = res.status();
+        let headers = res.headers().clone();
         let bytes = res.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply { status, body, text })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            text,
+        })
+    }
+
+    /// Follows a 202's `Azure-AsyncOperation` until the operation ends; errors if it failed.
+    pub async fn wait_operation(&self, accepted: &Reply, what: &str) -> anyhow::Result<()> {
+        let Some(url) = accepted
+            .headers
+            .get("azure-asyncoperation")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(());
+        };
+        // The URL is absolute (for SDKs); this client only needs its path.
+        let path = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+        let path = &path[path.find('/').unwrap_or(0)..];
+        let path = path.split('?').next().unwrap_or(path);
+        let start = std::time::Instant::now();
+        let mut dots = std::time::Instant::now();
+        loop {
+            let r = self.get(path).await?.ok()?;
+            match r.body["status"].as_str() {
+                Some("InProgress") => {}
+                Some("Succeeded") => {
+                    eprintln!(" done ({:.1}s)", start.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                _ => {
+                    eprintln!();
+                    anyhow::bail!(
+                        "{what} failed: {}",
+                        r.body["error"]["message"]
+                            .as_str()
+                            .unwrap_or("unknown error")
+                    );
+                }
+            }
+            if dots.elapsed() > std::time::Duration::from_secs(2) {
+                eprint!(".");
+                dots = std::time::Instant::now();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {

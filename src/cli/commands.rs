@@ -75,6 +75,22 @@ pub enum VmCmd {
     },
     /// Power and provisioning state, and the DIP.
     GetInstanceView(VmId),
+    /// Start a stopped or deallocated VM.
+    Start(PowerArgs),
+    /// Power off (the guest is asked to shut down first; compute stays allocated).
+    Stop {
+        #[command(flatten)]
+        p: PowerArgs,
+        /// Do not ask the guest to shut down: stop QEMU at once.
+        #[arg(long)]
+        skip_shutdown: bool,
+    },
+    /// Shut down and release compute: the QEMU process and the temp disk; OS disk and DIP stay.
+    Deallocate(PowerArgs),
+    /// Reboot the running guest.
+    Restart(PowerArgs),
+    /// Move the VM to a fresh QEMU (the temp disk is recreated), then start it.
+    Redeploy(PowerArgs),
     /// The VM sizes of this node.
     ListSizes {
         #[arg(short = 'l', long, default_value = crate::config::LOCATION)]
@@ -86,6 +102,15 @@ pub enum VmCmd {
     /// Serial log and screenshots.
     #[command(subcommand, name = "boot-diagnostics")]
     BootDiagnostics(BootDiagCmd),
+}
+
+#[derive(Args)]
+pub struct PowerArgs {
+    #[command(flatten)]
+    pub id: VmId,
+    /// Return once the operation has started.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Args)]
@@ -475,26 +500,24 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
             if r.status == StatusCode::NOT_FOUND {
                 bail!("{}", r.error_message());
             }
-            cl.request(Method::DELETE, &p, None).await?.ok()?;
+            let r = cl.request(Method::DELETE, &p, None).await?.ok()?;
             if !no_wait {
                 eprint!("deleting VM {}", id.name);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let r = cl.get(&p).await?;
-                    if r.status == StatusCode::NOT_FOUND {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        bail!(
-                            "VM {} is still being deleted after 60s; check `vmnode vm show`",
-                            id.name
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                eprintln!(": done");
+                cl.wait_operation(&r, "delete").await?;
             }
         }
+        VmCmd::Start(p) => power(&cl, p, "start", "").await?,
+        VmCmd::Stop { p, skip_shutdown } => {
+            let q = if skip_shutdown {
+                "?skipShutdown=true"
+            } else {
+                ""
+            };
+            power(&cl, p, "powerOff", q).await?
+        }
+        VmCmd::Deallocate(p) => power(&cl, p, "deallocate", "").await?,
+        VmCmd::Restart(p) => power(&cl, p, "restart", "").await?,
+        VmCmd::Redeploy(p) => power(&cl, p, "redeploy", "").await?,
         VmCmd::ListSizes { location } => {
             let p = format!(
                 "/subscriptions/{}/providers/Microsoft.Compute/locations/{location}/vmSizes",
@@ -525,6 +548,19 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
         VmCmd::Image(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+async fn power(cl: &Client, p: PowerArgs, action: &str, query: &str) -> anyhow::Result<()> {
+    let path = format!(
+        "{}/{action}{query}",
+        cl.vm_path(&p.id.rg, &p.id.name).await?
+    );
+    let r = cl.request(Method::POST, &path, None).await?.ok()?;
+    if p.no_wait {
+        return Ok(());
+    }
+    eprint!("{action} {}", p.id.name);
+    cl.wait_operation(&r, action).await
 }
 
 pub async fn network(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {

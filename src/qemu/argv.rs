@@ -24,6 +24,8 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     pub cmdline: String,
     pub disk: PathBuf,
+    /// The temporary resource disk, if the size has one.
+    pub temp_disk: Option<PathBuf>,
     /// Azure caching mode: None, ReadOnly, ReadWrite.
     pub caching: String,
     pub mac: String,
@@ -104,6 +106,19 @@ pub fn build(s: &VmSpec) -> Vec<String> {
             }
         ),
     ]);
+    if let Some(t) = &s.temp_disk {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,node-name=resdisk-file,filename={},discard=unmap",
+                p(t)
+            ),
+            "-blockdev",
+            "driver=raw,node-name=resdisk,file=resdisk-file",
+            "-device",
+            "virtio-blk-pci,drive=resdisk,id=resdisk-dev,serial=resource",
+        ]);
+    }
     push(&[
         "-netdev",
         &format!("tap,id=net0,fd={TAP_FD}"),
@@ -147,6 +162,7 @@ mod tests {
             initrd: "/img/initrd.cpio".into(),
             cmdline: "console=ttyS0".into(),
             disk: "/blobs/vm1.vhd".into(),
+            temp_disk: Some("/local/vm1/resource.raw".into()),
             caching: "ReadWrite".into(),
             mac: "00:0D:3A:01:02:03".into(),
             serial_log: "/diag/serial.log".into(),
@@ -172,6 +188,8 @@ mod tests {
             "name=org.qemu.guest_agent.0",
             "unix:/run/qmp.sock,server=on,wait=off",
             "VGA",
+            "filename=/local/vm1/resource.raw",
+            "serial=resource",
         ] {
             assert!(a.contains(want), "missing {want} in {a}");
         }

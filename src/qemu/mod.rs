@@ -3,4 +3,5 @@
 
 pub mod argv;
 pub mod process;
+pub mod qga;
 pub mod qmp;

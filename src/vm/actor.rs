@@ -1,6 +1,10 @@
 //! The one task that owns a VM. API requests arrive on its queue; QEMU's exit and QMP's
 //! disconnect arrive as events; the current record is published on a `watch` and persisted on
 //! every change. Every log line of the VM carries a `vm` span with its name and vmId.
+//!
+//! Power model: `running` is a live QEMU. A guest poweroff, `powerOff` or a crash ends QEMU, so a
+//! `stopped` VM holds no process and no tap (its temp disk and DIP stay); `deallocated` also drops
+//! the temp disk. `start` and `redeploy` boot a new QEMU; `restart` resets the running one.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -9,10 +13,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::lifecycle::{self, PowerOp};
 use super::model::{ErrorBody, PowerState, ProvisioningState, VmRecord};
 use super::{Command, Node};
-use crate::catalog::ImageVersion;
-use crate::qemu::{argv, process, qmp::Qmp};
+use crate::catalog::{self, ImageRef, ImageVersion};
+use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
 use crate::storage::db::Kind;
 
 pub enum Start {
@@ -20,6 +25,9 @@ pub enum Start {
     Create(Box<ImageVersion>, std::time::Instant),
     Adopt,
 }
+
+/// How long a graceful shutdown may take before QEMU is told to quit.
+const GRACEFUL: Duration = Duration::from_secs(30);
 
 struct Actor {
     node: Arc<Node>,
@@ -55,9 +63,11 @@ enum StepError {
     Tap(String),
     #[error("starting QEMU: {0}")]
     Qemu(String),
+    #[error("the image {0} is no longer in the catalog")]
+    Image(String),
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -75,10 +85,16 @@ impl Actor {
 
     /// Persists and publishes the record.
     fn publish(&mut self) {
+        self.rec.state_time = crate::api::time_now();
         if let Err(e) = self.node.db.put(Kind::Vm, &self.rec.key(), &self.rec) {
             tracing::error!(error = %chain(&e), "cannot persist VM state");
         }
         self.state.send_replace(self.rec.clone());
+    }
+
+    fn set_power(&mut self, p: PowerState) {
+        self.rec.power = p;
+        self.publish();
     }
 
     async fn run(mut self, start: Start, mut rx: mpsc::Receiver<Command>) {
@@ -88,17 +104,27 @@ impl Actor {
                 if let Err(e) = self.provision(&image, requested).await {
                     tracing::error!(error = %e, "provisioning failed");
                     self.rec.provisioning_state = ProvisioningState::Failed;
-                    self.rec.power = PowerState::Stopped;
                     self.rec.error = Some(ErrorBody {
                         code: "VMProvisioningFailed".into(),
                         message: e.to_string(),
                         details: vec![],
                     });
                     self.stop_qemu().await;
+                    self.rec.power = PowerState::Stopped;
                     self.publish();
                 }
             }
-            Start::Adopt => self.adopt().await,
+            Start::Adopt => {
+                if self.adopt().await {
+                    // An interrupted delete: finish it.
+                    let r = self.delete().await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "resuming delete failed");
+                    } else {
+                        return;
+                    }
+                }
+            }
         }
         loop {
             let qmp = self.qmp.clone();
@@ -118,8 +144,15 @@ impl Actor {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Delete(reply)) => {
                         let r = self.delete().await;
+                        let done = r.is_ok();
                         let _ = reply.send(r);
-                        return;
+                        if done {
+                            return;
+                        }
+                    }
+                    Some(Command::Power(op, reply)) => {
+                        let r = self.power(op).await;
+                        let _ = reply.send(r);
                     }
                     None => return,
                 },
@@ -134,16 +167,12 @@ impl Actor {
                     // For a child of ours, wait() says whether QEMU is really gone; for an
                     // adopted one, look at the pid.
                     if self.child.is_none() {
-                        let gone = self.rec.pid.map(process::is_gone).unwrap_or(true);
-                        if gone { self.qemu_gone(); } else {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            if self.rec.pid.map(process::is_gone).unwrap_or(true) {
-                                self.qemu_gone();
-                            } else {
-                                tracing::warn!("QMP closed but QEMU is alive: state unknown");
-                                self.rec.power = PowerState::Unknown;
-                                self.publish();
-                            }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if self.rec.pid.map(process::is_gone).unwrap_or(true) {
+                            self.qemu_gone();
+                        } else {
+                            tracing::warn!("QMP closed but QEMU is alive: state unknown");
+                            self.set_power(PowerState::Unknown);
                         }
                     }
                 }
@@ -151,12 +180,21 @@ impl Actor {
         }
     }
 
+    /// QEMU ended on its own (guest poweroff or crash): the VM is stopped, its tap went with it.
     fn qemu_gone(&mut self) {
-        if self.rec.power != PowerState::Stopped {
-            self.rec.power = PowerState::Stopped;
-            self.rec.pid = None;
-            self.publish();
+        self.qmp = None;
+        self.rec.pid = None;
+        if self.rec.power != PowerState::Stopped && self.rec.power != PowerState::Deallocated {
+            self.set_power(PowerState::Stopped);
         }
+    }
+
+    fn image(&self) -> Result<ImageVersion, StepError> {
+        let r = ImageRef {
+            version: self.rec.exact_version.clone(),
+            ..self.rec.image.clone()
+        };
+        catalog::resolve(&self.node.cfg.paths.images(), &r).map_err(|_| StepError::Image(r.urn()))
     }
 
     async fn provision(
@@ -172,7 +210,31 @@ impl Actor {
                 .map_err(|e| StepError::Disk(e.to_string()))?
                 .map_err(|e| StepError::Disk(chain(&e)))?;
         tracing::info!(?method, disk = %self.rec.os_disk_path.display(), "OS disk created");
+        self.boot(image, Some(requested)).await?;
+        self.rec.provisioning_state = ProvisioningState::Succeeded;
+        self.set_power(PowerState::Running);
+        Ok(())
+    }
 
+    /// Makes the temp disk if missing, a tap, and starts QEMU; connects QMP.
+    async fn boot(
+        &mut self,
+        image: &ImageVersion,
+        requested: Option<std::time::Instant>,
+    ) -> Result<(), StepError> {
+        let size = super::sizes::find(&self.rec.size);
+        if let (Some(s), false) = (size, self.rec.temp_disk.as_os_str().is_empty()) {
+            if !self.rec.temp_disk.exists() {
+                let t = &self.rec.temp_disk;
+                let made = t
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .unwrap_or(Ok(()))
+                    .and_then(|_| std::fs::File::create(t))
+                    .and_then(|f| f.set_len(s.resource_disk_size_in_mb << 20));
+                made.map_err(|e| StepError::Disk(format!("temp disk {}: {e}", t.display())))?;
+            }
+        }
         let tap = self.make_tap().await?;
         let run = self.run_dir();
         std::fs::create_dir_all(&run)
@@ -186,16 +248,14 @@ impl Actor {
             name: self.rec.name.clone(),
             vm_id: self.rec.vm_id.clone(),
             accel: self.node.accel.accel,
-            cpus: super::sizes::find(&self.rec.size)
-                .map(|s| s.number_of_cores)
-                .unwrap_or(1),
-            memory_mb: super::sizes::find(&self.rec.size)
-                .map(|s| s.memory_in_mb)
-                .unwrap_or(1024),
+            cpus: size.map(|s| s.number_of_cores).unwrap_or(1),
+            memory_mb: size.map(|s| s.memory_in_mb).unwrap_or(1024),
             kernel: image.kernel(),
             initrd: image.initrd(),
             cmdline: image.manifest.cmdline.clone(),
             disk: self.rec.os_disk_path.clone(),
+            temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
+                .then(|| self.rec.temp_disk.clone()),
             caching: self.rec.caching.clone(),
             mac: self.rec.nic.mac.clone(),
             serial_log: self.rec.serial_log.clone(),
@@ -217,7 +277,7 @@ impl Actor {
         tracing::info!(
             pid = child.id(),
             accel = %spec.accel,
-            since_request_us = requested.elapsed().as_micros() as u64,
+            since_request_us = requested.map(|r| r.elapsed().as_micros() as u64),
             "QEMU spawned"
         );
         // QEMU holds the tap now; dropping ours ties the tap's life to QEMU's.
@@ -242,41 +302,163 @@ impl Actor {
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
         self.qmp = Some(qmp);
-        self.rec.provisioning_state = ProvisioningState::Succeeded;
-        self.rec.power = PowerState::Running;
-        self.publish();
         Ok(())
     }
 
     async fn make_tap(&self) -> Result<OwnedFd, StepError> {
         let net = self.node.net.clone();
         let name = self.rec.nic.tap.clone();
-        tokio::task::spawn_blocking(move || net.create_tap(&name))
-            .await
-            .map_err(|e| StepError::Tap(e.to_string()))?
-            .map_err(|e| StepError::Tap(chain(&e)))
+        tokio::task::spawn_blocking(move || {
+            // A tap of this name can linger only if a QEMU that held it is still exiting.
+            let _ = net.remove_tap(&name);
+            net.create_tap(&name)
+        })
+        .await
+        .map_err(|e| StepError::Tap(e.to_string()))?
+        .map_err(|e| StepError::Tap(chain(&e)))
     }
 
-    /// Rebuilds the VM's state from the live system after a daemon restart.
-    async fn adopt(&mut self) {
-        if self.rec.provisioning_state == ProvisioningState::Deleting {
-            tracing::info!("resuming an interrupted delete");
-            return;
+    /// A power operation, checked against the lifecycle rules first.
+    async fn power(&mut self, op: PowerOp) -> Result<(), String> {
+        let effective = lifecycle::check(op, self.rec.provisioning_state, self.rec.power)?;
+        if !effective {
+            return Ok(());
         }
+        tracing::info!(?op, from = ?self.rec.power, "power operation");
+        match op {
+            PowerOp::Start => {
+                self.set_power(PowerState::Starting);
+                self.boot_or_fail().await
+            }
+            PowerOp::PowerOff { skip_shutdown } => {
+                self.set_power(PowerState::Stopping);
+                self.shutdown(!skip_shutdown).await;
+                self.set_power(PowerState::Stopped);
+                Ok(())
+            }
+            PowerOp::Deallocate => {
+                self.set_power(PowerState::Deallocating);
+                self.shutdown(true).await;
+                self.drop_temp_disk();
+                self.set_power(PowerState::Deallocated);
+                Ok(())
+            }
+            PowerOp::Restart => {
+                let q = self.qmp.clone().ok_or("QMP is not connected")?;
+                q.execute(qapi::qmp::system_reset {})
+                    .await
+                    .map_err(|e| chain(&e))?;
+                tracing::info!("guest reset");
+                Ok(())
+            }
+            PowerOp::Redeploy => {
+                self.set_power(PowerState::Stopping);
+                self.shutdown(false).await;
+                self.drop_temp_disk();
+                self.set_power(PowerState::Starting);
+                self.boot_or_fail().await
+            }
+        }
+    }
+
+    async fn boot_or_fail(&mut self) -> Result<(), String> {
+        let r = match self.image() {
+            Ok(img) => self.boot(&img, None).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                self.set_power(PowerState::Running);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "start failed");
+                self.stop_qemu().await;
+                self.set_power(PowerState::Stopped);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn drop_temp_disk(&mut self) {
+        if !self.rec.temp_disk.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.rec.temp_disk);
+        }
+    }
+
+    /// Ends QEMU: gracefully when asked (the ACPI power button at once, and the guest agent's
+    /// shutdown as soon as the agent answers; up to 30 s), then `quit`, then SIGKILL.
+    async fn shutdown(&mut self, graceful: bool) {
+        if graceful && self.alive() {
+            if let Some(q) = &self.qmp {
+                let _ = q.execute(qapi::qmp::system_powerdown {}).await;
+            }
+            let qga = self.run_dir().join("qga.sock");
+            let deadline = tokio::time::Instant::now() + GRACEFUL;
+            let mut asked = false;
+            let mut off = false;
+            while tokio::time::Instant::now() < deadline {
+                if !asked {
+                    match Qga::connect(&qga, Duration::from_secs(1)).await {
+                        Ok(mut a) => {
+                            asked = a.shutdown().await.is_ok();
+                            tracing::info!("asked the guest agent to power off");
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %chain(&e), "guest agent not answering yet")
+                        }
+                    }
+                }
+                if self.wait_exit(Duration::from_millis(500)).await {
+                    off = true;
+                    break;
+                }
+            }
+            if off {
+                tracing::info!("guest powered off");
+            } else {
+                tracing::warn!("guest did not power off within {GRACEFUL:?}; stopping QEMU");
+            }
+        }
+        self.stop_qemu().await;
+    }
+
+    fn alive(&self) -> bool {
+        self.rec.pid.is_some_and(|p| !process::is_gone(p))
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> bool {
+        if let Some(c) = self.child.as_mut() {
+            return tokio::time::timeout(limit, c.wait()).await.is_ok();
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if !self.alive() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Rebuilds the VM's state from the live system after a daemon restart. Returns true if an
+    /// interrupted delete must be finished.
+    async fn adopt(&mut self) -> bool {
         let run = self.run_dir();
         let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
         let alive = pid.filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
+        if self.rec.provisioning_state == ProvisioningState::Deleting {
+            tracing::info!("resuming an interrupted delete");
+            self.rec.pid = alive;
+            return true;
+        }
         match alive {
             Some(pid) => {
                 self.rec.pid = Some(pid);
                 match self.connect_qmp(&run).await {
                     Some((qmp, status)) => {
                         tracing::info!(pid, %status, "re-adopted running QEMU");
-                        self.rec.power = if status == "running" {
-                            PowerState::Running
-                        } else {
-                            PowerState::Stopped
-                        };
+                        self.rec.power = PowerState::Running;
                         if self.rec.provisioning_state == ProvisioningState::Creating {
                             self.rec.provisioning_state = ProvisioningState::Succeeded;
                         }
@@ -297,11 +479,18 @@ impl Actor {
                         details: vec![],
                     });
                 }
-                self.rec.power = PowerState::Stopped;
+                self.rec.power = match self.rec.power {
+                    PowerState::Deallocating | PowerState::Deallocated => {
+                        self.drop_temp_disk();
+                        PowerState::Deallocated
+                    }
+                    _ => PowerState::Stopped,
+                };
                 self.rec.pid = None;
             }
         }
         self.publish();
+        false
     }
 
     async fn connect_qmp(&self, run: &std::path::Path) -> Option<(Qmp, String)> {
@@ -331,7 +520,7 @@ impl Actor {
             .pid
             .filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
         if let Some(pid) = pid {
-            if self.child.is_none() && self.qmp.is_none() {
+            if self.child.is_none() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
@@ -372,12 +561,18 @@ impl Actor {
         if let Err(e) = steps {
             return Err(format!("cannot release the NIC: {}", chain(&e)));
         }
-        for path in [&self.rec.os_disk_path] {
+        for path in [&self.rec.os_disk_path, &self.rec.temp_disk] {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
             if let Err(e) = std::fs::remove_file(path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(format!("cannot delete {}: {e}", path.display()));
                 }
             }
+        }
+        if let Some(d) = self.rec.temp_disk.parent() {
+            let _ = std::fs::remove_dir(d);
         }
         let _ = std::fs::remove_dir_all(self.run_dir());
         if let Some(d) = self.rec.serial_log.parent() {

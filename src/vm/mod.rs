@@ -14,7 +14,9 @@
 //! and reads its published state (a tokio `watch`).
 
 pub mod actor;
+pub mod lifecycle;
 pub mod model;
+pub mod ops;
 pub mod sizes;
 
 use std::collections::HashMap;
@@ -66,6 +68,7 @@ pub struct CreateVm {
 /// Commands a VM actor accepts.
 pub enum Command {
     Delete(oneshot::Sender<Result<(), String>>),
+    Power(lifecycle::PowerOp, oneshot::Sender<Result<(), String>>),
 }
 
 #[derive(Clone)]
@@ -82,6 +85,7 @@ pub struct Node {
     pub accel: AccelDecision,
     pub net: NodeNet,
     pub account: String,
+    pub ops: ops::Operations,
     vms: Mutex<HashMap<String, VmHandle>>,
 }
 
@@ -158,6 +162,7 @@ impl Node {
             accel,
             net,
             account,
+            ops: ops::Operations::default(),
             vms: Mutex::new(HashMap::new()),
         })
     }
@@ -314,6 +319,14 @@ impl Node {
             tags: req.tags.clone(),
             serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
             pid: None,
+            temp_disk: self
+                .cfg
+                .paths
+                .state
+                .join("local")
+                .join(&vm_id)
+                .join("resource.raw"),
+            state_time: crate::api::time_now(),
         };
         let nic_key = format!("{}/{}", req.rg, nic_name);
         let stored = self
@@ -353,19 +366,53 @@ impl Node {
             .map_err(VmError::Conflict)
     }
 
-    /// Starts deletion and returns at once (the API's 202).
-    pub fn delete_nowait(self: &Arc<Self>, rg: &str, name: &str) -> Result<(), VmError> {
+    /// Checks a power operation against the VM's current state (409 if illegal), then starts it
+    /// and returns the id of the operation that tracks it (the API's 202).
+    pub fn power(
+        self: &Arc<Self>,
+        rg: &str,
+        name: &str,
+        op: lifecycle::PowerOp,
+    ) -> Result<String, VmError> {
+        let handle = self
+            .registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let rec = handle.state.borrow().clone();
+        lifecycle::check(op, rec.provisioning_state, rec.power).map_err(VmError::Conflict)?;
+        let id = self.ops.begin(op.name());
+        let node = self.clone();
+        let op_id = id.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = oneshot::channel();
+            let r = match handle.tx.send(Command::Power(op, tx)).await {
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err("the VM was deleted".into())),
+                Err(_) => Err("the VM was deleted".into()),
+            };
+            node.ops.finish(&op_id, r);
+        });
+        Ok(id)
+    }
+
+    /// Starts deletion and returns at once (the API's 202) with the operation's id.
+    pub fn delete_nowait(self: &Arc<Self>, rg: &str, name: &str) -> Result<String, VmError> {
         if self.get(rg, name).is_none() {
             return Err(VmError::NotFound(name.into(), rg.into()));
         }
+        let id = self.ops.begin("delete");
         let node = self.clone();
-        let (rg, name) = (rg.to_string(), name.to_string());
+        let (rg, name, op_id) = (rg.to_string(), name.to_string(), id.clone());
         tokio::spawn(async move {
-            if let Err(e) = node.delete(&rg, &name).await {
+            let r = node.delete(&rg, &name).await;
+            if let Err(e) = &r {
                 tracing::warn!(vm = %name, error = %e, "delete failed");
             }
+            node.ops.finish(&op_id, r.map_err(|e| e.to_string()));
         });
-        Ok(())
+        Ok(id)
     }
 }
 

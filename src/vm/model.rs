@@ -25,6 +25,7 @@ pub enum PowerState {
     Running,
     Stopping,
     Stopped,
+    Deallocating,
     Deallocated,
     Unknown,
 }
@@ -36,6 +37,7 @@ impl PowerState {
             PowerState::Running => "PowerState/running",
             PowerState::Stopping => "PowerState/stopping",
             PowerState::Stopped => "PowerState/stopped",
+            PowerState::Deallocating => "PowerState/deallocating",
             PowerState::Deallocated => "PowerState/deallocated",
             PowerState::Unknown => "PowerState/unknown",
         }
@@ -46,6 +48,7 @@ impl PowerState {
             PowerState::Running => "VM running",
             PowerState::Stopping => "VM stopping",
             PowerState::Stopped => "VM stopped",
+            PowerState::Deallocating => "VM deallocating",
             PowerState::Deallocated => "VM deallocated",
             PowerState::Unknown => "VM status unknown",
         }
@@ -97,6 +100,12 @@ pub struct VmRecord {
     pub tags: serde_json::Map<String, Value>,
     pub serial_log: PathBuf,
     pub pid: Option<i32>,
+    /// The temporary resource disk (local, sparse; lost on deallocate and redeploy).
+    #[serde(default)]
+    pub temp_disk: PathBuf,
+    /// When the provisioning and power states last changed (instance view `time`).
+    #[serde(default)]
+    pub state_time: String,
 }
 
 impl VmRecord {
@@ -132,6 +141,7 @@ pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
     let mut statuses = vec![json!({
         "code": format!("ProvisioningState/{}", provisioning_str(r.provisioning_state).to_lowercase()),
         "level": if r.provisioning_state == ProvisioningState::Failed { "Error" } else { "Info" },
+        "time": r.state_time,
         "displayStatus": format!("Provisioning {}", provisioning_str(r.provisioning_state).to_lowercase()),
         "message": r.error.as_ref().map(|e| e.message.clone()),
     })];

@@ -173,22 +173,37 @@ impl Node {
 
     /// Waits until the VM's serial log has a line containing `needle`; returns the log.
     pub fn wait_for_log(&self, rg: &str, name: &str, needle: &str, limit: Duration) -> String {
+        self.wait_for_count(rg, name, needle, 1, limit)
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the VM's serial log; returns the log.
+    pub fn wait_for_count(
+        &self,
+        rg: &str,
+        name: &str,
+        needle: &str,
+        n: usize,
+        limit: Duration,
+    ) -> String {
         let deadline = Instant::now() + limit;
+        let args = [
+            "vm",
+            "boot-diagnostics",
+            "get-boot-log",
+            "-g",
+            rg,
+            "-n",
+            name,
+        ];
         loop {
-            let log = self.ok(&[
-                "vm",
-                "boot-diagnostics",
-                "get-boot-log",
-                "-g",
-                rg,
-                "-n",
-                name,
-            ]);
-            if log.contains(needle) {
+            let log = self.ok(&args);
+            if log.matches(needle).count() >= n {
                 return log;
             }
             if Instant::now() > deadline {
-                panic!("'{needle}' not in the serial log of {name} after {limit:?}:\n{log}");
+                panic!(
+                    "'{needle}' not {n} times in the serial log of {name} after {limit:?}:\n{log}"
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -1,0 +1,75 @@
+//! Long-running operations, as the cloud tracks them: a 202 carries an `Azure-AsyncOperation`
+//! URL whose status goes InProgress → Succeeded | Failed. Kept in memory (an operation in flight
+//! when the daemon dies is reported as not found; the VM's own state tells the outcome).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+struct Op {
+    name: String,
+    start: String,
+    end: Option<String>,
+    result: Option<Result<(), String>>,
+}
+
+#[derive(Default)]
+pub struct Operations {
+    ops: Mutex<HashMap<String, Op>>,
+}
+
+impl Operations {
+    pub fn begin(&self, name: &str) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let op = Op {
+            name: name.into(),
+            start: crate::api::time_now(),
+            end: None,
+            result: None,
+        };
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep the table bounded: finished operations older than the newest 1000 are dropped.
+        if ops.len() > 1000 {
+            let done: Vec<String> = ops
+                .iter()
+                .filter(|(_, o)| o.end.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in done.into_iter().take(500) {
+                ops.remove(&k);
+            }
+        }
+        ops.insert(id.clone(), op);
+        id
+    }
+
+    pub fn finish(&self, id: &str, result: Result<(), String>) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(op) = ops.get_mut(id) {
+            op.end = Some(crate::api::time_now());
+            op.result = Some(result);
+        }
+    }
+
+    /// The operation as the cloud's status endpoint shows it.
+    pub fn status(&self, id: &str) -> Option<Value> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let op = ops.get(id)?;
+        let mut v = json!({ "name": id, "operation": op.name, "startTime": op.start });
+        match &op.result {
+            None => v["status"] = json!("InProgress"),
+            Some(Ok(())) => {
+                v["status"] = json!("Succeeded");
+                v["endTime"] = json!(op.end);
+            }
+            Some(Err(e)) => {
+                v["status"] = json!("Failed");
+                v["endTime"] = json!(op.end);
+                v["error"] = json!({ "code": "OperationNotAllowed", "message": e });
+            }
+        }
+        Some(v)
+    }
+}
