@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{ip, link_addrs, link_json, Netns};
+use vmnode_network::plumbing::link_addrs as nl_addrs;
 use vmnode_network::plumbing::{
     attach_to_bridge, create_tap, delete_link, ensure_bridge, ensure_netns, link_exists,
     list_links, tap_name_for, udp_socket_in_ns, PlumbingError,
@@ -145,4 +146,104 @@ fn udp_socket_is_bound_to_the_device_in_the_namespace() {
     drop((sock, again));
     // A device that does not exist in the namespace.
     assert!(udp_socket_in_ns(&ns.name, "nope0", 67).is_err());
+}
+
+#[test]
+fn netlink_queries_agree_with_ip() {
+    use vmnode_network::plumbing::{link_is_up, link_master, set_link_up};
+    let ns = Netns::new("nl");
+    ensure_bridge(&ns.name, "br0", &["10.1.0.1/24".parse().unwrap()]).unwrap();
+    ip(&ns.name, "link add d0 type veth peer name d0p");
+    assert!(!link_is_up(&ns.name, "d0").unwrap());
+    assert_eq!(link_master(&ns.name, "d0").unwrap(), None);
+    attach_to_bridge(&ns.name, "d0", "br0").unwrap();
+    assert!(link_is_up(&ns.name, "d0").unwrap());
+    assert_eq!(link_master(&ns.name, "d0").unwrap().as_deref(), Some("br0"));
+    assert_eq!(
+        nl_addrs(&ns.name, "br0").unwrap(),
+        vec!["10.1.0.1/24".parse().unwrap()]
+    );
+    assert_eq!(nl_addrs(&ns.name, "d0").unwrap(), vec![]);
+    ip(&ns.name, "link add d1 type veth peer name d1p");
+    set_link_up(&ns.name, "d1").unwrap();
+    assert!(link_is_up(&ns.name, "d1").unwrap());
+    assert!(matches!(
+        attach_to_bridge(&ns.name, "nope", "br0"),
+        Err(PlumbingError::NoSuchLink { .. })
+    ));
+    assert!(link_is_up(&ns.name, "nope").is_err());
+}
+
+/// The host-to-guests veth, with a second test namespace standing in for the host.
+#[test]
+fn veth_reaches_the_bridge_from_outside() {
+    use vmnode_network::plumbing::{ensure_veth_between, link_master};
+    let daemon = Netns::new("vd");
+    let host = Netns::new("vh");
+    let guest = Netns::new("vg");
+    ensure_bridge(&daemon.name, "br0", &["10.1.0.1/24".parse().unwrap()]).unwrap();
+    let host_addr = "10.1.0.2/24".parse().unwrap();
+    for _ in 0..2 {
+        ensure_veth_between(
+            &host.name,
+            &daemon.name,
+            "vmnode0",
+            "vmhost0",
+            "br0",
+            host_addr,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        link_master(&daemon.name, "vmhost0").unwrap().as_deref(),
+        Some("br0")
+    );
+    assert_eq!(link_addrs(&host.name, "vmnode0"), vec!["10.1.0.2/24"]);
+    assert_eq!(
+        link_json(&host.name, "vmnode0")["linkinfo"]["info_kind"],
+        "veth"
+    );
+
+    // A guest on the bridge is reachable from the "host" (its own subnet, no routing).
+    ip(
+        &daemon.name,
+        &format!(
+            "link add vt000000000009 type veth peer name eth0 netns {}",
+            guest.name
+        ),
+    );
+    attach_to_bridge(&daemon.name, "vt000000000009", "br0").unwrap();
+    ip(&guest.name, "addr add 10.1.0.4/24 dev eth0");
+    ip(&guest.name, "link set dev eth0 up");
+    let ping = |from: &str, to: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", from, "busybox", "ping", "-c", "1", "-W", "2", to,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ping(&host.name, "10.1.0.4"), "host end reaches the guest");
+    assert!(ping(&host.name, "10.1.0.1"), "and the gateway");
+
+    // Half-made (the inner end gone): remade.
+    delete_link(&daemon.name, "vmhost0").unwrap();
+    assert!(!link_exists(&host.name, "vmnode0"));
+    ensure_veth_between(
+        &host.name,
+        &daemon.name,
+        "vmnode0",
+        "vmhost0",
+        "br0",
+        host_addr,
+    )
+    .unwrap();
+    assert!(link_exists(&daemon.name, "vmhost0"));
+    // A non-veth under the outer name is refused.
+    ip(&host.name, "link add x0 type bridge");
+    let err = ensure_veth_between(&host.name, &daemon.name, "x0", "vmhost1", "br0", host_addr)
+        .unwrap_err();
+    assert!(matches!(err, PlumbingError::WrongKind { .. }), "{err}");
 }

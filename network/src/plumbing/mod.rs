@@ -1,16 +1,26 @@
 //! Network namespace, bridge, tap and socket plumbing.
 //!
-//! Links and addresses are managed by running iproute2's `ip` (a later change
-//! moves this to rtnetlink); things that live in file descriptors (taps,
-//! sockets) are made directly with `libc`/`nix`. Everything happens inside a
-//! named network namespace (`/run/netns/NAME`), never in the host's.
+//! Links and addresses (bridges, ports, veth pairs, up/down, listing) are
+//! managed over rtnetlink ([`links`]); things that live in file descriptors
+//! (taps, sockets) are made directly with `libc`/`nix`. Everything happens
+//! inside a named network namespace (`/run/netns/NAME`), never in the
+//! host's, except [`ensure_veth_to_host`], which is how the host reaches its
+//! guests.
+//!
+//! Namespaces themselves are still made and removed by `ip netns add|delete`:
+//! a named namespace is a bind mount of `/proc/self/ns/net` under
+//! `/run/netns`, and iproute2 also makes `/run/netns` a shared mount point so
+//! the name is visible from every mount namespace (systemd services with
+//! private mounts, `ip netns exec`). Doing that by hand would duplicate
+//! iproute2's mount handling for a call made once per daemon start, and the
+//! result must stay usable by operators' `ip netns exec vmnode ...` anyway.
 //!
 //! A tap or socket belongs to the namespace of the thread that creates it, so
 //! [`create_tap`] and [`udp_socket_in_ns`] create theirs on a short-lived
 //! dedicated thread that first joins the namespace with `setns`; the calling
 //! thread (maybe a tokio worker) never changes namespace.
 //!
-//! All functions block (they wait for `ip` or for that thread); async callers
+//! All functions block (they wait for that thread, or for `ip netns`); async callers
 //! should run them with `tokio::task::spawn_blocking`.
 
 use std::ffi::OsString;
@@ -20,11 +30,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
 
-use ipnetwork::Ipv4Network;
 use nix::sched::CloneFlags;
 use tracing::debug;
 
 use crate::addr::stable_hash;
+
+mod links;
+pub use links::{
+    attach_to_bridge, delete_link, ensure_bridge, ensure_veth_between, ensure_veth_to_host,
+    link_addrs, link_exists, link_is_up, link_master, list_links, set_link_up,
+};
 
 /// Name of the daemon's namespace unless configured otherwise.
 pub const DEFAULT_NETNS: &str = "vmnode";
@@ -94,6 +109,22 @@ pub enum PlumbingError {
         /// The error.
         source: std::io::Error,
     },
+    /// A link that must exist does not.
+    #[error("no link {name} in namespace {ns}")]
+    NoSuchLink {
+        /// Namespace.
+        ns: String,
+        /// Link name.
+        name: String,
+    },
+    /// A netlink request failed.
+    #[error("netlink: {context}: {source}")]
+    Netlink {
+        /// What was being done.
+        context: String,
+        /// The kernel's (or rtnetlink's) error.
+        source: rtnetlink::Error,
+    },
     /// The thread that entered the namespace panicked or could not start.
     #[error("namespace worker thread failed: {0}")]
     Thread(String),
@@ -131,8 +162,7 @@ pub fn ensure_netns(name: &str) -> Result<()> {
             }
         }
     }
-    ip(&["-n", name, "link", "set", "dev", "lo", "up"])?;
-    Ok(())
+    set_link_up(name, "lo")
 }
 
 /// Deletes the namespace `name` (and with it every link inside). Missing is fine.
@@ -141,36 +171,6 @@ pub fn delete_netns(name: &str) -> Result<()> {
     if netns_path(name).exists() {
         ip(&["netns", "delete", name])?;
     }
-    Ok(())
-}
-
-/// Makes sure the bridge exists in `ns`, carries `addrs` and is up.
-///
-/// Idempotent: an existing bridge is kept, missing addresses are added and
-/// addresses not in `addrs` are left alone. Fails if `bridge` exists and is
-/// not a bridge.
-pub fn ensure_bridge(ns: &str, bridge: &str, addrs: &[Ipv4Network]) -> Result<()> {
-    check_netns_name(ns)?;
-    check_ifname(bridge)?;
-    match link_kind(ns, bridge)? {
-        None => {
-            ip(&["-n", ns, "link", "add", "name", bridge, "type", "bridge"])?;
-        }
-        Some(kind) if kind.as_deref() == Some("bridge") => {}
-        Some(found) => {
-            return Err(PlumbingError::WrongKind {
-                ns: ns.into(),
-                name: bridge.into(),
-                expected: "bridge",
-                found,
-            })
-        }
-    }
-    for addr in addrs {
-        let cidr = addr.to_string();
-        ip(&["-n", ns, "addr", "replace", &cidr, "dev", bridge])?;
-    }
-    ip(&["-n", ns, "link", "set", "dev", bridge, "up"])?;
     Ok(())
 }
 
@@ -215,50 +215,6 @@ fn open_tap(name: &str) -> Result<OwnedFd> {
     unsafe { tun_set_iff(file.as_raw_fd(), &req) }.map_err(nix_sys(format!("TUNSETIFF {name}")))?;
     debug!(tap = name, "tap created");
     Ok(OwnedFd::from(file))
-}
-
-/// Puts `link` on `bridge` and brings it up.
-pub fn attach_to_bridge(ns: &str, link: &str, bridge: &str) -> Result<()> {
-    check_netns_name(ns)?;
-    check_ifname(link)?;
-    check_ifname(bridge)?;
-    ip(&["-n", ns, "link", "set", "dev", link, "master", bridge, "up"])?;
-    Ok(())
-}
-
-/// Whether a link `name` exists in `ns`. A missing namespace has no links.
-pub fn link_exists(ns: &str, name: &str) -> bool {
-    matches!(link_kind(ns, name), Ok(Some(_)))
-}
-
-/// Deletes the link `name` in `ns`. Missing is fine.
-pub fn delete_link(ns: &str, name: &str) -> Result<()> {
-    check_netns_name(ns)?;
-    check_ifname(name)?;
-    if link_kind(ns, name)?.is_some() {
-        ip(&["-n", ns, "link", "delete", "dev", name])?;
-    }
-    Ok(())
-}
-
-/// Names of all links in `ns` (including `lo`), in ifindex order.
-pub fn list_links(ns: &str) -> Result<Vec<String>> {
-    check_netns_name(ns)?;
-    let args = ["-n", ns, "-j", "link", "show"];
-    let out = ip(&args)?;
-    let links = parse_json(&args, &out)?;
-    links
-        .iter()
-        .map(|l| {
-            l.get("ifname")
-                .and_then(|n| n.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| PlumbingError::Parse {
-                    cmd: cmdline(&args),
-                    reason: "link without ifname".into(),
-                })
-        })
-        .collect()
 }
 
 /// A UDP socket made inside `ns`: `SO_REUSEADDR`, `SO_BROADCAST`,
@@ -345,50 +301,28 @@ where
     check_netns_name(ns)?;
     let path = netns_path(ns);
     let ns_file = File::open(&path).map_err(sys(format!("open {}", path.display())))?;
-    let context = format!("setns {}", path.display());
+    on_thread(Some(ns_file), &format!("netns-{ns}"), f)
+}
+
+/// Runs `f` on a new thread, first joined to the namespace `ns_file` if any.
+/// The thread ends right after `f`, so it never needs to go back.
+fn on_thread<T, F>(ns_file: Option<File>, name: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
     std::thread::Builder::new()
-        .name(format!("netns-{ns}"))
+        .name(name.chars().take(15).collect())
         .spawn(move || {
-            // The thread ends right after `f`, so it never needs to go back.
-            nix::sched::setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(nix_sys(context))?;
+            if let Some(file) = ns_file {
+                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(nix_sys("setns (join the namespace)"))?;
+            }
             f()
         })
         .map_err(|e| PlumbingError::Thread(e.to_string()))?
         .join()
         .map_err(|_| PlumbingError::Thread("panicked".into()))?
-}
-
-/// `Some(kind)` if the link exists (`kind` is `None` for a plain device),
-/// `None` if it does not. A missing namespace has no links.
-fn link_kind(ns: &str, name: &str) -> Result<Option<Option<String>>> {
-    check_netns_name(ns)?;
-    check_ifname(name)?;
-    if !netns_path(ns).exists() {
-        return Ok(None);
-    }
-    let args = ["-n", ns, "-j", "-d", "link", "show", "dev", name];
-    let out = match run_ip(&args)? {
-        Ok(out) => out,
-        // `ip` says "Device ... does not exist" and exits 1.
-        Err(PlumbingError::Command { stderr, .. }) if stderr.contains("does not exist") => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    let links = parse_json(&args, &out)?;
-    Ok(links.first().map(|l| {
-        l.get("linkinfo")
-            .and_then(|i| i.get("info_kind"))
-            .and_then(|k| k.as_str())
-            .map(str::to_string)
-    }))
-}
-
-fn parse_json(args: &[&str], out: &str) -> Result<Vec<serde_json::Value>> {
-    serde_json::from_str(out).map_err(|e| PlumbingError::Parse {
-        cmd: cmdline(args),
-        reason: e.to_string(),
-    })
 }
 
 /// Runs `ip ARGS` and returns its stdout, or an error if it failed.
@@ -454,7 +388,7 @@ pub(crate) fn check_ifname(name: &str) -> Result<()> {
     check_name("interface", name, MAX_IFNAME_LEN)
 }
 
-fn check_netns_name(name: &str) -> Result<()> {
+pub(crate) fn check_netns_name(name: &str) -> Result<()> {
     check_name("namespace", name, MAX_NETNS_LEN)
 }
 
