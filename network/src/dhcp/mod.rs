@@ -43,6 +43,7 @@ use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::addr::{prefix_mask, Mac};
@@ -68,6 +69,8 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 const MIN_REPLY_LEN: usize = 300;
 /// Option codes the responder reads; every other option is dropped before decoding.
 const READ_OPTIONS: [u8; 7] = [53, 50, 54, 61, 55, 57, 12];
+/// Packets [`serve`] handles at once.
+pub const MAX_IN_FLIGHT: usize = 128;
 /// Receive buffer of the socket loop (a DHCP message fits in one Ethernet frame).
 const RECV_BUF: usize = 4096;
 
@@ -223,14 +226,23 @@ pub fn handle(cfg: &DhcpConfig, book: &dyn LeaseBook, packet: &[u8]) -> Option<R
 /// The socket should come from [`crate::plumbing::udp_socket_in_ns`] (bound to
 /// `0.0.0.0:67` on the network's bridge, broadcast allowed). Each packet is
 /// handled on tokio's blocking pool, since [`LeaseBook::commit`] writes to
-/// durable storage. Replies are sent with the server identifier as source
-/// address when that address is on the bridge. An error on one packet is
-/// logged and the loop goes on.
+/// durable storage, and up to [`MAX_IN_FLIGHT`] packets are handled at once:
+/// one client's slow commit does not hold up another's OFFER, and a book can
+/// share one sync among concurrent commits. Each reply is sent after its
+/// packet's commit returned. Replies are sent with the server identifier as
+/// source address when that address is on the bridge. An error on one packet
+/// is logged and the loop goes on.
 pub async fn serve(socket: UdpSocket, cfg: DhcpConfig, book: Arc<dyn LeaseBook>) {
+    let socket = Arc::new(socket);
     let cfg = Arc::new(cfg);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; RECV_BUF];
     info!(local = ?socket.local_addr().ok(), server_id = %cfg.server_id, "DHCP responder running");
     loop {
+        // Never closed, so this only waits while MAX_IN_FLIGHT packets are being handled.
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
             Err(e) => {
@@ -241,23 +253,24 @@ pub async fn serve(socket: UdpSocket, cfg: DhcpConfig, book: Arc<dyn LeaseBook>)
             }
         };
         let packet = buf[..len].to_vec();
-        let (task_cfg, task_book) = (Arc::clone(&cfg), Arc::clone(&book));
-        let reply = match tokio::task::spawn_blocking(move || {
-            handle(&task_cfg, &*task_book, &packet)
-        })
-        .await
-        {
-            Ok(reply) => reply,
-            Err(e) => {
-                error!(%from, "DHCP handler failed: {e}");
-                continue;
+        let (cfg, book, socket) = (Arc::clone(&cfg), Arc::clone(&book), Arc::clone(&socket));
+        tokio::spawn(async move {
+            let server_id = cfg.server_id;
+            let reply =
+                match tokio::task::spawn_blocking(move || handle(&cfg, &*book, &packet)).await {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        error!(%from, "DHCP handler failed: {e}");
+                        return;
+                    }
+                };
+            if let Some(reply) = reply {
+                if let Err(e) = send_reply(&socket, &reply, server_id).await {
+                    warn!(to = %reply.destination(), "DHCP send failed: {e}");
+                }
             }
-        };
-        if let Some(reply) = reply {
-            if let Err(e) = send_reply(&socket, &reply, cfg.server_id).await {
-                warn!(to = %reply.destination(), "DHCP send failed: {e}");
-            }
-        }
+            drop(permit);
+        });
     }
 }
 
