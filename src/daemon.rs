@@ -67,9 +67,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cfg.netns
         )
     })?;
-    let _dhcp = net
-        .start_dhcp(db.clone())
-        .context("starting the DHCP responder")?;
 
     let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
     let adopted = node.load()?;

@@ -156,6 +156,36 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .unwrap_or("latest")
             .to_string(),
     };
+    // The primary NIC, as `networkProfile.networkInterfaces[]` references it.
+    let nics = field(p, &["networkProfile", "networkInterfaces"]).and_then(Value::as_array);
+    let nic = match nics.and_then(|a| {
+        a.iter()
+            .find(|n| n["properties"]["primary"].as_bool() == Some(true))
+            .or_else(|| a.first())
+    }) {
+        Some(n) => {
+            let id = n["id"].as_str().ok_or_else(|| {
+                ApiError::bad_request("networkProfile.networkInterfaces[].id is missing.")
+            })?;
+            let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
+            let at = |k: &str| {
+                parts
+                    .iter()
+                    .position(|p| p.eq_ignore_ascii_case(k))
+                    .and_then(|i| parts.get(i + 1))
+            };
+            let (Some(nrg), Some(nname)) = (at("resourceGroups"), at("networkInterfaces")) else {
+                return Err(ApiError::bad_request(format!(
+                    "'{id}' is not a network interface id."
+                )));
+            };
+            let delete = n["properties"]["deleteOption"]
+                .as_str()
+                .is_some_and(|d| d.eq_ignore_ascii_case("Delete"));
+            Some((nrg.to_string(), nname.to_string(), delete))
+        }
+        None => None,
+    };
     Ok(CreateVm {
         rg: rg.into(),
         name: name.into(),
@@ -181,6 +211,7 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default(),
+        nic,
     })
 }
 

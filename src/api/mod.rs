@@ -8,6 +8,7 @@
 
 pub mod compute;
 pub mod error;
+pub mod network;
 pub mod resources;
 pub mod routes;
 pub mod server;

@@ -11,7 +11,7 @@ use super::AppState;
 use crate::catalog;
 use crate::config::LOCATION;
 use crate::storage::db::Kind;
-use crate::vm::model::{self, NicRecord};
+use crate::vm::model;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -321,24 +321,6 @@ pub async fn all_images(State(state): State<AppState>) -> Result<Json<Value>> {
     Ok(Json(json!({ "value": rows })))
 }
 
-pub async fn get_nic(
-    State(state): State<AppState>,
-    Path((sub, rg, nic)): Path<(String, String, String)>,
-) -> Result<Json<Value>> {
-    check_sub(&state, &sub)?;
-    let n: Option<NicRecord> = state.node.db.get(Kind::Nic, &format!("{rg}/{nic}"))?;
-    let n = n.ok_or_else(|| {
-        ApiError::not_found("ResourceNotFound", format!("The Resource 'Microsoft.Network/networkInterfaces/{nic}' under resource group '{rg}' was not found."))
-    })?;
-    let ip = state.node.lease_ip(&n.mac);
-    Ok(Json(model::nic_to_arm(
-        &state.node.subscription,
-        &n,
-        LOCATION,
-        ip,
-    )))
-}
-
 pub async fn dhcp_leases(State(state): State<AppState>) -> Result<Json<Value>> {
     let leases = state.node.db.leases()?;
     let rows: Vec<Value> = leases
@@ -355,10 +337,9 @@ pub async fn node_info(State(state): State<AppState>) -> Json<Value> {
         "location": LOCATION,
         "accel": n.accel.accel.qemu_name(),
         "accelReason": n.accel.reason,
-        "netns": n.net.ns,
+        "netns": n.net.ns(),
         "addressSpace": crate::net::VNET_SPACE,
         "subnet": crate::net::SUBNET_PREFIX,
-        "domain": n.net.domain,
         "storageAccount": n.account,
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),

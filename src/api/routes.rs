@@ -5,7 +5,7 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, resources, AppState};
+use super::{compute, network, resources, AppState};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -25,6 +25,8 @@ const KEYWORDS: &[&str] = &[
     "skus",
     "versions",
     "networkInterfaces",
+    "virtualNetworks",
+    "subnets",
     "bootDiagnostics",
     "serialConsoleLog",
     "start",
@@ -68,36 +70,82 @@ pub fn router(state: AppState) -> Router {
     const VM: &str =
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";
     const LOC: &str = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}";
+    const NET: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network";
     const IMG: &str = "/publishers/{publisher}/artifacttypes/vmimage/offers";
     Router::new()
         .route("/subscriptions", get(resources::list_subscriptions))
         .route("/subscriptions/{sub}", get(resources::get_subscription))
-        .route("/subscriptions/{sub}/resourceGroups", get(resources::list_rgs))
+        .route(
+            "/subscriptions/{sub}/resourceGroups",
+            get(resources::list_rgs),
+        )
         .route(
             "/subscriptions/{sub}/resourceGroups/{rg}",
-            get(resources::get_rg).put(resources::put_rg).delete(resources::delete_rg),
+            get(resources::get_rg)
+                .put(resources::put_rg)
+                .delete(resources::delete_rg),
         )
         .route(VM, get(compute::list_in_rg))
-        .route(&format!("{VM}/{{vm}}"), get(compute::get_vm).put(compute::put_vm).delete(compute::delete_vm))
-        .route(&format!("{VM}/{{vm}}/instanceView"), get(compute::instance_view))
+        .route(
+            &format!("{VM}/{{vm}}"),
+            get(compute::get_vm)
+                .put(compute::put_vm)
+                .delete(compute::delete_vm),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/instanceView"),
+            get(compute::instance_view),
+        )
         .route(&format!("{VM}/{{vm}}/start"), post(compute::start))
         .route(&format!("{VM}/{{vm}}/powerOff"), post(compute::power_off))
-        .route(&format!("{VM}/{{vm}}/deallocate"), post(compute::deallocate))
+        .route(
+            &format!("{VM}/{{vm}}/deallocate"),
+            post(compute::deallocate),
+        )
         .route(&format!("{VM}/{{vm}}/restart"), post(compute::restart))
         .route(&format!("{VM}/{{vm}}/redeploy"), post(compute::redeploy))
         .route(&format!("{LOC}/operations/{{id}}"), get(compute::operation))
-        .route(&format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"), get(compute::serial_log))
-        .route("/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines", get(compute::list_all))
+        .route(
+            &format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"),
+            get(compute::serial_log),
+        )
+        .route(
+            "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines",
+            get(compute::list_all),
+        )
         .route(&format!("{LOC}/vmSizes"), get(resources::vm_sizes))
         .route(&format!("{LOC}/publishers"), get(resources::publishers))
         .route(&format!("{LOC}{IMG}"), get(resources::offers))
         .route(&format!("{LOC}{IMG}/{{offer}}/skus"), get(resources::skus))
-        .route(&format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions"), get(resources::versions))
-        .route(&format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions/{{version}}"), get(resources::version))
         .route(
-            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkInterfaces/{nic}",
-            get(resources::get_nic),
+            &format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions"),
+            get(resources::versions),
         )
+        .route(
+            &format!("{LOC}{IMG}/{{offer}}/skus/{{sku}}/versions/{{version}}"),
+            get(resources::version),
+        )
+        .route(&format!("{NET}/virtualNetworks"), get(network::list_vnets))
+        .route(
+            &format!("{NET}/virtualNetworks/{{vnet}}"),
+            get(network::get_vnet)
+                .put(network::put_vnet)
+                .delete(network::delete_vnet),
+        )
+        .route(
+            &format!("{NET}/virtualNetworks/{{vnet}}/subnets/{{subnet}}"),
+            get(network::get_subnet)
+                .put(network::put_subnet)
+                .delete(network::delete_subnet),
+        )
+        .route(&format!("{NET}/networkInterfaces"), get(network::list_nics))
+        .route(
+            &format!("{NET}/networkInterfaces/{{nic}}"),
+            get(network::get_nic)
+                .put(network::put_nic)
+                .delete(network::delete_nic),
+        )
+        .route("/vmnode/v1/dhcp/ledger", get(network::ledger))
         .route("/vmnode/v1/images", get(resources::all_images))
         .route("/vmnode/v1/dhcp/leases", get(resources::dhcp_leases))
         .route("/vmnode/v1/node", get(resources::node_info))

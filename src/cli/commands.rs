@@ -134,6 +134,17 @@ pub struct CreateArgs {
     /// Return as soon as the request is accepted.
     #[arg(long)]
     pub no_wait: bool,
+    /// Use these existing NICs (the first is primary); they stay when the VM is deleted.
+    #[arg(long, num_args = 1..)]
+    pub nics: Vec<String>,
+    /// Put the VM's new NIC in this virtual network (with --subnet) instead of the default one.
+    #[arg(long = "vnet-name")]
+    pub vnet_name: Option<String>,
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// A static private IP for the VM's new NIC (with --vnet-name/--subnet).
+    #[arg(long = "private-ip-address")]
+    pub private_ip: Option<String>,
     /// How long to wait for the guest's DHCP lease, in seconds (0: do not wait for it).
     #[arg(long, default_value_t = 180)]
     pub ip_timeout: u64,
@@ -159,32 +170,6 @@ pub enum VmImageCmd {
 pub enum BootDiagCmd {
     /// Print the VM's serial console log.
     GetBootLog(VmId),
-}
-
-#[derive(Subcommand)]
-pub enum NetworkCmd {
-    /// The DHCP responder.
-    #[command(subcommand)]
-    Dhcp(DhcpCmd),
-    /// NICs.
-    #[command(subcommand)]
-    Nic(NicCmd),
-}
-
-#[derive(Subcommand)]
-pub enum DhcpCmd {
-    /// The lease table.
-    Leases,
-}
-
-#[derive(Subcommand)]
-pub enum NicCmd {
-    Show {
-        #[arg(short = 'g', long = "resource-group")]
-        rg: String,
-        #[arg(short = 'n', long)]
-        name: String,
-    },
 }
 
 #[derive(Subcommand)]
@@ -350,9 +335,41 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
     if let Some(c) = &a.computer_name {
         os_profile["computerName"] = json!(c);
     }
+    // az's way: a NIC of its own in the named vnet/subnet, made first, deleted with the VM.
+    let mut nic_refs = vec![];
+    let sub = cl.subscription().await?;
+    let nic_id = |n: &str| {
+        format!("/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network/networkInterfaces/{n}", a.id.rg)
+    };
+    if let (Some(vnet), Some(subnet)) = (&a.vnet_name, &a.subnet) {
+        let nic = format!("{}VMNic", a.id.name);
+        let mut cfg = json!({ "subnet": { "id": format!("/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}", a.id.rg) }, "privateIPAllocationMethod": "Dynamic" });
+        if let Some(ip) = &a.private_ip {
+            cfg["privateIPAllocationMethod"] = json!("Static");
+            cfg["privateIPAddress"] = json!(ip);
+        }
+        let body = json!({ "location": crate::config::LOCATION, "properties": { "ipConfigurations": [{ "name": "ipconfig1", "properties": cfg }] } });
+        let p = format!(
+            "{}/providers/Microsoft.Network/networkInterfaces/{nic}",
+            cl.rg_path(&a.id.rg).await?
+        );
+        cl.request(Method::PUT, &p, Some(&body)).await?.ok()?;
+        nic_refs.push(json!({ "id": nic_id(&nic), "properties": { "primary": true, "deleteOption": "Delete" } }));
+    } else if a.vnet_name.is_some() || a.subnet.is_some() || a.private_ip.is_some() {
+        bail!("--vnet-name and --subnet go together (and --private-ip-address needs both)");
+    }
+    for (i, n) in a.nics.iter().enumerate() {
+        let id = if n.starts_with('/') {
+            n.clone()
+        } else {
+            nic_id(n)
+        };
+        nic_refs.push(json!({ "id": id, "properties": { "primary": i == 0 && nic_refs.is_empty(), "deleteOption": "Detach" } }));
+    }
     let body = json!({
         "location": crate::config::LOCATION,
         "properties": {
+            "networkProfile": { "networkInterfaces": nic_refs },
             "hardwareProfile": { "vmSize": a.size },
             "storageProfile": {
                 "imageReference": { "publisher": image.publisher, "offer": image.offer, "sku": image.sku, "version": image.version },
@@ -561,34 +578,6 @@ async fn power(cl: &Client, p: PowerArgs, action: &str, query: &str) -> anyhow::
     }
     eprint!("{action} {}", p.id.name);
     cl.wait_operation(&r, action).await
-}
-
-pub async fn network(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
-    let cl = Client::new(g.url.as_deref(), g.paths())?;
-    match c {
-        NetworkCmd::Dhcp(DhcpCmd::Leases) => {
-            let r = cl.get("/vmnode/v1/dhcp/leases").await?.ok()?;
-            print(
-                g.output,
-                &r.body["value"],
-                &[
-                    ("MacAddress", "macAddress"),
-                    ("IpAddress", "ipAddress"),
-                    ("Hostname", "hostname"),
-                    ("CommittedAt", "committedAt"),
-                ],
-            );
-        }
-        NetworkCmd::Nic(NicCmd::Show { rg, name }) => {
-            let p = format!(
-                "{}/providers/Microsoft.Network/networkInterfaces/{name}",
-                cl.rg_path(&rg).await?
-            );
-            let r = cl.get(&p).await?.ok()?;
-            print(Format::Json, &r.body, &[]);
-        }
-    }
-    Ok(())
 }
 
 pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {

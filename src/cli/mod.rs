@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod network;
 mod output;
 mod quickstart;
 
@@ -75,7 +76,7 @@ pub enum Cmd {
     Vm(commands::VmCmd),
     /// Virtual networks, NICs and DHCP leases.
     #[command(subcommand)]
-    Network(commands::NetworkCmd),
+    Network(network::NetworkCmd),
     /// Build and list guest images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
@@ -141,7 +142,7 @@ pub fn main() -> ExitCode {
             Cmd::Account(c) => commands::account(&cli.global, c).await,
             Cmd::Group(c) => commands::group(&cli.global, c).await,
             Cmd::Vm(c) => commands::vm(&cli.global, c).await,
-            Cmd::Network(c) => commands::network(&cli.global, c).await,
+            Cmd::Network(c) => network::run(&cli.global, c).await,
             Cmd::Image(c) => commands::image(&cli.global, c).await,
         }
     });

@@ -221,6 +221,10 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
                 os_disk_caching: "ReadWrite".into(),
                 no_wait: false,
                 ip_timeout: 180,
+                nics: vec![],
+                vnet_name: None,
+                subnet: None,
+                private_ip: None,
             }),
         )
         .await?;

@@ -1,160 +1,309 @@
-//! The daemon's side of networking: the node's default virtual network (a bridge in the
-//! daemon's namespace), taps for NICs, and the DHCP responder fed from the state store.
-//! The mechanisms (netns, bridge, tap, DHCP packets) live in the `vmnode-network` crate.
+//! The daemon's side of networking. Every virtual network is a Linux bridge in the daemon's
+//! namespace with its gateways and the platform address on it, its own DHCP responder and DNS
+//! server (bound to that bridge), and nftables anti-spoofing for its taps; forwarding between
+//! bridges is off, so vnets are isolated. The node's default vnet `vmnode-vnet` (10.1.0.0/16,
+//! subnet `default` 10.1.0.0/24) lives in resource group `vmnode`, made at first start.
+//! The mechanisms (netns, bridge, tap, DHCP and DNS packets, nftables) live in `vmnode-network`.
 
-use std::collections::HashSet;
+mod books;
+pub mod nic;
+pub mod vnet;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::Ipv4Network;
-use vmnode_network::addr::{Mac, Subnet};
-use vmnode_network::dhcp::{self, Binding, DhcpConfig, LeaseBook};
-use vmnode_network::plumbing;
+use vmnode_network::addr::Mac;
+use vmnode_network::dhcp::{self, DhcpConfig, LedgerEntry};
+use vmnode_network::{dns, filter, plumbing};
 
 use crate::storage::db::{Db, Kind};
-use crate::vm::model::NicRecord;
+use nic::NicRecord;
+use vnet::{SubnetRecord, VnetRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("network plumbing")]
     Plumbing(#[from] plumbing::PlumbingError),
+    #[error("network filter")]
+    Filter(#[from] filter::FilterError),
     #[error("state store")]
     Db(#[from] crate::storage::db::DbError),
-    #[error("DHCP socket")]
+    #[error("socket")]
     Socket(#[source] std::io::Error),
+    #[error("virtual network '{0}' not found")]
+    NoVnet(String),
+    #[error("subnet '{subnet}' not found in virtual network '{vnet}'")]
+    NoSubnet { vnet: String, subnet: String },
+    #[error("address {ip} is not usable in subnet {subnet} (outside it, reserved, or taken)")]
+    AddressUnavailable { ip: Ipv4Addr, subnet: String },
 }
 
-/// The default virtual network: `vmnode-vnet` 10.1.0.0/16, subnet `default` 10.1.0.0/24.
+pub const DEFAULT_RG: &str = "vmnode";
 pub const VNET_NAME: &str = "vmnode-vnet";
 pub const VNET_SPACE: &str = "10.1.0.0/16";
 pub const SUBNET_NAME: &str = "default";
 pub const SUBNET_PREFIX: &str = "10.1.0.0/24";
-pub const BRIDGE: &str = "vnbr0";
+pub const DEFAULT_BRIDGE: &str = "vnbr0";
+/// How many ledger lines are kept per MAC, and for how many MACs.
+const LEDGER_PER_MAC: usize = 64;
+const LEDGER_MACS: usize = 4096;
+
+struct Runtime {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Inner {
+    ns: String,
+    platform_ip: Ipv4Addr,
+    db: Db,
+    runtimes: Mutex<HashMap<String, Runtime>>,
+    ledger: Mutex<HashMap<String, VecDeque<LedgerEntry>>>,
+}
 
 #[derive(Clone)]
 pub struct NodeNet {
-    pub ns: String,
-    pub bridge: String,
-    pub subnet: Subnet,
-    pub platform_ip: Ipv4Addr,
-    pub domain: String,
+    inner: Arc<Inner>,
+}
+
+fn random_label(n: usize) -> String {
+    use rand::Rng;
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| ALPHA[rng.gen_range(0..ALPHA.len())] as char)
+        .collect()
+}
+
+pub fn new_domain() -> String {
+    format!("{}.internal.cloudapp.net", random_label(26))
+}
+
+pub fn bridge_name(rg: &str, vnet: &str) -> String {
+    let h = vmnode_network::addr::stable_hash(vnet::key(rg, vnet).as_bytes());
+    format!("vb{:012x}", h & 0xffff_ffff_ffff)
 }
 
 impl NodeNet {
-    /// Creates (or finds) the namespace and the default vnet's bridge, with the gateway and
-    /// the platform address on it. The domain suffix is made once and kept in the store.
+    /// Creates (or finds) the namespace, the filter, the default vnet, and brings every stored
+    /// vnet up.
     pub fn setup(ns: &str, platform_ip: Ipv4Addr, db: &Db) -> Result<NodeNet, NetError> {
-        let subnet: Subnet = SUBNET_PREFIX
-            .parse()
-            .map_err(|_| NetError::Socket(std::io::Error::other("bad built-in subnet")))?;
-        let domain = match db.meta_get("vnet.default.domain")? {
-            Some(d) => d,
-            None => {
-                let d = format!("{}.internal.cloudapp.net", random_label());
-                db.meta_set("vnet.default.domain", &d)?;
-                d
-            }
-        };
         plumbing::ensure_netns(ns)?;
-        let platform = Ipv4Network::new(platform_ip, 32)
+        filter::ensure_filter(ns)?;
+        filter::set_isolated(ns)?;
+        // Bridged frames must not traverse the routed (inet) hooks, where the isolation table
+        // drops everything forwarded: with br_netfilter loaded on the host they would.
+        for k in [
+            "net/bridge/bridge-nf-call-iptables",
+            "net/bridge/bridge-nf-call-ip6tables",
+            "net/bridge/bridge-nf-call-arptables",
+        ] {
+            if let Err(e) = plumbing::set_sysctl(ns, k, "0") {
+                tracing::debug!(key = k, error = %e, "sysctl not present (no br_netfilter): fine");
+            }
+        }
+        let net = NodeNet {
+            inner: Arc::new(Inner {
+                ns: ns.into(),
+                platform_ip,
+                db: db.clone(),
+                runtimes: Mutex::new(HashMap::new()),
+                ledger: Mutex::new(HashMap::new()),
+            }),
+        };
+        if db
+            .get::<serde_json::Value>(Kind::ResourceGroup, DEFAULT_RG)?
+            .is_none()
+        {
+            let rg = serde_json::json!({ "name": DEFAULT_RG, "location": crate::config::LOCATION, "tags": {} });
+            db.put(Kind::ResourceGroup, DEFAULT_RG, &rg)?;
+        }
+        let dkey = vnet::key(DEFAULT_RG, VNET_NAME);
+        if db.get::<VnetRecord>(Kind::Vnet, &dkey)?.is_none() {
+            let rec = VnetRecord {
+                rg: DEFAULT_RG.into(),
+                name: VNET_NAME.into(),
+                location: crate::config::LOCATION.into(),
+                address_prefixes: vec![VNET_SPACE.into()],
+                subnets: vec![SubnetRecord {
+                    name: SUBNET_NAME.into(),
+                    prefix: SUBNET_PREFIX.into(),
+                }],
+                bridge: DEFAULT_BRIDGE.into(),
+                domain: new_domain(),
+                tags: Default::default(),
+            };
+            db.put(Kind::Vnet, &dkey, &rec)?;
+        }
+        for v in db.list::<VnetRecord>(Kind::Vnet)? {
+            net.bring_up(&v)?;
+        }
+        Ok(net)
+    }
+
+    pub fn ns(&self) -> &str {
+        &self.inner.ns
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The bridge with the gateways and the platform address, and its DHCP and DNS servers.
+    pub fn bring_up(&self, v: &VnetRecord) -> Result<(), NetError> {
+        let ns = &self.inner.ns;
+        let mut addrs = v.gateways();
+        let platform = Ipv4Network::new(self.inner.platform_ip, 32)
             .map_err(|e| NetError::Socket(std::io::Error::other(e.to_string())))?;
-        plumbing::ensure_bridge(ns, BRIDGE, &[subnet.gateway_cidr(), platform])?;
-        Ok(NodeNet {
-            ns: ns.into(),
-            bridge: BRIDGE.into(),
-            subnet,
-            platform_ip,
-            domain,
-        })
+        addrs.push(platform);
+        plumbing::ensure_bridge(ns, &v.bridge, &addrs)?;
+        let key = vnet::key(&v.rg, &v.name);
+        let mut rts = self
+            .inner
+            .runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if rts.contains_key(&key) {
+            return Ok(());
+        }
+        let dsock = plumbing::udp_socket_in_ns(ns, &v.bridge, dhcp::SERVER_PORT)?;
+        let dsock = tokio::net::UdpSocket::from_std(dsock).map_err(NetError::Socket)?;
+        // DNS listens at the platform address itself, so answers come from it.
+        let at = std::net::SocketAddrV4::new(self.inner.platform_ip, dns::DNS_PORT);
+        let nsock = plumbing::udp_socket_in_ns_at(ns, &v.bridge, at)?;
+        let nsock = tokio::net::UdpSocket::from_std(nsock).map_err(NetError::Socket)?;
+        let cfg = DhcpConfig {
+            server_id: self.inner.platform_ip,
+            dns: vec![self.inner.platform_ip],
+            ..DhcpConfig::default()
+        };
+        let book = Arc::new(books::VnetBook {
+            net: self.clone(),
+            vnet: key.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(dhcp::serve(dsock, cfg, book.clone())),
+            tokio::spawn(dns::serve(nsock, book)),
+        ];
+        tracing::info!(vnet = %v.name, bridge = %v.bridge, "virtual network up");
+        rts.insert(key, Runtime { tasks });
+        Ok(())
     }
 
-    pub fn subnet_name(&self) -> String {
-        format!("{VNET_NAME}/{SUBNET_NAME}")
+    /// Stops a vnet's servers and removes its bridge.
+    pub fn tear_down(&self, v: &VnetRecord) -> Result<(), NetError> {
+        let key = vnet::key(&v.rg, &v.name);
+        if let Some(rt) = self
+            .inner
+            .runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            for t in rt.tasks {
+                t.abort();
+            }
+        }
+        if plumbing::link_exists(&self.inner.ns, &v.bridge) {
+            plumbing::delete_link(&self.inner.ns, &v.bridge)?;
+        }
+        Ok(())
     }
 
-    pub fn allocate(&self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
-        self.subnet.allocate(used)
+    pub fn vnet(&self, rg: &str, name: &str) -> Result<Option<VnetRecord>, NetError> {
+        Ok(self.inner.db.get(Kind::Vnet, &vnet::key(rg, name))?)
+    }
+
+    /// Allocates an address for a NIC in a subnet: `wanted` (static) or the lowest free one.
+    pub fn allocate_ip(
+        &self,
+        owner: &str,
+        v: &VnetRecord,
+        subnet: &str,
+        wanted: Option<Ipv4Addr>,
+    ) -> Result<(Ipv4Addr, String), NetError> {
+        let (s, net) = v.subnet(subnet).ok_or_else(|| NetError::NoSubnet {
+            vnet: v.name.clone(),
+            subnet: subnet.into(),
+        })?;
+        let skey = vnet::subnet_key(&v.rg, &v.name, &s.name);
+        let pick = |used: &HashSet<Ipv4Addr>| match wanted {
+            Some(ip) => (net.contains_allocatable(ip) && !used.contains(&ip)).then_some(ip),
+            None => net.allocate(used),
+        };
+        let ip = self
+            .inner
+            .db
+            .allocate_addr(&skey, owner, pick)
+            .map_err(|e| match (e, wanted) {
+                (crate::storage::db::DbError::Exhausted(_), Some(ip)) => {
+                    NetError::AddressUnavailable {
+                        ip,
+                        subnet: s.prefix.clone(),
+                    }
+                }
+                (e, _) => e.into(),
+            })?;
+        Ok((ip, skey))
     }
 
     pub fn random_mac(&self) -> String {
         Mac::random_azure().to_colon()
     }
 
-    /// A tap for a NIC, in the namespace, on the bridge. The tap is not persistent: it
-    /// disappears when the last holder of the returned fd (QEMU) exits.
-    pub fn create_tap(&self, name: &str) -> Result<OwnedFd, NetError> {
-        let fd = plumbing::create_tap(&self.ns, name)?;
-        plumbing::attach_to_bridge(&self.ns, name, &self.bridge)?;
+    /// A tap for a NIC, in the namespace, on its vnet's bridge, admitted by the anti-spoofing
+    /// filter for the NIC's MAC and address only. Not persistent: it disappears when the last
+    /// holder of the returned fd (QEMU) exits.
+    pub fn create_tap(&self, nic: &NicRecord) -> Result<OwnedFd, NetError> {
+        let v = self
+            .vnet(&nic.vnet_rg, &nic.vnet_name)?
+            .ok_or_else(|| NetError::NoVnet(nic.vnet_name.clone()))?;
+        let ns = &self.inner.ns;
+        let fd = plumbing::create_tap(ns, &nic.tap)?;
+        let mac: Mac = nic
+            .mac
+            .parse()
+            .map_err(|_| NetError::Socket(std::io::Error::other("bad MAC")))?;
+        filter::allow_nic(ns, &nic.tap, mac, nic.ip)?;
+        plumbing::attach_to_bridge(ns, &nic.tap, &v.bridge)?;
         Ok(fd)
     }
 
-    /// Removes a tap if it is still there (QEMU normally takes it with it).
+    /// Removes a tap's filter rules and the tap if it is still there (QEMU normally takes it).
     pub fn remove_tap(&self, name: &str) -> Result<(), NetError> {
-        if plumbing::link_exists(&self.ns, name) {
-            plumbing::delete_link(&self.ns, name)?;
+        filter::remove_nic(&self.inner.ns, name)?;
+        if plumbing::link_exists(&self.inner.ns, name) {
+            plumbing::delete_link(&self.inner.ns, name)?;
         }
         Ok(())
     }
 
-    /// Starts the DHCP responder on the bridge.
-    pub fn start_dhcp(&self, db: Db) -> Result<tokio::task::JoinHandle<()>, NetError> {
-        let sock = plumbing::udp_socket_in_ns(&self.ns, &self.bridge, 67)?;
-        let sock = tokio::net::UdpSocket::from_std(sock).map_err(NetError::Socket)?;
-        let cfg = DhcpConfig {
-            server_id: self.platform_ip,
-            dns: vec![self.platform_ip],
-            ..DhcpConfig::default()
-        };
-        let book = Arc::new(DbLeaseBook {
-            db,
-            net: self.clone(),
-        });
-        Ok(tokio::spawn(dhcp::serve(sock, cfg, book)))
-    }
-}
-
-fn random_label() -> String {
-    use rand::Rng;
-    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    (0..26)
-        .map(|_| ALPHA[rng.gen_range(0..ALPHA.len())] as char)
-        .collect()
-}
-
-/// The responder's view of the store: which MACs are NICs, and durable lease commits.
-struct DbLeaseBook {
-    db: Db,
-    net: NodeNet,
-}
-
-impl LeaseBook for DbLeaseBook {
-    fn binding(&self, mac: &Mac) -> Option<Binding> {
-        let nics: Vec<NicRecord> = self.db.list(Kind::Nic).ok()?;
-        let want = mac.to_colon();
-        let nic = nics
-            .into_iter()
-            .find(|n| n.mac.eq_ignore_ascii_case(&want))?;
-        Some(Binding {
-            ip: nic.ip,
-            prefix: self.net.subnet.prefix(),
-            router: self.net.subnet.gateway(),
-            hostname: nic.hostname,
-            domain: self.net.domain.clone(),
-        })
+    /// Frames the filter dropped from a tap (spoofing attempts).
+    pub fn dropped(&self, tap: &str) -> u64 {
+        filter::dropped(&self.inner.ns, tap).unwrap_or(0)
     }
 
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
-        let host = self.binding(mac).map(|b| b.hostname).unwrap_or_default();
-        self.db
-            .lease_commit(&mac.to_colon(), ip, &host)
-            .map_err(|e| e.to_string())
-    }
-
-    fn release(&self, mac: &Mac, _ip: Ipv4Addr) {
-        if let Err(e) = self.db.lease_delete(&mac.to_colon()) {
-            tracing::error!(error = %e, "cannot record DHCP release");
+    fn record(&self, mac: &Mac, entry: LedgerEntry) {
+        let mut l = self.inner.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() >= LEDGER_MACS && !l.contains_key(&mac.to_colon()) {
+            if let Some(k) = l.keys().next().cloned() {
+                l.remove(&k);
+            }
         }
+        let q = l.entry(mac.to_colon()).or_default();
+        if q.len() >= LEDGER_PER_MAC {
+            q.pop_front();
+        }
+        q.push_back(entry);
+    }
+
+    /// The DHCP ledger of a MAC, oldest first.
+    pub fn ledger(&self, mac: &str) -> Vec<LedgerEntry> {
+        let l = self.inner.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        l.get(&mac.to_lowercase())
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }

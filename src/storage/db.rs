@@ -41,6 +41,7 @@ pub enum Kind {
     ResourceGroup,
     Vm,
     Nic,
+    Vnet,
 }
 
 impl Kind {
@@ -49,6 +50,7 @@ impl Kind {
             Kind::ResourceGroup => "rg",
             Kind::Vm => "vm",
             Kind::Nic => "nic",
+            Kind::Vnet => "vnet",
         }
     }
 }

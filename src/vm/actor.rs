@@ -307,11 +307,11 @@ impl Actor {
 
     async fn make_tap(&self) -> Result<OwnedFd, StepError> {
         let net = self.node.net.clone();
-        let name = self.rec.nic.tap.clone();
+        let nic = self.rec.nic.clone();
         tokio::task::spawn_blocking(move || {
             // A tap of this name can linger only if a QEMU that held it is still exiting.
-            let _ = net.remove_tap(&name);
-            net.create_tap(&name)
+            let _ = net.remove_tap(&nic.tap);
+            net.create_tap(&nic)
         })
         .await
         .map_err(|e| StepError::Tap(e.to_string()))?
@@ -553,11 +553,22 @@ impl Actor {
             ));
         }
         let db = &self.node.db;
-        let nic_key = format!("{}/{}", self.rec.rg, self.rec.nic.name);
-        let steps = db
-            .lease_delete(&self.rec.nic.mac)
-            .and_then(|_| db.free_addr(&self.rec.nic.subnet, self.rec.nic.ip))
-            .and_then(|_| db.delete(Kind::Nic, &nic_key).map(|_| ()));
+        let nic_key = self.rec.nic.key();
+        // A NIC made for the VM goes with it (lease and address too); one the user made is
+        // detached and keeps its address.
+        let steps = if self.rec.nic.delete_with_vm {
+            db.lease_delete(&self.rec.nic.mac)
+                .and_then(|_| db.free_addr(&self.rec.nic.subnet, self.rec.nic.ip))
+                .and_then(|_| db.delete(Kind::Nic, &nic_key).map(|_| ()))
+        } else {
+            match db.get::<super::model::NicRecord>(Kind::Nic, &nic_key) {
+                Ok(Some(mut n)) => {
+                    n.vm.clear();
+                    db.put(Kind::Nic, &nic_key, &n)
+                }
+                other => other.map(|_| ()),
+            }
+        };
         if let Err(e) = steps {
             return Err(format!("cannot release the NIC: {}", chain(&e)));
         }

@@ -63,6 +63,9 @@ pub struct CreateVm {
     pub admin_username: String,
     pub caching: String,
     pub tags: serde_json::Map<String, serde_json::Value>,
+    /// The primary NIC: an existing one (`rg`, `name`, delete it with the VM?), or none to get
+    /// one made in the node's default vnet.
+    pub nic: Option<(String, String, bool)>,
 }
 
 /// Commands a VM actor accepts.
@@ -270,12 +273,68 @@ impl Node {
         }
 
         let vm_id = uuid::Uuid::new_v4().to_string();
-        let nic_name = format!("{}VMNic", req.name);
-        let subnet = self.net.subnet_name();
-        let ip = self
-            .db
-            .allocate_addr(&subnet, &key, |used| self.net.allocate(used))?;
-        let mac = self.net.random_mac();
+        // The NIC: an existing one (checked, then attached), or a new one in the default vnet.
+        let existing_nic = match &req.nic {
+            Some((nrg, nname, delete_with_vm)) => {
+                let mut n: NicRecord = self
+                    .db
+                    .get(Kind::Nic, &crate::net::nic::nic_key(nrg, nname))?
+                    .ok_or_else(|| {
+                        VmError::InvalidParameter(format!(
+                            "Network interface '{nname}' in resource group '{nrg}' was not found. Create it first (`vmnode network nic create`)."
+                        ))
+                    })?;
+                if !n.vm.is_empty() && !n.vm.eq_ignore_ascii_case(&req.name) {
+                    return Err(VmError::Conflict(format!(
+                        "Network interface '{nname}' is already used by VM '{}'.",
+                        n.vm
+                    )));
+                }
+                n.vm = req.name.clone();
+                n.hostname = computer_name.clone();
+                n.delete_with_vm = *delete_with_vm;
+                Some(n)
+            }
+            None => None,
+        };
+        let nic = match existing_nic {
+            Some(n) => n,
+            None => {
+                let v = self
+                    .net
+                    .vnet(crate::net::DEFAULT_RG, crate::net::VNET_NAME)
+                    .map_err(|e| VmError::Conflict(format!("default network: {e}")))?
+                    .ok_or_else(|| VmError::Conflict("the default network is missing".into()))?;
+                let nic_name = format!("{}VMNic", req.name);
+                let nkey = crate::net::nic::nic_key(&req.rg, &nic_name);
+                if self.db.get::<NicRecord>(Kind::Nic, &nkey)?.is_some() {
+                    return Err(VmError::Conflict(format!(
+                        "Network interface '{nic_name}' already exists in resource group '{}'; delete it or pass it explicitly.",
+                        req.rg
+                    )));
+                }
+                let (ip, skey) = self
+                    .net
+                    .allocate_ip(&nkey, &v, crate::net::SUBNET_NAME, None)
+                    .map_err(|e| VmError::Conflict(e.to_string()))?;
+                NicRecord {
+                    rg: req.rg.clone(),
+                    name: nic_name,
+                    mac: self.net.random_mac(),
+                    ip,
+                    subnet: skey,
+                    tap: vmnode_network::plumbing::tap_name_for(&vm_id),
+                    vm: req.name.clone(),
+                    hostname: computer_name.clone(),
+                    vnet_rg: v.rg.clone(),
+                    vnet_name: v.name.clone(),
+                    subnet_name: crate::net::SUBNET_NAME.into(),
+                    allocation: "Dynamic".into(),
+                    delete_with_vm: true,
+                }
+            }
+        };
+        let created_nic = req.nic.is_none();
         let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
         let disk_path = self
             .cfg
@@ -302,16 +361,7 @@ impl Node {
             os_disk_name: disk_name,
             os_disk_path: disk_path,
             caching: req.caching.clone(),
-            nic: NicRecord {
-                rg: req.rg.clone(),
-                name: nic_name.clone(),
-                mac,
-                ip,
-                subnet: subnet.clone(),
-                tap: vmnode_network::plumbing::tap_name_for(&vm_id),
-                vm: req.name.clone(),
-                hostname: computer_name,
-            },
+            nic: nic.clone(),
             provisioning_state: ProvisioningState::Creating,
             power: PowerState::Starting,
             error: None,
@@ -328,14 +378,17 @@ impl Node {
                 .join("resource.raw"),
             state_time: crate::api::time_now(),
         };
-        let nic_key = format!("{}/{}", req.rg, nic_name);
+        let nic_key = nic.key();
         let stored = self
             .db
-            .insert(Kind::Nic, &nic_key, &rec.nic)
-            .and_then(|_| self.db.insert(Kind::Vm, &key, &rec));
+            .insert(Kind::Vm, &key, &rec)
+            .and_then(|_| self.db.put(Kind::Nic, &nic_key, &rec.nic));
         if let Err(e) = stored {
-            let _ = self.db.delete(Kind::Nic, &nic_key);
-            let _ = self.db.free_addr(&subnet, ip);
+            let _ = self.db.delete(Kind::Vm, &key);
+            if created_nic {
+                let _ = self.db.delete(Kind::Nic, &nic_key);
+                let _ = self.db.free_addr(&nic.subnet, nic.ip);
+            }
             return Err(match e {
                 DbError::Exists(_) => VmError::Exists(req.name, req.rg),
                 e => e.into(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::catalog::ImageRef;
+pub use crate::net::nic::{mac_azure, nic_id as nic_arm_id, NicRecord};
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ProvisioningState {
@@ -64,19 +65,6 @@ pub struct ErrorBody {
     pub details: Vec<ErrorBody>,
 }
 
-/// The NIC a VM was given (its own ARM resource: `.../networkInterfaces/{name}`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NicRecord {
-    pub rg: String,
-    pub name: String,
-    pub mac: String,
-    pub ip: Ipv4Addr,
-    pub subnet: String,
-    pub tap: String,
-    pub vm: String,
-    pub hostname: String,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmRecord {
     pub rg: String,
@@ -129,13 +117,6 @@ pub fn vm_arm_id(sub: &str, rg: &str, name: &str) -> String {
     )
 }
 
-pub fn nic_arm_id(sub: &str, rg: &str, name: &str) -> String {
-    format!(
-        "{}/providers/Microsoft.Network/networkInterfaces/{name}",
-        rg_id(sub, rg)
-    )
-}
-
 /// The VM's instance view: statuses (provisioning, power) and, vmnode's addition, the DIP.
 pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
     let mut statuses = vec![json!({
@@ -172,11 +153,6 @@ pub fn provisioning_str(p: ProvisioningState) -> &'static str {
         ProvisioningState::Failed => "Failed",
         ProvisioningState::Deleting => "Deleting",
     }
-}
-
-/// `00-0D-3A-12-34-56`, as the cloud shows MAC addresses.
-pub fn mac_azure(mac: &str) -> String {
-    mac.replace(':', "-").to_uppercase()
 }
 
 /// The VM as `GET .../virtualMachines/{vm}` returns it. `lease_ip` is the address the guest
@@ -245,34 +221,4 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
         v["properties"]["instanceView"] = instance_view(r, lease_ip);
     }
     v
-}
-
-/// The NIC resource, `GET .../networkInterfaces/{nic}`.
-pub fn nic_to_arm(sub: &str, n: &NicRecord, location: &str, lease_ip: Option<Ipv4Addr>) -> Value {
-    let id = nic_arm_id(sub, &n.rg, &n.name);
-    json!({
-        "id": id,
-        "name": n.name,
-        "type": "Microsoft.Network/networkInterfaces",
-        "location": location,
-        "properties": {
-            "provisioningState": "Succeeded",
-            "macAddress": mac_azure(&n.mac),
-            "primary": true,
-            "virtualMachine": { "id": vm_arm_id(sub, &n.rg, &n.vm) },
-            "ipConfigurations": [{
-                "id": format!("{id}/ipConfigurations/ipconfig1"),
-                "name": "ipconfig1",
-                "properties": {
-                    "privateIPAddress": n.ip.to_string(),
-                    "privateIPAllocationMethod": "Dynamic",
-                    "privateIPAddressVersion": "IPv4",
-                    "primary": true,
-                    "subnet": { "id": format!("/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network/virtualNetworks/vmnode-vnet/subnets/{}", n.rg, n.subnet) },
-                },
-            }],
-            "dhcpLease": lease_ip.map(|ip| ip.to_string()),
-            "tapName": n.tap,
-        },
-    })
 }

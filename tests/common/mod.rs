@@ -290,3 +290,78 @@ impl Drop for Node {
             .status();
     }
 }
+
+/// Runs a command inside a guest through its qemu-guest-agent (`guest-exec` with captured
+/// output); returns (exit code, stdout + stderr).
+pub fn guest_exec(node: &Node, vm_id: &str, argv: &[&str]) -> (i64, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = node.run.join("vms").join(vm_id).join("qga.sock");
+    let s = std::os::unix::net::UnixStream::connect(&sock).expect("guest agent socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&[0xff]).unwrap();
+    let mut r = BufReader::new(s);
+    let id = std::process::id() as u64;
+    let mut read = |want: &dyn Fn(&Value) -> bool| -> Value {
+        loop {
+            let mut buf = Vec::new();
+            r.read_until(b'\n', &mut buf).expect("agent answer");
+            buf.retain(|b| *b != 0xff);
+            if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
+                if want(&v) {
+                    return v;
+                }
+            }
+        }
+    };
+    let sync = serde_json::json!({"execute": "guest-sync-delimited", "arguments": {"id": id}});
+    w.write_all(format!("{sync}\n").as_bytes()).unwrap();
+    read(&|v| v["return"] == id);
+    let mut call = |cmd: Value| -> Value {
+        w.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        read(&|v| v.get("return").is_some() || v.get("error").is_some())
+    };
+    let args: Vec<&str> = argv[1..].to_vec();
+    let v = call(
+        serde_json::json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": args, "capture-output": true}}),
+    );
+    let pid = v["return"]["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("guest-exec failed: {v}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st =
+            call(serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}));
+        if st["return"]["exited"] == true {
+            let dec = |k: &str| st["return"][k].as_str().map(b64).unwrap_or_default();
+            return (
+                st["return"]["exitcode"].as_i64().unwrap_or(-1),
+                format!("{}{}", dec("out-data"), dec("err-data")),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest command {argv:?} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let Some(v) = T.iter().position(|t| *t == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
