@@ -365,3 +365,25 @@ fn b64(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A Python with the given PyPI packages: one venv in the cache dir, shared by tests and runs,
+/// made (or completed) under a lock. `.ci/run` prepares it; a test run alone makes it too.
+pub fn python_with(packages: &[&str]) -> PathBuf {
+    let venv = PathBuf::from("/var/cache/vmnode/venv");
+    std::fs::create_dir_all("/var/cache/vmnode").unwrap();
+    let script = format!(
+        "set -e; [ -x {v}/bin/python ] || python3 -m venv {v}; {v}/bin/python -m pip install -q --disable-pip-version-check {p}",
+        v = venv.display(),
+        p = packages.join(" ")
+    );
+    let out = Command::new("flock")
+        .args(["/var/cache/vmnode/venv.lock", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "venv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    venv.join("bin/python")
+}
