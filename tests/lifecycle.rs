@@ -15,7 +15,11 @@ fn boots(log: &str) -> usize {
 fn power_lifecycle_on_a_real_guest() {
     let node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
-    let vm = node.create_vm("rg", "life", &[]);
+    let vm = node.create_vm("rg", "life", &["--os-disk-size-gb", "2"]);
+    assert_eq!(
+        vm["properties"]["storageProfile"]["osDisk"]["diskSizeGB"],
+        2
+    );
     let vm_id = vm["properties"]["vmId"].as_str().unwrap().to_string();
     let show = || node.json(&["vm", "show", "-g", "rg", "-n", "life"]);
     let id = ["-g", "rg", "-n", "life"];
@@ -31,6 +35,8 @@ fn power_lifecycle_on_a_real_guest() {
         log.contains("disk vdb sectors=8388608 serial=resource"),
         "{log}"
     );
+    // The OS disk was grown to 2 GiB (sparse) and the guest sees it.
+    assert!(log.contains("disk vda sectors=4194304 "), "{log}");
     let temp = node.state.join("local").join(&vm_id).join("resource.raw");
     assert!(temp.exists());
     let tap = node.json(&["network", "nic", "show", "-g", "rg", "-n", "lifeVMNic"])["properties"]

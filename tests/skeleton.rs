@@ -243,6 +243,12 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
         "vmnode:tiny:1:latest",
     ]);
     assert!(e.contains("computer name 'vm_1' is invalid"), "{e}");
+    // A size larger than the host is a clear capacity error.
+    let e = create("rg", "big", "vmnode:tiny:1:latest", "Standard_E64s_v3");
+    assert!(
+        e.contains("AllocationFailed") && e.contains("64 vCPUs"),
+        "{e}"
+    );
     nothing_made(&node);
 
     // A duplicate name is refused and the first VM is untouched.

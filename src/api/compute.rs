@@ -212,6 +212,7 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .cloned()
             .unwrap_or_default(),
         nic,
+        disk_size_gb: field(p, &["storageProfile", "osDisk", "diskSizeGB"]).and_then(Value::as_u64),
     })
 }
 

@@ -75,6 +75,9 @@ impl From<VmError> for ApiError {
             }
             VmError::Image(CatalogError::Io { .. }) => Self::internal(&e),
             VmError::Exists(..) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            VmError::Capacity(_) => {
+                Self::new(StatusCode::CONFLICT, "AllocationFailed", e.to_string())
+            }
             VmError::Conflict(_) => {
                 Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
             }

@@ -131,6 +131,9 @@ pub struct CreateArgs {
     /// OS disk caching: None, ReadOnly or ReadWrite.
     #[arg(long, default_value = "ReadWrite")]
     pub os_disk_caching: String,
+    /// OS disk size in GB (grown sparse beyond the image's size).
+    #[arg(long = "os-disk-size-gb")]
+    pub os_disk_size_gb: Option<u64>,
     /// Return as soon as the request is accepted.
     #[arg(long)]
     pub no_wait: bool,
@@ -373,7 +376,7 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
             "hardwareProfile": { "vmSize": a.size },
             "storageProfile": {
                 "imageReference": { "publisher": image.publisher, "offer": image.offer, "sku": image.sku, "version": image.version },
-                "osDisk": { "createOption": "FromImage", "caching": a.os_disk_caching },
+                "osDisk": { "createOption": "FromImage", "caching": a.os_disk_caching, "diskSizeGB": a.os_disk_size_gb },
             },
             "osProfile": os_profile,
             "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },

@@ -220,6 +220,7 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
                 admin_username: "azureuser".into(),
                 os_disk_caching: "ReadWrite".into(),
                 no_wait: false,
+                os_disk_size_gb: None,
                 ip_timeout: 180,
                 nics: vec![],
                 vnet_name: None,

@@ -210,6 +210,19 @@ impl Actor {
                 .map_err(|e| StepError::Disk(e.to_string()))?
                 .map_err(|e| StepError::Disk(chain(&e)))?;
         tracing::info!(?method, disk = %self.rec.os_disk_path.display(), "OS disk created");
+        if self.rec.os_disk_gb > 0 {
+            let want = self.rec.os_disk_gb << 30;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.rec.os_disk_path)
+                .map_err(|e| StepError::Disk(e.to_string()))?;
+            if f.metadata().map(|m| m.len() < want).unwrap_or(false) {
+                // Sparse growth: costs nothing until the guest writes there.
+                f.set_len(want).map_err(|e| {
+                    StepError::Disk(format!("resizing to {} GiB: {e}", self.rec.os_disk_gb))
+                })?;
+            }
+        }
         self.boot(image, Some(requested)).await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);

@@ -47,6 +47,8 @@ pub enum VmError {
     Exists(String, String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Capacity(String),
     #[error("state store")]
     Db(#[from] DbError),
 }
@@ -66,6 +68,8 @@ pub struct CreateVm {
     /// The primary NIC: an existing one (`rg`, `name`, delete it with the VM?), or none to get
     /// one made in the node's default vnet.
     pub nic: Option<(String, String, bool)>,
+    /// `storageProfile.osDisk.diskSizeGB`: grow the OS disk (sparse) beyond the image's size.
+    pub disk_size_gb: Option<u64>,
 }
 
 /// Commands a VM actor accepts.
@@ -90,6 +94,39 @@ pub struct Node {
     pub account: String,
     pub ops: ops::Operations,
     vms: Mutex<HashMap<String, VmHandle>>,
+}
+
+/// The host's cores and memory (MiB).
+fn host_capacity() -> (u32, u64) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .unwrap_or(0);
+    (cores, mem_kib / 1024)
+}
+
+/// A VM must fit the host: no more vCPUs than it has cores, no more memory than it has.
+/// (Several VMs may share them, as guests under TCG touch little of their memory.)
+pub fn capacity(size: &sizes::VmSize) -> Result<(), VmError> {
+    let (cores, mem) = host_capacity();
+    if size.number_of_cores > cores || size.memory_in_mb > mem {
+        return Err(VmError::Capacity(format!(
+            "Allocation failed: size {} needs {} vCPUs and {} MiB, but this host has {cores} cores and {mem} MiB. Pick a smaller size (`vmnode vm list-sizes`).",
+            size.name, size.number_of_cores, size.memory_in_mb
+        )));
+    }
+    Ok(())
 }
 
 /// Cloud rules for a Linux VM resource name.
@@ -244,6 +281,7 @@ impl Node {
         validate_computer_name(&computer_name)?;
         let size = sizes::find(&req.size)
             .ok_or_else(|| VmError::UnknownSize(req.size.clone(), sizes::names()))?;
+        capacity(size)?;
         if let Some(loc) = &req.location {
             if !loc.eq_ignore_ascii_case(LOCATION) {
                 return Err(VmError::InvalidParameter(format!(
@@ -266,6 +304,19 @@ impl Node {
             ));
         }
         let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
+        let image_bytes = image
+            .manifest
+            .files
+            .get("disk.raw")
+            .map(|f| f.size)
+            .unwrap_or(0);
+        let min_gb = image_bytes.div_ceil(1 << 30).max(1);
+        let disk_gb = req.disk_size_gb.unwrap_or(min_gb);
+        if disk_gb < min_gb || disk_gb > 4095 {
+            return Err(VmError::InvalidParameter(format!(
+                "osDisk.diskSizeGB {disk_gb} is invalid: the image needs at least {min_gb} GB and the limit is 4095 GB."
+            )));
+        }
         let key = model::vm_key(&req.rg, &req.name);
         if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
         {
@@ -369,6 +420,7 @@ impl Node {
             tags: req.tags.clone(),
             serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
             pid: None,
+            os_disk_gb: disk_gb,
             temp_disk: self
                 .cfg
                 .paths

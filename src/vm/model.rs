@@ -94,6 +94,9 @@ pub struct VmRecord {
     /// When the provisioning and power states last changed (instance view `time`).
     #[serde(default)]
     pub state_time: String,
+    /// The OS disk's size in GiB (`diskSizeGB`).
+    #[serde(default)]
+    pub os_disk_gb: u64,
 }
 
 impl VmRecord {
@@ -182,7 +185,7 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
                     "createOption": "FromImage",
                     "vhd": { "uri": r.os_disk_uri },
                     "caching": r.caching,
-                    "diskSizeGB": 1,
+                    "diskSizeGB": r.os_disk_gb,
                 },
                 "dataDisks": [],
             },

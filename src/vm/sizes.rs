@@ -34,6 +34,8 @@ pub const SIZES: &[VmSize] = &[
     size("Standard_DS1_v2", 1, 3584, 7168, 2),
     size("Standard_DS2_v2", 2, 7168, 14336, 8),
     size("Standard_D2s_v3", 2, 8192, 16384, 4),
+    size("Standard_D4s_v3", 4, 16384, 32768, 8),
+    size("Standard_E64s_v3", 64, 524_288, 884_736, 32),
 ];
 
 /// Sizes are matched case-insensitively, as the cloud does.
