@@ -39,6 +39,58 @@ fn ensure_meta(db: &Db, key: &str, make: impl FnOnce() -> String) -> anyhow::Res
     Ok(v)
 }
 
+/// The blob service on `--blob-listen`: the node's account (key in the db, and in
+/// `state/storage/{account}.json` 0600 for the CLI), the disk-lease check, then the listener.
+async fn start_blob_service(
+    cfg: &DaemonConfig,
+    db: &Db,
+    account: &str,
+    key: &str,
+) -> anyhow::Result<()> {
+    let store = Arc::new(crate::blob::Store::new(cfg.paths.blobs()));
+    store
+        .add_account(account, key)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let endpoint = format!("http://{}", cfg.blob_listen);
+    let file = crate::blob::AccountFile {
+        name: account.to_string(),
+        key: key.to_string(),
+        blob_endpoint: endpoint.clone(),
+    };
+    write_atomic(
+        &crate::blob::account_file(&cfg.paths.state, account),
+        &serde_json::to_vec_pretty(&file)?,
+        0o600,
+    )?;
+    let vms = db.clone();
+    crate::blob::set_attached_disks(move || {
+        vms.list::<serde_json::Value>(crate::storage::db::Kind::Vm)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| {
+                Some(crate::blob::AttachedDisk {
+                    path: v.get("os_disk_path")?.as_str()?.into(),
+                    vm_id: v.get("vm_id")?.as_str()?.to_string(),
+                })
+            })
+            .collect()
+    });
+    for f in crate::blob::check(&store, true) {
+        tracing::warn!(kind = %f.kind, blob = %f.blob, repaired = f.repaired, "{}", f.detail);
+    }
+    let tcp = tokio::net::TcpListener::bind(cfg.blob_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} (is another daemon using it? pass --blob-listen)",
+                cfg.blob_listen
+            )
+        })?;
+    crate::blob::start(store, tcp, endpoint);
+    tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
+    Ok(())
+}
+
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let paths = cfg.paths.clone();
@@ -67,6 +119,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cfg.netns
         )
     })?;
+
+    let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
+    start_blob_service(&cfg, &db, &account, &storage_key).await?;
 
     let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
     let adopted = node.load()?;

@@ -2,6 +2,7 @@
 //! See docs/DESIGN.md for what lives where.
 
 mod api;
+mod blob;
 mod catalog;
 mod cli;
 mod config;

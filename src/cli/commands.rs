@@ -54,7 +54,7 @@ pub struct VmId {
 #[derive(Subcommand)]
 pub enum VmCmd {
     /// Create a VM and wait until it runs and holds its DHCP lease.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List VMs (of a group, or all).
     List {
         #[arg(short = 'g', long = "resource-group")]
@@ -478,7 +478,7 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
     }
     let cl = Client::new(g.url.as_deref(), g.paths())?;
     match c {
-        VmCmd::Create(a) => create(g, &cl, a).await?,
+        VmCmd::Create(a) => create(g, &cl, *a).await?,
         VmCmd::List { rg } => {
             let p = match rg {
                 Some(rg) => format!(

@@ -5,6 +5,7 @@ mod commands;
 mod network;
 mod output;
 mod quickstart;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ pub enum Cmd {
     /// Build and list guest images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
+    /// The node's blob service: accounts, containers, blobs, SAS, leases, disk check.
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
 }
 
 #[derive(Args, Clone)]
@@ -144,6 +148,7 @@ pub fn main() -> ExitCode {
             Cmd::Vm(c) => commands::vm(&cli.global, c).await,
             Cmd::Network(c) => network::run(&cli.global, c).await,
             Cmd::Image(c) => commands::image(&cli.global, c).await,
+            Cmd::Storage(c) => storage::run(&cli.global, c).await,
         }
     });
     match result {

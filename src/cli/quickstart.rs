@@ -209,7 +209,7 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
                 output: super::output::Format::Table,
                 ..g.clone()
             },
-            super::commands::VmCmd::Create(CreateArgs {
+            super::commands::VmCmd::Create(Box::new(CreateArgs {
                 id: VmId {
                     rg: a.rg.clone(),
                     name: a.name.clone(),
@@ -226,7 +226,7 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
                 vnet_name: None,
                 subnet: None,
                 private_ip: None,
-            }),
+            })),
         )
         .await?;
     }

@@ -1,0 +1,296 @@
+//! Handlers of container operations (and the lease helpers blobs share).
+
+use hyper::{Response, StatusCode};
+
+use super::error::{BlobError, Result};
+use super::http::{self, Body};
+use super::lease;
+use super::server::*;
+use super::store::{etag, http_date, now_ms, AccessPolicy, ContainerMeta, PublicAccess};
+use super::xml;
+
+pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
+    let prefix = r.q("prefix").unwrap_or("");
+    let marker = r.q("marker").filter(|m| !m.is_empty());
+    let max = max_results(r)?;
+    let with_meta = r
+        .q("include")
+        .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
+    let all = r.store.list_containers(&r.account)?;
+    let mut w = xml::Writer::new();
+    w.open_with(
+        "EnumerationResults",
+        &format!(
+            " ServiceEndpoint=\"{}/{}\"",
+            xml::escape(&r.endpoint),
+            xml::escape(&r.account)
+        ),
+    );
+    if !prefix.is_empty() {
+        w.elem("Prefix", prefix);
+    }
+    if let Some(m) = marker {
+        w.elem("Marker", m);
+    }
+    if r.q("maxresults").is_some() {
+        w.elem("MaxResults", &max.to_string());
+    }
+    w.open("Containers");
+    let mut next = None;
+    for (n, c) in all
+        .iter()
+        .filter(|c| c.name.starts_with(prefix) && marker.is_none_or(|m| c.name.as_str() >= m))
+        .enumerate()
+    {
+        if n == max {
+            next = Some(c.name.clone());
+            break;
+        }
+        w.open("Container").elem("Name", &c.name).open("Properties");
+        w.elem("Last-Modified", &http_date(c.modified_ns))
+            .elem("Etag", &etag(c.modified_ns));
+        let now = now_ms();
+        let st = c.lease.state(now);
+        w.elem("LeaseStatus", st.status())
+            .elem("LeaseState", st.as_str());
+        if let Some(d) = c.lease.duration_header(now) {
+            w.elem("LeaseDuration", d);
+        }
+        if let Some(a) = c.public_access.header() {
+            w.elem("PublicAccess", a);
+        }
+        w.elem("DefaultEncryptionScope", "$account-encryption-key")
+            .elem("DenyEncryptionScopeOverride", "false")
+            .elem("HasImmutabilityPolicy", "false")
+            .elem("HasLegalHold", "false")
+            .close("Properties");
+        if with_meta {
+            w.open("Metadata");
+            for (k, v) in &c.metadata {
+                w.elem(k, v);
+            }
+            w.close("Metadata");
+        }
+        w.close("Container");
+    }
+    w.close("Containers").opt("NextMarker", next.as_deref());
+    Ok(xml_response(
+        StatusCode::OK,
+        w.close("EnumerationResults").finish(),
+    ))
+}
+
+pub(super) fn create_container(r: &Req) -> Result<Response<Body>> {
+    let access = match r.h("x-ms-blob-public-access") {
+        None => PublicAccess::Off,
+        Some(v) => PublicAccess::parse(v)
+            .ok_or_else(|| BlobError::invalid_header("x-ms-blob-public-access", v))?,
+    };
+    let m = r
+        .store
+        .create_container(&r.account, &r.container, http::metadata(&r.h)?, access)?;
+    done(with_etag(empty(StatusCode::CREATED), m.modified_ns))
+}
+
+pub(super) fn check_container_lease(m: &ContainerMeta, r: &Req, write: bool) -> Result<()> {
+    let now = now_ms();
+    let given = r.access.lease_id.as_deref();
+    let res = if write {
+        m.lease.check_write(now, given)
+    } else {
+        m.lease.check_read(now, given)
+    };
+    res.map_err(|e| BlobError::lease_access(e, true))
+}
+
+pub(super) fn container_props(r: &Req) -> Result<Response<Body>> {
+    let m = r.store.load_container(&r.account, &r.container)?;
+    check_container_lease(&m, r, false)?;
+    done(container_headers(empty(StatusCode::OK), &m))
+}
+
+pub(super) fn delete_container(r: &Req) -> Result<Response<Body>> {
+    r.store.delete_container(&r.account, &r.container, |m| {
+        // Deleting a leased container needs its lease id; one that is not leased takes none.
+        if m.lease.state(now_ms()).status() == "locked" || r.access.lease_id.is_some() {
+            check_container_lease(m, r, true)?;
+        }
+        r.access.cond.check(m.modified_ns, false)
+    })?;
+    done(empty(StatusCode::ACCEPTED))
+}
+
+pub(super) fn set_container_metadata(r: &Req) -> Result<Response<Body>> {
+    let md = http::metadata(&r.h)?;
+    let m = r.store.update_container(&r.account, &r.container, |m| {
+        check_container_lease(m, r, false)?;
+        r.access.cond.check(m.modified_ns, false)?;
+        m.metadata = md;
+        m.touch();
+        Ok((m.clone(), true))
+    })?;
+    done(with_etag(empty(StatusCode::OK), m.modified_ns))
+}
+
+pub(super) fn get_acl(r: &Req) -> Result<Response<Body>> {
+    let m = r.store.load_container(&r.account, &r.container)?;
+    check_container_lease(&m, r, false)?;
+    let mut w = xml::Writer::new();
+    w.open("SignedIdentifiers");
+    for p in &m.identifiers {
+        w.open("SignedIdentifier")
+            .elem("Id", &p.id)
+            .open("AccessPolicy");
+        if let Some(s) = &p.start {
+            w.elem("Start", s);
+        }
+        if let Some(s) = &p.expiry {
+            w.elem("Expiry", s);
+        }
+        if let Some(s) = &p.permission {
+            w.elem("Permission", s);
+        }
+        w.close("AccessPolicy").close("SignedIdentifier");
+    }
+    let body = w.close("SignedIdentifiers").finish();
+    let mut b = with_etag(empty(StatusCode::OK), m.modified_ns)
+        .header("content-type", "application/xml")
+        .header("content-length", body.len());
+    if let Some(a) = m.public_access.header() {
+        b = b.header("x-ms-blob-public-access", a);
+    }
+    b.body(if r.head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    })
+    .map_err(BlobError::internal)
+}
+
+pub(super) fn set_acl(r: &Req, body: &[u8]) -> Result<Response<Body>> {
+    let access = match r.h("x-ms-blob-public-access") {
+        None => PublicAccess::Off,
+        Some(v) => PublicAccess::parse(v)
+            .ok_or_else(|| BlobError::invalid_header("x-ms-blob-public-access", v))?,
+    };
+    let text = std::str::from_utf8(body).map_err(|_| BlobError::invalid_xml())?;
+    let mut ids = Vec::new();
+    if !text.trim().is_empty() {
+        let doc = xml::parse(text).ok_or_else(BlobError::invalid_xml)?;
+        for si in doc.children.iter().filter(|c| c.name == "SignedIdentifier") {
+            let ap = si.child("AccessPolicy");
+            let f = |n: &str| {
+                ap.and_then(|a| a.child_text(n))
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+            };
+            ids.push(AccessPolicy {
+                id: si.child_text("Id").unwrap_or("").to_string(),
+                start: f("Start"),
+                expiry: f("Expiry"),
+                permission: f("Permission"),
+            });
+        }
+        if ids.len() > 5 || ids.iter().any(|p| p.id.is_empty() || p.id.len() > 64) {
+            return Err(BlobError::invalid_xml());
+        }
+    }
+    let m = r.store.update_container(&r.account, &r.container, |m| {
+        check_container_lease(m, r, false)?;
+        r.access.cond.check(m.modified_ns, false)?;
+        m.public_access = access;
+        m.identifiers = ids;
+        m.touch();
+        Ok((m.clone(), true))
+    })?;
+    done(with_etag(empty(StatusCode::OK), m.modified_ns))
+}
+
+pub(super) fn is_guid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// The lease operation a request asks for, validated like the cloud does.
+pub(super) fn lease_op(r: &Req) -> Result<lease::Op> {
+    let action = r
+        .h("x-ms-lease-action")
+        .ok_or_else(|| BlobError::missing_header("x-ms-lease-action"))?;
+    let id = |name: &'static str| -> Result<String> {
+        let v = r.h(name).ok_or_else(|| BlobError::missing_header(name))?;
+        if !is_guid(v) {
+            return Err(BlobError::invalid_header(name, v));
+        }
+        Ok(v.to_string())
+    };
+    match action.to_ascii_lowercase().as_str() {
+        "acquire" => {
+            let d = r.h("x-ms-lease-duration").unwrap_or("-1");
+            let duration: i64 = d
+                .parse()
+                .ok()
+                .filter(|d| *d == -1 || (15..=60).contains(d))
+                .ok_or_else(|| BlobError::invalid_header("x-ms-lease-duration", d))?;
+            let proposed = match r.h("x-ms-proposed-lease-id") {
+                Some(_) => Some(id("x-ms-proposed-lease-id")?),
+                None => None,
+            };
+            Ok(lease::Op::Acquire { duration, proposed })
+        }
+        "renew" => Ok(lease::Op::Renew {
+            id: id("x-ms-lease-id")?,
+        }),
+        "change" => Ok(lease::Op::Change {
+            id: id("x-ms-lease-id")?,
+            proposed: id("x-ms-proposed-lease-id")?,
+        }),
+        "release" => Ok(lease::Op::Release {
+            id: id("x-ms-lease-id")?,
+        }),
+        "break" => {
+            let period = match r.h("x-ms-lease-break-period") {
+                None => None,
+                Some(p) => Some(
+                    p.parse::<i64>()
+                        .ok()
+                        .filter(|p| (0..=60).contains(p))
+                        .ok_or_else(|| BlobError::invalid_header("x-ms-lease-break-period", p))?,
+                ),
+            };
+            Ok(lease::Op::Break { period })
+        }
+        _ => Err(BlobError::invalid_header("x-ms-lease-action", action)),
+    }
+}
+
+pub(super) fn lease_response(
+    op: &lease::Op,
+    out: &lease::Outcome,
+    modified_ns: u64,
+) -> Result<Response<Body>> {
+    let status = match op {
+        lease::Op::Acquire { .. } => StatusCode::CREATED,
+        lease::Op::Break { .. } => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    let mut b = with_etag(empty(status), modified_ns);
+    if !matches!(op, lease::Op::Break { .. }) {
+        if let Some(id) = &out.lease_id {
+            b = b.header("x-ms-lease-id", id);
+        }
+    }
+    if let Some(t) = out.lease_time {
+        b = b.header("x-ms-lease-time", t);
+    }
+    done(b)
+}
+
+pub(super) fn container_lease(r: &Req) -> Result<Response<Body>> {
+    let op = lease_op(r)?;
+    let (out, m) = r.store.update_container(&r.account, &r.container, |m| {
+        r.access.cond.check(m.modified_ns, false)?;
+        let (l, out) = m.lease.apply(now_ms(), &op).map_err(BlobError::lease)?;
+        m.lease = l;
+        Ok(((out, m.modified_ns), true))
+    })?;
+    lease_response(&op, &out, m)
+}

@@ -1,0 +1,268 @@
+//! HTTP plumbing of the blob service: the response body type, request bodies to memory or to
+//! a file, header helpers, and the cloud's error rendering.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::{HeaderMap, Response, StatusCode};
+
+use super::error::{BlobError, Result};
+use super::store::{self, HttpProps};
+
+/// A response body: in memory, or chunks from a reader thread.
+pub enum Body {
+    Full(Option<Bytes>),
+    Chunks {
+        rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        left: u64,
+    },
+}
+
+impl Body {
+    pub fn empty() -> Body {
+        Body::Full(None)
+    }
+    pub fn from(b: impl Into<Bytes>) -> Body {
+        let b = b.into();
+        Body::Full((!b.is_empty()).then_some(b))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Chunks { rx, left } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(b))) => {
+                    *left = left.saturating_sub(b.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_none(),
+            Body::Chunks { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map(|b| b.len() as u64).unwrap_or(0)),
+            Body::Chunks { left, .. } => SizeHint::with_exact(*left),
+        }
+    }
+}
+
+/// Streams `len` bytes of `file` from `off` (a reader thread feeds a small channel).
+pub fn file_body(file: std::fs::File, off: u64, len: u64) -> Body {
+    const CHUNK: u64 = 1 << 20;
+    if len <= 4 * CHUNK {
+        let mut buf = vec![0u8; len as usize];
+        return match read_exact_at(&file, &mut buf, off) {
+            Ok(()) => Body::from(buf),
+            Err(e) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let _ = tx.try_send(Err(e));
+                Body::Chunks { rx, left: len }
+            }
+        };
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = off;
+        let end = off + len;
+        while pos < end {
+            let n = (end - pos).min(CHUNK) as usize;
+            let mut buf = vec![0u8; n];
+            let r = read_exact_at(&file, &mut buf, pos).map(|()| Bytes::from(buf));
+            let failed = r.is_err();
+            if tx.blocking_send(r).is_err() || failed {
+                return;
+            }
+            pos += n as u64;
+        }
+    });
+    Body::Chunks { rx, left: len }
+}
+
+/// Reads exactly `buf.len()` bytes at `off`; past the end of the file reads zeros.
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            buf[done..].fill(0);
+            return Ok(());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// The whole request body, refusing more than `limit` bytes.
+pub async fn body_bytes(body: Incoming, limit: usize) -> Result<Bytes> {
+    let mut out = Vec::new();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| BlobError::invalid_input(format!("reading the body: {e}")))?;
+        if let Ok(d) = frame.into_data() {
+            if out.len() + d.len() > limit {
+                return Err(BlobError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestBodyTooLarge",
+                    "The request body is too large and exceeds the maximum permissible limit.",
+                ));
+            }
+            out.extend_from_slice(&d);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Writes the request body to a new file at `path`; returns its length.
+pub async fn body_to_file(body: Incoming, path: &Path) -> Result<u64> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut n = 0u64;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(BlobError::invalid_input(format!("reading the body: {e}")));
+            }
+        };
+        if let Ok(d) = frame.into_data() {
+            f.write_all(&d)?;
+            n += d.len() as u64;
+        }
+    }
+    f.flush()?;
+    Ok(n)
+}
+
+pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// `x-ms-meta-*` request headers.
+pub fn metadata(h: &HeaderMap) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in h {
+        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(BlobError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidMetadata",
+                    "The metadata specified is invalid. It has characters that are not permitted.",
+                ));
+            }
+            out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// The blob's HTTP properties from `x-ms-blob-*` headers (`Content-Type` as a fallback where the
+/// cloud takes it, on Put Blob). None when the request sets none of them.
+pub fn http_props(h: &HeaderMap, content_type_fallback: bool) -> Option<HttpProps> {
+    let g = |n: &str| header(h, n).map(String::from);
+    let p = HttpProps {
+        content_type: g("x-ms-blob-content-type")
+            .or_else(|| content_type_fallback.then(|| g("content-type")).flatten()),
+        content_encoding: g("x-ms-blob-content-encoding").or_else(|| {
+            content_type_fallback
+                .then(|| g("content-encoding"))
+                .flatten()
+        }),
+        content_language: g("x-ms-blob-content-language"),
+        content_md5: g("x-ms-blob-content-md5"),
+        cache_control: g("x-ms-blob-cache-control"),
+        content_disposition: g("x-ms-blob-content-disposition"),
+    };
+    (p != HttpProps::default()).then_some(p)
+}
+
+/// `bytes=a-b` / `bytes=a-` from `x-ms-range` (preferred) or `Range`; the header name too.
+pub fn range(h: &HeaderMap) -> Result<Option<(&'static str, u64, Option<u64>)>> {
+    let (name, v) = match (header(h, "x-ms-range"), header(h, "range")) {
+        (Some(v), _) => ("x-ms-range", v),
+        (None, Some(v)) => ("Range", v),
+        (None, None) => return Ok(None),
+    };
+    let bad = || BlobError::invalid_header(name, v);
+    let spec = v.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    let b = match b.trim() {
+        "" => None,
+        b => Some(b.parse::<u64>().map_err(|_| bad())?),
+    };
+    if b.is_some_and(|b| b < a) {
+        return Err(bad());
+    }
+    Ok(Some((name, a, b)))
+}
+
+/// Renders an error the way the cloud does.
+pub fn error_response(e: &BlobError, request_id: &str, head: bool) -> Response<Body> {
+    let mut w = super::xml::Writer::new();
+    w.open("Error").elem("Code", e.code).elem(
+        "Message",
+        &format!(
+            "{}\nRequestId:{request_id}\nTime:{}",
+            e.message,
+            super::store::snapshot_time(store::now_ns())
+        ),
+    );
+    for (k, v) in &e.details {
+        w.elem(k, v);
+    }
+    w.close("Error");
+    let body = w.finish();
+    let mut b = Response::builder()
+        .status(e.status)
+        .header("x-ms-error-code", e.code)
+        .header("content-type", "application/xml");
+    if e.status == StatusCode::UNAUTHORIZED {
+        b = b.header("www-authenticate", "SharedKey realm=\"vmnode\"");
+    }
+    let no_body = head || e.status == StatusCode::NOT_MODIFIED;
+    b = b.header("content-length", if no_body { 0 } else { body.len() });
+    b.body(if no_body {
+        Body::empty()
+    } else {
+        Body::from(body)
+    })
+    .unwrap_or_else(|_| Response::new(Body::empty()))
+}

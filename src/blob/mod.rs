@@ -1,0 +1,369 @@
+//! The node's blob service: the cloud's Blob REST API, path-style
+//! (`http://{blob-listen}/{account}/{container}/{blob}`), over files in `state/blobs`.
+//!
+//! | file | role |
+//! |---|---|
+//! | `server.rs` | HTTP front: operation routing, authorization, response headers |
+//! | `containers.rs`, `blob_ops.rs` | the handlers: request headers in, the cloud's responses out |
+//! | `http.rs` | bodies in and out, header helpers, error rendering |
+//! | `auth.rs` | SharedKey, service and account SAS, anonymous access |
+//! | `store.rs` | layout on disk, names, metadata, containers |
+//! | `blobs.rs` | blob operations: put/get, blocks, pages, snapshots, leases |
+//! | `pages.rs` | the 512-byte page map; data extents of files written by QEMU |
+//! | `lease.rs` | the lease state machine (pure) |
+//! | `xml.rs`, `error.rs` | XML in and out; the cloud's error codes |
+//! | `client.rs` | the CLI's SharedKey client |
+//!
+//! VM disks are page blobs here: the VM actor clones a disk into `vhds/` and holds it under an
+//! infinite lease whose id is the VM's id ([`acquire_disk_lease`], [`release_disk_lease`]);
+//! [`check`] finds disks without their lease and leases no VM owns.
+
+pub mod auth;
+mod blob_ops;
+pub mod blobs;
+pub mod client;
+mod containers;
+pub mod error;
+pub mod http;
+pub mod lease;
+pub mod pages;
+pub mod server;
+pub mod store;
+pub mod xml;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+pub use error::BlobError;
+pub use store::Store;
+
+use store::{lock, now_ms};
+
+/// Generates an account key the way the cloud's look: 64 random bytes, base64.
+pub fn new_account_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 64];
+    rand::thread_rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// What the CLI reads to reach an account without asking the daemon:
+/// `state/storage/{account}.json` (0600).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountFile {
+    pub name: String,
+    pub key: String,
+    pub blob_endpoint: String,
+}
+
+impl AccountFile {
+    /// `http://127.0.0.1:7481/{account}`.
+    pub fn account_url(&self) -> String {
+        format!("{}/{}", self.blob_endpoint.trim_end_matches('/'), self.name)
+    }
+    /// The cloud's connection-string format, usable by the SDKs as is.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+            self.name,
+            self.key,
+            self.account_url()
+        )
+    }
+}
+
+pub fn account_file(state: &Path, account: &str) -> PathBuf {
+    state.join("storage").join(format!("{account}.json"))
+}
+
+/// The accounts described in the state dir.
+pub fn read_account_files(state: &Path) -> Vec<AccountFile> {
+    let mut out: Vec<AccountFile> = std::fs::read_dir(state.join("storage"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+static NODE_STORE: OnceLock<Arc<Store>> = OnceLock::new();
+type AttachedFn = dyn Fn() -> Vec<AttachedDisk> + Send + Sync;
+static ATTACHED: OnceLock<Box<AttachedFn>> = OnceLock::new();
+
+/// The daemon's store, once the daemon has started the service (for the VM actor).
+#[allow(dead_code)] // the VM actor's side of the disk-lease API
+pub fn node_store() -> Option<Arc<Store>> {
+    NODE_STORE.get().cloned()
+}
+
+/// A disk a VM has attached: its file and the VM id that holds its lease.
+#[derive(Clone, Debug)]
+pub struct AttachedDisk {
+    pub path: PathBuf,
+    pub vm_id: String,
+}
+
+/// Tells [`check`] which disks VMs have attached (the daemon wires this to its VM records).
+pub fn set_attached_disks(f: impl Fn() -> Vec<AttachedDisk> + Send + Sync + 'static) {
+    let _ = ATTACHED.set(Box::new(f));
+}
+
+/// Starts the blob service on `listener` for `store`'s accounts; `endpoint` is the base URL
+/// clients use (`http://127.0.0.1:7481`).
+pub fn start(store: Arc<Store>, listener: tokio::net::TcpListener, endpoint: String) {
+    let _ = NODE_STORE.set(store.clone());
+    let svc = Arc::new(server::Service { store, endpoint });
+    tokio::spawn(server::serve(listener, svc));
+}
+
+/// `(account, container, blob)` of a file in the store.
+fn locate(store: &Store, path: &Path) -> Result<(String, String, String), BlobError> {
+    let rel = path.strip_prefix(&store.root).map_err(|_| {
+        BlobError::invalid_input(format!("{} is not in the blob store", path.display()))
+    })?;
+    let parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    match parts.as_slice() {
+        [a, c, f] => {
+            let name = store::decode_name(f).ok_or_else(|| {
+                BlobError::invalid_input(format!("{} is not a blob file", path.display()))
+            })?;
+            Ok((a.clone(), c.clone(), name))
+        }
+        _ => Err(BlobError::invalid_input(format!(
+            "{} is not {{account}}/{{container}}/{{blob}} in the blob store",
+            path.display()
+        ))),
+    }
+}
+
+/// Puts a VM's disk under an infinite lease whose id is `vm_id` (a GUID). Idempotent for the
+/// same VM; `LeaseAlreadyPresent` if another id holds it. Call it once the disk file exists.
+pub fn acquire_disk_lease(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobError> {
+    let (a, c, b) = locate(store, disk)?;
+    let p = store.blob_paths(&a, &c, &b);
+    let _g = lock(&p.key);
+    let mut m = store
+        .load_blob(&p, &b)?
+        .ok_or_else(BlobError::blob_not_found)?;
+    let op = lease::Op::Acquire {
+        duration: -1,
+        proposed: Some(vm_id.to_string()),
+    };
+    let (l, _) = m.lease.apply(now_ms(), &op).map_err(BlobError::lease)?;
+    m.lease = l;
+    m.disk_of = Some(vm_id.to_string());
+    store.save_blob(&p, &m)
+}
+
+/// Releases a VM's lease on its disk (before the VM deletes the disk, or detaches it).
+/// A disk that is gone or not leased by `vm_id` is left as is.
+pub fn release_disk_lease(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobError> {
+    let (a, c, b) = locate(store, disk)?;
+    let p = store.blob_paths(&a, &c, &b);
+    let _g = lock(&p.key);
+    let Some(mut m) = store.load_blob(&p, &b)? else {
+        let _ = std::fs::remove_file(&p.meta);
+        return Ok(());
+    };
+    if let Ok((l, _)) = m.lease.apply(
+        now_ms(),
+        &lease::Op::Release {
+            id: vm_id.to_string(),
+        },
+    ) {
+        m.lease = l;
+    }
+    m.disk_of = None;
+    store.save_blob(&p, &m)
+}
+
+/// Deletes a VM's disk blob with the VM's lease id: the file, its metadata and snapshots.
+#[allow(dead_code)] // the VM actor's side of the disk-lease API
+pub fn delete_disk(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobError> {
+    let (a, c, b) = locate(store, disk)?;
+    let access = blobs::Access {
+        lease_id: Some(vm_id.to_string()),
+        cond: blobs::Cond::default(),
+    };
+    match store.delete_blob(
+        &a,
+        &c,
+        &b,
+        None,
+        Some(blobs::DeleteSnapshots::Include),
+        &access,
+    ) {
+        Err(e) if e.code == "BlobNotFound" || e.code == "ContainerNotFound" => Ok(()),
+        // Not leased (an old disk): delete without an id.
+        Err(e) if e.code == "LeaseNotPresentWithBlobOperation" => store.delete_blob(
+            &a,
+            &c,
+            &b,
+            None,
+            Some(blobs::DeleteSnapshots::Include),
+            &blobs::Access::default(),
+        ),
+        r => r,
+    }
+}
+
+/// One thing `vmnode storage check` found (and what it did about it).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// `DiskWithoutLease`, `DiskLeasedByOther`, `DiskMissing`, `OrphanLease`, `StaleMetadata`.
+    pub kind: String,
+    pub blob: String,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+/// The consistency check: every attached disk is under its VM's infinite lease; every disk
+/// lease belongs to an attached disk; metadata whose bytes are gone is dropped.
+pub fn check(store: &Store, repair: bool) -> Vec<Finding> {
+    let attached = ATTACHED.get().map(|f| f()).unwrap_or_default();
+    let mut out = Vec::new();
+    let now = now_ms();
+    for d in &attached {
+        let Ok((a, c, b)) = locate(store, &d.path) else {
+            continue;
+        };
+        let name = format!("{a}/{c}/{b}");
+        let p = store.blob_paths(&a, &c, &b);
+        let m = {
+            let _g = lock(&p.key);
+            store.load_blob(&p, &b).ok().flatten()
+        };
+        let Some(m) = m else {
+            out.push(Finding {
+                kind: "DiskMissing".into(),
+                blob: name,
+                detail: format!("VM {} has no disk file", d.vm_id),
+                repaired: false,
+            });
+            continue;
+        };
+        let st = m.lease.state(now);
+        let held = st == lease::State::Leased
+            && m.lease.duration < 0
+            && m.lease
+                .id
+                .as_deref()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&d.vm_id));
+        if held {
+            continue;
+        }
+        let other = matches!(st, lease::State::Leased | lease::State::Breaking)
+            && !m
+                .lease
+                .id
+                .as_deref()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&d.vm_id));
+        if other {
+            out.push(Finding {
+                kind: "DiskLeasedByOther".into(),
+                blob: name,
+                detail: format!(
+                    "leased by {} ({}), not by its VM {}",
+                    m.lease.id.clone().unwrap_or_default(),
+                    st.as_str(),
+                    d.vm_id
+                ),
+                repaired: false,
+            });
+            continue;
+        }
+        let repaired = repair && acquire_disk_lease(store, &d.path, &d.vm_id).is_ok();
+        out.push(Finding {
+            kind: "DiskWithoutLease".into(),
+            blob: name,
+            detail: format!("VM {} attached it without an infinite lease", d.vm_id),
+            repaired,
+        });
+    }
+    // Leases taken for VMs that no longer have the disk attached; metadata without bytes.
+    for acct in store.accounts() {
+        for c in store.list_containers(&acct.name).unwrap_or_default() {
+            let meta_dir = store.container_dir(&acct.name, &c.name).join(".meta");
+            for e in std::fs::read_dir(&meta_dir).into_iter().flatten().flatten() {
+                let Ok(Some(m)) = store::read_json::<store::BlobMeta>(&e.path()) else {
+                    continue;
+                };
+                let p = store.blob_paths(&acct.name, &c.name, &m.name);
+                let name = format!("{}/{}/{}", acct.name, c.name, m.name);
+                if !p.data.exists() {
+                    let repaired = repair && std::fs::remove_file(e.path()).is_ok();
+                    out.push(Finding {
+                        kind: "StaleMetadata".into(),
+                        blob: name,
+                        detail: "metadata of a blob whose file is gone".into(),
+                        repaired,
+                    });
+                    continue;
+                }
+                let Some(owner) = &m.disk_of else { continue };
+                if attached
+                    .iter()
+                    .any(|d| d.path == p.data && &d.vm_id == owner)
+                {
+                    continue;
+                }
+                let repaired = repair && release_disk_lease(store, &p.data, owner).is_ok();
+                out.push(Finding {
+                    kind: "OrphanLease".into(),
+                    blob: name,
+                    detail: format!("leased for VM {owner}, which does not have it attached"),
+                    repaired,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_lease_blocks_delete_and_check_finds_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("blobs"));
+        store.add_account("acct", &new_account_key()).unwrap();
+        let disk = dir.path().join("blobs/acct/vhds/vm1-osdisk-1.vhd");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let vm = "0b7a2c1e-0000-4000-8000-000000000001";
+        acquire_disk_lease(&store, &disk, vm).unwrap();
+        acquire_disk_lease(&store, &disk, vm).unwrap(); // idempotent
+        let other = "0b7a2c1e-0000-4000-8000-000000000002";
+        assert_eq!(
+            acquire_disk_lease(&store, &disk, other).unwrap_err().code,
+            "LeaseAlreadyPresent"
+        );
+        let none = blobs::Access::default();
+        let e = store
+            .delete_blob("acct", "vhds", "vm1-osdisk-1.vhd", None, None, &none)
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (412, "LeaseIdMissing"));
+        // No VM has it attached: an orphan lease, released on repair.
+        let f = check(&store, true);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].kind.as_str(), f[0].repaired), ("OrphanLease", true));
+        assert!(check(&store, false).is_empty());
+        delete_disk(&store, &disk, vm).unwrap();
+        assert!(!disk.exists());
+    }
+}

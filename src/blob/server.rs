@@ -1,0 +1,628 @@
+//! The blob service's HTTP front: path-style URLs `/{account}/{container}/{blob}`, the
+//! operation picked from method + `restype` + `comp`, authentication and authorization, then
+//! the store operation (on a blocking thread) and the cloud's response shape.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::http::response::Builder;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+
+use super::auth::{self, Principal};
+use super::blob_ops::*;
+use super::blobs::{Access, Cond};
+use super::containers::*;
+use super::error::{BlobError, Result};
+use super::http::{self, header, Body};
+use super::lease;
+use super::store::{
+    etag, http_date, now_ms, now_ns, AccessPolicy, Account, BlobMeta, BlobType, ContainerMeta,
+    PublicAccess, Store,
+};
+use super::xml;
+
+/// The service version we answer with when the client names none.
+pub const VERSION: &str = "2025-11-05";
+/// Put Page update: at most 4 MiB a call.
+pub(super) const MAX_PAGE_WRITE: u64 = 4 << 20;
+
+pub struct Service {
+    pub store: Arc<Store>,
+    /// `http://host:port`, for `ServiceEndpoint` in listings.
+    pub endpoint: String,
+}
+
+/// Serves HTTP/1.1 on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let svc = svc.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(svc, req, peer).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let rid = uuid::Uuid::new_v4().to_string();
+    let version = header(req.headers(), "x-ms-version")
+        .unwrap_or(VERSION)
+        .to_string();
+    let client_rid = req.headers().get("x-ms-client-request-id").cloned();
+    let head = req.method() == Method::HEAD;
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = std::time::Instant::now();
+    let mut resp = match dispatch(svc, req, peer).await {
+        Ok(r) => r,
+        Err(e) => http::error_response(&e, &rid, head),
+    };
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(h, "x-ms-request-id", &rid);
+    set(h, "x-ms-version", &version);
+    set(h, "date", &http_date(now_ns()));
+    set(h, "server", "vmnode-blob/1.0");
+    if let Some(c) = client_rid {
+        h.insert("x-ms-client-request-id", c);
+    }
+    tracing::debug!(%method, %path, status = resp.status().as_u16(),
+        us = started.elapsed().as_micros() as u64, "blob request");
+    resp
+}
+
+/// Runs store work off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(BlobError::internal)?
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    ListContainers,
+    ServiceProps,
+    SetServiceProps,
+    AccountInfo,
+    Check,
+    CreateContainer,
+    ContainerProps,
+    DeleteContainer,
+    SetContainerMetadata,
+    GetAcl,
+    SetAcl,
+    ContainerLease,
+    ListBlobs,
+    PutBlob,
+    GetBlob,
+    DeleteBlob,
+    SetBlobProps,
+    SetBlobMetadata,
+    GetBlobMetadata,
+    PutBlock,
+    PutBlockList,
+    GetBlockList,
+    PutPage,
+    GetPageRanges,
+    Snapshot,
+    BlobLease,
+    AppendBlock,
+    SetTier,
+}
+
+/// Where an operation acts, for account-SAS resource types.
+#[derive(PartialEq, Eq)]
+enum Scope {
+    Service,
+    Container,
+    Object,
+}
+
+impl Op {
+    fn scope(self) -> Scope {
+        use Op::*;
+        match self {
+            ListContainers | ServiceProps | SetServiceProps | AccountInfo | Check => Scope::Service,
+            CreateContainer | ContainerProps | DeleteContainer | SetContainerMetadata | GetAcl
+            | SetAcl | ContainerLease | ListBlobs => Scope::Container,
+            _ => Scope::Object,
+        }
+    }
+
+    /// SAS permissions of which any one allows the operation.
+    fn permissions(self) -> &'static str {
+        use Op::*;
+        match self {
+            GetBlob | GetBlobMetadata | GetBlockList | GetPageRanges | ContainerProps
+            | ServiceProps | AccountInfo => "r",
+            PutBlob | PutBlockList | Snapshot | CreateContainer => "cw",
+            AppendBlock => "aw",
+            PutBlock | PutPage | SetBlobProps | SetBlobMetadata | BlobLease | SetTier
+            | SetContainerMetadata | ContainerLease | SetServiceProps => "w",
+            DeleteBlob | DeleteContainer => "d",
+            ListBlobs | ListContainers => "l",
+            GetAcl | SetAcl | Check => "",
+        }
+    }
+
+    /// What anonymous callers may do under a container's public access level.
+    fn anonymous(self, level: PublicAccess) -> bool {
+        use Op::*;
+        let blob_read = matches!(
+            self,
+            GetBlob | GetBlobMetadata | GetBlockList | GetPageRanges
+        );
+        match level {
+            PublicAccess::Off => false,
+            PublicAccess::Blob => blob_read,
+            PublicAccess::Container => blob_read || matches!(self, ListBlobs | ContainerProps),
+        }
+    }
+
+    fn is_read(self) -> bool {
+        use Op::*;
+        matches!(
+            self,
+            GetBlob
+                | GetBlobMetadata
+                | GetBlockList
+                | GetPageRanges
+                | ContainerProps
+                | ListBlobs
+                | ListContainers
+                | GetAcl
+                | ServiceProps
+                | AccountInfo
+        )
+    }
+}
+
+fn classify(m: &Method, container: bool, blob: bool, restype: &str, comp: &str) -> Result<Op> {
+    use Op::*;
+    let get = *m == Method::GET || *m == Method::HEAD;
+    let put = *m == Method::PUT;
+    let op = match (container, blob) {
+        (false, _) => match (restype, comp) {
+            (_, "list") if get => Some(ListContainers),
+            ("service", "properties") if get => Some(ServiceProps),
+            ("service", "properties") if put => Some(SetServiceProps),
+            ("account", "properties") if get => Some(AccountInfo),
+            (_, "vmnode-check") if *m == Method::POST => Some(Check),
+            _ => None,
+        },
+        (true, false) => match (restype, comp) {
+            ("container", "") if put => Some(CreateContainer),
+            ("container", "" | "metadata") if get => Some(ContainerProps),
+            ("container", "") if *m == Method::DELETE => Some(DeleteContainer),
+            ("container", "metadata") if put => Some(SetContainerMetadata),
+            ("container", "acl") if get => Some(GetAcl),
+            ("container", "acl") if put => Some(SetAcl),
+            ("container", "lease") if put => Some(ContainerLease),
+            ("container", "list") if get => Some(ListBlobs),
+            _ => None,
+        },
+        (true, true) => match comp {
+            "" if put => Some(PutBlob),
+            "" if get => Some(GetBlob),
+            "" if *m == Method::DELETE => Some(DeleteBlob),
+            "properties" if put => Some(SetBlobProps),
+            "metadata" if put => Some(SetBlobMetadata),
+            "metadata" if get => Some(GetBlobMetadata),
+            "block" if put => Some(PutBlock),
+            "blocklist" if put => Some(PutBlockList),
+            "blocklist" if get => Some(GetBlockList),
+            "page" if put => Some(PutPage),
+            "pagelist" if get => Some(GetPageRanges),
+            "snapshot" if put => Some(Snapshot),
+            "lease" if put => Some(BlobLease),
+            "appendblock" if put => Some(AppendBlock),
+            "tier" if put => Some(SetTier),
+            _ => None,
+        },
+    };
+    op.ok_or_else(|| BlobError::unsupported(&format!("{m} restype={restype} comp={comp}")))
+}
+
+fn authorize(p: &Principal, op: Op, level: Option<PublicAccess>) -> Result<()> {
+    match p {
+        Principal::Key => Ok(()),
+        Principal::Sas(g) => {
+            if g.resource == "account" {
+                let need = match op.scope() {
+                    Scope::Service => 's',
+                    Scope::Container => 'c',
+                    Scope::Object => 'o',
+                };
+                if !g.resource_types.contains(need) {
+                    return Err(BlobError::resource_type_mismatch());
+                }
+            } else if op.scope() == Scope::Service
+                || (op.scope() == Scope::Container
+                    && !matches!(op, Op::ListBlobs | Op::ContainerProps))
+            {
+                return Err(BlobError::permission_mismatch());
+            }
+            if op.permissions().is_empty() || !g.allows(op.permissions()) {
+                return Err(BlobError::permission_mismatch());
+            }
+            Ok(())
+        }
+        Principal::Anonymous => {
+            if level.is_some_and(|l| op.anonymous(l)) {
+                Ok(())
+            } else if op.is_read() {
+                Err(BlobError::public_not_found())
+            } else {
+                Err(BlobError::no_auth())
+            }
+        }
+    }
+}
+
+/// Everything a handler needs, owned (handlers run on blocking threads).
+pub(super) struct Req {
+    pub(super) store: Arc<Store>,
+    pub(super) endpoint: String,
+    pub(super) account: String,
+    pub(super) container: String,
+    pub(super) blob: String,
+    pub(super) q: Vec<(String, String)>,
+    pub(super) h: HeaderMap,
+    pub(super) head: bool,
+    pub(super) access: Access,
+}
+
+impl Req {
+    pub(super) fn q(&self, name: &str) -> Option<&str> {
+        self.q
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub(super) fn h(&self, name: &str) -> Option<&str> {
+        header(&self.h, name)
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn date_secs(h: &HeaderMap, name: &str) -> Result<Option<u64>> {
+    match header(h, name) {
+        None => Ok(None),
+        Some(v) => httpdate::parse_http_date(v)
+            .map(|t| {
+                Some(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                )
+            })
+            .map_err(|_| BlobError::invalid_header(name, v)),
+    }
+}
+
+fn access_of(h: &HeaderMap) -> Result<Access> {
+    Ok(Access {
+        lease_id: header(h, "x-ms-lease-id").map(String::from),
+        cond: Cond {
+            if_match: header(h, "if-match").map(String::from),
+            if_none_match: header(h, "if-none-match").map(String::from),
+            if_modified_since: date_secs(h, "if-modified-since")?,
+            if_unmodified_since: date_secs(h, "if-unmodified-since")?,
+        },
+    })
+}
+
+async fn dispatch(
+    svc: Arc<Service>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>> {
+    let (parts, body) = req.into_parts();
+    let raw_path = parts.uri.path().to_string();
+    let raw_query = parts.uri.query().unwrap_or("").to_string();
+    let mut segs = raw_path.trim_start_matches('/').splitn(3, '/');
+    let account = decode(segs.next().unwrap_or(""));
+    let container = segs.next().filter(|s| !s.is_empty()).map(decode);
+    let blob = segs.next().filter(|s| !s.is_empty()).map(decode);
+    let acct = svc
+        .store
+        .account(&account)
+        .ok_or_else(BlobError::account_not_found)?;
+    let q = auth::query_pairs(&raw_query);
+    let qv = |n: &str| {
+        q.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let op = classify(
+        &parts.method,
+        container.is_some(),
+        blob.is_some(),
+        qv("restype"),
+        qv("comp"),
+    )?;
+    if let Some(c) = &container {
+        if !super::store::valid_container_name(c) {
+            return Err(BlobError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceName",
+                "The specifed resource name contains invalid characters.",
+            ));
+        }
+    }
+    if let Some(b) = &blob {
+        if !super::store::valid_blob_name(b) {
+            return Err(BlobError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceName",
+                "The specifed resource name contains invalid characters.",
+            ));
+        }
+    }
+    let cmeta: Option<ContainerMeta> = match &container {
+        Some(c) if op != Op::CreateContainer => svc.store.load_container(&account, c).ok(),
+        _ => None,
+    };
+    let policy = |id: &str| -> Option<AccessPolicy> {
+        cmeta
+            .as_ref()
+            .and_then(|m| m.identifiers.iter().find(|p| p.id == id).cloned())
+    };
+    let snapshot = q
+        .iter()
+        .find(|(k, _)| k == "snapshot")
+        .map(|(_, v)| v.clone());
+    let principal = auth::authenticate(
+        &auth::Request {
+            method: parts.method.as_str(),
+            raw_path: &raw_path,
+            raw_query: &raw_query,
+            headers: &parts.headers,
+            account: &account,
+            container: container.as_deref(),
+            blob: blob.as_deref(),
+            snapshot: snapshot.as_deref(),
+            peer: peer.ip(),
+        },
+        &acct,
+        &policy,
+    )?;
+    authorize(&principal, op, cmeta.as_ref().map(|m| m.public_access))?;
+    let r = Req {
+        store: svc.store.clone(),
+        endpoint: svc.endpoint.clone(),
+        account,
+        container: container.unwrap_or_default(),
+        blob: blob.unwrap_or_default(),
+        access: access_of(&parts.headers)?,
+        q,
+        h: parts.headers,
+        head: parts.method == Method::HEAD,
+    };
+    run(op, r, body, acct).await
+}
+
+async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<Body>> {
+    use Op::*;
+    match op {
+        ListContainers => blocking(move || list_containers(&r)).await,
+        ServiceProps => Ok(xml_response(StatusCode::OK, service_properties())),
+        SetServiceProps => {
+            http::body_bytes(body, 1 << 20).await?;
+            Ok(empty(StatusCode::ACCEPTED)
+                .body(Body::empty())
+                .map_err(BlobError::internal)?)
+        }
+        AccountInfo => Ok(empty(StatusCode::OK)
+            .header("x-ms-sku-name", "Standard_LRS")
+            .header("x-ms-account-kind", "StorageV2")
+            .header("x-ms-is-hns-enabled", "false")
+            .body(Body::empty())
+            .map_err(BlobError::internal)?),
+        Check => {
+            let repair = r.q("repair") == Some("true");
+            let store = r.store.clone();
+            let findings = blocking(move || Ok(super::check(&store, repair))).await?;
+            let _ = acct;
+            let body = serde_json::to_vec(&findings).map_err(BlobError::internal)?;
+            Ok(empty(StatusCode::OK)
+                .header("content-type", "application/json")
+                .header("content-length", body.len())
+                .body(Body::from(body))
+                .map_err(BlobError::internal)?)
+        }
+        CreateContainer => blocking(move || create_container(&r)).await,
+        ContainerProps => blocking(move || container_props(&r)).await,
+        DeleteContainer => blocking(move || delete_container(&r)).await,
+        SetContainerMetadata => blocking(move || set_container_metadata(&r)).await,
+        GetAcl => blocking(move || get_acl(&r)).await,
+        SetAcl => {
+            let b = http::body_bytes(body, 1 << 20).await?;
+            blocking(move || set_acl(&r, &b)).await
+        }
+        ContainerLease => blocking(move || container_lease(&r)).await,
+        ListBlobs => blocking(move || list_blobs(&r)).await,
+        PutBlob => put_blob(r, body).await,
+        GetBlob => blocking(move || get_blob(&r)).await,
+        DeleteBlob => blocking(move || delete_blob(&r)).await,
+        SetBlobProps => blocking(move || set_blob_props(&r)).await,
+        SetBlobMetadata => blocking(move || set_blob_metadata(&r)).await,
+        GetBlobMetadata => blocking(move || get_blob_metadata(&r)).await,
+        PutBlock => put_block(r, body).await,
+        PutBlockList => {
+            let b = http::body_bytes(body, 64 << 20).await?;
+            blocking(move || put_block_list(&r, &b)).await
+        }
+        GetBlockList => blocking(move || get_block_list(&r)).await,
+        PutPage => put_page(r, body).await,
+        GetPageRanges => blocking(move || page_ranges(&r)).await,
+        Snapshot => blocking(move || snapshot(&r)).await,
+        BlobLease => blocking(move || blob_lease(&r)).await,
+        AppendBlock => {
+            let b = http::body_bytes(body, 100 << 20).await?;
+            blocking(move || append_block(&r, &b)).await
+        }
+        SetTier => Ok(empty(StatusCode::OK)
+            .body(Body::empty())
+            .map_err(BlobError::internal)?),
+    }
+}
+
+pub(super) fn empty(status: StatusCode) -> Builder {
+    Response::builder().status(status)
+}
+
+pub(super) fn done(b: Builder) -> Result<Response<Body>> {
+    b.header("content-length", 0)
+        .body(Body::empty())
+        .map_err(BlobError::internal)
+}
+
+pub(super) fn xml_response(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .header("content-length", body.len())
+        .body(Body::from(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub(super) fn with_etag(b: Builder, modified_ns: u64) -> Builder {
+    b.header("etag", etag(modified_ns))
+        .header("last-modified", http_date(modified_ns))
+}
+
+pub(super) fn meta_headers(mut b: Builder, md: &BTreeMap<String, String>) -> Builder {
+    for (k, v) in md {
+        b = b.header(format!("x-ms-meta-{k}"), v);
+    }
+    b
+}
+
+pub(super) fn lease_headers(mut b: Builder, l: &lease::Lease) -> Builder {
+    let now = now_ms();
+    let st = l.state(now);
+    b = b
+        .header("x-ms-lease-status", st.status())
+        .header("x-ms-lease-state", st.as_str());
+    if let Some(d) = l.duration_header(now) {
+        b = b.header("x-ms-lease-duration", d);
+    }
+    b
+}
+
+pub(super) fn blob_headers(mut b: Builder, m: &BlobMeta) -> Builder {
+    b = with_etag(b, m.modified_ns)
+        .header("x-ms-creation-time", http_date(m.created_ns))
+        .header("x-ms-blob-type", m.blob_type.as_str())
+        .header("x-ms-server-encrypted", "true")
+        .header("accept-ranges", "bytes")
+        .header(
+            "content-type",
+            m.props
+                .content_type
+                .as_deref()
+                .unwrap_or("application/octet-stream"),
+        );
+    let p = &m.props;
+    for (name, v) in [
+        ("content-encoding", &p.content_encoding),
+        ("content-language", &p.content_language),
+        ("cache-control", &p.cache_control),
+        ("content-disposition", &p.content_disposition),
+    ] {
+        if let Some(v) = v {
+            b = b.header(name, v);
+        }
+    }
+    if m.snapshot.is_none() {
+        b = lease_headers(b, &m.lease);
+    }
+    match m.blob_type {
+        BlobType::PageBlob => b = b.header("x-ms-blob-sequence-number", m.sequence_number),
+        BlobType::AppendBlob => b = b.header("x-ms-blob-committed-block-count", m.append_blocks),
+        BlobType::BlockBlob => {
+            b = b
+                .header("x-ms-access-tier", "Hot")
+                .header("x-ms-access-tier-inferred", "true")
+        }
+    }
+    meta_headers(b, &m.metadata)
+}
+
+pub(super) fn container_headers(b: Builder, m: &ContainerMeta) -> Builder {
+    let mut b = lease_headers(with_etag(b, m.modified_ns), &m.lease)
+        .header("x-ms-has-immutability-policy", "false")
+        .header("x-ms-has-legal-hold", "false")
+        .header("x-ms-default-encryption-scope", "$account-encryption-key")
+        .header("x-ms-deny-encryption-scope-override", "false");
+    if let Some(a) = m.public_access.header() {
+        b = b.header("x-ms-blob-public-access", a);
+    }
+    meta_headers(b, &m.metadata)
+}
+
+pub(super) fn service_properties() -> String {
+    let mut w = xml::Writer::new();
+    w.open("StorageServiceProperties");
+    w.open("Logging")
+        .elem("Version", "1.0")
+        .elem("Read", "false")
+        .elem("Write", "false")
+        .elem("Delete", "false")
+        .open("RetentionPolicy")
+        .elem("Enabled", "false")
+        .close("RetentionPolicy")
+        .close("Logging");
+    for m in ["HourMetrics", "MinuteMetrics"] {
+        w.open(m)
+            .elem("Version", "1.0")
+            .elem("Enabled", "false")
+            .open("RetentionPolicy")
+            .elem("Enabled", "false")
+            .close("RetentionPolicy")
+            .close(m);
+    }
+    w.opt("Cors", None)
+        .open("DeleteRetentionPolicy")
+        .elem("Enabled", "false")
+        .close("DeleteRetentionPolicy")
+        .open("StaticWebsite")
+        .elem("Enabled", "false")
+        .close("StaticWebsite");
+    w.close("StorageServiceProperties").finish()
+}
+
+pub(super) fn max_results(r: &Req) -> Result<usize> {
+    match r.q("maxresults") {
+        None => Ok(5000),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n.min(5000)),
+            _ => Err(BlobError::invalid_query("maxresults", v)),
+        },
+    }
+}

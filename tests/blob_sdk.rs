@@ -1,0 +1,51 @@
+//! The blob service end to end with the real azure-storage-blob SDK from PyPI: each test starts
+//! its own daemon and runs one section of tests/blob/sdk_test.py against it.
+
+#[path = "blob/harness.rs"]
+mod harness;
+
+use harness::BlobNode;
+
+#[test]
+fn sdk_containers() {
+    BlobNode::start().sdk("containers");
+}
+
+#[test]
+fn sdk_page_blobs() {
+    BlobNode::start().sdk("pages");
+}
+
+#[test]
+fn sdk_snapshots_and_conditions() {
+    BlobNode::start().sdk("snapshots");
+}
+
+#[test]
+fn sdk_leases() {
+    BlobNode::start().sdk("leases");
+}
+
+#[test]
+fn sdk_leases_survive_a_daemon_restart() {
+    let mut node = BlobNode::start();
+    node.sdk("lease-persist-1");
+    node.kill();
+    node.spawn();
+    node.sdk("lease-persist-2");
+}
+
+#[test]
+fn sdk_sas() {
+    BlobNode::start().sdk("sas");
+}
+
+#[test]
+fn sdk_anonymous_access() {
+    BlobNode::start().sdk("anonymous");
+}
+
+#[test]
+fn sdk_block_blobs() {
+    BlobNode::start().sdk("blocks");
+}
