@@ -1,4 +1,5 @@
-//! vmnode networking: addresses, the DHCP responder, and netns/bridge/tap plumbing.
+//! vmnode networking: addresses, the DHCP responder and its ledger, internal
+//! DNS, anti-spoofing filters, and netns/bridge/tap/veth plumbing.
 //!
 //! # The network model
 //!
@@ -8,7 +9,8 @@
 //! * **One namespace per daemon.** All guest networking lives in one network
 //!   namespace the daemon owns (default name [`plumbing::DEFAULT_NETNS`],
 //!   `vmnode`, at `/run/netns/vmnode`). The host's interfaces, routes and
-//!   firewall are never changed.
+//!   firewall are never changed, except for the one veth pair through which
+//!   the host reaches its guests ([`plumbing::ensure_veth_to_host`]).
 //! * **A bridge per virtual network.** Each virtual network (subnet) is a Linux
 //!   bridge in that namespace carrying the subnet's gateway address (`.1`, see
 //!   [`addr::Subnet::gateway`]) and the platform address `168.63.129.16/32`.
@@ -21,6 +23,14 @@
 //!   MACs the daemon's [`dhcp::LeaseBook`] knows, always with the same address.
 //!   As in the cloud, the DHCP server identifier and the DNS server guests see
 //!   are the platform address [`dhcp::PLATFORM_ADDR`] (`168.63.129.16`).
+//!   Every packet and outcome goes to the book's ledger
+//!   ([`dhcp::LedgerEntry`]); [`dhcp::diagnose`] names what went wrong.
+//! * **Names from vmnode's own DNS.** [`dns`] answers A and PTR for the
+//!   vnet's names at the platform address, one listener per bridge, and
+//!   refuses everything else (no forwarder).
+//! * **No spoofing, no crossing.** [`filter`] lets each tap send only with its
+//!   NIC's MAC and IP and never as a DHCP server, and keeps the bridges of a
+//!   namespace from routing to each other.
 
 pub mod addr;
 pub mod dhcp;

@@ -306,3 +306,43 @@ async fn renewal_is_unicast_from_the_platform_address() {
     );
     assert_eq!(book.commits.lock().unwrap().len(), 1);
 }
+
+fn dhcp_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with("dhcp-"))
+        })
+        .count()
+}
+
+/// Aborting the responder's task ends its worker threads and frees the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_serve_stops_its_workers() {
+    let lab = Lab::new("da");
+    let server = lab.start_responder(lab.book(true));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dhcp_threads() < vmnode_network::dhcp::WORKERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.abort();
+    let _ = server.await;
+    while dhcp_threads() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} workers left",
+            dhcp_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new responder on the same bridge still gets the guest its lease.
+    let server = lab.start_responder(lab.book(true));
+    let (ok, vars) = lab.udhcpc("5").await;
+    server.abort();
+    assert!(ok, "no lease after a restart: {vars:?}");
+}

@@ -9,7 +9,7 @@
 //! The module has two halves:
 //! * [`handle`], the pure protocol core: one request packet in, at most one
 //!   reply (bytes and destination) out. It never panics, whatever the input.
-//! * [`serve`], the socket loop around it.
+//! * [`serve`], the socket loop around it (worker threads, see `serve.rs`).
 //!
 //! Every packet [`handle`] reads and every outcome goes to
 //! [`LeaseBook::record`] as a [`LedgerEntry`]; [`diagnose`] turns a NIC's
@@ -34,22 +34,18 @@
 //! options written one by one in a fixed order (message type first), an End
 //! option and padding up to the 300-byte BOOTP minimum.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use crate::addr::{prefix_mask, Mac};
 
 mod ledger;
+mod serve;
 pub use ledger::{diagnose, LedgerEntry, LedgerKind, DISCOVER_DEADLINE, REQUEST_DEADLINE};
+pub use serve::{serve, WORKERS};
 
 /// The platform address: DHCP server identifier and DNS server seen by guests.
 pub const PLATFORM_ADDR: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
@@ -69,10 +65,6 @@ const MAGIC: [u8; 4] = [99, 130, 83, 99];
 const MIN_REPLY_LEN: usize = 300;
 /// Option codes the responder reads; every other option is dropped before decoding.
 const READ_OPTIONS: [u8; 7] = [53, 50, 54, 61, 55, 57, 12];
-/// Packets [`serve`] handles at once.
-pub const MAX_IN_FLIGHT: usize = 128;
-/// Receive buffer of the socket loop (a DHCP message fits in one Ethernet frame).
-const RECV_BUF: usize = 4096;
 
 /// Errors of this module. [`handle`] logs them instead of returning them.
 #[derive(Debug, thiserror::Error)]
@@ -219,98 +211,6 @@ pub fn handle(cfg: &DhcpConfig, book: &dyn LeaseBook, packet: &[u8]) -> Option<R
             None
         }
     }
-}
-
-/// Runs the responder on `socket` until the task is aborted.
-///
-/// The socket should come from [`crate::plumbing::udp_socket_in_ns`] (bound to
-/// `0.0.0.0:67` on the network's bridge, broadcast allowed). Each packet is
-/// handled on tokio's blocking pool, since [`LeaseBook::commit`] writes to
-/// durable storage, and up to [`MAX_IN_FLIGHT`] packets are handled at once:
-/// one client's slow commit does not hold up another's OFFER, and a book can
-/// share one sync among concurrent commits. Each reply is sent after its
-/// packet's commit returned. Replies are sent with the server identifier as
-/// source address when that address is on the bridge. An error on one packet
-/// is logged and the loop goes on.
-pub async fn serve(socket: UdpSocket, cfg: DhcpConfig, book: Arc<dyn LeaseBook>) {
-    let socket = Arc::new(socket);
-    let cfg = Arc::new(cfg);
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut buf = vec![0u8; RECV_BUF];
-    info!(local = ?socket.local_addr().ok(), server_id = %cfg.server_id, "DHCP responder running");
-    loop {
-        // Never closed, so this only waits while MAX_IN_FLIGHT packets are being handled.
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                warn!("DHCP receive failed: {e}");
-                // Do not spin on a persistent error.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let packet = buf[..len].to_vec();
-        let (cfg, book, socket) = (Arc::clone(&cfg), Arc::clone(&book), Arc::clone(&socket));
-        tokio::spawn(async move {
-            let server_id = cfg.server_id;
-            let reply =
-                match tokio::task::spawn_blocking(move || handle(&cfg, &*book, &packet)).await {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        error!(%from, "DHCP handler failed: {e}");
-                        return;
-                    }
-                };
-            if let Some(reply) = reply {
-                if let Err(e) = send_reply(&socket, &reply, server_id).await {
-                    warn!(to = %reply.destination(), "DHCP send failed: {e}");
-                }
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Sends `reply` with source address `source` (IP_PKTINFO), falling back to
-/// the kernel's choice of source when `source` cannot be used.
-async fn send_reply(socket: &UdpSocket, reply: &Reply, source: Ipv4Addr) -> Result<(), DhcpError> {
-    let to = reply.destination();
-    let with_source = socket
-        .async_io(Interest::WRITABLE, || {
-            send_from(socket.as_raw_fd(), reply.packet(), to, source)
-        })
-        .await;
-    match with_source {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            debug!(%source, "cannot send DHCP reply from the server id ({e}); using the default source");
-            socket.send_to(reply.packet(), SocketAddr::V4(to)).await?;
-            Ok(())
-        }
-    }
-}
-
-fn send_from(
-    fd: std::os::fd::RawFd,
-    packet: &[u8],
-    to: SocketAddrV4,
-    source: Ipv4Addr,
-) -> std::io::Result<usize> {
-    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
-    let info = libc::in_pktinfo {
-        ipi_ifindex: 0,
-        ipi_spec_dst: libc::in_addr {
-            s_addr: u32::from(source).to_be(),
-        },
-        ipi_addr: libc::in_addr { s_addr: 0 },
-    };
-    let dest = SockaddrIn::from(to);
-    let iov = [std::io::IoSlice::new(packet)];
-    let cmsgs = [ControlMessage::Ipv4PacketInfo(&info)];
-    sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&dest)).map_err(std::io::Error::from)
 }
 
 /// The protocol core behind [`handle`], with errors. Every packet that gets
