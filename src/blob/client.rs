@@ -127,9 +127,22 @@ impl Client {
             .map(|(k, v)| (k.to_lowercase(), v.clone()))
             .collect();
         q.sort();
-        let sts = format!(
-            "{method}\n\n\n{len}\n\n{}\n\n\n\n\n\n\n{}/{}{raw_path}{}",
+        let std_headers = [
+            std_h("content-encoding"),
+            std_h("content-language"),
+            len,
+            std_h("content-md5"),
             std_h("content-type"),
+            std_h("date"),
+            std_h("if-modified-since"),
+            std_h("if-match"),
+            std_h("if-none-match"),
+            std_h("if-unmodified-since"),
+            std_h("range"),
+        ]
+        .join("\n");
+        let sts = format!(
+            "{method}\n{std_headers}\n{}/{}{raw_path}{}",
             xms.iter()
                 .map(|(k, v)| format!("{k}:{v}\n"))
                 .collect::<String>(),
