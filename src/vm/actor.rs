@@ -223,6 +223,11 @@ impl Actor {
                 })?;
             }
         }
+        // The OS disk is a page blob under an infinite lease whose id is the VM's id.
+        if let Some(store) = crate::blob::node_store() {
+            crate::blob::acquire_disk_lease(&store, &self.rec.os_disk_path, &self.rec.vm_id)
+                .map_err(|e| StepError::Disk(format!("leasing the OS disk blob: {e}")))?;
+        }
         self.boot(image, Some(requested)).await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);
@@ -584,6 +589,16 @@ impl Actor {
         };
         if let Err(e) = steps {
             return Err(format!("cannot release the NIC: {}", chain(&e)));
+        }
+        // The OS disk blob goes with the VM's lease id (the blob service refuses others).
+        if let Some(store) = crate::blob::node_store() {
+            if self.rec.os_disk_path.exists() {
+                if let Err(e) =
+                    crate::blob::delete_disk(&store, &self.rec.os_disk_path, &self.rec.vm_id)
+                {
+                    tracing::warn!(error = %e, "deleting the OS disk blob through the blob store");
+                }
+            }
         }
         for path in [&self.rec.os_disk_path, &self.rec.temp_disk] {
             if path.as_os_str().is_empty() {
