@@ -126,6 +126,33 @@ fn required_str(v: &Value, path: &[&str]) -> Result<String> {
         })
 }
 
+/// `storageProfile.dataDisks[]`: new empty disks (`createOption: Empty`, or `Attach` of a disk
+/// the VM already has, as an SDK's read-modify-write sends them).
+fn parse_data_disks(p: &Value) -> Result<Option<Vec<crate::vm::DataDiskReq>>> {
+    let Some(list) = field(p, &["storageProfile", "dataDisks"]).and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for d in list {
+        let lun = d["lun"]
+            .as_u64()
+            .ok_or_else(|| ApiError::bad_request("Every data disk needs a lun."))?;
+        let opt = d["createOption"].as_str().unwrap_or("Empty");
+        if !(opt.eq_ignore_ascii_case("Empty") || opt.eq_ignore_ascii_case("Attach")) {
+            return Err(ApiError::bad_request(format!(
+                "dataDisks[lun {lun}].createOption '{opt}' is not supported: use Empty (a new disk)."
+            )));
+        }
+        out.push(crate::vm::DataDiskReq {
+            lun: u32::try_from(lun).unwrap_or(u32::MAX),
+            name: d["name"].as_str().map(str::to_string),
+            size_gb: d["diskSizeGB"].as_u64().unwrap_or(1),
+            caching: d["caching"].as_str().unwrap_or("None").to_string(),
+        });
+    }
+    Ok(Some(out))
+}
+
 /// Parses an ARM VM body into a create request.
 pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
     let p = body
@@ -213,6 +240,7 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .unwrap_or_default(),
         nic,
         disk_size_gb: field(p, &["storageProfile", "osDisk", "diskSizeGB"]).and_then(Value::as_u64),
+        data_disks: parse_data_disks(p)?,
     })
 }
 
@@ -234,7 +262,12 @@ pub async fn put_vm(
         let same = existing.size.eq_ignore_ascii_case(&req.size)
             && existing.image.urn().eq_ignore_ascii_case(&req.image.urn());
         if same {
-            return Ok((StatusCode::OK, Json(render(&state, &existing, false))).into_response());
+            // An update: data disks are attached and detached (hot-plugged when running).
+            let rec = match req.data_disks {
+                Some(d) => state.node.set_data_disks(&rg, &vm, d).await?,
+                None => existing,
+            };
+            return Ok((StatusCode::OK, Json(render(&state, &rec, false))).into_response());
         }
         return Err(ApiError::new(
             StatusCode::CONFLICT,

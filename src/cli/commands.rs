@@ -99,6 +99,9 @@ pub enum VmCmd {
     /// The image catalog.
     #[command(subcommand)]
     Image(VmImageCmd),
+    /// Data disks: attach (hot-plugged into a running guest) and detach.
+    #[command(subcommand)]
+    Disk(DiskCmd),
     /// Serial log and screenshots.
     #[command(subcommand, name = "boot-diagnostics")]
     BootDiagnostics(BootDiagCmd),
@@ -151,6 +154,39 @@ pub struct CreateArgs {
     /// How long to wait for the guest's DHCP lease, in seconds (0: do not wait for it).
     #[arg(long, default_value_t = 180)]
     pub ip_timeout: u64,
+}
+
+#[derive(Subcommand)]
+pub enum DiskCmd {
+    /// Attach a new empty data disk (a page blob under the VM's lease).
+    Attach {
+        #[arg(short = 'g', long = "resource-group")]
+        rg: String,
+        #[arg(long = "vm-name")]
+        vm: String,
+        /// Disk name (default: {vm}-datadisk-{lun}).
+        #[arg(short = 'n', long)]
+        name: Option<String>,
+        /// Create the disk (the only kind vmnode attaches); accepted for az compatibility.
+        #[arg(long)]
+        new: bool,
+        #[arg(long = "size-gb", default_value_t = 1)]
+        size_gb: u64,
+        /// LUN (default: the lowest free one).
+        #[arg(long)]
+        lun: Option<u32>,
+        #[arg(long, default_value = "None")]
+        caching: String,
+    },
+    /// Detach a data disk (its blob stays in the store).
+    Detach {
+        #[arg(short = 'g', long = "resource-group")]
+        rg: String,
+        #[arg(long = "vm-name")]
+        vm: String,
+        #[arg(short = 'n', long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -566,7 +602,65 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
             print!("{}", r.text);
         }
         VmCmd::Image(_) => unreachable!("handled above"),
+        VmCmd::Disk(d) => disk(g, &cl, d).await?,
     }
+    Ok(())
+}
+
+/// Read-modify-write of the VM's `dataDisks`, as az does.
+async fn disk(g: &Global, cl: &Client, d: DiskCmd) -> anyhow::Result<()> {
+    let (rg, vm) = match &d {
+        DiskCmd::Attach { rg, vm, .. } | DiskCmd::Detach { rg, vm, .. } => (rg.clone(), vm.clone()),
+    };
+    let path = cl.vm_path(&rg, &vm).await?;
+    let mut body = cl.get(&path).await?.ok()?.body;
+    let mut disks: Vec<Value> = body["properties"]["storageProfile"]["dataDisks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match d {
+        DiskCmd::Attach {
+            name,
+            size_gb,
+            lun,
+            caching,
+            ..
+        } => {
+            let used: Vec<u64> = disks.iter().filter_map(|x| x["lun"].as_u64()).collect();
+            let lun = lun
+                .map(u64::from)
+                .unwrap_or_else(|| (0..).find(|l| !used.contains(l)).unwrap_or(0));
+            let mut disk = json!({ "lun": lun, "createOption": "Empty", "diskSizeGB": size_gb, "caching": caching });
+            if let Some(n) = name {
+                disk["name"] = json!(n);
+            }
+            disks.push(disk);
+        }
+        DiskCmd::Detach { name, .. } => {
+            let before = disks.len();
+            disks.retain(|x| {
+                !x["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+            });
+            if disks.len() == before {
+                bail!("VM {vm} has no data disk named '{name}'");
+            }
+        }
+    }
+    body["properties"]["storageProfile"]["dataDisks"] = Value::Array(disks);
+    let r = cl.request(Method::PUT, &path, Some(&body)).await?.ok()?;
+    print(
+        g.output,
+        &r.body["properties"]["storageProfile"]["dataDisks"],
+        &[
+            ("Lun", "lun"),
+            ("Name", "name"),
+            ("SizeGB", "diskSizeGB"),
+            ("Caching", "caching"),
+            ("Uri", "/vhd/uri"),
+        ],
+    );
     Ok(())
 }
 

@@ -14,6 +14,34 @@ use crate::doctor::Accel;
 pub const TAP_FD: i32 = 3;
 
 #[derive(Clone, Debug)]
+pub struct DataDiskSpec {
+    pub lun: u32,
+    pub path: PathBuf,
+    pub caching: String,
+}
+
+/// The QMP/`-blockdev`/`-device` arguments of a data disk; the same for boot and hot-plug.
+pub fn data_disk_blockdev(d: &DataDiskSpec) -> (String, String, String) {
+    let direct = if cache_mode(&d.caching) == "none" {
+        "on"
+    } else {
+        "off"
+    };
+    (
+        format!(
+            "driver=file,node-name=dd{}-file,filename={},cache.direct={direct},discard=unmap",
+            d.lun,
+            d.path.display()
+        ),
+        format!("driver=raw,node-name=dd{0},file=dd{0}-file", d.lun),
+        format!(
+            "virtio-blk-pci,drive=dd{0},id=dd{0}-dev,serial=lun{0},bus=rp{0}",
+            d.lun
+        ),
+    )
+}
+
+#[derive(Clone, Debug)]
 pub struct VmSpec {
     pub name: String,
     pub vm_id: String,
@@ -26,6 +54,10 @@ pub struct VmSpec {
     pub disk: PathBuf,
     /// The temporary resource disk, if the size has one.
     pub temp_disk: Option<PathBuf>,
+    /// Hot-plug slots (PCIe root ports), one per data-disk LUN the size allows.
+    pub hotplug_slots: u32,
+    /// Data disks attached at boot.
+    pub data_disks: Vec<DataDiskSpec>,
     /// Azure caching mode: None, ReadOnly, ReadWrite.
     pub caching: String,
     pub mac: String,
@@ -119,6 +151,20 @@ pub fn build(s: &VmSpec) -> Vec<String> {
             "virtio-blk-pci,drive=resdisk,id=resdisk-dev,serial=resource",
         ]);
     }
+    for i in 0..s.hotplug_slots {
+        push(&[
+            "-device",
+            &format!(
+                "pcie-root-port,id=rp{i},bus=pcie.0,chassis={},slot={}",
+                i + 1,
+                i + 1
+            ),
+        ]);
+    }
+    for d in &s.data_disks {
+        let (file, raw, dev) = data_disk_blockdev(d);
+        push(&["-blockdev", &file, "-blockdev", &raw, "-device", &dev]);
+    }
     push(&[
         "-netdev",
         &format!("tap,id=net0,fd={TAP_FD}"),
@@ -163,6 +209,12 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             disk: "/blobs/vm1.vhd".into(),
             temp_disk: Some("/local/vm1/resource.raw".into()),
+            hotplug_slots: 2,
+            data_disks: vec![DataDiskSpec {
+                lun: 1,
+                path: "/blobs/d1.vhd".into(),
+                caching: "None".into(),
+            }],
             caching: "ReadWrite".into(),
             mac: "00:0D:3A:01:02:03".into(),
             serial_log: "/diag/serial.log".into(),
@@ -190,6 +242,9 @@ mod tests {
             "VGA",
             "filename=/local/vm1/resource.raw",
             "serial=resource",
+            "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=2",
+            "serial=lun1,bus=rp1",
+            "filename=/blobs/d1.vhd,cache.direct=on",
         ] {
             assert!(a.contains(want), "missing {want} in {a}");
         }

@@ -70,12 +70,25 @@ pub struct CreateVm {
     pub nic: Option<(String, String, bool)>,
     /// `storageProfile.osDisk.diskSizeGB`: grow the OS disk (sparse) beyond the image's size.
     pub disk_size_gb: Option<u64>,
+    /// `storageProfile.dataDisks` (`None`: the request did not say).
+    pub data_disks: Option<Vec<DataDiskReq>>,
 }
 
 /// Commands a VM actor accepts.
 pub enum Command {
     Delete(oneshot::Sender<Result<(), String>>),
     Power(lifecycle::PowerOp, oneshot::Sender<Result<(), String>>),
+    /// Make the VM's data disks these (attach new ones, detach missing ones).
+    DataDisks(Vec<model::DataDisk>, oneshot::Sender<Result<(), String>>),
+}
+
+/// A data disk as a request asks for it (`storageProfile.dataDisks[]`).
+#[derive(Clone, Debug)]
+pub struct DataDiskReq {
+    pub lun: u32,
+    pub name: Option<String>,
+    pub size_gb: u64,
+    pub caching: String,
 }
 
 #[derive(Clone)]
@@ -282,6 +295,12 @@ impl Node {
         let size = sizes::find(&req.size)
             .ok_or_else(|| VmError::UnknownSize(req.size.clone(), sizes::names()))?;
         capacity(size)?;
+        let data_disks = self.plan_data_disks(
+            &req.name,
+            size.name,
+            req.data_disks.as_deref().unwrap_or(&[]),
+            &[],
+        )?;
         if let Some(loc) = &req.location {
             if !loc.eq_ignore_ascii_case(LOCATION) {
                 return Err(VmError::InvalidParameter(format!(
@@ -421,6 +440,7 @@ impl Node {
             serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
             pid: None,
             os_disk_gb: disk_gb,
+            data_disks,
             temp_disk: self
                 .cfg
                 .paths
@@ -500,6 +520,118 @@ impl Node {
             node.ops.finish(&op_id, r);
         });
         Ok(id)
+    }
+
+    /// Checks requested data disks against the size (count, LUNs, sizes, names) and turns them
+    /// into disks: the ones already attached are kept as they are, new ones get a blob path.
+    pub fn plan_data_disks(
+        &self,
+        vm_name: &str,
+        size: &str,
+        wanted: &[DataDiskReq],
+        current: &[model::DataDisk],
+    ) -> Result<Vec<model::DataDisk>, VmError> {
+        let size =
+            sizes::find(size).ok_or_else(|| VmError::UnknownSize(size.into(), sizes::names()))?;
+        if wanted.len() > size.max_data_disk_count as usize {
+            return Err(VmError::Conflict(format!(
+                "The maximum number of data disks allowed to be attached to a VM of size {} is {}.",
+                size.name, size.max_data_disk_count
+            )));
+        }
+        let mut disks = Vec::new();
+        for w in wanted {
+            if w.lun >= size.max_data_disk_count {
+                return Err(VmError::InvalidParameter(format!(
+                    "LUN {} is out of range: size {} has LUNs 0-{}.",
+                    w.lun,
+                    size.name,
+                    size.max_data_disk_count - 1
+                )));
+            }
+            if wanted.iter().filter(|o| o.lun == w.lun).count() > 1 {
+                return Err(VmError::InvalidParameter(format!(
+                    "LUN {} is used twice.",
+                    w.lun
+                )));
+            }
+            if !(1..=4095).contains(&w.size_gb) {
+                return Err(VmError::InvalidParameter(format!(
+                    "diskSizeGB {} is invalid: use 1-4095.",
+                    w.size_gb
+                )));
+            }
+            if !matches!(
+                w.caching.to_ascii_lowercase().as_str(),
+                "none" | "readonly" | "readwrite"
+            ) {
+                return Err(VmError::InvalidParameter(format!(
+                    "caching '{}' is invalid: use None, ReadOnly or ReadWrite.",
+                    w.caching
+                )));
+            }
+            let dname = w
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-datadisk-{}", vm_name, w.lun));
+            validate_vm_name(&dname).map_err(|_| {
+                VmError::InvalidParameter(format!("The disk name '{dname}' is invalid."))
+            })?;
+            if let Some(cur) = current
+                .iter()
+                .find(|d| d.lun == w.lun && d.name.eq_ignore_ascii_case(&dname))
+            {
+                disks.push(cur.clone());
+                continue;
+            }
+            let blob = format!("{dname}.vhd");
+            disks.push(model::DataDisk {
+                lun: w.lun,
+                name: dname,
+                path: self
+                    .cfg
+                    .paths
+                    .blobs()
+                    .join(&self.account)
+                    .join("vhds")
+                    .join(&blob),
+                uri: format!(
+                    "http://{}/{}/vhds/{blob}",
+                    self.cfg.blob_listen, self.account
+                ),
+                size_gb: w.size_gb,
+                caching: w.caching.clone(),
+            });
+        }
+        Ok(disks)
+    }
+
+    /// Sets the VM's data disks: checks the request against the size, then has the VM's actor
+    /// attach (hot-plug) and detach what changed. Returns the VM when done.
+    pub async fn set_data_disks(
+        &self,
+        rg: &str,
+        name: &str,
+        wanted: Vec<DataDiskReq>,
+    ) -> Result<VmRecord, VmError> {
+        let handle = self
+            .registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let rec = handle.state.borrow().clone();
+        let disks = self.plan_data_disks(&rec.name, &rec.size, &wanted, &rec.data_disks)?;
+        let (tx, rx) = oneshot::channel();
+        handle
+            .tx
+            .send(Command::DataDisks(disks, tx))
+            .await
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is being deleted.")))?;
+        rx.await
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is being deleted.")))?
+            .map_err(VmError::Conflict)?;
+        self.get(rg, name)
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
     }
 
     /// Starts deletion and returns at once (the API's 202) with the operation's id.

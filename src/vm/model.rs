@@ -97,6 +97,19 @@ pub struct VmRecord {
     /// The OS disk's size in GiB (`diskSizeGB`).
     #[serde(default)]
     pub os_disk_gb: u64,
+    /// Data disks, each a page blob under the VM's lease, hot-plugged into a running guest.
+    #[serde(default)]
+    pub data_disks: Vec<DataDisk>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataDisk {
+    pub lun: u32,
+    pub name: String,
+    pub path: PathBuf,
+    pub uri: String,
+    pub size_gb: u64,
+    pub caching: String,
 }
 
 impl VmRecord {
@@ -187,7 +200,15 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
                     "caching": r.caching,
                     "diskSizeGB": r.os_disk_gb,
                 },
-                "dataDisks": [],
+                "dataDisks": r.data_disks.iter().map(|d| json!({
+                    "lun": d.lun,
+                    "name": d.name,
+                    "createOption": "Empty",
+                    "caching": d.caching,
+                    "diskSizeGB": d.size_gb,
+                    "vhd": { "uri": d.uri },
+                    "toBeDetached": false,
+                })).collect::<Vec<_>>(),
             },
             "osProfile": {
                 "computerName": r.computer_name,

@@ -56,9 +56,7 @@ assert (ds1.number_of_cores, ds1.memory_in_mb, ds1.resource_disk_size_in_mb, ds1
 versions = [v.name for v in comp.virtual_machine_images.list("local", "vmnode", "tiny", "1")]
 assert versions, "no image versions"
 
-vm = comp.virtual_machines.begin_create_or_update(
-    "sdk", "sdkvm",
-    {
+vm_body = {
         "location": "local",
         "properties": {
             "hardwareProfile": {"vmSize": "Standard_B1s"},
@@ -70,8 +68,8 @@ vm = comp.virtual_machines.begin_create_or_update(
             "networkProfile": {"networkInterfaces": [{"id": nic.id, "properties": {"primary": True}}]},
             "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
         },
-    },
-).result()
+    }
+vm = comp.virtual_machines.begin_create_or_update("sdk", "sdkvm", vm_body).result()
 assert vm.provisioning_state == "Succeeded", vm.provisioning_state
 assert vm.vm_id and vm.hardware_profile.vm_size == "Standard_B1s"
 ref = vm.storage_profile.image_reference
@@ -98,6 +96,13 @@ comp.virtual_machines.begin_start("sdk", "sdkvm").result()
 assert power() == "PowerState/running", power()
 comp.virtual_machines.begin_restart("sdk", "sdkvm").result()
 assert power() == "PowerState/running", power()
+# Attach a data disk to the running VM (hot-plugged), then detach it: a PUT of the same VM.
+vm_body["properties"]["storageProfile"]["dataDisks"] = [{"lun": 0, "name": "sdkdata", "createOption": "Empty", "diskSizeGB": 1}]
+vm = comp.virtual_machines.begin_create_or_update("sdk", "sdkvm", vm_body).result()
+assert [(d.lun, d.name, d.disk_size_gb) for d in vm.storage_profile.data_disks] == [(0, "sdkdata", 1)], vm.storage_profile.data_disks
+vm_body["properties"]["storageProfile"]["dataDisks"] = []
+vm = comp.virtual_machines.begin_create_or_update("sdk", "sdkvm", vm_body).result()
+assert vm.storage_profile.data_disks == [], vm.storage_profile.data_disks
 names = [v.name for v in comp.virtual_machines.list("sdk")]
 assert names == ["sdkvm"], names
 comp.virtual_machines.begin_delete("sdk", "sdkvm").result()
