@@ -22,6 +22,12 @@ pub struct RangeSet {
 
 impl From<Vec<(u64, u64)>> for RangeSet {
     fn from(v: Vec<(u64, u64)>) -> Self {
+        // What we store is already sorted, disjoint and merged: take it as is.
+        if v.windows(2).all(|w| w[0].1 < w[1].0) && v.iter().all(|(a, b)| a < b) {
+            return RangeSet {
+                map: v.into_iter().collect(),
+            };
+        }
         let mut s = RangeSet::default();
         for (a, b) in v {
             s.insert(a..b);

@@ -64,6 +64,11 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr)
     let client_rid = req.headers().get("x-ms-client-request-id").cloned();
     let head = req.method() == Method::HEAD;
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let comp = auth::query_pairs(req.uri().query().unwrap_or(""))
+        .into_iter()
+        .find(|(k, _)| k == "comp")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     let started = std::time::Instant::now();
     let mut resp = match dispatch(svc, req, peer).await {
         Ok(r) => r,
@@ -82,7 +87,8 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr)
     if let Some(c) = client_rid {
         h.insert("x-ms-client-request-id", c);
     }
-    tracing::debug!(%method, %path, status = resp.status().as_u16(),
+    // Time in the service, from the request head to the response head.
+    tracing::debug!(%method, %path, %comp, status = resp.status().as_u16(),
         us = started.elapsed().as_micros() as u64, "blob request");
     resp
 }

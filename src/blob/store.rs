@@ -303,15 +303,28 @@ pub fn lock(key: &str) -> MutexGuard<'static, ()> {
     STRIPES[i].lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes JSON via temp + rename.
+/// Writes JSON. A new file is made via temp + rename; an existing one is overwritten in place
+/// by a single `pwrite`, padded with spaces to its old length (JSON allows trailing
+/// whitespace), so a crash of the daemon leaves either the old or the new text, and no rename
+/// makes ext4 flush the file on every lease operation. Neither survives power loss without an
+/// fsync; leases need to survive a daemon restart.
 pub fn write_json<T: Serialize>(path: &Path, v: &T) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut body = serde_json::to_vec(v).map_err(io::Error::other)?;
+    if let Ok(f) = fs::OpenOptions::new().write(true).open(path) {
+        let old = f.metadata()?.len() as usize;
+        if body.len() < old {
+            body.resize(old, b' ');
+        }
+        return f.write_all_at(&body, 0);
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("meta")
     ));
-    fs::write(&tmp, serde_json::to_vec(v).map_err(io::Error::other)?)?;
+    fs::write(&tmp, &body)?;
     fs::rename(&tmp, path)
 }
 

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""The same azure-storage-blob workload against vmnode's blob service and Azurite, in one run.
+
+    sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
+        [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick]
+
+Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) and an Azurite
+blob server (its own temp dir), runs the workload against each, prints a Markdown table.
+Workload: 4 MiB page writes, page-range listing of a fragmented page blob, lease operations
+(acquire/renew/change/release), block upload and download (4 MiB blocks, 4 in flight).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+from azure.storage.blob import BlobServiceClient
+
+MiB = 1 << 20
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not listen on {port}")
+
+
+def start_vmnode(binary, tmp):
+    port, blob_port = free_port(), free_port()
+    netns = f"vmnbench-{os.getpid()}"
+    # debug: one line per request with the time spent in the service (read back below).
+    env = dict(os.environ, VMNODE_STATE_DIR=f"{tmp}/state", VMNODE_RUN_DIR=f"{tmp}/run",
+               VMNODE_LOG="vmnode::blob=debug,warn")
+    log = open(f"{tmp}/vmnode.log", "w")
+    proc = subprocess.Popen([binary, "serve", "--netns", netns, "--listen", f"127.0.0.1:{port}",
+                             "--blob-listen", f"127.0.0.1:{blob_port}"], env=env,
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    wait_port(blob_port, proc, "vmnode")
+    conn = subprocess.run([binary, "storage", "account", "show-connection-string"], env=env,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+    def stop():
+        proc.terminate()
+        proc.wait()
+        subprocess.run(["ip", "netns", "del", netns], stderr=subprocess.DEVNULL)
+    return conn, stop
+
+
+def start_azurite(binary, tmp):
+    port = free_port()
+    log = open(f"{tmp}/azurite.log", "w")
+    proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                             "--location", f"{tmp}/azurite", "--skipApiVersionCheck", "--loose",
+                             "--silent"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    wait_port(port, proc, "azurite")
+    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+
+    def stop():
+        proc.terminate()
+        proc.wait()
+    return conn, stop
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def workload(conn, quick):
+    svc = BlobServiceClient.from_connection_string(
+        conn, max_single_put_size=4 * MiB, max_block_size=4 * MiB,
+        max_single_get_size=4 * MiB, max_chunk_get_size=4 * MiB)
+    c = svc.create_container(f"bench{uuid.uuid4().hex[:8]}")
+    out = {}
+
+    # 4 MiB page writes.
+    n = 16 if quick else 64
+    page = c.get_blob_client("disk.vhd")
+    page.create_page_blob(size=n * 4 * MiB)
+    data = os.urandom(4 * MiB)
+    t = time.perf_counter()
+    for i in range(n):
+        page.upload_page(data, offset=i * 4 * MiB, length=4 * MiB)
+    out["page write MiB/s (4 MiB pages)"] = n * 4 / (time.perf_counter() - t)
+
+    # Page-range listing of a fragmented blob: 1000 separate 512-byte pages.
+    frag = c.get_blob_client("frag.vhd")
+    frag.create_page_blob(size=64 * MiB)
+    for i in range(1000):
+        frag.upload_page(b"\x01" * 512, offset=i * 64 * 1024, length=512)
+    lat = []
+    for _ in range(50 if quick else 200):
+        t = time.perf_counter()
+        ranges, _ = frag.get_page_ranges()
+        lat.append((time.perf_counter() - t) * 1000)
+    assert len(ranges) == 1000, len(ranges)
+    out["get page ranges (1000 ranges) p50 ms"] = statistics.median(lat)
+    out["get page ranges ops/s"] = 1000 / statistics.mean(lat)
+
+    # Lease operations.
+    lb = c.get_blob_client("leased")
+    lb.upload_blob(b"x")
+    lat = []
+    for _ in range(50 if quick else 250):
+        for op in ("acquire", "renew", "change", "release"):
+            t = time.perf_counter()
+            if op == "acquire":
+                lease = lb.acquire_lease(lease_duration=15)
+            elif op == "renew":
+                lease.renew()
+            elif op == "change":
+                lease.change(str(uuid.uuid4()))
+            else:
+                lease.release()
+            lat.append((time.perf_counter() - t) * 1000)
+    out["lease op p50 ms"] = statistics.median(lat)
+    out["lease op p99 ms"] = pct(lat, 99)
+    out["lease ops/s (sequential)"] = 1000 / statistics.mean(lat)
+
+    # Block upload and download.
+    size = (32 if quick else 128) * MiB
+    blob = os.urandom(size)
+    bb = c.get_blob_client("big.bin")
+    t = time.perf_counter()
+    bb.upload_blob(blob, max_concurrency=4)
+    out["block upload MiB/s (4 MiB blocks, 4 in flight)"] = size / MiB / (time.perf_counter() - t)
+    t = time.perf_counter()
+    got = bb.download_blob(max_concurrency=4).readall()
+    out["block download MiB/s (4 in flight)"] = size / MiB / (time.perf_counter() - t)
+    assert got == blob
+    svc.delete_container(c.container_name)
+    return out
+
+
+def server_side(log):
+    """Lease latency inside vmnode (request head to response head), from its debug log."""
+    us = []
+    for line in open(log, errors="replace"):
+        if "blob request" in line and "comp=lease" in line:
+            for f in line.split():
+                if f.startswith("us="):
+                    us.append(int(f[3:]) / 1000)
+    if not us:
+        return {}
+    return {"lease op in the service p50 ms": statistics.median(us),
+            "lease op in the service p99 ms": pct(us, 99)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--vmnode", default=os.path.join(here, "..", "target", "release", "vmnode"))
+    ap.add_argument("--azurite", default=shutil.which("azurite-blob")
+                    or "/tmp/azurite/node_modules/.bin/azurite-blob")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    results = {}
+    for name, start, binary in [("vmnode", start_vmnode, a.vmnode),
+                                ("Azurite", start_azurite, a.azurite)]:
+        tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
+        conn, stop = start(binary, tmp)
+        try:
+            workload(conn, a.quick)  # warm-up: connections, caches, JIT
+            results[name] = workload(conn, a.quick)
+            if name == "vmnode":
+                results[name].update(server_side(f"{tmp}/vmnode.log"))
+        finally:
+            stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return
+    print("| metric | vmnode | Azurite | vmnode / Azurite |")
+    print("|---|---:|---:|---:|")
+    for k in results["vmnode"]:
+        v, z = results["vmnode"][k], results["Azurite"].get(k)
+        if z is None:
+            print(f"| {k} | {v:.3f} | – | – |")
+            continue
+        better = z / v if ("ms" in k.split()[-1]) else v / z
+        print(f"| {k} | {v:.2f} | {z:.2f} | {better:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
