@@ -4,15 +4,18 @@
 //! blocks (a database read for the binding, a durable write before an ACK).
 //! Handing each packet from a tokio task to the blocking pool and back costs
 //! several thread wake-ups per packet, which dominated the profile at a few
-//! thousand exchanges per second. Here [`WORKERS`] threads each block in
-//! `recvfrom` on the same socket (the kernel wakes one per datagram), handle
-//! the packet and send the reply themselves: one wake-up per packet, and up
-//! to [`WORKERS`] commits in flight, which a book can share one sync among.
+//! thousand exchanges per second. Here one receiving thread (`dhcp-rx`)
+//! reads the socket and answers DISCOVER and INFORM itself (only a binding
+//! look-up: the OFFER leaves without any thread hand-off), and queues the
+//! packets that make the book write (REQUEST, DECLINE, RELEASE) for
+//! [`WORKERS`] threads, so up to that many commits are in flight and a book
+//! can share one sync among them.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::sockopt;
@@ -21,8 +24,10 @@ use tracing::{debug, error, info, warn};
 
 use super::{handle, DhcpConfig, LeaseBook, Reply};
 
-/// Threads per responder: packets handled at once (and commits in flight).
+/// Worker threads per responder: REQUESTs handled at once (and commits in flight).
 pub const WORKERS: usize = 64;
+/// REQUESTs waiting for a worker before new ones are dropped.
+const QUEUE: usize = 4096;
 /// Socket receive buffer asked for, so bursts wait instead of being dropped
 /// while every worker waits for a commit: about a thousand requests, 100 ms
 /// at 10,000/s; past that, dropping beats answering stale requests.
@@ -66,25 +71,41 @@ pub async fn serve(socket: UdpSocket, cfg: DhcpConfig, book: Arc<dyn LeaseBook>)
         socket: Arc::clone(&socket),
     };
     let cfg = Arc::new(cfg);
+    // Packets that may write (REQUEST, DECLINE, RELEASE) go to the workers;
+    // the receiver answers the rest itself.
+    let (to_workers, queue) = std::sync::mpsc::sync_channel::<(Vec<u8>, SocketAddr)>(QUEUE);
+    let queue = Arc::new(Mutex::new(queue));
     let mut started = 0;
     for n in 0..WORKERS {
+        let (socket, cfg, book, queue) = (
+            Arc::clone(&socket),
+            Arc::clone(&cfg),
+            Arc::clone(&book),
+            Arc::clone(&queue),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("dhcp-{n}"))
+            .stack_size(WORKER_STACK)
+            .spawn(move || worker(&socket, &cfg, &*book, &queue));
+        match spawned {
+            Ok(_) => started += 1,
+            Err(e) => warn!("cannot start DHCP worker {n}: {e}"),
+        }
+    }
+    let receiver = {
         let (socket, cfg, book, stop) = (
             Arc::clone(&socket),
             Arc::clone(&cfg),
             Arc::clone(&book),
             Arc::clone(&stop),
         );
-        let spawned = std::thread::Builder::new()
-            .name(format!("dhcp-{n}"))
+        std::thread::Builder::new()
+            .name("dhcp-rx".into())
             .stack_size(WORKER_STACK)
-            .spawn(move || worker(&socket, &cfg, &*book, &stop));
-        match spawned {
-            Ok(_) => started += 1,
-            Err(e) => warn!("cannot start DHCP worker {n}: {e}"),
-        }
-    }
-    if started == 0 {
-        error!("no DHCP worker could start");
+            .spawn(move || receive(&socket, &cfg, &*book, &stop, &to_workers, started > 0))
+    };
+    if let Err(e) = receiver {
+        error!("cannot start the DHCP receiver: {e}");
         return;
     }
     // The threads do the work; this future only owns their lifetime.
@@ -109,7 +130,17 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn worker(socket: &StdUdpSocket, cfg: &DhcpConfig, book: &dyn LeaseBook, stop: &AtomicBool) {
+/// The receiving thread: answers what needs no write at once (DISCOVER,
+/// INFORM, and everything it drops), queues the rest for the workers. When
+/// it ends (the responder stops), the queue's sender goes and the workers end.
+fn receive(
+    socket: &StdUdpSocket,
+    cfg: &DhcpConfig,
+    book: &dyn LeaseBook,
+    stop: &AtomicBool,
+    to_workers: &SyncSender<(Vec<u8>, SocketAddr)>,
+    have_workers: bool,
+) {
     let mut buf = vec![0u8; RECV_BUF];
     while !stop.load(Ordering::SeqCst) {
         let (len, from) = match socket.recv_from(&mut buf) {
@@ -117,12 +148,13 @@ fn worker(socket: &StdUdpSocket, cfg: &DhcpConfig, book: &dyn LeaseBook, stop: &
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 continue
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if !stop.load(Ordering::SeqCst) {
                     warn!("DHCP receive failed: {e}");
@@ -135,15 +167,80 @@ fn worker(socket: &StdUdpSocket, cfg: &DhcpConfig, book: &dyn LeaseBook, stop: &
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        if len == 0 {
+        let packet = &buf[..len];
+        if have_workers && may_write(packet) {
+            match to_workers.try_send((packet.to_vec(), from)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => debug!(%from, "DHCP queue full: dropping a request"),
+                Err(TrySendError::Disconnected(_)) => break,
+            }
             continue;
         }
-        if let Some(reply) = handle(cfg, book, &buf[..len]) {
-            if let Err(e) = send_reply(socket, &reply, cfg.server_id) {
-                warn!(%from, to = %reply.destination(), "DHCP send failed: {e}");
-            }
+        answer(socket, cfg, book, packet, from);
+    }
+}
+
+/// A worker: handles queued packets (whose commits may block) until the receiver goes.
+fn worker(
+    socket: &StdUdpSocket,
+    cfg: &DhcpConfig,
+    book: &dyn LeaseBook,
+    queue: &Mutex<Receiver<(Vec<u8>, SocketAddr)>>,
+) {
+    loop {
+        // One worker waits on the queue, the others on the lock.
+        let next = match queue.lock() {
+            Ok(q) => q.recv(),
+            Err(_) => return,
+        };
+        let Ok((packet, from)) = next else {
+            return;
+        };
+        answer(socket, cfg, book, &packet, from);
+    }
+}
+
+fn answer(
+    socket: &StdUdpSocket,
+    cfg: &DhcpConfig,
+    book: &dyn LeaseBook,
+    packet: &[u8],
+    from: SocketAddr,
+) {
+    if let Some(reply) = handle(cfg, book, packet) {
+        if let Err(e) = send_reply(socket, &reply, cfg.server_id) {
+            warn!(%from, to = %reply.destination(), "DHCP send failed: {e}");
         }
     }
+}
+
+/// Whether the lease book may write for this packet: a REQUEST (commit),
+/// DECLINE or RELEASE, or a packet whose type cannot be told cheaply (option
+/// 53 missing from the options field, e.g. under option overload). A look at
+/// the options field only; [`handle`] does the real parsing.
+fn may_write(packet: &[u8]) -> bool {
+    const REQUEST: u8 = 3;
+    const DECLINE: u8 = 4;
+    const RELEASE: u8 = 7;
+    let mut i = 240;
+    while let Some(&code) = packet.get(i) {
+        match code {
+            0 => i += 1,
+            255 => break,
+            53 => {
+                return match (packet.get(i + 1), packet.get(i + 2)) {
+                    (Some(1), Some(t)) => matches!(*t, REQUEST | DECLINE | RELEASE),
+                    _ => true,
+                }
+            }
+            _ => match packet.get(i + 1) {
+                Some(&len) => i += 2 + usize::from(len),
+                None => break,
+            },
+        }
+    }
+    // Not a DHCP packet at all (too short: handle() drops it at once) or no type seen.
+    packet.len() >= 240
 }
 
 /// Sends `reply` with source address `source` (IP_PKTINFO), falling back to
