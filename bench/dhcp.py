@@ -17,7 +17,8 @@ Servers, every one persisting leases to a file before it answers:
   dnsmasq  dnsmasq --no-ping with a lease file (rewritten on change)
 
 Per server and rate: 4-way exchanges/s (ACKs received per second), drops (% of DISCOVERs and
-REQUESTs with no answer within 1 s), DISCOVER->OFFER p50/p99 (perfdhcp -x t timers). The
+REQUESTs with no answer within 1 s), DISCOVER->OFFER p50/p99 (perfdhcp -x t timers). Before the
+perfdhcp runs, a third namespace's busybox udhcpc measures link up -> lease (--lease-tries). The
 "best" per server is the most exchanges/s of any run with <= 1% drops. The rate-200 row is
 the unloaded latency. Servers take turns within each run, so background load (the 1-minute load
 average is printed per row) hits them alike. Prints a Markdown table.
@@ -26,7 +27,7 @@ import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, temp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAG = f"vmnbd-{os.getpid()}"
-SRV, CLI = f"{TAG}-s", f"{TAG}-c"
+SRV, CLI, GST = f"{TAG}-s", f"{TAG}-c", f"{TAG}-g"
 
 
 def sh(*a, check=True):
@@ -44,7 +45,8 @@ def need(binary, package):
 def setup():
     sh("ip", "netns", "add", SRV)
     sh("ip", "netns", "add", CLI)
-    for ns in (SRV, CLI):
+    sh("ip", "netns", "add", GST)
+    for ns in (SRV, CLI, GST):
         sh("ip", "-n", ns, "link", "set", "lo", "up")
     sh("ip", "-n", SRV, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", SRV, "addr", "add", "10.1.0.1/16", "dev", "br0")
@@ -53,11 +55,14 @@ def setup():
     sh("ip", "-n", SRV, "link", "set", "vcl0", "master", "br0", "up")
     sh("ip", "-n", CLI, "addr", "add", "10.1.0.2/16", "dev", "eth0")
     sh("ip", "-n", CLI, "link", "set", "eth0", "up")
+    # A "guest" for link-up -> lease: a plain DHCP client on its own port of the bridge.
+    sh("ip", "-n", SRV, "link", "add", "vgs0", "type", "veth", "peer", "name", "eth0", "netns", GST)
+    sh("ip", "-n", SRV, "link", "set", "vgs0", "master", "br0", "up")
     time.sleep(0.5)
 
 
 def teardown():
-    for ns in (SRV, CLI):
+    for ns in (SRV, CLI, GST):
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
 
 
@@ -142,6 +147,22 @@ def parse_timers(out):
     return delays
 
 
+def link_up_to_lease(tries):
+    """ms from `ip link set eth0 up` in the guest namespace to busybox udhcpc holding a lease
+    (full DISCOVER/OFFER/REQUEST/ACK; the script configures nothing, so every try is alike)."""
+    times = []
+    for _ in range(tries):
+        sh("ip", "-n", GST, "link", "set", "eth0", "down")
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        sh("ip", "-n", GST, "link", "set", "eth0", "up")
+        r = subprocess.run(["ip", "netns", "exec", GST, "busybox", "udhcpc", "-f", "-q", "-n", "-t", "5",
+                            "-T", "1", "-i", "eth0", "-s", "/bin/true"], capture_output=True)
+        if r.returncode == 0:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def pct(xs, p):
     if not xs:
         return float("nan")
@@ -175,6 +196,7 @@ def main():
     ap.add_argument("--period", type=int, default=10)
     ap.add_argument("--rates", default="200,2000,4000,6000,8000,10000")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--lease-tries", type=int, default=10)
     ap.add_argument("--clients", type=int, default=60000)
     ap.add_argument("--only", default="vmnode,kea,kea-mt,dnsmasq")
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
@@ -185,6 +207,7 @@ def main():
     need("perfdhcp", "kea-admin")
     need("kea-dhcp4", "kea-dhcp4-server")
     need("dnsmasq", "dnsmasq-base")
+    need("busybox", "busybox-static")
     if not os.path.exists(args.bin):
         subprocess.run(["cargo", "build", "--release", "-p", "vmnode-network", "--example",
                         "dhcp_bench_server"], check=True, cwd=ROOT)
@@ -203,7 +226,7 @@ def main():
             f"--dhcp-leasefile={os.path.join(workdir, 'dnsmasq.leases')}"], workdir),
     }
     rates = [int(r) for r in args.rates.split(",")]
-    results = {}
+    results, leases = {}, {}
     setup()
     try:
         for run in range(1, args.runs + 1):
@@ -211,6 +234,12 @@ def main():
                 srv = servers[name]()
                 srv.start()
                 try:
+                    if args.lease_tries:
+                        lt = link_up_to_lease(args.lease_tries)
+                        leases.setdefault(name, []).extend(lt)
+                        print(f"run {run} {name:8} link up -> lease: median {pct(lt, 50):.1f} ms, "
+                              f"max {max(lt, default=float('nan')):.1f} ms ({len(lt)}/{args.lease_tries} leased)",
+                              file=sys.stderr)
                     for rate in rates:
                         load = os.getloadavg()[0]
                         r = perfdhcp(rate, args.period, args.clients)
@@ -239,6 +268,9 @@ def main():
                   f"{pct(r['delays'], 50):.3f} ms | {pct(r['delays'], 99):.3f} ms | {r['load']:.1f} |")
             if r["drop_pct"] <= 1.0 and r["per_s"] > best.get(name, (0, None))[0]:
                 best[name] = (r["per_s"], rate)
+    print("\n| server | link up -> lease, median | max | leased |\n|---|---:|---:|---:|")
+    for name, lt in leases.items():
+        print(f"| {name} | {pct(lt, 50):.1f} ms | {max(lt, default=float('nan')):.1f} ms | {len(lt)} |")
     print("\nbest at <= 1% drops: " + ", ".join(f"{n} {v:.0f}/s (offered {rt}/s)" for n, (v, rt) in best.items()))
     for other in ("kea", "kea-mt", "dnsmasq"):
         if "vmnode" in best and other in best:
