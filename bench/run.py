@@ -111,6 +111,54 @@ def main():
             subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True)
             fork_exec.append(time.perf_counter() - t0)
             node.cli("vm", "delete", "-g", "bench", "-n", name, "--yes")
+        # Guest poweroff -> everything freed (QEMU gone, tap gone, the VM shown stopped).
+        freed = []
+        for i in range(args.runs):
+            name = f"p{i}"
+            out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", "vmnode:tiny:1:latest",
+                                      "--size", "Standard_B1s", "-o", "json"))
+            vm_id = out["properties"]["vmId"]
+            serial = [p for p in sh("find", node.state, "-name", f"*{vm_id}.serialconsole.log").split() if p][0]
+            wait_line(serial, b"VMNODE-BOOT: ready", 0)
+            tap = json.loads(node.cli("network", "nic", "show", "-g", "bench", "-n", f"{name}VMNic", "-o", "json"))["properties"]["tapName"]
+            pid = int(open(os.path.join(node.run, "vms", vm_id, "qemu.pid")).read())
+            qga = os.path.join(node.run, "vms", vm_id, "qga.sock")
+            c = socket.socket(socket.AF_UNIX); c.connect(qga)
+            c.sendall(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":1}}\n')
+            c.sendall(b'{"execute":"guest-exec","arguments":{"path":"/bin/poweroff","arg":["-f"]}}\n')
+            # t0: QEMU's exit (the guest's poweroff reached the hypervisor).
+            while os.path.exists(f"/proc/{pid}") and not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z"):
+                time.sleep(0.0005)
+            t0 = time.perf_counter()
+            while True:
+                vm = json.loads(node.cli("vm", "show", "-g", "bench", "-n", name, "-o", "json"))
+                links = sh("ip", "-n", node.netns, "-o", "link")
+                if vm["powerState"] == "VM stopped" and tap not in links:
+                    break
+                time.sleep(0.002)
+            freed.append(time.perf_counter() - t0)
+            c.close()
+            node.cli("vm", "delete", "-g", "bench", "-n", name, "--yes")
+        # 30 tiny VMs running at once; the daemon's resident memory.
+        many = 30
+        t0 = time.perf_counter()
+        for i in range(many):
+            node.cli("vm", "create", "-g", "bench", "-n", f"m{i}", "--image", "vmnode:tiny:1:latest",
+                     "--size", "Standard_B1s", "--ip-timeout", "0")
+        create_all = time.perf_counter() - t0
+        running = sum(1 for v in json.loads(node.cli("vm", "list", "-o", "json")) if v["powerState"] == "VM running")
+        rss_kib = int([l for l in open(f"/proc/{node.proc.pid}/status") if l.startswith("VmRSS")][0].split()[1])
+        qemu_rss = 0
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if root in open(f"/proc/{d}/cmdline").read() and "qemu-system" in open(f"/proc/{d}/cmdline").read():
+                        qemu_rss += int([l for l in open(f"/proc/{d}/status") if l.startswith("VmRSS")][0].split()[1])
+                except OSError:
+                    pass
+        for i in range(many):
+            node.cli("vm", "delete", "-g", "bench", "-n", f"m{i}", "--yes", "--no-wait")
+        time.sleep(3)
         node.stop()
         cold = []
         for _ in range(args.runs):
@@ -126,6 +174,8 @@ def main():
               f"{med(lease_vmnode)/med(lease_raw):.3f}× | ≤ 1.05× |")
         print(f"| create request → QEMU spawned (ms) | {rng([u/1000 for u in spawn_us])} | fork+exec of QEMU alone: {rng(fork_exec, 1000)} | – | ≤ 20 ms |")
         print(f"| daemon cold start → API answers (ms) | {rng(cold, 1000)} | – | – | ≤ 100 ms |")
+        print(f"| guest poweroff (QEMU exit) → VM stopped, tap gone (ms) | {rng(freed, 1000)} | – | – | ≤ 200 ms |")
+        print(f"| {many} tiny VMs running at once: daemon RSS (MiB) | {rss_kib/1024:.1f} ({running}/{many} running; created in {create_all:.1f} s; all QEMUs {qemu_rss/1024:.0f} MiB) | – | – | ≤ 40 MiB |")
     finally:
         node.stop()
         subprocess.run(["pkill", "-9", "-f", root], capture_output=True)

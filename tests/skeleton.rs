@@ -40,7 +40,7 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
     assert_eq!(p["storageProfile"]["imageReference"]["version"], "latest");
     assert_eq!(
         p["storageProfile"]["imageReference"]["exactVersion"],
-        "1.0.3"
+        "1.0.4"
     );
     let uri = p["storageProfile"]["osDisk"]["vhd"]["uri"]
         .as_str()
@@ -63,10 +63,10 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
 
     // The catalog lists the image with its URN, one row per version.
     let images = node.json(&["vm", "image", "list"]);
-    assert_eq!(images[0]["urn"], "vmnode:tiny:1:1.0.3", "{images}");
+    assert_eq!(images[0]["urn"], "vmnode:tiny:1:1.0.4", "{images}");
     let table = node.ok(&["vm", "image", "list", "--publisher", "vmnode"]);
     assert!(
-        table.starts_with("Architecture") && table.contains("vmnode:tiny:1:1.0.3"),
+        table.starts_with("Architecture") && table.contains("vmnode:tiny:1:1.0.4"),
         "{table}"
     );
     // The token the daemon issued is what the CLI prints, az-style.
@@ -211,7 +211,7 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     };
     let e = create("rg", "vm1", "vmnode:nope:1:latest", "Standard_B1s");
     assert!(
-        e.contains("PlatformImageNotFound") && e.contains("vmnode:tiny:1:1.0.3"),
+        e.contains("PlatformImageNotFound") && e.contains("vmnode:tiny:1:1.0.4"),
         "{e}"
     );
     let e = create("rg", "vm1", "vmnode:tiny:1:9.9.9", "Standard_B1s");

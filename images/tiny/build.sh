@@ -96,7 +96,9 @@ add_module() { # depth-first: dependencies first
     ORDER+=("$(basename "$f")")
 }
 # button + evdev: the ACPI power button reaches busybox acpid (a graceful stop without the agent).
-for m in virtio_pci virtio_blk virtio_net virtio_console button evdev; do add_module "$m"; done
+# bochs: a DRM framebuffer on the VGA device, so the console (and screenshots) show the boot;
+# a PVH-booted kernel has no BIOS screen info, so the legacy VGA text console stays unused.
+for m in virtio_pci virtio_blk virtio_net virtio_console button evdev bochs; do add_module "$m"; done
 printf '%s\n' "${ORDER[@]}" >"$ROOT/lib/modules/order"
 
 step 5 "installing busybox and qemu-guest-agent with its shared libraries"

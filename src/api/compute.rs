@@ -79,6 +79,28 @@ pub async fn serial_log(
     Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// A fresh screenshot (PNG, or the cloud's BMP with `?format=bmp`); the last one stored when
+/// the VM is not running.
+pub async fn screenshot(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    find(&state, &rg, &vm)?;
+    let png = state.node.screenshot(&rg, &vm).await?;
+    let bmp = q
+        .get("format")
+        .is_some_and(|f| f.eq_ignore_ascii_case("bmp"));
+    let (path, ctype) = if bmp {
+        (png.with_extension("bmp"), "image/bmp")
+    } else {
+        (png, "image/png")
+    };
+    let data = std::fs::read(&path).map_err(|e| ApiError::internal(&e))?;
+    Ok(([("content-type", ctype)], data).into_response())
+}
+
 pub async fn list_in_rg(
     State(state): State<AppState>,
     Path((sub, rg)): Path<(String, String)>,

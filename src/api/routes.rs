@@ -110,6 +110,10 @@ pub fn router(state: AppState) -> Router {
             get(compute::serial_log),
         )
         .route(
+            &format!("{VM}/{{vm}}/bootDiagnostics/screenshot"),
+            get(compute::screenshot),
+        )
+        .route(
             "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines",
             get(compute::list_all),
         )

@@ -31,6 +31,7 @@ pub struct Client {
 pub struct Reply {
     pub status: StatusCode,
     pub headers: hyper::HeaderMap,
+    pub bytes: Vec<u8>,
     pub body: Value,
     pub text: String,
 }
@@ -159,9 +160,11 @@ impl Client {
         let bytes = res.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let bytes = bytes.to_vec();
         Ok(Reply {
             status,
             headers,
+            bytes,
             body,
             text,
         })
@@ -206,6 +209,11 @@ impl Client {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// A GET whose body is binary (a screenshot); errors carry the cloud's message.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self.get(path).await?.ok()?.bytes)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {

@@ -209,6 +209,16 @@ pub enum VmImageCmd {
 pub enum BootDiagCmd {
     /// Print the VM's serial console log.
     GetBootLog(VmId),
+    /// Take a screenshot of the VM's display now and save it (PNG; --bmp for the cloud's BMP).
+    Screenshot {
+        #[command(flatten)]
+        id: VmId,
+        /// Where to save it (default: ./{vm}.png or .bmp).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        bmp: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -600,6 +610,19 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
             );
             let r = cl.get(&p).await?.ok()?;
             print!("{}", r.text);
+        }
+        VmCmd::BootDiagnostics(BootDiagCmd::Screenshot { id, file, bmp }) => {
+            let q = if bmp { "?format=bmp" } else { "" };
+            let p = format!(
+                "{}/bootDiagnostics/screenshot{q}",
+                cl.vm_path(&id.rg, &id.name).await?
+            );
+            let r = cl.get_bytes(&p).await?;
+            let file = file.unwrap_or_else(|| {
+                format!("{}.{}", id.name, if bmp { "bmp" } else { "png" }).into()
+            });
+            std::fs::write(&file, &r)?;
+            println!("{} ({} bytes)", file.display(), r.len());
         }
         VmCmd::Image(_) => unreachable!("handled above"),
         VmCmd::Disk(d) => disk(g, &cl, d).await?,

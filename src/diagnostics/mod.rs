@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod screenshot;
+
 use crate::config::Paths;
 
 /// The container name the cloud uses for a VM's boot diagnostics.

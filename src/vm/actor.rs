@@ -29,7 +29,12 @@ pub enum Start {
 /// How long a graceful shutdown may take before QEMU is told to quit.
 const GRACEFUL: Duration = Duration::from_secs(30);
 
+/// During a boot's first minute the screen is captured this often (then on demand).
+const BOOT_SHOT_EVERY: Duration = Duration::from_secs(3);
+const BOOT_SHOTS_FOR: Duration = Duration::from_secs(60);
+
 struct Actor {
+    booted_at: Option<tokio::time::Instant>,
     node: Arc<Node>,
     rec: VmRecord,
     state: watch::Sender<VmRecord>,
@@ -46,6 +51,7 @@ pub fn spawn(
 ) {
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
     let actor = Actor {
+        booted_at: None,
         node,
         rec,
         state,
@@ -134,6 +140,8 @@ impl Actor {
                 }
             }
         }
+        let mut shots = tokio::time::interval(BOOT_SHOT_EVERY);
+        shots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let qmp = self.qmp.clone();
             let qmp_closed = async move {
@@ -162,12 +170,30 @@ impl Actor {
                         let r = self.power(op).await;
                         let _ = reply.send(r);
                     }
+                    Some(Command::Screenshot(reply)) => {
+                        let r = match self.screenshot().await {
+                            Ok(p) => Ok(p),
+                            Err(e) => {
+                                let png = self.shot_path("png");
+                                if png.exists() { Ok(png) } else { Err(e) }
+                            }
+                        };
+                        let _ = reply.send(r);
+                    }
                     Some(Command::DataDisks(disks, reply)) => {
                         let r = self.set_data_disks(disks).await;
                         let _ = reply.send(r);
                     }
                     None => return,
                 },
+                _ = shots.tick() => {
+                    let booting = self.booted_at.is_some_and(|t| t.elapsed() < BOOT_SHOTS_FOR);
+                    if booting && self.rec.power == PowerState::Running {
+                        if let Err(e) = self.screenshot().await {
+                            tracing::debug!(error = %e, "boot screenshot");
+                        }
+                    }
+                }
                 status = child_exit => {
                     tracing::info!(?status, "QEMU exited");
                     self.child = None;
@@ -351,6 +377,7 @@ impl Actor {
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
         self.qmp = Some(qmp);
+        self.booted_at = Some(tokio::time::Instant::now());
         Ok(())
     }
 
@@ -602,6 +629,44 @@ impl Actor {
                 .await;
         }
         Ok(())
+    }
+
+    /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
+    fn shot_path(&self, ext: &str) -> std::path::PathBuf {
+        let dir = self
+            .rec
+            .serial_log
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        dir.join(format!(
+            "{}.{}.screenshot.{ext}",
+            self.rec.name, self.rec.vm_id
+        ))
+    }
+
+    /// Captures the display through QMP `screendump` and stores it as BMP and PNG.
+    async fn screenshot(&self) -> Result<std::path::PathBuf, String> {
+        let q = self.qmp.clone().ok_or("the VM is not running")?;
+        let ppm = self.run_dir().join("screen.ppm");
+        let cmd = qapi::qmp::screendump {
+            filename: ppm.display().to_string(),
+            device: None,
+            head: None,
+            format: None,
+        };
+        q.execute(cmd).await.map_err(|e| chain(&e))?;
+        let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
+        let (ppm2, bmp2, png2) = (ppm.clone(), bmp.clone(), png.clone());
+        let (w, h) = tokio::task::spawn_blocking(move || {
+            crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| chain(&e))?;
+        let _ = std::fs::remove_file(&ppm);
+        tracing::debug!(w, h, "screenshot");
+        Ok(png)
     }
 
     fn drop_temp_disk(&mut self) {

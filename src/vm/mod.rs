@@ -78,6 +78,8 @@ pub struct CreateVm {
 pub enum Command {
     Delete(oneshot::Sender<Result<(), String>>),
     Power(lifecycle::PowerOp, oneshot::Sender<Result<(), String>>),
+    /// Capture the screen now; replies with the PNG's path.
+    Screenshot(oneshot::Sender<Result<std::path::PathBuf, String>>),
     /// Make the VM's data disks these (attach new ones, detach missing ones).
     DataDisks(Vec<model::DataDisk>, oneshot::Sender<Result<(), String>>),
 }
@@ -632,6 +634,24 @@ impl Node {
             .map_err(VmError::Conflict)?;
         self.get(rg, name)
             .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
+    }
+
+    /// A fresh screenshot of a running VM (the last one stored if it is not running).
+    pub async fn screenshot(&self, rg: &str, name: &str) -> Result<std::path::PathBuf, VmError> {
+        let handle = self
+            .registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let (tx, rx) = oneshot::channel();
+        handle
+            .tx
+            .send(Command::Screenshot(tx))
+            .await
+            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))?;
+        rx.await
+            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))?
+            .map_err(VmError::Conflict)
     }
 
     /// Starts deletion and returns at once (the API's 202) with the operation's id.
