@@ -90,4 +90,28 @@ fn os_disk_is_a_leased_page_blob_that_follows_guest_writes() {
     assert!(common::walk(&node.state.join("blobs"))
         .iter()
         .all(|p| !p.to_string_lossy().contains(&disk)));
+
+    // deleteOption Detach: the OS disk blob outlives its VM, free of any lease.
+    let keep = node.create_vm(
+        "rg",
+        "keeper",
+        &["--os-disk-delete-option", "Detach", "--ip-timeout", "0"],
+    );
+    assert_eq!(
+        keep["properties"]["storageProfile"]["osDisk"]["deleteOption"],
+        "Detach"
+    );
+    let kblob = format!(
+        "{}.vhd",
+        keep["properties"]["storageProfile"]["osDisk"]["name"]
+            .as_str()
+            .unwrap()
+    );
+    node.ok(&["vm", "delete", "-g", "rg", "-n", "keeper", "--yes"]);
+    let after = inspect(&python, &conn, &kblob);
+    assert_eq!(after["lease_state"], "available", "{after}");
+    assert_eq!(
+        after["delete"], "deleted",
+        "a detached disk can be deleted by its owner: {after}"
+    );
 }

@@ -263,6 +263,9 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
         nic,
         disk_size_gb: field(p, &["storageProfile", "osDisk", "diskSizeGB"]).and_then(Value::as_u64),
         data_disks: parse_data_disks(p)?,
+        os_disk_delete_option: field(p, &["storageProfile", "osDisk", "deleteOption"])
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -278,27 +281,74 @@ pub async fn put_vm(
         ));
     };
     let req = parse_create(&rg, &vm, &body)?;
-    // A PUT of an existing VM with the same image and size is idempotent; changing them is not
-    // supported (yet): say so rather than half-apply it.
     if let Some(existing) = state.node.get(&rg, &vm) {
-        let same = existing.size.eq_ignore_ascii_case(&req.size)
-            && existing.image.urn().eq_ignore_ascii_case(&req.image.urn());
-        if same {
-            // An update: data disks are attached and detached (hot-plugged when running).
-            let rec = match req.data_disks {
-                Some(d) => state.node.set_data_disks(&rg, &vm, d).await?,
-                None => existing,
-            };
-            return Ok((StatusCode::OK, Json(render(&state, &rec, false))).into_response());
-        }
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "PropertyChangeNotAllowed",
-            format!("VM '{vm}' already exists with size {} and image {}; changing them is not allowed. Delete the VM first or choose another name.", existing.size, existing.image.urn()),
-        ));
+        return update(&state, existing, req).await;
     }
     let rec = state.node.create(req)?;
     Ok((StatusCode::CREATED, Json(render(&state, &rec, false))).into_response())
+}
+
+/// An update of an existing VM (PUT or PATCH): tags and data disks change (disks are
+/// hot-plugged when it runs); its size and image may not, and saying so beats half-applying.
+async fn update(state: &AppState, existing: VmRecord, req: CreateVm) -> Result<Response> {
+    let same = existing.size.eq_ignore_ascii_case(&req.size)
+        && existing.image.urn().eq_ignore_ascii_case(&req.image.urn());
+    if !same {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "PropertyChangeNotAllowed",
+            format!(
+                "VM '{}' has size {} and image {}; changing them is not supported. Delete the VM first or choose another name.",
+                existing.name, existing.size, existing.image.urn()
+            ),
+        ));
+    }
+    if req.tags != existing.tags {
+        state
+            .node
+            .set_tags(&existing.rg, &existing.name, req.tags)
+            .await?;
+    }
+    if let Some(d) = req.data_disks {
+        state
+            .node
+            .set_data_disks(&existing.rg, &existing.name, d)
+            .await?;
+    }
+    let rec = state
+        .node
+        .get(&existing.rg, &existing.name)
+        .unwrap_or(existing);
+    Ok((StatusCode::OK, Json(render(state, &rec, false))).into_response())
+}
+
+/// JSON merge patch (RFC 7396), as ARM applies a PATCH body.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+pub async fn patch_vm(
+    State(state): State<AppState>,
+    Path((sub, rg, vm)): Path<(String, String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Response> {
+    check_sub(&state, &sub)?;
+    let existing = find(&state, &rg, &vm)?;
+    let mut doc = render(&state, &existing, false);
+    merge(&mut doc, &body.map(|b| b.0).unwrap_or_default());
+    let req = parse_create(&rg, &vm, &doc)?;
+    update(&state, existing, req).await
 }
 
 /// The 202 of a long operation, pointing at its status like the cloud does.

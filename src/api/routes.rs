@@ -90,6 +90,7 @@ pub fn router(state: AppState) -> Router {
             &format!("{VM}/{{vm}}"),
             get(compute::get_vm)
                 .put(compute::put_vm)
+                .patch(compute::patch_vm)
                 .delete(compute::delete_vm),
         )
         .route(

@@ -134,6 +134,9 @@ pub struct CreateArgs {
     /// OS disk caching: None, ReadOnly or ReadWrite.
     #[arg(long, default_value = "ReadWrite")]
     pub os_disk_caching: String,
+    /// What deleting the VM does to its OS disk: Delete (default) or Detach (keep the blob).
+    #[arg(long = "os-disk-delete-option", default_value = "Delete")]
+    pub os_disk_delete_option: String,
     /// OS disk size in GB (grown sparse beyond the image's size).
     #[arg(long = "os-disk-size-gb")]
     pub os_disk_size_gb: Option<u64>,
@@ -422,7 +425,7 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
             "hardwareProfile": { "vmSize": a.size },
             "storageProfile": {
                 "imageReference": { "publisher": image.publisher, "offer": image.offer, "sku": image.sku, "version": image.version },
-                "osDisk": { "createOption": "FromImage", "caching": a.os_disk_caching, "diskSizeGB": a.os_disk_size_gb },
+                "osDisk": { "createOption": "FromImage", "caching": a.os_disk_caching, "diskSizeGB": a.os_disk_size_gb, "deleteOption": a.os_disk_delete_option },
             },
             "osProfile": os_profile,
             "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },

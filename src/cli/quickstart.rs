@@ -221,6 +221,7 @@ pub async fn run(g: &Global, a: QuickstartArgs) -> anyhow::Result<()> {
                 os_disk_caching: "ReadWrite".into(),
                 no_wait: false,
                 os_disk_size_gb: None,
+                os_disk_delete_option: "Delete".into(),
                 ip_timeout: 180,
                 nics: vec![],
                 vnet_name: None,

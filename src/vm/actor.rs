@@ -170,6 +170,11 @@ impl Actor {
                         let r = self.power(op).await;
                         let _ = reply.send(r);
                     }
+                    Some(Command::Tags(tags, reply)) => {
+                        self.rec.tags = tags;
+                        self.publish();
+                        let _ = reply.send(());
+                    }
                     Some(Command::Screenshot(reply)) => {
                         let r = match self.screenshot().await {
                             Ok(p) => Ok(p),
@@ -862,7 +867,23 @@ impl Actor {
             return Err(format!("cannot release the NIC: {}", chain(&e)));
         }
         // The OS and data disk blobs go with the VM's lease id (the blob service refuses others).
-        let mut disks = vec![self.rec.os_disk_path.clone()];
+        let keep_os_disk = self
+            .rec
+            .os_disk_delete_option
+            .eq_ignore_ascii_case("Detach");
+        let mut disks = vec![];
+        if keep_os_disk {
+            // Detach: the blob stays in the store, free of the VM's lease.
+            if let Some(store) = crate::blob::node_store() {
+                let _ = crate::blob::release_disk_lease(
+                    &store,
+                    &self.rec.os_disk_path,
+                    &self.rec.vm_id,
+                );
+            }
+        } else {
+            disks.push(self.rec.os_disk_path.clone());
+        }
         disks.extend(self.rec.data_disks.iter().map(|d| d.path.clone()));
         if let Some(store) = crate::blob::node_store() {
             for path in disks.iter().filter(|p| p.exists()) {

@@ -70,6 +70,8 @@ pub struct CreateVm {
     pub nic: Option<(String, String, bool)>,
     /// `storageProfile.osDisk.diskSizeGB`: grow the OS disk (sparse) beyond the image's size.
     pub disk_size_gb: Option<u64>,
+    /// `storageProfile.osDisk.deleteOption`: Delete (default) or Detach.
+    pub os_disk_delete_option: Option<String>,
     /// `storageProfile.dataDisks` (`None`: the request did not say).
     pub data_disks: Option<Vec<DataDiskReq>>,
 }
@@ -78,6 +80,11 @@ pub struct CreateVm {
 pub enum Command {
     Delete(oneshot::Sender<Result<(), String>>),
     Power(lifecycle::PowerOp, oneshot::Sender<Result<(), String>>),
+    /// Replace the VM's tags.
+    Tags(
+        serde_json::Map<String, serde_json::Value>,
+        oneshot::Sender<()>,
+    ),
     /// Capture the screen now; replies with the PNG's path.
     Screenshot(oneshot::Sender<Result<std::path::PathBuf, String>>),
     /// Make the VM's data disks these (attach new ones, detach missing ones).
@@ -324,6 +331,19 @@ impl Node {
                 "adminUsername must be 1-32 characters.".into(),
             ));
         }
+        let delete_option = req
+            .os_disk_delete_option
+            .clone()
+            .unwrap_or_else(|| "Delete".into());
+        let delete_option = match delete_option.to_ascii_lowercase().as_str() {
+            "delete" => "Delete".to_string(),
+            "detach" => "Detach".to_string(),
+            other => {
+                return Err(VmError::InvalidParameter(format!(
+                    "osDisk.deleteOption '{other}' is invalid: use Delete or Detach."
+                )))
+            }
+        };
         let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
         let image_bytes = image
             .manifest
@@ -443,6 +463,7 @@ impl Node {
             pid: None,
             os_disk_gb: disk_gb,
             data_disks,
+            os_disk_delete_option: delete_option,
             temp_disk: self
                 .cfg
                 .paths
@@ -634,6 +655,27 @@ impl Node {
             .map_err(VmError::Conflict)?;
         self.get(rg, name)
             .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
+    }
+
+    pub async fn set_tags(
+        &self,
+        rg: &str,
+        name: &str,
+        tags: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), VmError> {
+        let handle = self
+            .registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let (tx, rx) = oneshot::channel();
+        handle
+            .tx
+            .send(Command::Tags(tags, tx))
+            .await
+            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))?;
+        rx.await
+            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))
     }
 
     /// A fresh screenshot of a running VM (the last one stored if it is not running).

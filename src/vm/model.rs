@@ -100,6 +100,13 @@ pub struct VmRecord {
     /// Data disks, each a page blob under the VM's lease, hot-plugged into a running guest.
     #[serde(default)]
     pub data_disks: Vec<DataDisk>,
+    /// `osDisk.deleteOption`: Delete (the blob goes with the VM) or Detach (kept, lease released).
+    #[serde(default = "delete_option_default")]
+    pub os_disk_delete_option: String,
+}
+
+fn delete_option_default() -> String {
+    "Delete".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -199,6 +206,7 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
                     "vhd": { "uri": r.os_disk_uri },
                     "caching": r.caching,
                     "diskSizeGB": r.os_disk_gb,
+                    "deleteOption": r.os_disk_delete_option,
                 },
                 "dataDisks": r.data_disks.iter().map(|d| json!({
                     "lun": d.lun,

@@ -103,6 +103,10 @@ assert [(d.lun, d.name, d.disk_size_gb) for d in vm.storage_profile.data_disks] 
 vm_body["properties"]["storageProfile"]["dataDisks"] = []
 vm = comp.virtual_machines.begin_create_or_update("sdk", "sdkvm", vm_body).result()
 assert vm.storage_profile.data_disks == [], vm.storage_profile.data_disks
+# PATCH (begin_update): tags change, nothing else does.
+vm = comp.virtual_machines.begin_update("sdk", "sdkvm", {"tags": {"env": "test"}}).result()
+assert vm.tags == {"env": "test"}, vm.tags
+assert comp.virtual_machines.get("sdk", "sdkvm").tags == {"env": "test"}
 names = [v.name for v in comp.virtual_machines.list("sdk")]
 assert names == ["sdkvm"], names
 comp.virtual_machines.begin_delete("sdk", "sdkvm").result()

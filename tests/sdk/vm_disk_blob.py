@@ -13,12 +13,12 @@ from azure.storage.blob import BlobServiceClient
 conn, container, name = sys.argv[1:4]
 blob = BlobServiceClient.from_connection_string(conn).get_blob_client(container, name)
 p = blob.get_blob_properties()
+ranges, _ = blob.get_page_ranges()
 try:
     blob.delete_blob()
     delete = "deleted"
 except HttpResponseError as e:
     delete = f"{e.status_code} {getattr(e.error_code, 'value', e.error_code)}"
-ranges, _ = blob.get_page_ranges()
 print(json.dumps({
     "type": str(getattr(p.blob_type, "value", p.blob_type)),
     "lease_state": p.lease.state,
