@@ -253,22 +253,28 @@ impl NodeNet {
         Mac::random_azure().to_colon()
     }
 
-    /// A tap for a NIC, in the namespace, on its vnet's bridge, admitted by the anti-spoofing
-    /// filter for the NIC's MAC and address only. Not persistent: it disappears when the last
-    /// holder of the returned fd (QEMU) exits.
+    /// A tap for a NIC, in the namespace, on its vnet's bridge. It passes nothing until
+    /// [`NodeNet::admit`] (the filter drops every `vt*` port it does not know), so the caller
+    /// can start QEMU first and admit the tap while the guest boots. Not persistent: it
+    /// disappears when the last holder of the returned fd (QEMU) exits.
     pub fn create_tap(&self, nic: &NicRecord) -> Result<OwnedFd, NetError> {
         let v = self
             .vnet(&nic.vnet_rg, &nic.vnet_name)?
             .ok_or_else(|| NetError::NoVnet(nic.vnet_name.clone()))?;
         let ns = &self.inner.ns;
         let fd = plumbing::create_tap(ns, &nic.tap)?;
+        plumbing::attach_to_bridge(ns, &nic.tap, &v.bridge)?;
+        Ok(fd)
+    }
+
+    /// Admits a NIC's tap through the anti-spoofing filter, for its MAC and address only.
+    pub fn admit(&self, nic: &NicRecord) -> Result<(), NetError> {
         let mac: Mac = nic
             .mac
             .parse()
             .map_err(|_| NetError::Socket(std::io::Error::other("bad MAC")))?;
-        filter::allow_nic(ns, &nic.tap, mac, nic.ip)?;
-        plumbing::attach_to_bridge(ns, &nic.tap, &v.bridge)?;
-        Ok(fd)
+        filter::allow_nic(&self.inner.ns, &nic.tap, mac, nic.ip)?;
+        Ok(())
     }
 
     /// Removes a tap's filter rules and the tap if it is still there (QEMU normally takes it).

@@ -362,11 +362,20 @@ impl Actor {
         );
         // QEMU holds the tap now; dropping ours ties the tap's life to QEMU's.
         drop(tap);
+        // The guest needs seconds to reach its first DHCP packet; admitting its tap now keeps
+        // the nftables update off the request → spawn path.
+        let net = self.node.net.clone();
+        let nic = self.rec.nic.clone();
+        let admitted = tokio::task::spawn_blocking(move || net.admit(&nic));
         self.rec.pid = child.id().map(|p| p as i32);
         let waited =
             process::wait_for_socket(&mut child, &spec.qmp_socket, &log, Duration::from_secs(20))
                 .await;
         self.child = Some(child);
+        admitted
+            .await
+            .map_err(|e| StepError::Tap(e.to_string()))?
+            .map_err(|e| StepError::Tap(chain(&e)))?;
         waited.map_err(|e| StepError::Qemu(chain(&e)))?;
         // The socket file appears at bind(), a moment before QEMU listens: retry refusals.
         let qmp = Qmp::connect_with_retry(
@@ -752,6 +761,13 @@ impl Actor {
                 match self.connect_qmp(&run).await {
                     Some((qmp, status)) => {
                         tracing::info!(pid, %status, "re-adopted running QEMU");
+                        // A crash between spawn and admit would leave the tap shut: re-admit.
+                        let (net, nic) = (self.node.net.clone(), self.rec.nic.clone());
+                        if let Ok(Err(e)) =
+                            tokio::task::spawn_blocking(move || net.admit(&nic)).await
+                        {
+                            tracing::error!(error = %chain(&e), "cannot admit the NIC's tap");
+                        }
                         self.rec.power = PowerState::Running;
                         if self.rec.provisioning_state == ProvisioningState::Creating {
                             self.rec.provisioning_state = ProvisioningState::Succeeded;
