@@ -61,6 +61,21 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
         .unwrap()
         .starts_with("00-0D-3A-"));
 
+    // The instance view carries the NIC's DHCP ledger (the 4-way exchange) and no diagnosis.
+    let view = node.json(&["vm", "get-instance-view", "-g", "rg1", "-n", "web-1"]);
+    let nic = &view["networkInterfaces"][0];
+    let kinds: Vec<&str> = nic["dhcpLedger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"]["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"discover") && kinds.contains(&"ack"),
+        "{view}"
+    );
+    assert!(nic["dhcpDiagnosis"].is_null(), "{view}");
+
     // The catalog lists the image with its URN, one row per version.
     let images = node.json(&["vm", "image", "list"]);
     assert_eq!(images[0]["urn"], "vmnode:tiny:1:1.0.4", "{images}");

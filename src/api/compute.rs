@@ -54,7 +54,11 @@ pub async fn get_vm(
         .get("$expand")
         .map(|e| e.eq_ignore_ascii_case("instanceView"))
         .unwrap_or(false);
-    Ok(Json(render(&state, &r, view)))
+    let mut v = render(&state, &r, view);
+    if view {
+        v["properties"]["instanceView"] = view_with_ledger(&state, &r);
+    }
+    Ok(Json(v))
 }
 
 pub async fn instance_view(
@@ -63,10 +67,24 @@ pub async fn instance_view(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
-    Ok(Json(model::instance_view(
-        &r,
-        state.node.lease_ip(&r.nic.mac),
-    )))
+    Ok(Json(view_with_ledger(&state, &r)))
+}
+
+/// The instance view with vmnode's network evidence: the NIC's DHCP ledger and, when something
+/// is wrong, the typed diagnosis ("no DISCOVER within 60 s of link-up", a NAK, ...).
+fn view_with_ledger(state: &AppState, r: &VmRecord) -> Value {
+    let mut v = model::instance_view(r, state.node.lease_ip(&r.nic.mac));
+    let entries = state.node.net.ledger(&r.nic.mac);
+    let running = r.power == model::PowerState::Running;
+    let diagnosis = match (running, r.last_boot) {
+        (true, Some(up)) => {
+            vmnode_network::dhcp::diagnose(&entries, up, std::time::SystemTime::now())
+        }
+        _ => None,
+    };
+    v["networkInterfaces"][0]["dhcpLedger"] = serde_json::to_value(&entries).unwrap_or(Value::Null);
+    v["networkInterfaces"][0]["dhcpDiagnosis"] = json!(diagnosis);
+    v
 }
 
 pub async fn serial_log(

@@ -392,6 +392,7 @@ impl Actor {
         tracing::info!(status = ?status.status, "QMP connected");
         self.qmp = Some(qmp);
         self.booted_at = Some(tokio::time::Instant::now());
+        self.rec.last_boot = Some(std::time::SystemTime::now());
         Ok(())
     }
 

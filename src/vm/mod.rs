@@ -464,6 +464,7 @@ impl Node {
             os_disk_gb: disk_gb,
             data_disks,
             os_disk_delete_option: delete_option,
+            last_boot: None,
             temp_disk: self
                 .cfg
                 .paths

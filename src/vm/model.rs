@@ -103,6 +103,9 @@ pub struct VmRecord {
     /// `osDisk.deleteOption`: Delete (the blob goes with the VM) or Detach (kept, lease released).
     #[serde(default = "delete_option_default")]
     pub os_disk_delete_option: String,
+    /// When QEMU last started (the NIC's link-up, for the DHCP diagnosis).
+    #[serde(default)]
+    pub last_boot: Option<std::time::SystemTime>,
 }
 
 fn delete_option_default() -> String {
