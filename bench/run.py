@@ -30,7 +30,7 @@ class Node:
     def start(self):
         t0 = time.perf_counter()
         log = open(os.path.join(self.root, "daemon.log"), "a")
-        self.proc = subprocess.Popen([self.bin, "serve", "--netns", self.netns, "--listen", f"127.0.0.1:{self.port}"],
+        self.proc = subprocess.Popen([self.bin, "serve", "--netns", self.netns, "--listen", f"127.0.0.1:{self.port}", "--host-netns", "off"],
                                      env=self.env, stdout=log, stderr=log)
         sock = os.path.join(self.run, "vmnode.sock")
         while True:

@@ -70,4 +70,7 @@ pub struct DaemonConfig {
     pub netns: String,
     pub accel: crate::doctor::AccelChoice,
     pub platform_ip: std::net::Ipv4Addr,
+    /// Where the host end of the veth to the default vnet goes: `None` for no veth, `Some("")`
+    /// for the daemon's own (host) namespace, `Some(name)` for a namespace the caller made.
+    pub host_netns: Option<String>,
 }

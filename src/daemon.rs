@@ -113,12 +113,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let accel = crate::doctor::decide(cfg.accel);
     tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
-    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db).with_context(|| {
-        format!(
-            "setting up the guest network in namespace '{}' (is this root?)",
-            cfg.netns
-        )
-    })?;
+    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db, cfg.host_netns.as_deref())
+        .with_context(|| {
+            format!(
+                "setting up the guest network in namespace '{}' (is this root?)",
+                cfg.netns
+            )
+        })?;
 
     let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
     start_blob_service(&cfg, &db, &account, &storage_key).await?;

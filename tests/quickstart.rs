@@ -24,7 +24,14 @@ fn quickstart_boots_a_vm_and_shows_ip_and_boot_log() {
         .unwrap()
         .port();
     let out = Command::new(common::BIN)
-        .args(["quickstart", "--no-install", "--netns", &netns])
+        .args([
+            "quickstart",
+            "--no-install",
+            "--netns",
+            &netns,
+            "--host-netns",
+            "off",
+        ])
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

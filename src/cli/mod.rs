@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// The platform address: DHCP server identifier and DNS.
     #[arg(long, default_value = "168.63.129.16")]
     pub platform_ip: std::net::Ipv4Addr,
+    /// The host reaches the default vnet through a veth whose host end (10.1.0.2/24) is in this
+    /// namespace: `host` (the daemon's own), `off`, or the name of another namespace.
+    #[arg(long, default_value = "host")]
+    pub host_netns: String,
 }
 
 fn init_tracing() {
@@ -148,6 +152,11 @@ pub fn main() -> ExitCode {
                     netns: a.netns,
                     accel: a.accel,
                     platform_ip: a.platform_ip,
+                    host_netns: match a.host_netns.as_str() {
+                        "off" => None,
+                        "host" => Some(String::new()),
+                        other => Some(other.to_string()),
+                    },
                 };
                 crate::daemon::run(cfg).await
             }

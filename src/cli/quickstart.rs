@@ -32,6 +32,9 @@ pub struct QuickstartArgs {
     /// Blob service address for the daemon quickstart starts.
     #[arg(long, default_value = crate::config::DEFAULT_BLOB_LISTEN)]
     pub blob_listen: String,
+    /// Host end of the veth into the default vnet: host, off, or a namespace name.
+    #[arg(long, default_value = "host")]
+    pub host_netns: String,
     /// Where packages and image builds are cached.
     #[arg(long, env = "VMNODE_CACHE_DIR", default_value = crate::config::DEFAULT_CACHE_DIR)]
     pub cache_dir: std::path::PathBuf,
@@ -142,6 +145,8 @@ async fn start_daemon(g: &Global, a: &QuickstartArgs) -> anyhow::Result<()> {
             &a.listen,
             "--blob-listen",
             &a.blob_listen,
+            "--host-netns",
+            &a.host_netns,
         ])
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)

@@ -89,7 +89,12 @@ pub fn bridge_name(rg: &str, vnet: &str) -> String {
 impl NodeNet {
     /// Creates (or finds) the namespace, the filter, the default vnet, and brings every stored
     /// vnet up.
-    pub fn setup(ns: &str, platform_ip: Ipv4Addr, db: &Db) -> Result<NodeNet, NetError> {
+    pub fn setup(
+        ns: &str,
+        platform_ip: Ipv4Addr,
+        db: &Db,
+        host_netns: Option<&str>,
+    ) -> Result<NodeNet, NetError> {
         plumbing::ensure_netns(ns)?;
         filter::ensure_filter(ns)?;
         filter::set_isolated(ns)?;
@@ -139,6 +144,27 @@ impl NodeNet {
         }
         for v in db.list::<VnetRecord>(Kind::Vnet)? {
             net.bring_up(&v)?;
+        }
+        // The host reaches the default vnet through a veth: its end carries 10.1.0.2/24 (a
+        // reserved address, never a guest's), the other end is a port of the bridge.
+        if let Some(outer) = host_netns {
+            let host_addr = Ipv4Network::new(Ipv4Addr::new(10, 1, 0, 2), 24)
+                .map_err(|e| NetError::Socket(std::io::Error::other(e.to_string())))?;
+            let h = vmnode_network::addr::stable_hash(ns.as_bytes()) & 0xff_ffff_ffff;
+            let (host_if, ns_if) = (format!("vh{h:010x}"), "vnhost0".to_string());
+            if outer.is_empty() {
+                plumbing::ensure_veth_to_host(ns, &host_if, &ns_if, DEFAULT_BRIDGE, host_addr)?;
+            } else {
+                plumbing::ensure_veth_between(
+                    outer,
+                    ns,
+                    &host_if,
+                    &ns_if,
+                    DEFAULT_BRIDGE,
+                    host_addr,
+                )?;
+            }
+            tracing::info!(host_if = %host_if, "the host reaches the default vnet at 10.1.0.2");
         }
         Ok(net)
     }

@@ -22,6 +22,8 @@ pub struct Node {
     pub netns: String,
     pub port: u16,
     pub daemon: Option<Child>,
+    /// `off`, or a namespace the test made for the host end of the veth.
+    pub host_netns: String,
 }
 
 fn free_port() -> u16 {
@@ -35,6 +37,11 @@ fn free_port() -> u16 {
 impl Node {
     /// A fresh daemon with the tiny image published in its store.
     pub fn start() -> Node {
+        Self::start_with_host_netns("off")
+    }
+
+    /// Like [`Node::start`], with the host end of the default vnet's veth in `host_netns`.
+    pub fn start_with_host_netns(host_netns: &str) -> Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new()
             .prefix("vmnode-test-")
@@ -49,6 +56,7 @@ impl Node {
             run,
             dir,
             daemon: None,
+            host_netns: host_netns.into(),
         };
         let out = node.cli(&["image", "build", "tiny"]);
         assert!(
@@ -76,6 +84,8 @@ impl Node {
             ])
             .arg("--blob-listen")
             .arg(format!("127.0.0.1:{}", free_port()))
+            // Tests never touch the host's namespace: no veth to it (see tests/host_access.rs).
+            .args(["--host-netns", &self.host_netns])
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env("VMNODE_LOG", "debug")
