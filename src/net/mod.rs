@@ -303,6 +303,10 @@ impl NodeNet {
         Ok(())
     }
 
+    pub fn tap_exists(&self, name: &str) -> bool {
+        plumbing::link_exists(&self.inner.ns, name)
+    }
+
     /// Removes a tap's filter rules and the tap if it is still there (QEMU normally takes it).
     pub fn remove_tap(&self, name: &str) -> Result<(), NetError> {
         filter::remove_nic(&self.inner.ns, name)?;

@@ -401,7 +401,10 @@ impl Actor {
         let nic = self.rec.nic.clone();
         tokio::task::spawn_blocking(move || {
             // A tap of this name can linger only if a QEMU that held it is still exiting.
-            let _ = net.remove_tap(&nic.tap);
+            // (Checked first: removing runs nftables, which costs milliseconds.)
+            if net.tap_exists(&nic.tap) {
+                let _ = net.remove_tap(&nic.tap);
+            }
             net.create_tap(&nic)
         })
         .await
