@@ -262,6 +262,14 @@ impl Node {
         handle
     }
 
+    /// The actor handle of a VM, or NotFound.
+    fn handle(&self, rg: &str, name: &str) -> Result<VmHandle, VmError> {
+        self.registry()
+            .get(&model::vm_key(rg, name))
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
+    }
+
     pub(crate) fn forget(&self, key: &str) {
         self.registry().remove(key);
     }
@@ -499,11 +507,7 @@ impl Node {
 
     /// Deletes a VM and everything it owns; returns when nothing is left.
     pub async fn delete(&self, rg: &str, name: &str) -> Result<(), VmError> {
-        let handle = self
-            .registry()
-            .get(&model::vm_key(rg, name))
-            .cloned()
-            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let handle = self.handle(rg, name)?;
         let (tx, rx) = oneshot::channel();
         handle
             .tx
@@ -523,11 +527,7 @@ impl Node {
         name: &str,
         op: lifecycle::PowerOp,
     ) -> Result<String, VmError> {
-        let handle = self
-            .registry()
-            .get(&model::vm_key(rg, name))
-            .cloned()
-            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let handle = self.handle(rg, name)?;
         let rec = handle.state.borrow().clone();
         lifecycle::check(op, rec.provisioning_state, rec.power).map_err(VmError::Conflict)?;
         let id = self.ops.begin(op.name());
@@ -638,11 +638,7 @@ impl Node {
         name: &str,
         wanted: Vec<DataDiskReq>,
     ) -> Result<VmRecord, VmError> {
-        let handle = self
-            .registry()
-            .get(&model::vm_key(rg, name))
-            .cloned()
-            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let handle = self.handle(rg, name)?;
         let rec = handle.state.borrow().clone();
         let disks = self.plan_data_disks(&rec.name, &rec.size, &wanted, &rec.data_disks)?;
         let (tx, rx) = oneshot::channel();
@@ -664,11 +660,7 @@ impl Node {
         name: &str,
         tags: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), VmError> {
-        let handle = self
-            .registry()
-            .get(&model::vm_key(rg, name))
-            .cloned()
-            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let handle = self.handle(rg, name)?;
         let (tx, rx) = oneshot::channel();
         handle
             .tx
@@ -681,11 +673,7 @@ impl Node {
 
     /// A fresh screenshot of a running VM (the last one stored if it is not running).
     pub async fn screenshot(&self, rg: &str, name: &str) -> Result<std::path::PathBuf, VmError> {
-        let handle = self
-            .registry()
-            .get(&model::vm_key(rg, name))
-            .cloned()
-            .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))?;
+        let handle = self.handle(rg, name)?;
         let (tx, rx) = oneshot::channel();
         handle
             .tx
