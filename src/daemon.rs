@@ -123,6 +123,30 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
     start_blob_service(&cfg, &db, &account, &storage_key).await?;
+    // Storage accounts as ARM resources: the node's own (in group `vmnode`) and any made since.
+    use crate::api::storage::AccountRecord;
+    use crate::storage::db::Kind;
+    if db
+        .get::<AccountRecord>(Kind::StorageAccount, &account)?
+        .is_none()
+    {
+        let own = AccountRecord {
+            rg: crate::net::DEFAULT_RG.into(),
+            name: account.clone(),
+            key1: storage_key.clone(),
+            key2: crate::blob::new_account_key(),
+            sku: "Standard_LRS".into(),
+            kind: "StorageV2".into(),
+        };
+        db.put(Kind::StorageAccount, &account, &own)?;
+    }
+    let endpoint = format!("http://{}", cfg.blob_listen);
+    for a in db.list::<AccountRecord>(Kind::StorageAccount)? {
+        if a.name != account {
+            crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
 
     let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
     let adopted = node.load()?;

@@ -12,6 +12,7 @@ pub mod network;
 pub mod resources;
 pub mod routes;
 pub mod server;
+pub mod storage;
 pub mod tls;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, network, resources, AppState};
+use super::{compute, network, resources, storage, AppState};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -27,6 +27,8 @@ const KEYWORDS: &[&str] = &[
     "networkInterfaces",
     "virtualNetworks",
     "subnets",
+    "storageAccounts",
+    "listKeys",
     "bootDiagnostics",
     "serialConsoleLog",
     "start",
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     const VM: &str =
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";
     const LOC: &str = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}";
+    const STG: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Storage";
     const NET: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network";
     const IMG: &str = "/publishers/{publisher}/artifacttypes/vmimage/offers";
     Router::new()
@@ -151,6 +154,15 @@ pub fn router(state: AppState) -> Router {
                 .delete(network::delete_nic),
         )
         .route("/vmnode/v1/dhcp/ledger", get(network::ledger))
+        .route(&format!("{STG}/storageAccounts"), get(storage::list))
+        .route(
+            &format!("{STG}/storageAccounts/{{account}}"),
+            get(storage::get).put(storage::put).delete(storage::delete),
+        )
+        .route(
+            &format!("{STG}/storageAccounts/{{account}}/listKeys"),
+            post(storage::list_keys),
+        )
         .route("/vmnode/v1/images", get(resources::all_images))
         .route("/vmnode/v1/dhcp/leases", get(resources::dhcp_leases))
         .route("/vmnode/v1/node", get(resources::node_info))

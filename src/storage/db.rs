@@ -42,6 +42,7 @@ pub enum Kind {
     Vm,
     Nic,
     Vnet,
+    StorageAccount,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             Kind::Vm => "vm",
             Kind::Nic => "nic",
             Kind::Vnet => "vnet",
+            Kind::StorageAccount => "storage",
         }
     }
 }
