@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::check_sub;
 use super::error::ApiError;
 use super::AppState;
 use crate::catalog::ImageRef;
@@ -13,20 +14,6 @@ use crate::vm::model::{self, VmRecord};
 use crate::vm::CreateVm;
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-fn check_sub(state: &AppState, sub: &str) -> Result<()> {
-    if sub.eq_ignore_ascii_case(&state.node.subscription) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(
-            "SubscriptionNotFound",
-            format!(
-                "The subscription '{sub}' could not be found. This node's subscription is {}.",
-                state.node.subscription
-            ),
-        ))
-    }
-}
 
 fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
     let ip = state.node.lease_ip(&r.nic.mac);

@@ -26,6 +26,29 @@ pub struct AppState {
     pub token: Arc<String>,
 }
 
+/// The node has one subscription: any other is 404 SubscriptionNotFound.
+pub fn check_sub(state: &AppState, sub: &str) -> Result<(), error::ApiError> {
+    if sub.eq_ignore_ascii_case(&state.node.subscription) {
+        return Ok(());
+    }
+    Err(error::ApiError::not_found(
+        "SubscriptionNotFound",
+        format!(
+            "The subscription '{sub}' could not be found. This node's subscription is {}.",
+            state.node.subscription
+        ),
+    ))
+}
+
+/// The subscription is the node's and the resource group exists.
+pub fn check_rg(state: &AppState, sub: &str, rg: &str) -> Result<(), error::ApiError> {
+    check_sub(state, sub)?;
+    if state.node.rg_exists(rg)? {
+        return Ok(());
+    }
+    Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into())
+}
+
 /// Now, as RFC 3339 UTC (the cloud's timestamps).
 pub fn time_now() -> String {
     time::OffsetDateTime::now_utc()

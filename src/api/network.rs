@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::check_rg as check;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::LOCATION;
@@ -18,22 +19,6 @@ use crate::storage::db::Kind;
 type Result<T> = std::result::Result<T, ApiError>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
-
-fn check(state: &AppState, sub: &str, rg: &str) -> Result<()> {
-    if !sub.eq_ignore_ascii_case(&state.node.subscription) {
-        return Err(ApiError::not_found(
-            "SubscriptionNotFound",
-            format!("The subscription '{sub}' could not be found."),
-        ));
-    }
-    if !state.node.rg_exists(rg)? {
-        return Err(ApiError::not_found(
-            "ResourceGroupNotFound",
-            format!("Resource group '{rg}' could not be found."),
-        ));
-    }
-    Ok(())
-}
 
 fn not_found(kind: &str, name: &str, rg: &str) -> ApiError {
     ApiError::not_found(

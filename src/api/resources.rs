@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::check_sub;
 use super::error::ApiError;
 use super::AppState;
 use crate::catalog;
@@ -14,17 +15,6 @@ use crate::storage::db::Kind;
 use crate::vm::model;
 
 type Result<T> = std::result::Result<T, ApiError>;
-
-fn check_sub(state: &AppState, sub: &str) -> Result<()> {
-    if sub.eq_ignore_ascii_case(&state.node.subscription) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(
-            "SubscriptionNotFound",
-            format!("The subscription '{sub}' could not be found."),
-        ))
-    }
-}
 
 fn subscription(state: &AppState) -> Value {
     json!({

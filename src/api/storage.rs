@@ -8,6 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::check_rg as check;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::LOCATION;
@@ -23,22 +24,6 @@ pub struct AccountRecord {
     pub key2: String,
     pub sku: String,
     pub kind: String,
-}
-
-fn check(state: &AppState, sub: &str, rg: &str) -> Result<()> {
-    if !sub.eq_ignore_ascii_case(&state.node.subscription) {
-        return Err(ApiError::not_found(
-            "SubscriptionNotFound",
-            format!("The subscription '{sub}' could not be found."),
-        ));
-    }
-    if !state.node.rg_exists(rg)? {
-        return Err(ApiError::not_found(
-            "ResourceGroupNotFound",
-            format!("Resource group '{rg}' could not be found."),
-        ));
-    }
-    Ok(())
 }
 
 fn endpoint(state: &AppState, name: &str) -> String {
