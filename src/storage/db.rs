@@ -234,11 +234,34 @@ impl Db {
         Ok(())
     }
 
+    /// One MAC's lease (read on every VM GET: a keyed lookup, not a scan).
     pub fn lease_get(&self, mac: &str) -> Result<Option<Lease>, DbError> {
-        Ok(self
-            .leases()?
-            .into_iter()
-            .find(|l| l.mac.eq_ignore_ascii_case(mac)))
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT mac, ip, hostname, committed_at FROM leases WHERE mac = ?1",
+                [mac.to_lowercase()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.and_then(|(mac, ip, hostname, committed_at)| {
+            ip.parse()
+                .map(|ip| Lease {
+                    mac,
+                    ip,
+                    hostname,
+                    committed_at,
+                })
+                .map_err(|_| tracing::error!(%ip, "skipping corrupt stored lease"))
+                .ok()
+        }))
     }
 
     pub fn lease_delete(&self, mac: &str) -> Result<(), DbError> {
