@@ -14,11 +14,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::lifecycle::{self, PowerOp};
-use super::model::{DataDisk, ErrorBody, PowerState, ProvisioningState, VmRecord};
+use super::model::{ErrorBody, PowerState, ProvisioningState, VmRecord};
 use super::{Command, Node};
 use crate::catalog::{self, ImageRef, ImageVersion};
 use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
 use crate::storage::db::Kind;
+
+mod disks;
+mod screen;
 
 pub enum Start {
     /// A new VM: the image to boot, and when the create request arrived.
@@ -71,14 +74,6 @@ enum StepError {
     Qemu(String),
     #[error("the image {0} is no longer in the catalog")]
     Image(String),
-}
-
-fn spec_of(d: &DataDisk) -> argv::DataDiskSpec {
-    argv::DataDiskSpec {
-        lun: d.lun,
-        path: d.path.clone(),
-        caching: d.caching.clone(),
-    }
 }
 
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
@@ -273,20 +268,7 @@ impl Actor {
         }
         // Data disks asked for at create: empty sparse blobs under the same lease, in the argv.
         for d in self.rec.data_disks.clone() {
-            if !d.path.exists() {
-                let made = d
-                    .path
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .unwrap_or(Ok(()))
-                    .and_then(|_| std::fs::File::create(&d.path))
-                    .and_then(|f| f.set_len(d.size_gb << 30));
-                made.map_err(|e| StepError::Disk(format!("data disk {}: {e}", d.name)))?;
-            }
-            if let Some(store) = crate::blob::node_store() {
-                crate::blob::acquire_disk_lease(&store, &d.path, &self.rec.vm_id)
-                    .map_err(|e| StepError::Disk(format!("leasing data disk {}: {e}", d.name)))?;
-            }
+            self.prepare_data_disk(&d).map_err(StepError::Disk)?;
         }
         self.boot(image, Some(requested)).await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
@@ -335,7 +317,7 @@ impl Actor {
             temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
                 .then(|| self.rec.temp_disk.clone()),
             hotplug_slots: size.map(|s| s.max_data_disk_count).unwrap_or(0),
-            data_disks: self.rec.data_disks.iter().map(spec_of).collect(),
+            data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
             caching: self.rec.caching.clone(),
             mac: self.rec.nic.mac.clone(),
             serial_log: self.rec.serial_log.clone(),
@@ -472,219 +454,6 @@ impl Actor {
                 Err(e.to_string())
             }
         }
-    }
-
-    /// Attaches and detaches data disks so that the VM has exactly `wanted`. A running guest
-    /// gets them hot-plugged (QMP blockdev-add + device_add on a PCIe root port) and unplugged
-    /// (device_del, waiting for the guest to let go). Detached blobs stay in the store.
-    async fn set_data_disks(&mut self, wanted: Vec<DataDisk>) -> Result<(), String> {
-        if matches!(
-            self.rec.provisioning_state,
-            ProvisioningState::Creating | ProvisioningState::Deleting
-        ) {
-            return Err("the VM is being created or deleted".into());
-        }
-        let running = self.rec.power == PowerState::Running && self.qmp.is_some();
-        let store = crate::blob::node_store();
-        for d in self
-            .rec
-            .data_disks
-            .clone()
-            .into_iter()
-            .filter(|d| !wanted.contains(d))
-        {
-            if running {
-                self.unplug(&d).await?;
-            }
-            if let Some(s) = &store {
-                let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
-            }
-            tracing::info!(lun = d.lun, disk = %d.name, "data disk detached");
-            self.rec.data_disks.retain(|x| x != &d);
-            self.publish();
-        }
-        let new: Vec<DataDisk> = wanted
-            .into_iter()
-            .filter(|d| !self.rec.data_disks.contains(d))
-            .collect();
-        for d in new {
-            let created = !d.path.exists();
-            if created {
-                let made = d
-                    .path
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .unwrap_or(Ok(()))
-                    .and_then(|_| {
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&d.path)
-                    })
-                    .and_then(|f| f.set_len(d.size_gb << 30));
-                made.map_err(|e| format!("creating data disk {}: {e}", d.path.display()))?;
-            }
-            let undo = |path: &std::path::Path| {
-                if created {
-                    let _ = std::fs::remove_file(path);
-                }
-            };
-            if let Some(s) = &store {
-                if let Err(e) = crate::blob::acquire_disk_lease(s, &d.path, &self.rec.vm_id) {
-                    undo(&d.path);
-                    return Err(format!("leasing data disk {}: {e}", d.name));
-                }
-            }
-            if running {
-                if let Err(e) = self.plug(&d).await {
-                    if let Some(s) = &store {
-                        let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
-                    }
-                    undo(&d.path);
-                    return Err(e);
-                }
-            }
-            tracing::info!(lun = d.lun, disk = %d.name, hotplug = running, "data disk attached");
-            self.rec.data_disks.push(d);
-            self.rec.data_disks.sort_by_key(|d| d.lun);
-            self.publish();
-        }
-        Ok(())
-    }
-
-    async fn plug(&self, d: &DataDisk) -> Result<(), String> {
-        let q = self.qmp.clone().ok_or("QMP is not connected")?;
-        let t = Duration::from_secs(30);
-        let direct = d.caching.eq_ignore_ascii_case("none");
-        let file = serde_json::json!({
-            "driver": "file", "node-name": format!("dd{}-file", d.lun),
-            "filename": d.path, "discard": "unmap", "cache": { "direct": direct },
-        });
-        let raw = serde_json::json!({ "driver": "raw", "node-name": format!("dd{}", d.lun), "file": format!("dd{}-file", d.lun) });
-        let dev = serde_json::json!({
-            "driver": "virtio-blk-pci", "drive": format!("dd{}", d.lun), "id": format!("dd{}-dev", d.lun),
-            "serial": format!("lun{}", d.lun), "bus": format!("rp{}", d.lun),
-        });
-        q.execute_raw("blockdev-add", Some(file), t)
-            .await
-            .map_err(|e| chain(&e))?;
-        if let Err(e) = q.execute_raw("blockdev-add", Some(raw), t).await {
-            let _ = q
-                .execute_raw(
-                    "blockdev-del",
-                    Some(serde_json::json!({"node-name": format!("dd{}-file", d.lun)})),
-                    t,
-                )
-                .await;
-            return Err(chain(&e));
-        }
-        if let Err(e) = q.execute_raw("device_add", Some(dev), t).await {
-            for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
-                let _ = q
-                    .execute_raw(
-                        "blockdev-del",
-                        Some(serde_json::json!({ "node-name": n })),
-                        t,
-                    )
-                    .await;
-            }
-            return Err(chain(&e));
-        }
-        Ok(())
-    }
-
-    async fn unplug(&self, d: &DataDisk) -> Result<(), String> {
-        let q = self.qmp.clone().ok_or("QMP is not connected")?;
-        let id = format!("dd{}-dev", d.lun);
-        let mut events = q.events();
-        // The guest must release the device (PCIe hot-unplug); that ends in DEVICE_DELETED. A
-        // guest that is still booting, or still settling a hot-plug, ignores the request
-        // (the attention button within its power-on window): press it again until it answers.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let mut deleted = false;
-        while !deleted && tokio::time::Instant::now() < deadline {
-            if let Err(e) = q
-                .execute_raw(
-                    "device_del",
-                    Some(serde_json::json!({ "id": id })),
-                    Duration::from_secs(10),
-                )
-                .await
-            {
-                tracing::debug!(error = %chain(&e), "device_del");
-            }
-            let wait = async {
-                loop {
-                    match events.recv().await {
-                        Ok(ev)
-                            if ev.name == "DEVICE_DELETED" && ev.data["device"] == id.as_str() =>
-                        {
-                            return true
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => return false,
-                    }
-                }
-            };
-            deleted = tokio::time::timeout(Duration::from_secs(6), wait)
-                .await
-                .unwrap_or(false);
-        }
-        if !deleted {
-            return Err(format!(
-                "the guest did not release data disk LUN {} within 60 s",
-                d.lun
-            ));
-        }
-        for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
-            let _ = q
-                .execute_raw(
-                    "blockdev-del",
-                    Some(serde_json::json!({ "node-name": n })),
-                    Duration::from_secs(10),
-                )
-                .await;
-        }
-        Ok(())
-    }
-
-    /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
-    fn shot_path(&self, ext: &str) -> std::path::PathBuf {
-        let dir = self
-            .rec
-            .serial_log
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default();
-        dir.join(format!(
-            "{}.{}.screenshot.{ext}",
-            self.rec.name, self.rec.vm_id
-        ))
-    }
-
-    /// Captures the display through QMP `screendump` and stores it as BMP and PNG.
-    async fn screenshot(&self) -> Result<std::path::PathBuf, String> {
-        let q = self.qmp.clone().ok_or("the VM is not running")?;
-        let ppm = self.run_dir().join("screen.ppm");
-        let cmd = qapi::qmp::screendump {
-            filename: ppm.display().to_string(),
-            device: None,
-            head: None,
-            format: None,
-        };
-        q.execute(cmd).await.map_err(|e| chain(&e))?;
-        let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
-        let (ppm2, bmp2, png2) = (ppm.clone(), bmp.clone(), png.clone());
-        let (w, h) = tokio::task::spawn_blocking(move || {
-            crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| chain(&e))?;
-        let _ = std::fs::remove_file(&ppm);
-        tracing::debug!(w, h, "screenshot");
-        Ok(png)
     }
 
     fn drop_temp_disk(&mut self) {

@@ -1,0 +1,200 @@
+//! Data disks of a VM: empty sparse page blobs under the VM's lease, attached at boot or
+//! hot-plugged into a running guest (QMP blockdev-add + device_add on a PCIe root port) and
+//! hot-unplugged (device_del until the guest lets go).
+
+use std::time::Duration;
+
+use super::{chain, Actor};
+use crate::qemu::argv;
+use crate::vm::model::{DataDisk, PowerState, ProvisioningState};
+
+pub(super) fn spec_of(d: &DataDisk) -> argv::DataDiskSpec {
+    argv::DataDiskSpec {
+        lun: d.lun,
+        path: d.path.clone(),
+        caching: d.caching.clone(),
+    }
+}
+
+impl Actor {
+    /// Makes the disk's file (sparse, its full size) if it is missing and puts it under the
+    /// VM's lease. Returns whether the file was made here; on failure nothing made is left.
+    pub(super) fn prepare_data_disk(&self, d: &DataDisk) -> Result<bool, String> {
+        let created = !d.path.exists();
+        if created {
+            let made = d
+                .path
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&d.path)
+                })
+                .and_then(|f| f.set_len(d.size_gb << 30));
+            made.map_err(|e| format!("creating data disk {}: {e}", d.path.display()))?;
+        }
+        if let Some(s) = crate::blob::node_store() {
+            if let Err(e) = crate::blob::acquire_disk_lease(&s, &d.path, &self.rec.vm_id) {
+                if created {
+                    let _ = std::fs::remove_file(&d.path);
+                }
+                return Err(format!("leasing data disk {}: {e}", d.name));
+            }
+        }
+        Ok(created)
+    }
+
+    /// Attaches and detaches data disks so that the VM has exactly `wanted`. A running guest
+    /// gets them hot-plugged (QMP blockdev-add + device_add on a PCIe root port) and unplugged
+    /// (device_del, waiting for the guest to let go). Detached blobs stay in the store.
+    pub(super) async fn set_data_disks(&mut self, wanted: Vec<DataDisk>) -> Result<(), String> {
+        if matches!(
+            self.rec.provisioning_state,
+            ProvisioningState::Creating | ProvisioningState::Deleting
+        ) {
+            return Err("the VM is being created or deleted".into());
+        }
+        let running = self.rec.power == PowerState::Running && self.qmp.is_some();
+        let store = crate::blob::node_store();
+        for d in self
+            .rec
+            .data_disks
+            .clone()
+            .into_iter()
+            .filter(|d| !wanted.contains(d))
+        {
+            if running {
+                self.unplug(&d).await?;
+            }
+            if let Some(s) = &store {
+                let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
+            }
+            tracing::info!(lun = d.lun, disk = %d.name, "data disk detached");
+            self.rec.data_disks.retain(|x| x != &d);
+            self.publish();
+        }
+        let new: Vec<DataDisk> = wanted
+            .into_iter()
+            .filter(|d| !self.rec.data_disks.contains(d))
+            .collect();
+        for d in new {
+            let created = self.prepare_data_disk(&d)?;
+            if running {
+                if let Err(e) = self.plug(&d).await {
+                    if let Some(s) = &store {
+                        let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
+                    }
+                    if created {
+                        let _ = std::fs::remove_file(&d.path);
+                    }
+                    return Err(e);
+                }
+            }
+            tracing::info!(lun = d.lun, disk = %d.name, hotplug = running, "data disk attached");
+            self.rec.data_disks.push(d);
+            self.rec.data_disks.sort_by_key(|d| d.lun);
+            self.publish();
+        }
+        Ok(())
+    }
+
+    async fn plug(&self, d: &DataDisk) -> Result<(), String> {
+        let q = self.qmp.clone().ok_or("QMP is not connected")?;
+        let t = Duration::from_secs(30);
+        let direct = d.caching.eq_ignore_ascii_case("none");
+        let file = serde_json::json!({
+            "driver": "file", "node-name": format!("dd{}-file", d.lun),
+            "filename": d.path, "discard": "unmap", "cache": { "direct": direct },
+        });
+        let raw = serde_json::json!({ "driver": "raw", "node-name": format!("dd{}", d.lun), "file": format!("dd{}-file", d.lun) });
+        let dev = serde_json::json!({
+            "driver": "virtio-blk-pci", "drive": format!("dd{}", d.lun), "id": format!("dd{}-dev", d.lun),
+            "serial": format!("lun{}", d.lun), "bus": format!("rp{}", d.lun),
+        });
+        q.execute_raw("blockdev-add", Some(file), t)
+            .await
+            .map_err(|e| chain(&e))?;
+        if let Err(e) = q.execute_raw("blockdev-add", Some(raw), t).await {
+            let _ = q
+                .execute_raw(
+                    "blockdev-del",
+                    Some(serde_json::json!({"node-name": format!("dd{}-file", d.lun)})),
+                    t,
+                )
+                .await;
+            return Err(chain(&e));
+        }
+        if let Err(e) = q.execute_raw("device_add", Some(dev), t).await {
+            for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
+                let _ = q
+                    .execute_raw(
+                        "blockdev-del",
+                        Some(serde_json::json!({ "node-name": n })),
+                        t,
+                    )
+                    .await;
+            }
+            return Err(chain(&e));
+        }
+        Ok(())
+    }
+
+    async fn unplug(&self, d: &DataDisk) -> Result<(), String> {
+        let q = self.qmp.clone().ok_or("QMP is not connected")?;
+        let id = format!("dd{}-dev", d.lun);
+        let mut events = q.events();
+        // The guest must release the device (PCIe hot-unplug); that ends in DEVICE_DELETED. A
+        // guest that is still booting, or still settling a hot-plug, ignores the request
+        // (the attention button within its power-on window): press it again until it answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut deleted = false;
+        while !deleted && tokio::time::Instant::now() < deadline {
+            if let Err(e) = q
+                .execute_raw(
+                    "device_del",
+                    Some(serde_json::json!({ "id": id })),
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                tracing::debug!(error = %chain(&e), "device_del");
+            }
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(ev)
+                            if ev.name == "DEVICE_DELETED" && ev.data["device"] == id.as_str() =>
+                        {
+                            return true
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return false,
+                    }
+                }
+            };
+            deleted = tokio::time::timeout(Duration::from_secs(6), wait)
+                .await
+                .unwrap_or(false);
+        }
+        if !deleted {
+            return Err(format!(
+                "the guest did not release data disk LUN {} within 60 s",
+                d.lun
+            ));
+        }
+        for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
+            let _ = q
+                .execute_raw(
+                    "blockdev-del",
+                    Some(serde_json::json!({ "node-name": n })),
+                    Duration::from_secs(10),
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
