@@ -345,6 +345,18 @@ pub struct Account {
     pub key: Vec<u8>,
 }
 
+/// The content type of a file the node wrote itself, from its extension.
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => "image/png",
+        "bmp" => "image/bmp",
+        "log" | "txt" => "text/plain; charset=utf-8",
+        "json" => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
 /// The blob store of a node: where things are, and the accounts it serves.
 pub struct Store {
     pub root: PathBuf,
@@ -618,7 +630,9 @@ impl Store {
             _ => return Ok(None),
         };
         let len = md.len();
-        let page = len % super::pages::PAGE == 0;
+        // Files written by the node itself: VM disks (`*.vhd`, page blobs that QEMU writes) and
+        // boot diagnostics (screenshots, serial logs: block blobs, typed by their extension).
+        let page = len % super::pages::PAGE == 0 && name.to_ascii_lowercase().ends_with(".vhd");
         let mut m = BlobMeta::new(
             name,
             if page {
@@ -629,6 +643,7 @@ impl Store {
             len,
         );
         m.fs_tracked = page;
+        m.props.content_type = Some(content_type_of(name).to_string());
         let t = |r: io::Result<SystemTime>| {
             r.ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
