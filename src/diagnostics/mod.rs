@@ -4,7 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod boots;
+pub mod recorder;
+pub mod screen_text;
 pub mod screenshot;
+pub mod serial;
+pub mod verdict;
 
 use crate::config::Paths;
 

@@ -1,0 +1,332 @@
+//! The boot flight recorder's records: one [`Boot`] per boot of a VM (start, restart, redeploy,
+//! guest reboot), each with its bounded serial log, its screenshot series and a timeline merged
+//! from vmnode's own steps, QMP events, serial milestones, screenshots, the NIC's DHCP ledger and
+//! the guest agent. Stored as `.vmnode/boots.json` in the VM's diagnostics container (a hidden
+//! file: not a blob).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::serial::LogState;
+
+/// Boots kept per VM (older ones and their blobs are removed).
+pub const KEEP_BOOTS: usize = 16;
+/// Timeline entries kept per boot; serial lines that match a milestone are the bulk.
+pub const MAX_EVENTS: usize = 400;
+/// Distinct screenshots kept per boot (identical frames are collapsed into one).
+pub const MAX_FRAMES: usize = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Vmnode,
+    Qmp,
+    Serial,
+    Screen,
+    Dhcp,
+    Agent,
+}
+
+/// What a timeline entry is evidence of (if anything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mark {
+    Firmware,
+    Bootloader,
+    Kernel,
+    Initrd,
+    Userspace,
+    Login,
+    Network,
+    Agent,
+    Panic,
+    NetworkDown,
+    AgentMissing,
+    Frozen,
+    Info,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Unix time, milliseconds.
+    pub at_ms: i64,
+    pub source: Source,
+    pub mark: Mark,
+    pub text: String,
+}
+
+/// One distinct picture of the screen and how long it stayed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Frame {
+    pub seq: u32,
+    /// Blob name of the PNG in the diagnostics container.
+    pub blob: String,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// Captures that showed exactly this picture.
+    pub captures: u32,
+    pub hash: u64,
+    pub width: u32,
+    pub height: u32,
+    /// What the screen was recognised to show: `panic`, `login`, or nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shows: Option<String>,
+    /// The line of screen text that says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Boot {
+    pub n: u32,
+    /// `create`, `start`, `restart`, `redeploy`, `guest reboot`, `re-adopted`.
+    pub reason: String,
+    pub started_ms: i64,
+    #[serde(default)]
+    pub ended_ms: Option<i64>,
+    /// Why it ended (`guest powered off`, `QEMU exited`, `reset`, ...).
+    #[serde(default)]
+    pub end_reason: Option<String>,
+    pub log: LogState,
+    /// Blob name of this boot's serial log.
+    pub log_blob: String,
+    #[serde(default)]
+    pub frames: Vec<Frame>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Timeline entries dropped once [`MAX_EVENTS`] was reached.
+    #[serde(default)]
+    pub events_dropped: u64,
+    /// DHCP ledger entries up to this time are already in `events`.
+    #[serde(default)]
+    pub dhcp_seen_ms: i64,
+}
+
+impl Boot {
+    pub fn push(&mut self, at_ms: i64, source: Source, mark: Mark, text: impl Into<String>) {
+        let text = text.into();
+        // A line repeated (a prompt redrawn, a message looping) is one entry.
+        if let Some(last) = self.events.last() {
+            if last.source == source && last.mark == mark && last.text == text {
+                return;
+            }
+        }
+        if self.events.len() >= MAX_EVENTS {
+            self.events_dropped += 1;
+            return;
+        }
+        self.events.push(Event {
+            at_ms,
+            source,
+            mark,
+            text,
+        });
+    }
+
+    pub fn first(&self, mark: Mark) -> Option<&Event> {
+        self.events.iter().find(|e| e.mark == mark)
+    }
+}
+
+/// Everything the recorder keeps for one VM.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// How far the serial spool has been read.
+    pub spool_cursor: u64,
+    pub boots: Vec<Boot>,
+}
+
+impl Record {
+    pub fn path(container: &Path) -> PathBuf {
+        container.join(".vmnode").join("boots.json")
+    }
+
+    pub fn load(container: &Path) -> Record {
+        match std::fs::read(Self::path(container)) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "boot records unreadable; starting afresh");
+                Record::default()
+            }),
+            Err(_) => Record::default(),
+        }
+    }
+
+    /// Written temp + rename (no fsync: diagnostics, not state; a crash loses the last tick).
+    pub fn save(&self, container: &Path) -> std::io::Result<()> {
+        let p = Self::path(container);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
+        std::fs::rename(tmp, p)
+    }
+
+    pub fn current(&self) -> Option<&Boot> {
+        self.boots.last()
+    }
+
+    pub fn current_mut(&mut self) -> Option<&mut Boot> {
+        self.boots.last_mut()
+    }
+
+    pub fn boot(&self, n: u32) -> Option<&Boot> {
+        self.boots.iter().find(|b| b.n == n)
+    }
+}
+
+/// Recognises the serial console lines that mark a step of a boot. `None` for ordinary lines.
+pub fn classify_line(line: &str) -> Option<(Mark, String)> {
+    let l = line.trim_end_matches(['\r', '\n']).trim();
+    if l.is_empty() {
+        return None;
+    }
+    let text = || clean(l);
+    // The tiny image's own milestones.
+    if let Some(m) = l.find("VMNODE-BOOT: ") {
+        let what = &l[m + 13..];
+        let mark = match what.split_whitespace().next().unwrap_or("") {
+            "init" => Mark::Userspace,
+            "network" => Mark::Network,
+            "network-down" => Mark::NetworkDown,
+            "agent-started" => Mark::Info,
+            "agent-missing" | "agent-failed" => Mark::AgentMissing,
+            _ => Mark::Info,
+        };
+        return Some((mark, clean(what)));
+    }
+    let found = |pat: &str| l.contains(pat);
+    let mark = if found("Kernel panic - not syncing") || found("kernel BUG at") {
+        Mark::Panic
+    } else if found("SeaBIOS (version") || found("UEFI firmware") || found("BdsDxe:") {
+        Mark::Firmware
+    } else if found("Booting from ") || found("GRUB") || found("Loading Linux") {
+        Mark::Bootloader
+    } else if found("Linux version ") {
+        Mark::Kernel
+    } else if found("Unpacking initramfs") || found("Run /init as init process") {
+        Mark::Initrd
+    } else if found("Run /sbin/init")
+        || found("Welcome to ")
+        || found("systemd[1]: ")
+        || found("Reached target")
+    {
+        Mark::Userspace
+    } else if l.ends_with("login:") {
+        Mark::Login
+    } else if found("dhcp-bound") || found("DHCPACK") || found("bound to ") {
+        Mark::Network
+    } else if found("VFS: Unable to mount root")
+        || found("No working init found")
+        || found("not syncing")
+    {
+        Mark::Panic
+    } else {
+        return None;
+    };
+    Some((mark, text()))
+}
+
+/// Printable text of a console line, at most 200 characters.
+fn clean(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect::<String>()
+}
+
+/// Splits pumped serial bytes into lines, keeping an unfinished line (bounded) for the next call.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn feed(&mut self, data: &[u8], mut line: impl FnMut(&str)) {
+        for chunk in data.split_inclusive(|b| *b == b'\n') {
+            let done = chunk.ends_with(b"\n");
+            if self.partial.len() < 1024 {
+                let room = 1024 - self.partial.len();
+                self.partial.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if done {
+                line(&String::from_utf8_lossy(&self.partial));
+                self.partial.clear();
+            }
+        }
+        // A prompt has no newline: look at it as it stands.
+        if self.partial.ends_with(b"login: ") || self.partial.ends_with(b"login:") {
+            line(&String::from_utf8_lossy(&self.partial));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_are_recognised() {
+        let c = |l: &str| classify_line(l).map(|(m, _)| m);
+        assert_eq!(
+            c("[    0.000000] Linux version 6.1.0-27-amd64 (debian-kernel@...)"),
+            Some(Mark::Kernel)
+        );
+        assert_eq!(
+            c("[    2.1] Kernel panic - not syncing: No working init found."),
+            Some(Mark::Panic)
+        );
+        assert_eq!(c("VMNODE-BOOT: init kernel=6.1"), Some(Mark::Userspace));
+        assert_eq!(
+            c("VMNODE-BOOT: network-down no-lease"),
+            Some(Mark::NetworkDown)
+        );
+        assert_eq!(c("VMNODE-BOOT: agent-missing"), Some(Mark::AgentMissing));
+        assert_eq!(c("vm1 login:"), Some(Mark::Login));
+        assert_eq!(c("[    1.2] Run /init as init process"), Some(Mark::Initrd));
+        assert_eq!(c("just some output"), None);
+        assert_eq!(c(""), None);
+    }
+
+    #[test]
+    fn lines_split_across_pumps_and_prompts_without_newline() {
+        let mut s = LineSplitter::default();
+        let mut got = vec![];
+        s.feed(b"Linux ver", |l| got.push(l.to_string()));
+        s.feed(b"sion 6\nvm1 login: ", |l| got.push(l.to_string()));
+        assert_eq!(got, vec!["Linux version 6\n", "vm1 login: "]);
+        // A runaway line is bounded.
+        s.feed(&[b'x'; 100_000], |_| {});
+        assert!(s.partial.len() <= 1024 + 16);
+    }
+
+    #[test]
+    fn repeated_entries_collapse_and_the_timeline_is_bounded() {
+        let mut b = Boot {
+            n: 1,
+            reason: "start".into(),
+            started_ms: 0,
+            ended_ms: None,
+            end_reason: None,
+            log: LogState::default(),
+            log_blob: "x".into(),
+            frames: vec![],
+            events: vec![],
+            events_dropped: 0,
+            dhcp_seen_ms: 0,
+        };
+        b.push(1, Source::Serial, Mark::Login, "vm login:");
+        b.push(2, Source::Serial, Mark::Login, "vm login:");
+        assert_eq!(b.events.len(), 1);
+        for i in 0..1000 {
+            b.push(i, Source::Serial, Mark::Info, format!("line {i}"));
+        }
+        assert_eq!(b.events.len(), MAX_EVENTS);
+        assert_eq!(b.events_dropped, 1001 - MAX_EVENTS as u64);
+    }
+}

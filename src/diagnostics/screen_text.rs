@@ -1,0 +1,194 @@
+//! Reading text off a screenshot, without OCR.
+//!
+//! A Linux text console (fbcon) and the VGA text mode both draw characters from the same
+//! 8×16 bitmap font, pixel for pixel, on a fixed grid. So the screen can be read back exactly:
+//! cut the picture into 8×16 cells, turn each cell into 16 bytes of "not background" bits and
+//! look the bytes up in the font. The font is taken from the guest's own kernel image (the
+//! `font_vga_8x16` data is found by the bitmap of its letter `A`), so it is the font the guest
+//! draws with; VGA text mode (SeaBIOS, 720×400, 9-pixel cells) uses the same glyphs.
+//!
+//! This is enough to recognise what matters for boot diagnostics — a kernel panic, a login
+//! prompt — and to show the screen as text. Anti-aliased graphical screens are not read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::screenshot::Rgb;
+
+/// The glyph of `A` (0x41) in the VGA 8×16 font.
+const GLYPH_A: [u8; 16] = [
+    0x00, 0x00, 0x10, 0x38, 0x6c, 0xc6, 0xc6, 0xfe, 0xc6, 0xc6, 0xc6, 0xc6, 0x00, 0x00, 0x00, 0x00,
+];
+
+pub struct Font {
+    glyphs: HashMap<[u8; 16], char>,
+}
+
+impl Font {
+    /// The 8×16 font inside a kernel image (ELF or raw); `None` if it is not there.
+    pub fn from_image_bytes(data: &[u8]) -> Option<Font> {
+        let at = data.windows(16).position(|w| w == GLYPH_A)?;
+        let base = at.checked_sub(0x41 * 16)?;
+        let table = data.get(base..base + 256 * 16)?;
+        Some(Self::from_table(table))
+    }
+
+    /// A font from 256 glyphs of 16 bytes each (code page 437 order).
+    pub fn from_table(table: &[u8]) -> Font {
+        let mut glyphs = HashMap::new();
+        for code in (0x21u8..0x7f).rev() {
+            let g: [u8; 16] = table[code as usize * 16..][..16].try_into().unwrap_or([0; 16]);
+            glyphs.insert(g, code as char);
+        }
+        Font { glyphs }
+    }
+
+    /// The font of a kernel file, read once per path.
+    pub fn for_kernel(path: &Path) -> Option<Arc<Font>> {
+        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Font>>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(f) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return f.clone();
+        }
+        let font = std::fs::read(path)
+            .ok()
+            .and_then(|d| Font::from_image_bytes(&d))
+            .map(Arc::new);
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf(), font.clone());
+        font
+    }
+}
+
+/// The screen as lines of text (trailing blanks trimmed; unknown cells as `?`).
+pub fn read(img: &Rgb, font: &Font) -> Vec<String> {
+    let (w, h) = (img.width as usize, img.height as usize);
+    if w < 8 || h < 16 || img.pixels.len() < w * h * 3 {
+        return vec![];
+    }
+    // VGA text mode is 80 columns of 9 pixels; everything else 8.
+    let cw = if w == 720 { 9 } else { 8 };
+    let px = |x: usize, y: usize| -> [u8; 3] {
+        let i = (y * w + x) * 3;
+        [img.pixels[i], img.pixels[i + 1], img.pixels[i + 2]]
+    };
+    let mut lines = Vec::with_capacity(h / 16);
+    for row in 0..h / 16 {
+        let mut line = String::with_capacity(w / cw);
+        for col in 0..w / cw {
+            let (x0, y0) = (col * cw, row * 16);
+            // The cell's background is its top-left pixel: glyphs leave their first column
+            // and first row blank, except for box-drawing characters (read as '?').
+            let bg = px(x0, y0);
+            let mut bits = [0u8; 16];
+            for (r, b) in bits.iter_mut().enumerate() {
+                for c in 0..8 {
+                    if px(x0 + c, y0 + r) != bg {
+                        *b |= 0x80 >> c;
+                    }
+                }
+            }
+            line.push(if bits == [0; 16] {
+                ' '
+            } else {
+                font.glyphs.get(&bits).copied().unwrap_or('?')
+            });
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+}
+
+/// What a screen shows, if it is something boot diagnostics cares about: `("panic", line)` or
+/// `("login", line)`.
+pub fn recognise(lines: &[String]) -> Option<(&'static str, String)> {
+    if let Some(l) = lines.iter().find(|l| l.contains("Kernel panic")) {
+        return Some(("panic", l.trim().to_string()));
+    }
+    // The prompt is the last non-empty line when the guest waits at it.
+    let last = lines.iter().rev().find(|l| !l.trim().is_empty())?;
+    last.trim_end()
+        .ends_with("login:")
+        .then(|| ("login", last.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A made-up font where each printable glyph is distinct, and a screen drawn with it.
+    fn font_table() -> Vec<u8> {
+        let mut t = vec![0u8; 256 * 16];
+        for code in 0x21..256usize {
+            for r in 2..14 {
+                // Column 0 and rows 0-1 stay blank, as in the real font.
+                t[code * 16 + r] = ((code as u8).rotate_left(r as u32) & 0x7f) | 0x01;
+            }
+        }
+        t[0x41 * 16..0x42 * 16].copy_from_slice(&GLYPH_A);
+        t
+    }
+
+    fn draw(text: &[&str], w: usize, h: usize, cw: usize, table: &[u8]) -> Rgb {
+        let mut pixels = vec![0u8; w * h * 3];
+        for p in pixels.chunks_mut(3) {
+            p.copy_from_slice(&[0, 0, 170]); // blue background
+        }
+        for (row, line) in text.iter().enumerate() {
+            for (col, ch) in line.bytes().enumerate() {
+                let g = &table[ch as usize * 16..][..16];
+                for (r, bits) in g.iter().enumerate() {
+                    for c in 0..8 {
+                        if bits & (0x80 >> c) != 0 {
+                            let (x, y) = (col * cw + c, row * 16 + r);
+                            let i = (y * w + x) * 3;
+                            pixels[i..i + 3].copy_from_slice(&[170, 170, 170]);
+                        }
+                    }
+                }
+            }
+        }
+        Rgb {
+            width: w as u32,
+            height: h as u32,
+            pixels,
+        }
+    }
+
+    #[test]
+    fn a_font_is_found_by_its_letter_a() {
+        let mut image = vec![0x5au8; 10_000];
+        image.extend_from_slice(&font_table());
+        image.extend_from_slice(&[0x77; 500]);
+        let f = Font::from_image_bytes(&image).unwrap();
+        assert_eq!(f.glyphs.get(&GLYPH_A), Some(&'A'));
+        assert!(Font::from_image_bytes(&[0u8; 5000]).is_none());
+    }
+
+    #[test]
+    fn fbcon_and_vga_text_screens_read_back() {
+        let t = font_table();
+        let f = Font::from_table(&t);
+        let text = [
+            "[    1.234] Kernel panic - not syncing: No working init found.",
+            "",
+            "vm1 login:",
+        ];
+        for (w, h, cw) in [(1024, 768, 8), (720, 400, 9)] {
+            let lines = read(&draw(&text, w, h, cw, &t), &f);
+            assert_eq!(lines, text.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            let (what, line) = recognise(&lines).unwrap();
+            assert_eq!(what, "panic");
+            assert!(line.contains("No working init"));
+        }
+        let lines = read(&draw(&["Debian", "vm1 login:"], 640, 480, 8, &t), &f);
+        assert_eq!(recognise(&lines), Some(("login", "vm1 login:".to_string())));
+        assert_eq!(recognise(&["booting".to_string()]), None);
+    }
+}
