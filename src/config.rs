@@ -46,9 +46,6 @@ impl Paths {
     pub fn blobs(&self) -> PathBuf {
         self.state.join("blobs")
     }
-    pub fn diagnostics(&self) -> PathBuf {
-        self.state.join("diagnostics")
-    }
     pub fn socket(&self) -> PathBuf {
         self.run.join("vmnode.sock")
     }

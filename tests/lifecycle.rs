@@ -104,6 +104,7 @@ fn power_lifecycle_on_a_real_guest() {
             "vm",
             "boot-diagnostics",
             "get-boot-log",
+            "--all",
             "-g",
             "rg",
             "-n",

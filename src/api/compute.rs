@@ -20,7 +20,7 @@ fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
     model::to_arm(&state.node.subscription, r, ip, view)
 }
 
-fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
+pub(super) fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
     if !state.node.rg_exists(rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
     }
@@ -71,39 +71,8 @@ fn view_with_ledger(state: &AppState, r: &VmRecord) -> Value {
     };
     v["networkInterfaces"][0]["dhcpLedger"] = serde_json::to_value(&entries).unwrap_or(Value::Null);
     v["networkInterfaces"][0]["dhcpDiagnosis"] = json!(diagnosis);
+    v["bootDiagnostics"] = super::diagnostics::instance_view_part(state, r);
     v
-}
-
-pub async fn serial_log(
-    State(state): State<AppState>,
-    Path((sub, rg, vm)): Path<(String, String, String)>,
-) -> Result<Response> {
-    check_sub(&state, &sub)?;
-    let r = find(&state, &rg, &vm)?;
-    let text = crate::diagnostics::read_serial(&r.serial_log);
-    Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
-}
-
-/// A fresh screenshot (PNG, or the cloud's BMP with `?format=bmp`); the last one stored when
-/// the VM is not running.
-pub async fn screenshot(
-    State(state): State<AppState>,
-    Path((sub, rg, vm)): Path<(String, String, String)>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<Response> {
-    check_sub(&state, &sub)?;
-    find(&state, &rg, &vm)?;
-    let png = state.node.screenshot(&rg, &vm).await?;
-    let bmp = q
-        .get("format")
-        .is_some_and(|f| f.eq_ignore_ascii_case("bmp"));
-    let (path, ctype) = if bmp {
-        (png.with_extension("bmp"), "image/bmp")
-    } else {
-        (png, "image/png")
-    };
-    let data = std::fs::read(&path).map_err(|e| ApiError::internal(&e))?;
-    Ok(([("content-type", ctype)], data).into_response())
 }
 
 pub async fn list_in_rg(
@@ -270,6 +239,10 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
         data_disks: parse_data_disks(p)?,
         os_disk_delete_option: field(p, &["storageProfile", "osDisk", "deleteOption"])
             .and_then(Value::as_str)
+            .map(str::to_string),
+        diag_storage_uri: field(p, &["diagnosticsProfile", "bootDiagnostics", "storageUri"])
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
             .map(str::to_string),
     })
 }

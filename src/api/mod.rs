@@ -7,6 +7,7 @@
 //! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
 
 pub mod compute;
+pub mod diagnostics;
 pub mod error;
 pub mod network;
 pub mod resources;

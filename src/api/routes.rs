@@ -5,7 +5,7 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, network, resources, storage, AppState};
+use super::{compute, diagnostics, network, resources, storage, AppState};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -31,6 +31,9 @@ const KEYWORDS: &[&str] = &[
     "listKeys",
     "bootDiagnostics",
     "serialConsoleLog",
+    "serialTail",
+    "boots",
+    "retrieveBootDiagnosticsData",
     "start",
     "powerOff",
     "deallocate",
@@ -111,11 +114,23 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{LOC}/operations/{{id}}"), get(compute::operation))
         .route(
             &format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"),
-            get(compute::serial_log),
+            get(diagnostics::serial_log),
         )
         .route(
             &format!("{VM}/{{vm}}/bootDiagnostics/screenshot"),
-            get(compute::screenshot),
+            get(diagnostics::screenshot),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/bootDiagnostics/serialTail"),
+            get(diagnostics::serial_tail),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/bootDiagnostics/boots"),
+            get(diagnostics::boots),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/retrieveBootDiagnosticsData"),
+            post(diagnostics::retrieve),
         )
         .route(
             "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines",

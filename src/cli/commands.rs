@@ -104,7 +104,7 @@ pub enum VmCmd {
     Disk(DiskCmd),
     /// Serial log and screenshots.
     #[command(subcommand, name = "boot-diagnostics")]
-    BootDiagnostics(BootDiagCmd),
+    BootDiagnostics(super::bootdiag::BootDiagCmd),
 }
 
 #[derive(Args)]
@@ -205,22 +205,6 @@ pub enum VmImageCmd {
         /// Accepted for az compatibility (the node lists everything it has).
         #[arg(long)]
         all: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum BootDiagCmd {
-    /// Print the VM's serial console log.
-    GetBootLog(VmId),
-    /// Take a screenshot of the VM's display now and save it (PNG; --bmp for the cloud's BMP).
-    Screenshot {
-        #[command(flatten)]
-        id: VmId,
-        /// Where to save it (default: ./{vm}.png or .bmp).
-        #[arg(long)]
-        file: Option<std::path::PathBuf>,
-        #[arg(long)]
-        bmp: bool,
     },
 }
 
@@ -606,27 +590,7 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
                 ],
             );
         }
-        VmCmd::BootDiagnostics(BootDiagCmd::GetBootLog(id)) => {
-            let p = format!(
-                "{}/bootDiagnostics/serialConsoleLog",
-                cl.vm_path(&id.rg, &id.name).await?
-            );
-            let r = cl.get(&p).await?.ok()?;
-            print!("{}", r.text);
-        }
-        VmCmd::BootDiagnostics(BootDiagCmd::Screenshot { id, file, bmp }) => {
-            let q = if bmp { "?format=bmp" } else { "" };
-            let p = format!(
-                "{}/bootDiagnostics/screenshot{q}",
-                cl.vm_path(&id.rg, &id.name).await?
-            );
-            let r = cl.get_bytes(&p).await?;
-            let file = file.unwrap_or_else(|| {
-                format!("{}.{}", id.name, if bmp { "bmp" } else { "png" }).into()
-            });
-            std::fs::write(&file, &r)?;
-            println!("{} ({} bytes)", file.display(), r.len());
-        }
+        VmCmd::BootDiagnostics(c) => super::bootdiag::run(&cl, g.output, c).await?,
         VmCmd::Image(_) => unreachable!("handled above"),
         VmCmd::Disk(d) => disk(g, &cl, d).await?,
     }

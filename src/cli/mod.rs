@@ -1,5 +1,6 @@
 //! The `vmnode` command line: `serve` runs the daemon, every other verb is a client of it.
 
+mod bootdiag;
 mod client;
 mod commands;
 mod network;

@@ -126,10 +126,6 @@ impl Boot {
             text,
         });
     }
-
-    pub fn first(&self, mark: Mark) -> Option<&Event> {
-        self.events.iter().find(|e| e.mark == mark)
-    }
 }
 
 /// Everything the recorder keeps for one VM.
@@ -252,7 +248,8 @@ impl LineSplitter {
             let done = chunk.ends_with(b"\n");
             if self.partial.len() < 1024 {
                 let room = 1024 - self.partial.len();
-                self.partial.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                self.partial
+                    .extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             if done {
                 line(&String::from_utf8_lossy(&self.partial));

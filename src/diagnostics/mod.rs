@@ -1,6 +1,16 @@
-//! Boot diagnostics store. Like the cloud, each VM's diagnostics live in a container
-//! `bootdiagnostics-{first 9 chars of the name}-{vmId}`; the serial console is written there by
-//! QEMU itself as `{vm}.{vmId}.serialconsole.log`, so capture does not depend on the daemon.
+//! Boot diagnostics. Like the cloud, each VM's diagnostics live in a blob container
+//! `bootdiagnostics-{first 9 chars of the name}-{vmId}` of a storage account (the one the VM's
+//! `bootDiagnostics.storageUri` names, else the node's): the latest screenshot as
+//! `{vm}.{vmId}.screenshot.bmp` (PNG beside), the current boot's serial log as
+//! `{vm}.{vmId}.serialconsole.log`, and vmnode's per-boot logs and screenshot series beside them.
+//!
+//! | file | role |
+//! |---|---|
+//! | `serial.rs` | the spool QEMU writes, and one bounded log per boot (first + last MiB) |
+//! | `boots.rs` | the boot records and timelines; which console lines mark a step |
+//! | `recorder.rs` | one VM's flight recorder: fed by its actor, read by the API |
+//! | `verdict.rs` | where a boot stopped, and the evidence (pure) |
+//! | `screenshot.rs`, `screen_text.rs` | PPM → BMP + PNG; the screen's text, read with the guest's font |
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +20,6 @@ pub mod screen_text;
 pub mod screenshot;
 pub mod serial;
 pub mod verdict;
-
-use crate::config::Paths;
 
 /// The container name the cloud uses for a VM's boot diagnostics.
 pub fn container_name(vm: &str, vm_id: &str) -> String {
@@ -24,19 +32,8 @@ pub fn container_name(vm: &str, vm_id: &str) -> String {
     format!("bootdiagnostics-{short}-{vm_id}")
 }
 
-pub fn container_dir(paths: &Paths, vm: &str, vm_id: &str) -> PathBuf {
-    paths.diagnostics().join(container_name(vm, vm_id))
-}
-
 pub fn serial_log_path(container: &Path, vm: &str, vm_id: &str) -> PathBuf {
     container.join(format!("{vm}.{vm_id}.serialconsole.log"))
-}
-
-/// The serial log as text (invalid UTF-8 replaced), or empty if nothing was written yet.
-pub fn read_serial(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

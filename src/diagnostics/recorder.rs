@@ -194,11 +194,10 @@ impl Recorder {
         let mut newest = b.dhcp_seen_ms;
         let mut added = false;
         for e in entries {
-            let at = e
-                .at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let at =
+                e.at.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
             if at <= b.dhcp_seen_ms {
                 continue;
             }
@@ -308,9 +307,7 @@ impl Recorder {
     /// The current boot's verdict now.
     pub fn verdict(&self) -> Option<(u32, Verdict)> {
         let g = self.lock();
-        g.rec
-            .current()
-            .map(|b| (b.n, verdict::judge(b, now_ms())))
+        g.rec.current().map(|b| (b.n, verdict::judge(b, now_ms())))
     }
 
     /// Every kept boot with its verdict, oldest first.
@@ -414,7 +411,12 @@ impl Inner {
         if let Some(b) = self.rec.current_mut() {
             b.ended_ms = Some(now);
             b.end_reason = Some(reason.into());
-            b.push(now, Source::Vmnode, Mark::Info, format!("boot ended: {reason}"));
+            b.push(
+                now,
+                Source::Vmnode,
+                Mark::Info,
+                format!("boot ended: {reason}"),
+            );
         }
         self.log = None;
         self.dirty = true;

@@ -38,7 +38,9 @@ impl Font {
     pub fn from_table(table: &[u8]) -> Font {
         let mut glyphs = HashMap::new();
         for code in (0x21u8..0x7f).rev() {
-            let g: [u8; 16] = table[code as usize * 16..][..16].try_into().unwrap_or([0; 16]);
+            let g: [u8; 16] = table[code as usize * 16..][..16]
+                .try_into()
+                .unwrap_or([0; 16]);
             glyphs.insert(g, code as char);
         }
         Font { glyphs }
@@ -182,7 +184,10 @@ mod tests {
         ];
         for (w, h, cw) in [(1024, 768, 8), (720, 400, 9)] {
             let lines = read(&draw(&text, w, h, cw, &t), &f);
-            assert_eq!(lines, text.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                lines,
+                text.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+            );
             let (what, line) = recognise(&lines).unwrap();
             assert_eq!(what, "panic");
             assert!(line.contains("No working init"));

@@ -111,12 +111,21 @@ pub fn to_png(img: &Rgb) -> Result<Vec<u8>, ShotError> {
     Ok(out)
 }
 
-/// Turns QEMU's PPM into a BMP and a PNG (atomic writes).
-pub fn store(ppm: &Path, bmp: &Path, png_path: &Path) -> Result<(u32, u32), ShotError> {
+/// Turns QEMU's PPM into a BMP and a PNG (atomic writes); returns the picture.
+pub fn store(ppm: &Path, bmp: &Path, png_path: &Path) -> Result<Rgb, ShotError> {
     let img = parse_ppm(&std::fs::read(ppm)?)?;
     crate::storage::fsutil::write_atomic(bmp, &to_bmp(&img), 0o644)?;
     crate::storage::fsutil::write_atomic(png_path, &to_png(&img)?, 0o644)?;
-    Ok((img.width, img.height))
+    Ok(img)
+}
+
+/// A hash of the picture's size and pixels (identical frames are collapsed by it).
+pub fn hash(img: &Rgb) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (img.width, img.height).hash(&mut h);
+    img.pixels.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,7 @@ impl BootLog {
         BootLog { path, state }
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -159,11 +162,6 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Current length of the spool (what QEMU has written so far).
-    pub fn len(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
-    }
-
     /// Hands what QEMU wrote since the last pump (up to byte `upto` of the spool, if given)
     /// to `sink`, in chunks. Returns the bytes moved.
     pub fn pump(
@@ -225,8 +223,9 @@ impl Spool {
     }
 }
 
-/// Reads a whole small file as lossy text (for tests and the CLI).
-pub fn read_text(path: &Path) -> String {
+/// Reads a whole small file as lossy text.
+#[cfg(test)]
+fn read_text(path: &Path) -> String {
     let mut s = Vec::new();
     let _ = File::open(path).and_then(|mut f| f.read_to_end(&mut s));
     String::from_utf8_lossy(&s).into_owned()
@@ -294,7 +293,10 @@ mod tests {
         assert!(String::from_utf8_lossy(&b).contains("bytes of serial output cut here"));
         let tail_start = HEAD + l.state.cut;
         assert_eq!(c, tail_start + 10);
-        assert_eq!(&b[marker_len() as usize..], &all[tail_start as usize..][..10]);
+        assert_eq!(
+            &b[marker_len() as usize..],
+            &all[tail_start as usize..][..10]
+        );
         let (b, c) = l.read_from(all.len() as u64 - 4, 100).unwrap();
         assert_eq!(&b[..], &all[all.len() - 4..]);
         assert_eq!(c, all.len() as u64);

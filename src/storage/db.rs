@@ -43,6 +43,8 @@ pub enum Kind {
     Nic,
     Vnet,
     StorageAccount,
+    /// A delete the API accepted (202): finished by the VM's actor, even across a crash.
+    DeleteIntent,
 }
 
 impl Kind {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::Nic => "nic",
             Kind::Vnet => "vnet",
             Kind::StorageAccount => "storage",
+            Kind::DeleteIntent => "delete-intent",
         }
     }
 }

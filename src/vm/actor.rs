@@ -17,6 +17,7 @@ use super::lifecycle::{self, PowerOp};
 use super::model::{ErrorBody, PowerState, ProvisioningState, VmRecord};
 use super::{Command, Node};
 use crate::catalog::{self, ImageRef, ImageVersion};
+use crate::diagnostics::recorder::Recorder;
 use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
 use crate::storage::db::Kind;
 
@@ -32,17 +33,27 @@ pub enum Start {
 /// How long a graceful shutdown may take before QEMU is told to quit.
 const GRACEFUL: Duration = Duration::from_secs(30);
 
-/// During a boot's first minute the screen is captured this often (then on demand).
+/// During a boot the screen is captured this often (then on demand).
 const BOOT_SHOT_EVERY: Duration = Duration::from_secs(3);
-const BOOT_SHOTS_FOR: Duration = Duration::from_secs(60);
+/// The flight recorder's tick: serial pump, DHCP ledger, agent probe.
+const DIAG_EVERY: Duration = Duration::from_millis(500);
 
 struct Actor {
-    booted_at: Option<tokio::time::Instant>,
     node: Arc<Node>,
     rec: VmRecord,
     state: watch::Sender<VmRecord>,
     qmp: Option<Qmp>,
+    events: Option<tokio::sync::broadcast::Receiver<crate::qemu::qmp::QmpEvent>>,
     child: Option<tokio::process::Child>,
+    diag: Recorder,
+    /// The booted image's kernel (its font reads the screen).
+    kernel: Option<std::path::PathBuf>,
+    /// The boot whose final screen was captured.
+    final_shot: Option<u32>,
+    agent_probing: bool,
+    agent_probed: Option<tokio::time::Instant>,
+    agent_tx: mpsc::Sender<(u32, bool)>,
+    agent_rx: mpsc::Receiver<(u32, bool)>,
 }
 
 pub fn spawn(
@@ -51,15 +62,24 @@ pub fn spawn(
     start: Start,
     rx: mpsc::Receiver<Command>,
     state: watch::Sender<VmRecord>,
+    diag: Recorder,
 ) {
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
+    let (agent_tx, agent_rx) = mpsc::channel(1);
     let actor = Actor {
-        booted_at: None,
         node,
         rec,
         state,
         qmp: None,
+        events: None,
         child: None,
+        diag,
+        kernel: None,
+        final_shot: None,
+        agent_probing: false,
+        agent_probed: None,
+        agent_tx,
+        agent_rx,
     };
     tokio::spawn(actor.run(start, rx).instrument(span));
 }
@@ -137,6 +157,8 @@ impl Actor {
         }
         let mut shots = tokio::time::interval(BOOT_SHOT_EVERY);
         shots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut diag_tick = tokio::time::interval(DIAG_EVERY);
+        diag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let qmp = self.qmp.clone();
             let qmp_closed = async move {
@@ -148,6 +170,12 @@ impl Actor {
             let child_exit = async {
                 match self.child.as_mut() {
                     Some(c) => c.wait().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let qmp_event = async {
+                match self.events.as_mut() {
+                    Some(r) => r.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -186,14 +214,16 @@ impl Actor {
                     }
                     None => return,
                 },
-                _ = shots.tick() => {
-                    let booting = self.booted_at.is_some_and(|t| t.elapsed() < BOOT_SHOTS_FOR);
-                    if booting && self.rec.power == PowerState::Running {
-                        if let Err(e) = self.screenshot().await {
-                            tracing::debug!(error = %e, "boot screenshot");
-                        }
+                _ = shots.tick() => self.boot_shot().await,
+                _ = diag_tick.tick() => self.diag_tick().await,
+                Some((boot, ok)) = self.agent_rx.recv() => self.agent_answer(boot, ok),
+                ev = qmp_event => match ev {
+                    Ok(ev) => self.qmp_event(ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "QMP events lagged");
                     }
-                }
+                    Err(_) => self.events = None,
+                },
                 status = child_exit => {
                     tracing::info!(?status, "QEMU exited");
                     self.child = None;
@@ -221,7 +251,9 @@ impl Actor {
     /// QEMU ended on its own (guest poweroff or crash): the VM is stopped, its tap went with it.
     fn qemu_gone(&mut self) {
         self.qmp = None;
+        self.events = None;
         self.rec.pid = None;
+        self.diag.end_boot("QEMU exited (guest power off or crash)");
         if self.rec.power != PowerState::Stopped && self.rec.power != PowerState::Deallocated {
             self.set_power(PowerState::Stopped);
         }
@@ -270,7 +302,7 @@ impl Actor {
         for d in self.rec.data_disks.clone() {
             self.prepare_data_disk(&d).map_err(StepError::Disk)?;
         }
-        self.boot(image, Some(requested)).await?;
+        self.boot(image, Some(requested), "create").await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);
         Ok(())
@@ -281,6 +313,7 @@ impl Actor {
         &mut self,
         image: &ImageVersion,
         requested: Option<std::time::Instant>,
+        reason: &str,
     ) -> Result<(), StepError> {
         let size = super::sizes::find(&self.rec.size);
         if let (Some(s), false) = (size, self.rec.temp_disk.as_os_str().is_empty()) {
@@ -304,6 +337,9 @@ impl Actor {
             std::fs::create_dir_all(d)
                 .map_err(|e| StepError::Qemu(format!("{}: {e}", d.display())))?;
         }
+        // A new boot record; QEMU writes the console into a fresh spool.
+        self.diag.begin_boot(reason, true);
+        self.kernel = Some(image.kernel());
         let spec = argv::VmSpec {
             name: self.rec.name.clone(),
             vm_id: self.rec.vm_id.clone(),
@@ -320,7 +356,7 @@ impl Actor {
             data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
             caching: self.rec.caching.clone(),
             mac: self.rec.nic.mac.clone(),
-            serial_log: self.rec.serial_log.clone(),
+            serial_log: self.diag.spool_path(),
             qmp_socket: run.join("qmp.sock"),
             qga_socket: run.join("qga.sock"),
             pidfile: run.join("qemu.pid"),
@@ -372,8 +408,13 @@ impl Actor {
             .await
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
+        self.events = Some(qmp.events());
+        self.diag.event(
+            crate::diagnostics::boots::Source::Qmp,
+            crate::diagnostics::boots::Mark::Info,
+            format!("QMP connected: {:?}", status.status),
+        );
         self.qmp = Some(qmp);
-        self.booted_at = Some(tokio::time::Instant::now());
         self.rec.last_boot = Some(std::time::SystemTime::now());
         Ok(())
     }
@@ -404,7 +445,7 @@ impl Actor {
         match op {
             PowerOp::Start => {
                 self.set_power(PowerState::Starting);
-                self.boot_or_fail().await
+                self.boot_or_fail("start").await
             }
             PowerOp::PowerOff { skip_shutdown } => {
                 self.set_power(PowerState::Stopping);
@@ -432,14 +473,14 @@ impl Actor {
                 self.shutdown(false).await;
                 self.drop_temp_disk();
                 self.set_power(PowerState::Starting);
-                self.boot_or_fail().await
+                self.boot_or_fail("redeploy").await
             }
         }
     }
 
-    async fn boot_or_fail(&mut self) -> Result<(), String> {
+    async fn boot_or_fail(&mut self, reason: &str) -> Result<(), String> {
         let r = match self.image() {
-            Ok(img) => self.boot(&img, None).await,
+            Ok(img) => self.boot(&img, None, reason).await,
             Err(e) => Err(e),
         };
         match r {
@@ -523,7 +564,13 @@ impl Actor {
         let run = self.run_dir();
         let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
         let alive = pid.filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
-        if self.rec.provisioning_state == ProvisioningState::Deleting {
+        let intent = matches!(
+            self.node
+                .db
+                .get::<serde_json::Value>(Kind::DeleteIntent, &self.rec.key()),
+            Ok(Some(_))
+        );
+        if self.rec.provisioning_state == ProvisioningState::Deleting || intent {
             tracing::info!("resuming an interrupted delete");
             self.rec.pid = alive;
             return true;
@@ -545,7 +592,11 @@ impl Actor {
                         if self.rec.provisioning_state == ProvisioningState::Creating {
                             self.rec.provisioning_state = ProvisioningState::Succeeded;
                         }
+                        self.events = Some(qmp.events());
                         self.qmp = Some(qmp);
+                        if self.diag.current().is_none() {
+                            self.diag.begin_boot("re-adopted", false);
+                        }
                     }
                     None => {
                         tracing::warn!(pid, "QEMU is alive but QMP is unreachable: state unknown");
@@ -595,6 +646,7 @@ impl Actor {
 
     /// Stops QEMU: `quit` over QMP, then SIGKILL if it lingers.
     async fn stop_qemu(&mut self) {
+        self.events = None;
         if let Some(q) = self.qmp.take() {
             let _ = q.execute(qapi::qmp::quit {}).await;
         }
@@ -615,6 +667,7 @@ impl Actor {
             let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
         }
         self.rec.pid = None;
+        self.diag.end_boot("stopped by vmnode");
     }
 
     /// Removes the VM and everything it owns. Each step tolerates a missing piece, so an
@@ -702,6 +755,7 @@ impl Actor {
         if let Err(e) = db.delete(Kind::Vm, &self.rec.key()) {
             return Err(format!("cannot remove the VM record: {}", chain(&e)));
         }
+        let _ = db.delete(Kind::DeleteIntent, &self.rec.key());
         self.node.forget(&self.rec.key());
         tracing::info!("deleted");
         Ok(())

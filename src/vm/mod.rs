@@ -20,12 +20,14 @@ pub mod ops;
 pub mod sizes;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{self, CatalogError, ImageRef};
 use crate::config::{DaemonConfig, LOCATION};
+use crate::diagnostics::recorder::Recorder;
 use crate::doctor::AccelDecision;
 use crate::net::NodeNet;
 use crate::storage::db::{Db, DbError, Kind};
@@ -74,6 +76,8 @@ pub struct CreateVm {
     pub os_disk_delete_option: Option<String>,
     /// `storageProfile.dataDisks` (`None`: the request did not say).
     pub data_disks: Option<Vec<DataDiskReq>>,
+    /// `diagnosticsProfile.bootDiagnostics.storageUri`: the account that keeps the diagnostics.
+    pub diag_storage_uri: Option<String>,
 }
 
 /// Commands a VM actor accepts.
@@ -104,6 +108,8 @@ pub struct DataDiskReq {
 pub struct VmHandle {
     pub tx: mpsc::Sender<Command>,
     pub state: watch::Receiver<VmRecord>,
+    /// The VM's boot flight recorder (read by the API without going through the actor).
+    pub diag: Recorder,
 }
 
 /// Everything the VM actors share: configuration, the store, the network, the subscription.
@@ -253,13 +259,55 @@ impl Node {
     fn spawn_actor(self: &Arc<Self>, rec: VmRecord, start: actor::Start) -> VmHandle {
         let (tx, rx) = mpsc::channel(16);
         let (state_tx, state_rx) = watch::channel(rec.clone());
+        let dir = rec
+            .serial_log
+            .parent()
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        let diag = Recorder::open(&dir, &rec.name, &rec.vm_id);
         let handle = VmHandle {
             tx,
             state: state_rx,
+            diag: diag.clone(),
         };
         self.registry().insert(rec.key(), handle.clone());
-        actor::spawn(self.clone(), rec, start, rx, state_tx);
+        actor::spawn(self.clone(), rec, start, rx, state_tx, diag);
         handle
+    }
+
+    /// The storage account a `storageUri` names (`http://host:port/{account}/` as this node's
+    /// blob service serves it, or the cloud's `https://{account}.blob.core.windows.net/`).
+    fn diag_account(&self, uri: &str) -> Result<String, VmError> {
+        let bad = |why: &str| {
+            VmError::InvalidParameter(format!(
+                "diagnosticsProfile.bootDiagnostics.storageUri '{uri}' {why}; give a storage \
+                 account's blob endpoint such as http://{}/{}/, or leave storageUri out to use \
+                 the node's own account",
+                self.cfg.blob_listen, self.account
+            ))
+        };
+        let rest = uri
+            .split_once("://")
+            .map(|(_, r)| r)
+            .ok_or_else(|| bad("is not a URL"))?;
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let name = match host.split_once(".blob.") {
+            Some((acct, _)) => acct.to_string(),
+            None => path.split('/').next().unwrap_or("").to_string(),
+        };
+        if name.is_empty() {
+            return Err(bad("names no storage account"));
+        }
+        let known = match crate::blob::node_store() {
+            Some(store) => store.account(&name).is_some(),
+            None => name == self.account,
+        };
+        if !known {
+            return Err(bad(&format!(
+                "names storage account '{name}', which this node does not have"
+            )));
+        }
+        Ok(name)
     }
 
     /// The actor handle of a VM, or NotFound.
@@ -268,6 +316,11 @@ impl Node {
             .get(&model::vm_key(rg, name))
             .cloned()
             .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
+    }
+
+    /// The boot flight recorder of a VM.
+    pub fn recorder(&self, rg: &str, name: &str) -> Result<Recorder, VmError> {
+        Ok(self.handle(rg, name)?.diag)
     }
 
     pub(crate) fn forget(&self, key: &str) {
@@ -443,7 +496,16 @@ impl Node {
             .join(&self.account)
             .join("vhds")
             .join(format!("{disk_name}.vhd"));
-        let diag = crate::diagnostics::container_dir(&self.cfg.paths, &req.name, &vm_id);
+        let diag_account = match &req.diag_storage_uri {
+            Some(u) => self.diag_account(u)?,
+            None => self.account.clone(),
+        };
+        let diag = self
+            .cfg
+            .paths
+            .blobs()
+            .join(&diag_account)
+            .join(crate::diagnostics::container_name(&req.name, &vm_id));
         let rec = VmRecord {
             rg: req.rg.clone(),
             name: req.name.clone(),
@@ -473,6 +535,7 @@ impl Node {
             data_disks,
             os_disk_delete_option: delete_option,
             last_boot: None,
+            diag_storage_uri: req.diag_storage_uri.clone(),
             temp_disk: self
                 .cfg
                 .paths
@@ -690,6 +753,12 @@ impl Node {
         if self.get(rg, name).is_none() {
             return Err(VmError::NotFound(name.into(), rg.into()));
         }
+        // Accepted means it will happen: the intent is durable before the 202 goes out.
+        self.db.put(
+            Kind::DeleteIntent,
+            &model::vm_key(rg, name),
+            &serde_json::json!({ "operation": "delete" }),
+        )?;
         let id = self.ops.begin("delete");
         let node = self.clone();
         let (rg, name, op_id) = (rg.to_string(), name.to_string(), id.clone());

@@ -106,6 +106,9 @@ pub struct VmRecord {
     /// When QEMU last started (the NIC's link-up, for the DHCP diagnosis).
     #[serde(default)]
     pub last_boot: Option<std::time::SystemTime>,
+    /// `diagnosticsProfile.bootDiagnostics.storageUri` as given (none: the node's own account).
+    #[serde(default)]
+    pub diag_storage_uri: Option<String>,
 }
 
 fn delete_option_default() -> String {
@@ -239,7 +242,10 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
                     },
                 }],
             },
-            "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },
+            "diagnosticsProfile": { "bootDiagnostics": match &r.diag_storage_uri {
+                Some(u) => json!({ "enabled": true, "storageUri": u }),
+                None => json!({ "enabled": true }),
+            } },
             "provisioningState": provisioning_str(r.provisioning_state),
             "timeCreated": r.time_created,
         },

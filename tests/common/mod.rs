@@ -196,10 +196,12 @@ impl Node {
         limit: Duration,
     ) -> String {
         let deadline = Instant::now() + limit;
+        // Every kept boot's log: a restart or reboot starts a new one.
         let args = [
             "vm",
             "boot-diagnostics",
             "get-boot-log",
+            "--all",
             "-g",
             rg,
             "-n",
@@ -251,6 +253,25 @@ impl Node {
             }
         }
     }
+}
+
+/// A plain HTTP/1.1 GET (no SDK, no key, as a browser would): (status, headers, body).
+pub fn http_get(url: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, buf[split + 4..].to_vec())
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -1,24 +1,39 @@
-//! Screenshots of a VM's display, stored under the cloud's names in its diagnostics container.
+//! The actor's side of boot diagnostics: screenshots into the recorder's series, and the
+//! periodic work of the flight recorder (serial pump, DHCP ledger, agent probe, QMP events).
+
+use std::time::Duration;
 
 use super::{chain, Actor};
+use crate::diagnostics::boots::{Mark, Source};
+use crate::diagnostics::verdict::Outcome;
+use crate::qemu::qga::Qga;
+use crate::qemu::qmp::QmpEvent;
+
+/// How often the agent is probed while a boot waits for it.
+const AGENT_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Boots are watched (screenshots, agent probes) this long at most.
+const WATCH_FOR_MS: i64 = 300_000;
 
 impl Actor {
     /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
     pub(super) fn shot_path(&self, ext: &str) -> std::path::PathBuf {
-        let dir = self
-            .rec
-            .serial_log
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default();
-        dir.join(format!(
+        self.diag_dir().join(format!(
             "{}.{}.screenshot.{ext}",
             self.rec.name, self.rec.vm_id
         ))
     }
 
-    /// Captures the display through QMP `screendump` and stores it as BMP and PNG.
-    pub(super) async fn screenshot(&self) -> Result<std::path::PathBuf, String> {
+    pub(super) fn diag_dir(&self) -> std::path::PathBuf {
+        self.rec
+            .serial_log
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    }
+
+    /// Captures the display through QMP `screendump`, stores it as BMP and PNG, reads its text
+    /// and adds it to the current boot's series.
+    pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, String> {
         let q = self.qmp.clone().ok_or("the VM is not running")?;
         let ppm = self.run_dir().join("screen.ppm");
         let cmd = qapi::qmp::screendump {
@@ -28,16 +43,147 @@ impl Actor {
             format: None,
         };
         q.execute(cmd).await.map_err(|e| chain(&e))?;
+        if self.kernel.is_none() {
+            self.kernel = self.image().ok().map(|i| i.kernel());
+        }
         let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
-        let (ppm2, bmp2, png2) = (ppm.clone(), bmp.clone(), png.clone());
-        let (w, h) = tokio::task::spawn_blocking(move || {
-            crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)
+        let (ppm2, bmp2, png2, kernel) =
+            (ppm.clone(), bmp.clone(), png.clone(), self.kernel.clone());
+        let (img_hash, w, h, text) = tokio::task::spawn_blocking(move || {
+            let img = crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)?;
+            let text = kernel
+                .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel(&k))
+                .map(|f| crate::diagnostics::screen_text::read(&img, &f))
+                .unwrap_or_default();
+            let hash = crate::diagnostics::screenshot::hash(&img);
+            Ok::<_, crate::diagnostics::screenshot::ShotError>((hash, img.width, img.height, text))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| chain(&e))?;
         let _ = std::fs::remove_file(&ppm);
+        self.diag.frame(img_hash, w, h, &png, &text);
         tracing::debug!(w, h, "screenshot");
         Ok(png)
+    }
+
+    /// The flight recorder's periodic work (every half second).
+    pub(super) async fn diag_tick(&mut self) {
+        self.diag.pump();
+        let running = self.qmp.is_some();
+        if running {
+            let ledger = self.node.net.ledger(&self.rec.nic.mac);
+            self.diag.dhcp(&ledger);
+        }
+        let watching = running
+            && self
+                .diag
+                .current()
+                .is_some_and(|(_, age)| age < WATCH_FOR_MS);
+        if watching && !self.agent_probing && !self.diag.has(Mark::Agent) {
+            let due = self
+                .agent_probed
+                .is_none_or(|t| t.elapsed() >= AGENT_PROBE_EVERY);
+            if due {
+                self.probe_agent();
+            }
+        }
+        self.diag.save_if_dirty();
+    }
+
+    /// Screenshots during a boot: every few seconds until it is booted or has failed, then one
+    /// more of the final screen.
+    pub(super) async fn boot_shot(&mut self) {
+        if self.qmp.is_none() {
+            return;
+        }
+        let Some((n, age)) = self.diag.current() else {
+            return;
+        };
+        let outcome = self.diag.verdict().map(|(_, v)| v.outcome);
+        let settled = matches!(outcome, Some(Outcome::Booted | Outcome::Failed));
+        let take = if settled {
+            self.final_shot != Some(n)
+        } else {
+            age < WATCH_FOR_MS
+        };
+        if take {
+            if settled {
+                self.final_shot = Some(n);
+            }
+            if let Err(e) = self.screenshot().await {
+                tracing::debug!(error = %e, "boot screenshot");
+            }
+        }
+    }
+
+    /// Asks the guest agent for a sync, off the actor's task; the answer comes back on
+    /// `agent_rx`.
+    fn probe_agent(&mut self) {
+        let Some((n, _)) = self.diag.current() else {
+            return;
+        };
+        self.agent_probing = true;
+        self.agent_probed = Some(tokio::time::Instant::now());
+        let sock = self.run_dir().join("qga.sock");
+        let tx = self.agent_tx.clone();
+        tokio::spawn(async move {
+            let ok = Qga::connect(&sock, Duration::from_secs(1)).await.is_ok();
+            let _ = tx.send((n, ok)).await;
+        });
+    }
+
+    pub(super) fn agent_answer(&mut self, boot: u32, ok: bool) {
+        self.agent_probing = false;
+        if ok && self.diag.current().is_some_and(|(n, _)| n == boot) {
+            tracing::info!("guest agent answering");
+            self.diag.event(
+                Source::Agent,
+                Mark::Agent,
+                "the guest agent answered guest-sync",
+            );
+        }
+    }
+
+    /// A QMP event: resets start a new boot; the rest go on the timeline.
+    pub(super) fn qmp_event(&mut self, ev: QmpEvent) {
+        let reason = ev.data["reason"].as_str().unwrap_or("").to_string();
+        match ev.name.as_str() {
+            "RESET" => {
+                let why = if reason.starts_with("host") {
+                    "restart"
+                } else {
+                    "guest reboot"
+                };
+                // Firmware resets the machine once more on its way to the kernel (SeaBIOS
+                // after a system_reset): that is the same boot.
+                let early = self.diag.current().is_some_and(|(_, age)| age < 5_000)
+                    && !self.diag.has(Mark::Kernel);
+                if early && why == "guest reboot" {
+                    self.diag.event(
+                        Source::Qmp,
+                        Mark::Info,
+                        format!("RESET ({reason}) before the kernel started"),
+                    );
+                    return;
+                }
+                tracing::info!(%reason, "guest reset: new boot");
+                self.diag.begin_boot(why, false);
+                self.agent_probing = false;
+                self.rec.last_boot = Some(std::time::SystemTime::now());
+            }
+            "SHUTDOWN" => self
+                .diag
+                .event(Source::Qmp, Mark::Info, format!("SHUTDOWN ({reason})")),
+            "GUEST_PANICKED" => self.diag.event(
+                Source::Qmp,
+                Mark::Panic,
+                format!("GUEST_PANICKED {}", ev.data),
+            ),
+            "STOP" | "RESUME" | "POWERDOWN" | "WAKEUP" | "SUSPEND" => {
+                self.diag.event(Source::Qmp, Mark::Info, ev.name.clone())
+            }
+            _ => {}
+        }
     }
 }

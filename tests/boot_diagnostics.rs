@@ -1,0 +1,182 @@
+//! The boot flight recorder on real guests: per-boot serial logs, the screenshot series with
+//! the screen's text, SAS links to the cloud-named blobs, and verdicts — for a healthy guest
+//! and for guests broken on purpose (a kernel panic, no network, no agent).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Node;
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn boots(node: &Node, vm: &str) -> Vec<Value> {
+    let v = node.json(&["vm", "boot-diagnostics", "boots", "-g", "rg", "-n", vm]);
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until boot `n` is the current one and its verdict has `outcome`; returns it.
+fn wait_verdict(node: &Node, vm: &str, n: u64, outcome: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let bs = boots(node, vm);
+        if let Some(b) = bs.last() {
+            if b["n"] == n && b["verdict"]["outcome"] == outcome {
+                return b.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "verdict of {vm} not {outcome} after {limit:?}: {}",
+                    serde_json::to_string_pretty(b).unwrap()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn evidence(b: &Value) -> String {
+    b["verdict"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_healthy_boot_is_recorded_and_its_links_work() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "good", &[]);
+    let b = wait_verdict(&node, "good", 1, "booted", BOOT);
+    assert_eq!(b["reason"], "create");
+    assert_eq!(b["verdict"]["stage"], "booted");
+    // The timeline merges every source, in time order.
+    let events = b["events"].as_array().unwrap();
+    for src in ["vmnode", "qmp", "serial", "dhcp", "agent"] {
+        assert!(
+            events.iter().any(|e| e["source"] == src),
+            "no {src} entry in {events:#?}"
+        );
+    }
+    let at: Vec<i64> = events.iter().map(|e| e["atMs"].as_i64().unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
+    let ev = evidence(&b);
+    assert!(ev.contains("Linux version"), "{ev}");
+    assert!(ev.contains("dhcp: ACK 10.1.0.4"), "{ev}");
+    assert!(ev.contains("agent:"), "{ev}");
+    // A screenshot series, identical frames collapsed, each frame a blob with a SAS link.
+    let frames = b["frames"].as_array().unwrap();
+    assert!(!frames.is_empty());
+    let f = &frames[0];
+    let (status, head, png) = common::http_get(f["uri"].as_str().unwrap());
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_lowercase().contains("content-type: image/png"),
+        "{head}"
+    );
+    assert_eq!(&png[1..4], b"PNG");
+
+    // retrieveBootDiagnosticsData: SAS links to the cloud-named blobs that work as they are.
+    let uris = node.json(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log-uris",
+        "-g",
+        "rg",
+        "-n",
+        "good",
+        "--expire",
+        "5",
+    ]);
+    let log_uri = uris["serialConsoleLogBlobUri"].as_str().unwrap();
+    let shot_uri = uris["consoleScreenshotBlobUri"].as_str().unwrap();
+    assert!(
+        log_uri.contains(".serialconsole.log?") && log_uri.contains("sig="),
+        "{log_uri}"
+    );
+    assert!(shot_uri.contains(".screenshot.bmp?"), "{shot_uri}");
+    let (status, _, log) = common::http_get(log_uri);
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&log).contains("VMNODE-BOOT: ready"));
+    let (status, _, bmp) = common::http_get(shot_uri);
+    assert_eq!((status, &bmp[..2]), (200, &b"BM"[..]));
+    // Without the SAS, a private container refuses; a tampered or wrong-blob link too.
+    let bare = log_uri.split('?').next().unwrap();
+    assert_eq!(
+        common::http_get(bare).0,
+        404,
+        "anonymous read of a private container"
+    );
+    let tampered = log_uri.replace("sp=r", "sp=rw");
+    assert_eq!(common::http_get(&tampered).0, 403);
+    let other = log_uri.replace(".serialconsole.log?", ".screenshot.png?");
+    assert_eq!(
+        common::http_get(&other).0,
+        403,
+        "a link is for its own blob only"
+    );
+    let bad = node.fails(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log-uris",
+        "-g",
+        "rg",
+        "-n",
+        "good",
+        "--expire",
+        "0",
+    ]);
+    assert!(bad.contains("1 to 1440"), "{bad}");
+
+    // The instance view carries the URIs and the verdict.
+    let iv = node.json(&["vm", "get-instance-view", "-g", "rg", "-n", "good"]);
+    let bd = &iv["bootDiagnostics"];
+    assert!(
+        bd["serialConsoleLogBlobUri"]
+            .as_str()
+            .unwrap()
+            .ends_with(".serialconsole.log"),
+        "{bd}"
+    );
+    assert_eq!(
+        bd["vmnodeBootVerdict"]["verdict"]["outcome"], "booted",
+        "{bd}"
+    );
+
+    // A restart is a new boot with its own log; the first boot's log is kept as it was.
+    node.ok(&["vm", "restart", "-g", "rg", "-n", "good"]);
+    let b2 = wait_verdict(&node, "good", 2, "booted", BOOT);
+    assert_eq!(
+        (b2["n"].as_u64(), b2["reason"].as_str()),
+        (Some(2), Some("restart"))
+    );
+    let bs = boots(&node, "good");
+    assert_eq!(bs[0]["endReason"], "reset");
+    let first = node.ok(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log",
+        "-g",
+        "rg",
+        "-n",
+        "good",
+        "--boot",
+        "1",
+    ]);
+    let current = node.ok(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log",
+        "-g",
+        "rg",
+        "-n",
+        "good",
+    ]);
+    assert_eq!(first.matches("Linux version").count(), 1);
+    assert_eq!(current.matches("Linux version").count(), 1);
+    assert_ne!(first, current);
+}
