@@ -52,6 +52,10 @@ impl Paths {
     pub fn daemon_pid(&self) -> PathBuf {
         self.run.join("vmnode.pid")
     }
+    /// What outbound NAT changed outside the daemon's namespace (`--nat-via`), to undo it.
+    pub fn nat_record(&self) -> PathBuf {
+        self.run.join("nat.json")
+    }
     /// A VM's run dir: QMP and agent sockets, pidfile, QEMU's own log, the QMP transcript.
     pub fn vm_run(&self, vm_id: &str) -> PathBuf {
         self.run.join("vms").join(vm_id)
@@ -70,4 +74,6 @@ pub struct DaemonConfig {
     /// Where the host end of the veth to the default vnet goes: `None` for no veth, `Some("")`
     /// for the daemon's own (host) namespace, `Some(name)` for a namespace the caller made.
     pub host_netns: Option<String>,
+    /// `--nat-via`: the uplink the vnets' outbound traffic is masqueraded through (none: no NAT).
+    pub nat_via: Option<String>,
 }

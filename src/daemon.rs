@@ -113,13 +113,29 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let accel = crate::doctor::decide(cfg.accel);
     tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
-    let net = NodeNet::setup(&cfg.netns, cfg.platform_ip, &db, cfg.host_netns.as_deref())
-        .with_context(|| {
-            format!(
-                "setting up the guest network in namespace '{}' (is this root?)",
-                cfg.netns
-            )
-        })?;
+    // A wrong --nat-via is the user's to fix: say so before anything is changed.
+    let nat = match &cfg.nat_via {
+        Some(iface) => Some(crate::net::nat::plan(
+            &cfg.netns,
+            cfg.host_netns.as_deref(),
+            iface,
+        )?),
+        None => None,
+    };
+    let net = NodeNet::setup(
+        &cfg.netns,
+        cfg.platform_ip,
+        &db,
+        cfg.host_netns.as_deref(),
+        nat.as_ref(),
+        &paths.nat_record(),
+    )
+    .with_context(|| {
+        format!(
+            "setting up the guest network in namespace '{}' (is this root?)",
+            cfg.netns
+        )
+    })?;
 
     let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
     start_blob_service(&cfg, &db, &account, &storage_key).await?;
@@ -148,7 +164,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         }
     }
 
-    let node = Node::new(cfg.clone(), db, subscription.clone(), accel, net, account);
+    let node = Node::new(
+        cfg.clone(),
+        db,
+        subscription.clone(),
+        accel,
+        net.clone(),
+        account,
+    );
     let adopted = node.load()?;
 
     let tls =
@@ -196,6 +219,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down; VMs keep running");
+    if let Err(e) = net.stop_nat() {
+        tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "removing outbound NAT");
+    }
     let _ = std::fs::remove_file(paths.socket());
     let _ = std::fs::remove_file(paths.daemon_pid());
     Ok(())

@@ -35,7 +35,15 @@
 //! [`set_isolated`] keeps vnets apart: in one namespace with several bridges,
 //! IPv4/IPv6 forwarding is off and an `inet vmnode-isolate` table drops
 //! anything routed, so a guest can reach its own subnet and the gateway, never
-//! another vnet.
+//! another vnet. With outbound NAT ([`crate::nat`]), [`set_routed_uplink`]
+//! turns IPv4 forwarding on and lets the bridges route to the uplink only:
+//!
+//! ```text
+//! table inet vmnode-isolate
+//!   chain forward (hook forward, priority 0, policy drop)
+//!     iifname != UPLINK oifname UPLINK ct state new,established,related accept
+//!     iifname UPLINK oifname != UPLINK ct state established,related accept
+//! ```
 //!
 //! Rules are applied with `nft -f -` run inside the namespace (`nft` from
 //! Debian's `nftables`); each call is one atomic nftables transaction.
@@ -53,6 +61,9 @@ use crate::plumbing::{self, PlumbingError};
 pub const TABLE: &str = "vmnode";
 /// The inet-family table that drops forwarded traffic.
 pub const ISOLATE_TABLE: &str = "vmnode-isolate";
+/// The ip-family table that masquerades what leaves through the uplink
+/// ([`crate::nat`]).
+pub const NAT_TABLE: &str = "vmnode-nat";
 /// Prefix of tap names; such ports pass nothing until [`allow_nic`].
 pub const TAP_PREFIX: &str = "vt";
 
@@ -160,17 +171,43 @@ pub fn dropped(ns: &str, tap: &str) -> Result<u64> {
 
 /// Keeps the bridges of `ns` from routing to each other: IPv4 and IPv6
 /// forwarding off, and an `inet vmnode-isolate` table whose forward hook
-/// drops everything. Idempotent.
+/// drops everything. Idempotent; undoes [`set_routed_uplink`].
 pub fn set_isolated(ns: &str) -> Result<()> {
     plumbing::set_sysctl(ns, "net/ipv4/ip_forward", "0")?;
     plumbing::set_sysctl(ns, "net/ipv6/conf/all/forwarding", "0")?;
-    let script = format!(
+    nft(ns, &forward_rules(None))
+}
+
+/// Like [`set_isolated`], but the bridges may route to `uplink` (the routed
+/// link of outbound NAT, see [`crate::nat`]) and its established/related
+/// IPv4 replies come back; still nothing between bridges, nothing new
+/// inbound, no IPv6. IPv4 forwarding is on in `ns` (and only there).
+pub fn set_routed_uplink(ns: &str, uplink: &str) -> Result<()> {
+    plumbing::check_ifname(uplink)?;
+    plumbing::set_sysctl(ns, "net/ipv6/conf/all/forwarding", "0")?;
+    // Rules first, so that forwarding never runs without them.
+    nft(ns, &forward_rules(Some(uplink)))?;
+    Ok(plumbing::set_sysctl(ns, "net/ipv4/ip_forward", "1")?)
+}
+
+/// The isolation table, its forward chain flushed and refilled: a drop
+/// policy, and with `uplink` the two rules that let NAT through.
+fn forward_rules(uplink: Option<&str>) -> String {
+    let mut script = format!(
         "table inet {ISOLATE_TABLE} {{
   chain forward {{ type filter hook forward priority 0; policy drop; }}
 }}
+flush chain inet {ISOLATE_TABLE} forward
 "
     );
-    nft(ns, &script)
+    if let Some(up) = uplink {
+        script.push_str(&format!(
+            "add rule inet {ISOLATE_TABLE} forward meta nfproto ipv4 iifname != \"{up}\" oifname \"{up}\" ct state new,established,related accept
+add rule inet {ISOLATE_TABLE} forward meta nfproto ipv4 iifname \"{up}\" oifname != \"{up}\" ct state established,related accept
+"
+        ));
+    }
+    script
 }
 
 /// Deletes vmnode's tables from `ns` (missing is fine).
@@ -179,7 +216,8 @@ pub fn delete_filter(ns: &str) -> Result<()> {
         ns,
         &format!(
             "table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n\
-             table inet {ISOLATE_TABLE} {{}}\ndelete table inet {ISOLATE_TABLE}\n"
+             table inet {ISOLATE_TABLE} {{}}\ndelete table inet {ISOLATE_TABLE}\n\
+             table ip {NAT_TABLE} {{}}\ndelete table ip {NAT_TABLE}\n"
         ),
     )
 }
@@ -192,10 +230,16 @@ fn nic_chain(tap: &str) -> Result<String> {
 
 /// Runs `nft -f -` with `script` inside `ns`.
 fn nft(ns: &str, script: &str) -> Result<()> {
-    debug!(ns, "nft -f -\n{script}");
+    nft_at(Some(ns), script)
+}
+
+/// Runs `nft -f -` with `script` inside `ns`, or in the daemon's own
+/// namespace for `None`.
+pub(crate) fn nft_at(ns: Option<&str>, script: &str) -> Result<()> {
+    let ns_name = ns.unwrap_or("(own)").to_string();
+    debug!(ns = %ns_name, "nft -f -\n{script}");
     let script = script.to_string();
-    let ns_name = ns.to_string();
-    plumbing::in_netns(ns, move || {
+    plumbing::in_netns_at(ns, move || {
         Ok(run_nft(&ns_name, &["-f", "-"], Some(&script)))
     })?
     .map(|_| ())

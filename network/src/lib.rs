@@ -31,11 +31,14 @@
 //! * **No spoofing, no crossing.** [`filter`] lets each tap send only with its
 //!   NIC's MAC and IP and never as a DHCP server, and keeps the bridges of a
 //!   namespace from routing to each other.
+//! * **Out only when asked.** [`nat`] gives the vnets outbound connectivity
+//!   masqueraded through an uplink of the host (`--nat-via`), off by default.
 
 pub mod addr;
 pub mod dhcp;
 pub mod dns;
 pub mod filter;
+pub mod nat;
 pub mod plumbing;
 
 pub use addr::{AddrError, Mac, Subnet};

@@ -7,13 +7,12 @@
 #[allow(dead_code)]
 mod common;
 
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ip, Netns};
+use common::{in_ns, ip, ping, Netns};
 use vmnode_network::dhcp::{serve, Binding, DhcpConfig, LeaseBook};
 use vmnode_network::filter::{allow_nic, dropped, ensure_filter, remove_nic, set_isolated};
 use vmnode_network::plumbing::{attach_to_bridge, ensure_bridge, get_sysctl, udp_socket_in_ns};
@@ -41,17 +40,6 @@ fn plug(daemon: &Netns, bridge: &str, port: &str, guest: &Netns, mac: Mac) {
         &guest.name,
         &format!("link set dev eth0 address {} up", mac.to_colon()),
     );
-}
-
-/// Runs `f` on a thread inside `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// A raw packet socket on `eth0` of the calling thread's namespace.
@@ -451,17 +439,6 @@ async fn dhcp_works_through_the_filter_and_rogue_servers_do_not() {
     assert!(text.contains("10.1.0.4"), "{text}");
 }
 
-fn ping(from: &Netns, to: &str) -> bool {
-    std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &from.name, "busybox", "ping", "-c", "1", "-W", "1", to,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
 /// Two vnets in one namespace: once isolated, neither reaches the other.
 #[test]
 fn vnets_do_not_route_to_each_other() {
@@ -483,7 +460,10 @@ fn vnets_do_not_route_to_each_other() {
     // Control: with forwarding on, the test can see a routed path (all inside
     // namespaces made here; nothing leaves them).
     vmnode_network::plumbing::set_sysctl(&daemon.name, "net/ipv4/ip_forward", "1").unwrap();
-    assert!(ping(&g1, "10.2.0.4"), "control: routing between test vnets");
+    assert!(
+        ping(&g1.name, "10.2.0.4"),
+        "control: routing between test vnets"
+    );
 
     set_isolated(&daemon.name).unwrap();
     set_isolated(&daemon.name).unwrap();
@@ -491,12 +471,12 @@ fn vnets_do_not_route_to_each_other() {
         get_sysctl(&daemon.name, "net/ipv4/ip_forward").unwrap(),
         "0"
     );
-    assert!(!ping(&g1, "10.2.0.4"));
-    assert!(!ping(&g2, "10.1.0.4"));
+    assert!(!ping(&g1.name, "10.2.0.4"));
+    assert!(!ping(&g2.name, "10.1.0.4"));
     // Even if something turns forwarding back on, the forward hook drops.
     vmnode_network::plumbing::set_sysctl(&daemon.name, "net/ipv4/ip_forward", "1").unwrap();
-    assert!(!ping(&g1, "10.2.0.4"));
+    assert!(!ping(&g1.name, "10.2.0.4"));
     // Each guest still reaches its own gateway.
-    assert!(ping(&g1, "10.1.0.1"));
-    assert!(ping(&g2, "10.2.0.1"));
+    assert!(ping(&g1.name, "10.1.0.1"));
+    assert!(ping(&g2.name, "10.2.0.1"));
 }

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// namespace: `host` (the daemon's own), `off`, or the name of another namespace.
     #[arg(long, default_value = "host")]
     pub host_netns: String,
+    /// Give guests outbound connectivity, masqueraded through this interface of the host (the
+    /// one in the --host-netns namespace, if one is named). Off by default.
+    #[arg(long, value_name = "IFACE")]
+    pub nat_via: Option<String>,
 }
 
 fn init_tracing() {
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
                         "host" => Some(String::new()),
                         other => Some(other.to_string()),
                     },
+                    nat_via: a.nat_via,
                 };
                 crate::daemon::run(cfg).await
             }

@@ -35,6 +35,9 @@ pub struct QuickstartArgs {
     /// Host end of the veth into the default vnet: host, off, or a namespace name.
     #[arg(long, default_value = "host")]
     pub host_netns: String,
+    /// Give guests outbound connectivity through this interface of the host (`serve --nat-via`).
+    #[arg(long, value_name = "IFACE")]
+    pub nat_via: Option<String>,
     /// Where packages and image builds are cached.
     #[arg(long, env = "VMNODE_CACHE_DIR", default_value = crate::config::DEFAULT_CACHE_DIR)]
     pub cache_dir: std::path::PathBuf,
@@ -148,6 +151,7 @@ async fn start_daemon(g: &Global, a: &QuickstartArgs) -> anyhow::Result<()> {
             "--host-netns",
             &a.host_netns,
         ])
+        .args(a.nat_via.iter().flat_map(|i| ["--nat-via", i.as_str()]))
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf);

@@ -6,6 +6,7 @@
 //! The mechanisms (netns, bridge, tap, DHCP and DNS packets, nftables) live in `vmnode-network`.
 
 mod books;
+pub mod nat;
 pub mod nic;
 pub mod vnet;
 
@@ -29,6 +30,10 @@ pub enum NetError {
     Plumbing(#[from] plumbing::PlumbingError),
     #[error("network filter")]
     Filter(#[from] filter::FilterError),
+    #[error("outbound NAT")]
+    Nat(#[from] vmnode_network::nat::NatError),
+    #[error("the NAT record in the run dir")]
+    NatRecord(#[source] std::io::Error),
     #[error("state store")]
     Db(#[from] crate::storage::db::DbError),
     #[error("socket")]
@@ -57,6 +62,8 @@ struct Runtime {
 
 struct Inner {
     ns: String,
+    /// `run/nat.json`: what outbound NAT changed outside the namespace (see [`nat`]).
+    nat_record: std::path::PathBuf,
     platform_ip: Ipv4Addr,
     db: Db,
     runtimes: Mutex<HashMap<String, Runtime>>,
@@ -87,13 +94,15 @@ pub fn bridge_name(rg: &str, vnet: &str) -> String {
 }
 
 impl NodeNet {
-    /// Creates (or finds) the namespace, the filter, the default vnet, and brings every stored
-    /// vnet up.
+    /// Creates (or finds) the namespace, the filter, the default vnet, brings every stored
+    /// vnet up, and sets outbound NAT as `nat` says (removing any an earlier run left).
     pub fn setup(
         ns: &str,
         platform_ip: Ipv4Addr,
         db: &Db,
         host_netns: Option<&str>,
+        nat: Option<&vmnode_network::nat::Applied>,
+        nat_record: &std::path::Path,
     ) -> Result<NodeNet, NetError> {
         plumbing::ensure_netns(ns)?;
         filter::ensure_filter(ns)?;
@@ -112,6 +121,7 @@ impl NodeNet {
         let net = NodeNet {
             inner: Arc::new(Inner {
                 ns: ns.into(),
+                nat_record: nat_record.to_path_buf(),
                 platform_ip,
                 db: db.clone(),
                 runtimes: Mutex::new(HashMap::new()),
@@ -166,7 +176,13 @@ impl NodeNet {
             }
             tracing::info!(host_if = %host_if, "the host reaches the default vnet at 10.1.0.2");
         }
+        nat::reconcile(ns, nat_record, nat)?;
         Ok(net)
+    }
+
+    /// Removes outbound NAT (the daemon is stopping; guests keep running, cut off from outside).
+    pub fn stop_nat(&self) -> Result<(), NetError> {
+        nat::remove(&self.inner.ns, &self.inner.nat_record)
     }
 
     pub fn ns(&self) -> &str {

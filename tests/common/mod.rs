@@ -24,6 +24,8 @@ pub struct Node {
     pub daemon: Option<Child>,
     /// `off`, or a namespace the test made for the host end of the veth.
     pub host_netns: String,
+    /// More `vmnode serve` arguments (e.g. `--nat-via IFACE`), used at every (re)start.
+    pub serve_args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -42,6 +44,11 @@ impl Node {
 
     /// Like [`Node::start`], with the host end of the default vnet's veth in `host_netns`.
     pub fn start_with_host_netns(host_netns: &str) -> Node {
+        Self::start_with(host_netns, &[])
+    }
+
+    /// Like [`Node::start_with_host_netns`], with more `vmnode serve` arguments.
+    pub fn start_with(host_netns: &str, serve_args: &[&str]) -> Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new()
             .prefix("vmnode-test-")
@@ -57,6 +64,7 @@ impl Node {
             dir,
             daemon: None,
             host_netns: host_netns.into(),
+            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
         };
         let out = node.cli(&["image", "build", "tiny"]);
         assert!(
@@ -86,6 +94,7 @@ impl Node {
             .arg(format!("127.0.0.1:{}", free_port()))
             // Tests never touch the host's namespace: no veth to it (see tests/host_access.rs).
             .args(["--host-netns", &self.host_netns])
+            .args(&self.serve_args)
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env("VMNODE_LOG", "debug")

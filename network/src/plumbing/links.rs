@@ -4,7 +4,7 @@
 //! small current-thread tokio runtime, and closes it.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
@@ -13,11 +13,11 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use tracing::debug;
 
 use super::{
-    check_ifname, check_netns_name, in_netns, netns_path, on_thread, PlumbingError, Result,
+    check_ifname, check_netns_name, in_netns, in_netns_at, netns_path, PlumbingError, Result,
 };
 
 /// `ENODEV`/`ENOENT` from the kernel: the link is not there.
@@ -41,15 +41,15 @@ where
     in_netns(ns, move || netlink_session(f))
 }
 
-/// Like [`with_netlink`], in the caller's own namespace (on a fresh thread,
-/// so no tokio runtime of the caller is entered).
-fn with_host_netlink<T, F, Fut>(f: F) -> Result<T>
+/// [`with_netlink`] in `ns`, or for `None` in the daemon's own namespace (on
+/// a fresh thread, so no tokio runtime of the caller is entered).
+fn with_netlink_at<T, F, Fut>(ns: Option<&str>, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
 {
-    on_thread(None, "netlink", move || netlink_session(f))
+    in_netns_at(ns, move || netlink_session(f))
 }
 
 /// Opens a netlink connection in the calling thread's namespace and runs `f`.
@@ -142,14 +142,28 @@ async fn add_addrs(h: &Handle, index: u32, name: &str, addrs: &[Ipv4Network]) ->
 /// `None` if it does not. A missing namespace has no links.
 pub(super) fn link_kind(ns: &str, name: &str) -> Result<Option<Option<String>>> {
     check_netns_name(ns)?;
+    link_kind_at(Some(ns), name)
+}
+
+/// [`link_kind`] in `ns`, or in the daemon's own namespace for `None`.
+fn link_kind_at(ns: Option<&str>, name: &str) -> Result<Option<Option<String>>> {
     check_ifname(name)?;
-    if !netns_path(ns).exists() {
-        return Ok(None);
+    if let Some(ns) = ns {
+        check_netns_name(ns)?;
+        if !netns_path(ns).exists() {
+            return Ok(None);
+        }
     }
     let name = name.to_string();
-    with_netlink(ns, move |h| async move {
+    with_netlink_at(ns, move |h| async move {
         Ok(get_link(&h, &name).await?.map(|l| kind_of(&l)))
     })
+}
+
+/// Whether a link `name` exists in `ns`, or in the daemon's own namespace
+/// for `None`. Unlike [`link_exists`], says why it could not look.
+pub fn link_exists_at(ns: Option<&str>, name: &str) -> Result<bool> {
+    Ok(link_kind_at(ns, name)?.is_some())
 }
 
 /// Brings the link `name` in `ns` up.
@@ -365,69 +379,106 @@ fn ensure_veth(
     bridge: &str,
     outer_addr: Ipv4Network,
 ) -> Result<()> {
+    check_ifname(bridge)?;
+    make_veth_pair(outer, ns, outer_if, ns_if)?;
+    attach_to_bridge(ns, ns_if, bridge)?;
+    configure_outer_end(outer, outer_if, outer_addr)
+}
+
+/// A routed veth pair (no bridge): `ns_if` in `ns` carries `ns_addr` and the
+/// namespace's default route via `outer_addr`, which `outer_if` carries in
+/// `outer` (the daemon's own namespace for `None`). Both ends up. Idempotent;
+/// a half-made pair is remade. Outbound NAT leaves the namespace this way.
+pub fn ensure_routed_veth(
+    outer: Option<&str>,
+    ns: &str,
+    outer_if: &str,
+    ns_if: &str,
+    outer_addr: Ipv4Network,
+    ns_addr: Ipv4Network,
+) -> Result<()> {
+    make_veth_pair(outer, ns, outer_if, ns_if)?;
+    let (ns_if2, ns_name) = (ns_if.to_string(), ns.to_string());
+    with_netlink(ns, move |h| async move {
+        let index = index_of(&h, &ns_name, &ns_if2).await?;
+        add_addrs(&h, index, &ns_if2, &[ns_addr]).await?;
+        set_up_index(&h, index, &ns_if2).await?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(outer_addr.ip())
+            .output_interface(index)
+            .build();
+        h.route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!(
+                "default route via {} on {ns_if2}",
+                outer_addr.ip()
+            )))
+    })?;
+    configure_outer_end(outer, outer_if, outer_addr)
+}
+
+/// Makes the veth pair `outer_if` (in `outer`, or the daemon's own namespace)
+/// / `ns_if` (in `ns`) unless both ends are there; a half-made pair is
+/// removed first. Fails if `outer_if` exists and is not a veth.
+fn make_veth_pair(outer: Option<&str>, ns: &str, outer_if: &str, ns_if: &str) -> Result<()> {
     check_netns_name(ns)?;
     check_ifname(outer_if)?;
     check_ifname(ns_if)?;
-    check_ifname(bridge)?;
-    let outer_kind = match outer {
-        Some(o) => link_kind(o, outer_if)?,
-        None => host_link_kind(outer_if)?,
-    };
+    let outer_kind = link_kind_at(outer, outer_if)?;
     let inner_kind = link_kind(ns, ns_if)?;
-    let whole = outer_kind
-        .as_ref()
-        .is_some_and(|k| k.as_deref() == Some("veth"))
-        && inner_kind
-            .as_ref()
-            .is_some_and(|k| k.as_deref() == Some("veth"));
-    if !whole {
-        if let Some(found) = outer_kind.filter(|k| k.as_deref() != Some("veth")) {
-            return Err(PlumbingError::WrongKind {
-                ns: outer.unwrap_or("(host)").into(),
-                name: outer_if.into(),
-                expected: "veth",
-                found,
-            });
-        }
-        // Half-made or missing: start over from the outer side.
-        delete_link(ns, ns_if)?;
-        let ns_file = std::fs::File::open(netns_path(ns)).map_err(|source| PlumbingError::Sys {
-            context: format!("open {}", netns_path(ns).display()),
-            source,
-        })?;
-        let (outer_if2, ns_if2) = (outer_if.to_string(), ns_if.to_string());
-        let make = move |h: Handle| async move {
-            if let Some(old) = get_link(&h, &outer_if2).await? {
-                h.link()
-                    .del(old.header.index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("delete {outer_if2}")))?;
-            }
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(ns_if2.clone())
-                .setns_by_fd(ns_file.as_raw_fd())
-                .build();
-            let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-                .name(outer_if2.clone())
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .build();
+    let is_veth =
+        |k: &Option<Option<String>>| k.as_ref().is_some_and(|k| k.as_deref() == Some("veth"));
+    if is_veth(&outer_kind) && is_veth(&inner_kind) {
+        return Ok(());
+    }
+    if let Some(found) = outer_kind.filter(|k| k.as_deref() != Some("veth")) {
+        return Err(PlumbingError::WrongKind {
+            ns: outer.unwrap_or("(host)").into(),
+            name: outer_if.into(),
+            expected: "veth",
+            found,
+        });
+    }
+    // Half-made or missing: start over from the outer side.
+    delete_link(ns, ns_if)?;
+    let ns_file = std::fs::File::open(netns_path(ns)).map_err(|source| PlumbingError::Sys {
+        context: format!("open {}", netns_path(ns).display()),
+        source,
+    })?;
+    let (outer_if, ns_if) = (outer_if.to_string(), ns_if.to_string());
+    with_netlink_at(outer, move |h: Handle| async move {
+        if let Some(old) = get_link(&h, &outer_if).await? {
             h.link()
-                .add(msg)
+                .del(old.header.index)
                 .execute()
                 .await
-                .map_err(nl(format!("add veth {outer_if2}/{ns_if2}")))?;
-            drop(ns_file);
-            Ok(())
-        };
-        match outer {
-            Some(o) => with_netlink(o, make)?,
-            None => with_host_netlink(make)?,
+                .map_err(nl(format!("delete {outer_if}")))?;
         }
-    }
-    attach_to_bridge(ns, ns_if, bridge)?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(ns_if.clone())
+            .setns_by_fd(ns_file.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(outer_if.clone())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("add veth {outer_if}/{ns_if}")))?;
+        drop(ns_file);
+        Ok(())
+    })
+}
+
+/// Gives the outer end of a veth its address and brings it up.
+fn configure_outer_end(outer: Option<&str>, outer_if: &str, outer_addr: Ipv4Network) -> Result<()> {
     let outer_if = outer_if.to_string();
-    let up = move |h: Handle| async move {
+    with_netlink_at(outer, move |h: Handle| async move {
         let index = get_link(&h, &outer_if)
             .await?
             .map(|l| l.header.index)
@@ -437,14 +488,5 @@ fn ensure_veth(
             })?;
         add_addrs(&h, index, &outer_if, &[outer_addr]).await?;
         set_up_index(&h, index, &outer_if).await
-    };
-    match outer {
-        Some(o) => with_netlink(o, up),
-        None => with_host_netlink(up),
-    }
-}
-
-fn host_link_kind(name: &str) -> Result<Option<Option<String>>> {
-    let name = name.to_string();
-    with_host_netlink(move |h| async move { Ok(get_link(&h, &name).await?.map(|l| kind_of(&l))) })
+    })
 }

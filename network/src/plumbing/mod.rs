@@ -37,8 +37,9 @@ use crate::addr::stable_hash;
 
 mod links;
 pub use links::{
-    attach_to_bridge, delete_link, ensure_bridge, ensure_veth_between, ensure_veth_to_host,
-    link_addrs, link_exists, link_is_up, link_master, list_links, set_link_up,
+    attach_to_bridge, delete_link, ensure_bridge, ensure_routed_veth, ensure_veth_between,
+    ensure_veth_to_host, link_addrs, link_exists, link_exists_at, link_is_up, link_master,
+    list_links, set_link_up,
 };
 
 /// Name of the daemon's namespace unless configured otherwise.
@@ -261,6 +262,36 @@ pub fn tap_name_for(nic_id: &str) -> String {
 /// Sets the sysctl `key` (e.g. `net/ipv4/ip_forward`) to `value` inside `ns`.
 /// `/proc/sys/net` shows the namespace of the thread that opens it.
 pub fn set_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    set_sysctl_at(Some(ns), key, value)
+}
+
+/// [`set_sysctl`] in `ns`, or in the daemon's own namespace for `None`.
+pub fn set_sysctl_at(ns: Option<&str>, key: &str, value: &str) -> Result<()> {
+    let path = sysctl_path(key)?;
+    let value = value.to_string();
+    debug!(ns = ns.unwrap_or("(own)"), %path, %value, "sysctl");
+    in_netns_at(ns, move || {
+        std::fs::write(&path, value.as_bytes()).map_err(sys(format!("write {path}")))
+    })
+}
+
+/// Reads the sysctl `key` inside `ns` (trimmed).
+pub fn get_sysctl(ns: &str, key: &str) -> Result<String> {
+    get_sysctl_at(Some(ns), key)
+}
+
+/// [`get_sysctl`] in `ns`, or in the daemon's own namespace for `None`.
+pub fn get_sysctl_at(ns: Option<&str>, key: &str) -> Result<String> {
+    let path = sysctl_path(key)?;
+    in_netns_at(ns, move || {
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(sys(format!("read {path}")))
+    })
+}
+
+/// `/proc/sys/KEY` for a `net/` sysctl; other keys (and `..`) are refused.
+fn sysctl_path(key: &str) -> Result<String> {
     let ok = key.starts_with("net/")
         && !key.contains("..")
         && key
@@ -273,22 +304,7 @@ pub fn set_sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
             reason: "not a net/ sysctl",
         });
     }
-    let path = format!("/proc/sys/{key}");
-    let value = value.to_string();
-    debug!(ns, %path, %value, "sysctl");
-    in_netns(ns, move || {
-        std::fs::write(&path, value.as_bytes()).map_err(sys(format!("write {path}")))
-    })
-}
-
-/// Reads the sysctl `key` inside `ns` (trimmed).
-pub fn get_sysctl(ns: &str, key: &str) -> Result<String> {
-    let path = format!("/proc/sys/{key}");
-    in_netns(ns, move || {
-        std::fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(sys(format!("read {path}")))
-    })
+    Ok(format!("/proc/sys/{key}"))
 }
 
 /// Runs `f` on a new thread that has joined the network namespace `ns`.
@@ -302,6 +318,19 @@ where
     let path = netns_path(ns);
     let ns_file = File::open(&path).map_err(sys(format!("open {}", path.display())))?;
     on_thread(Some(ns_file), &format!("netns-{ns}"), f)
+}
+
+/// [`in_netns`] for `Some(ns)`; for `None`, `f` runs on a new thread in the
+/// daemon's own namespace (the host's, unless the daemon was started elsewhere).
+pub(crate) fn in_netns_at<T, F>(ns: Option<&str>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    match ns {
+        Some(ns) => in_netns(ns, f),
+        None => on_thread(None, "own-netns", f),
+    }
 }
 
 /// Runs `f` on a new thread, first joined to the namespace `ns_file` if any.

@@ -85,3 +85,26 @@ pub fn link_addrs(ns: &str, name: &str) -> Vec<String> {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect()
 }
+
+/// Runs `f` on a thread inside `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Whether one `busybox ping` from `ns` to `to` is answered within a second.
+pub fn ping(ns: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", to,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
