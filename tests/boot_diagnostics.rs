@@ -180,3 +180,122 @@ fn a_healthy_boot_is_recorded_and_its_links_work() {
     assert_eq!(current.matches("Linux version").count(), 1);
     assert_ne!(first, current);
 }
+
+/// Creates a VM from a variant of the tiny image (without waiting for an address).
+fn create_broken(node: &Node, name: &str, offer: &str, extra: &str) {
+    let urn = node.publish_variant(offer, extra);
+    node.ok(&[
+        "vm",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        name,
+        "--image",
+        &urn,
+        "--size",
+        "Standard_B1s",
+        "--ip-timeout",
+        "0",
+    ]);
+}
+
+/// Waits for a frame of the current boot whose screen text contains `needle`.
+fn wait_frame(node: &Node, vm: &str, needle: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let bs = boots(node, vm);
+        let found = bs.last().and_then(|b| {
+            b["frames"].as_array().unwrap().iter().find(|f| {
+                f["text"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|l| l.as_str().unwrap().contains(needle)))
+            })
+        });
+        if let Some(f) = found {
+            // The frame is a real picture behind its SAS link.
+            let (status, _, png) = common::http_get(f["uri"].as_str().unwrap());
+            assert_eq!((status, &png[1..4]), (200, &b"PNG"[..]));
+            return f.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no screenshot of {vm} shows '{needle}': {:#?}",
+            bs.last().map(|b| &b["frames"])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_kernel_panic_is_diagnosed_from_serial_and_screen() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    // No init anywhere: the kernel panics once it has unpacked the initramfs, before any
+    // display driver is loaded (a PVH-booted kernel has no VGA text console of its own).
+    create_broken(
+        &node,
+        "pan",
+        "panic",
+        "rdinit=/nonexistent init=/nonexistent",
+    );
+
+    let b = wait_verdict(&node, "pan", 1, "failed", BOOT);
+    assert_eq!(b["verdict"]["stage"], "kernel", "{b:#}");
+    let summary = b["verdict"]["summary"].as_str().unwrap();
+    assert!(summary.contains("Kernel panic - not syncing"), "{summary}");
+    let ev = evidence(&b);
+    assert!(
+        ev.contains("serial: [") && ev.contains("Linux version"),
+        "{ev}"
+    );
+    // Its screen never got past the firmware: the series shows that screen, frozen.
+    wait_frame(&node, "pan", "Booting", BOOT);
+    let deadline = Instant::now() + BOOT;
+    let frozen = loop {
+        let b = boots(&node, "pan").pop().unwrap();
+        let e = evidence(&b);
+        if e.contains("screen: screen frozen for") {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no frozen screen flagged: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(frozen.contains("Kernel panic"), "{frozen}");
+}
+
+#[test]
+fn a_guest_whose_network_never_comes_up_is_diagnosed() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    create_broken(&node, "nonet", "nonet", "vmnode.nonet");
+    let b = wait_verdict(&node, "nonet", 1, "failed", BOOT);
+    assert_eq!(b["verdict"]["stage"], "network", "{b:#}");
+    let summary = b["verdict"]["summary"].as_str().unwrap();
+    assert!(summary.contains("no DHCP: not one packet"), "{summary}");
+    let ev = evidence(&b);
+    assert!(ev.contains("serial: network-down no-lease"), "{ev}");
+    // Nothing from the guest's NIC reached the DHCP responder.
+    assert!(!b["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["source"] == "dhcp"));
+    wait_frame(&node, "nonet", "VMNODE-BOOT: network-down no-lease", BOOT);
+}
+
+#[test]
+fn a_guest_without_its_agent_is_diagnosed() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    create_broken(&node, "noagent", "noagent", "vmnode.noagent");
+    let b = wait_verdict(&node, "noagent", 1, "failed", BOOT);
+    assert_eq!(b["verdict"]["stage"], "agent", "{b:#}");
+    let summary = b["verdict"]["summary"].as_str().unwrap();
+    assert!(summary.contains("guest agent did not answer"), "{summary}");
+    // It got as far as an address: the evidence shows the DHCP ACK.
+    assert!(evidence(&b).contains("dhcp: ACK"), "{}", evidence(&b));
+    // The screen shows the guest waiting at its login prompt.
+    let f = wait_frame(&node, "noagent", "login:", BOOT);
+    assert_eq!(f["shows"], "login", "{f:#}");
+}

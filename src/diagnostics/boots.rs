@@ -77,6 +77,9 @@ pub struct Frame {
     /// The line of screen text that says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// The last lines of text on the screen (read with the guest's font), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,12 +231,32 @@ pub fn classify_line(line: &str) -> Option<(Mark, String)> {
     Some((mark, text()))
 }
 
-/// Printable text of a console line, at most 200 characters.
+/// Printable text of a console line, at most 200 characters: terminal escape sequences
+/// (`ESC [ ... letter`, `ESC c`) and other control characters removed.
 fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect::<String>()
+    let mut out = String::new();
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            // A two-character sequence (ESC c, ESC 7, ...) ends here; a CSI runs on through
+            // parameters and intermediates to one final byte in @..~.
+            if it.next() == Some('[') {
+                for p in it.by_ref() {
+                    if ('@'..='~').contains(&p) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if !c.is_control() {
+            out.push(c);
+        }
+        if out.chars().count() >= 200 {
+            break;
+        }
+    }
+    out
 }
 
 /// Splits pumped serial bytes into lines, keeping an unfinished line (bounded) for the next call.
@@ -287,6 +310,9 @@ mod tests {
         assert_eq!(c("vm1 login:"), Some(Mark::Login));
         assert_eq!(c("[    1.2] Run /init as init process"), Some(Mark::Initrd));
         assert_eq!(c("just some output"), None);
+        let (_, t) =
+            classify_line("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1.16)").unwrap();
+        assert_eq!(t, "SeaBIOS (version 1.16)");
         assert_eq!(c(""), None);
     }
 

@@ -15,6 +15,21 @@ use super::verdict::{self, Verdict};
 
 /// A screen that has not changed for this long during a boot is flagged.
 const FROZEN_MS: i64 = 15_000;
+/// Lines of screen text kept with each frame.
+const SCREEN_LINES: usize = 12;
+
+/// The last `n` non-empty lines.
+fn last_lines(text: &[String], n: usize) -> Vec<String> {
+    let mut v: Vec<String> = text
+        .iter()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(n)
+        .cloned()
+        .collect();
+    v.reverse();
+    v
+}
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -292,6 +307,7 @@ impl Recorder {
             height,
             shows: seen.as_ref().map(|(w, _)| w.to_string()),
             evidence: seen.map(|(_, l)| l),
+            text: last_lines(text, SCREEN_LINES),
         });
         g.dirty = true;
     }

@@ -25,6 +25,10 @@ pub struct Font {
     glyphs: HashMap<[u8; 16], char>,
 }
 
+/// A cell differing from every glyph by more than this many pixels is unknown (`?`). Fonts
+/// differ by a few pixels between the kernel and QEMU's VGA text mode (e.g. `m`, `0`).
+const NEAR_BITS: u32 = 10;
+
 impl Font {
     /// The 8×16 font inside a kernel image (ELF or raw); `None` if it is not there.
     pub fn from_image_bytes(data: &[u8]) -> Option<Font> {
@@ -44,6 +48,22 @@ impl Font {
             glyphs.insert(g, code as char);
         }
         Font { glyphs }
+    }
+
+    /// The character a cell shows: an exact glyph, else the nearest one if it is close.
+    fn glyph(&self, bits: &[u8; 16]) -> char {
+        if let Some(c) = self.glyphs.get(bits) {
+            return *c;
+        }
+        let dist =
+            |g: &[u8; 16]| -> u32 { g.iter().zip(bits).map(|(a, b)| (a ^ b).count_ones()).sum() };
+        self.glyphs
+            .iter()
+            .map(|(g, c)| (dist(g), *c))
+            .min()
+            .filter(|(d, _)| *d <= NEAR_BITS)
+            .map(|(_, c)| c)
+            .unwrap_or('?')
     }
 
     /// The font of a kernel file, read once per path.
@@ -96,7 +116,7 @@ pub fn read(img: &Rgb, font: &Font) -> Vec<String> {
             line.push(if bits == [0; 16] {
                 ' '
             } else {
-                font.glyphs.get(&bits).copied().unwrap_or('?')
+                font.glyph(&bits)
             });
         }
         lines.push(line.trim_end().to_string());
@@ -107,6 +127,21 @@ pub fn read(img: &Rgb, font: &Font) -> Vec<String> {
     lines
 }
 
+/// What identifies a screen for change detection: its text without the cursor (which blinks),
+/// or `None` when too little of it reads as text (then the pixels decide).
+pub fn identity(lines: &[String]) -> Option<String> {
+    let kept: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_end_matches(['_', '?', ' ']))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let readable = kept
+        .iter()
+        .map(|l| l.chars().filter(|c| c.is_ascii_alphanumeric()).count())
+        .sum::<usize>();
+    (readable >= 8).then(|| kept.join("\n"))
+}
+
 /// What a screen shows, if it is something boot diagnostics cares about: `("panic", line)` or
 /// `("login", line)`.
 pub fn recognise(lines: &[String]) -> Option<(&'static str, String)> {
@@ -114,9 +149,12 @@ pub fn recognise(lines: &[String]) -> Option<(&'static str, String)> {
         return Some(("panic", l.trim().to_string()));
     }
     // The prompt is the last non-empty line when the guest waits at it.
-    let last = lines.iter().rev().find(|l| !l.trim().is_empty())?;
-    last.trim_end()
-        .ends_with("login:")
+    // (The cursor after it reads as `_` or `?`.)
+    let last = lines
+        .iter()
+        .map(|l| l.trim_end_matches(['_', '?', ' ']))
+        .rfind(|l| !l.is_empty())?;
+    last.ends_with("login:")
         .then(|| ("login", last.trim().to_string()))
 }
 
@@ -192,8 +230,18 @@ mod tests {
             assert_eq!(what, "panic");
             assert!(line.contains("No working init"));
         }
+        // A glyph drawn a few pixels differently still reads as itself.
+        let mut t2 = t.clone();
+        t2[b'm' as usize * 16 + 5] ^= 0x18;
+        let lines = read(&draw(&["mmm"], 640, 480, 8, &t2), &f);
+        assert_eq!(lines, vec!["mmm".to_string()]);
         let lines = read(&draw(&["Debian", "vm1 login:"], 640, 480, 8, &t), &f);
         assert_eq!(recognise(&lines), Some(("login", "vm1 login:".to_string())));
+        let with_cursor = ["vm1 login: _".to_string(), "?".to_string()];
+        assert_eq!(
+            recognise(&with_cursor),
+            Some(("login", "vm1 login:".to_string()))
+        );
         assert_eq!(recognise(&["booting".to_string()]), None);
     }
 }

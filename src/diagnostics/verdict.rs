@@ -141,7 +141,7 @@ pub fn judge(b: &Boot, now_ms: i64) -> Verdict {
     }
     if reached == Stage::Agent {
         // Network and agent both count; a guest may answer its agent before DHCP completes.
-        if at(Stage::Network).is_some() || of(Mark::Network).next().is_some() {
+        if of(Mark::Network).next().is_some() {
             return Verdict {
                 outcome: Outcome::Booted,
                 stage: Stage::Booted,
@@ -310,6 +310,20 @@ mod tests {
         let v = judge(&b, 2000 + NETWORK_DEADLINE_MS);
         assert_eq!((v.outcome, v.stage), (Outcome::Failed, Stage::Network));
         assert!(v.summary.contains("not one packet"), "{}", v.summary);
+    }
+
+    #[test]
+    fn an_agent_without_network_is_still_a_network_stop() {
+        let b = boot(&[
+            (500, S::Serial, M::Kernel, "Linux version"),
+            (2000, S::Serial, M::Userspace, "init"),
+            (2500, S::Serial, M::NetworkDown, "network-down no-lease"),
+            (3000, S::Agent, M::Agent, "agent answered"),
+        ]);
+        assert_eq!(judge(&b, 4000).outcome, Outcome::Booting);
+        let v = judge(&b, 2000 + NETWORK_DEADLINE_MS);
+        assert_eq!((v.outcome, v.stage), (Outcome::Failed, Stage::Network));
+        assert!(v.evidence.iter().any(|e| e.contains("network-down")));
     }
 
     #[test]

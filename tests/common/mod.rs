@@ -76,6 +76,33 @@ impl Node {
         node
     }
 
+    /// Publishes a variant of the tiny image as `vmnode:{offer}:1:1.0.0`: the same files
+    /// (hard links) booted with `extra` appended to its kernel command line.
+    pub fn publish_variant(&self, offer: &str, extra: &str) -> String {
+        let tiny = self.state.join("images/vmnode/tiny/1");
+        let src = std::fs::read_dir(&tiny)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        let dst = self.state.join(format!("images/vmnode/{offer}/1/1.0.0"));
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in std::fs::read_dir(&src).unwrap().flatten() {
+            if f.file_name() != "manifest.json" {
+                std::fs::hard_link(f.path(), dst.join(f.file_name())).unwrap();
+            }
+        }
+        let mut m: Value =
+            serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+        m["offer"] = Value::from(offer);
+        m["version"] = Value::from("1.0.0");
+        let cmdline = format!("{} {extra}", m["cmdline"].as_str().unwrap());
+        m["cmdline"] = Value::from(cmdline);
+        std::fs::write(dst.join("manifest.json"), m.to_string()).unwrap();
+        format!("vmnode:{offer}:1:latest")
+    }
+
     pub fn spawn_daemon(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

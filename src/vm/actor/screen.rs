@@ -55,7 +55,16 @@ impl Actor {
                 .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel(&k))
                 .map(|f| crate::diagnostics::screen_text::read(&img, &f))
                 .unwrap_or_default();
-            let hash = crate::diagnostics::screenshot::hash(&img);
+            // The same text is the same screen, whatever the cursor's blink did to the pixels.
+            let hash = match crate::diagnostics::screen_text::identity(&text) {
+                Some(t) => {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (img.width, img.height, t).hash(&mut h);
+                    h.finish()
+                }
+                None => crate::diagnostics::screenshot::hash(&img),
+            };
             Ok::<_, crate::diagnostics::screenshot::ShotError>((hash, img.width, img.height, text))
         })
         .await
@@ -91,8 +100,8 @@ impl Actor {
         self.diag.save_if_dirty();
     }
 
-    /// Screenshots during a boot: every few seconds until it is booted or has failed, then one
-    /// more of the final screen.
+    /// Screenshots during a boot: every few seconds until it has booted (then one more of the
+    /// final screen), or for the first minutes of a boot that is stuck or failed.
     pub(super) async fn boot_shot(&mut self) {
         if self.qmp.is_none() {
             return;
@@ -100,15 +109,18 @@ impl Actor {
         let Some((n, age)) = self.diag.current() else {
             return;
         };
-        let outcome = self.diag.verdict().map(|(_, v)| v.outcome);
-        let settled = matches!(outcome, Some(Outcome::Booted | Outcome::Failed));
-        let take = if settled {
+        // A failed boot is watched on (its screen may be frozen: that is evidence too).
+        let booted = matches!(
+            self.diag.verdict().map(|(_, v)| v.outcome),
+            Some(Outcome::Booted)
+        );
+        let take = if booted {
             self.final_shot != Some(n)
         } else {
             age < WATCH_FOR_MS
         };
         if take {
-            if settled {
+            if booted {
                 self.final_shot = Some(n);
             }
             if let Err(e) = self.screenshot().await {
