@@ -49,3 +49,25 @@ fn sdk_anonymous_access() {
 fn sdk_block_blobs() {
     BlobNode::start().sdk("blocks");
 }
+
+#[test]
+fn sdk_metadata_names_keep_their_case() {
+    BlobNode::start().sdk("metadata-case");
+}
+
+#[test]
+fn sdk_key2_signs_requests() {
+    let node = BlobNode::start();
+    let conn2 = node
+        .ok(&[
+            "storage",
+            "account",
+            "show-connection-string",
+            "--key",
+            "secondary",
+        ])
+        .trim()
+        .to_string();
+    assert_ne!(conn2, node.connection_string());
+    node.sdk_with("key2", &[("VMNODE_CONN2", conn2.as_str())]);
+}

@@ -169,26 +169,38 @@ pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// `x-ms-meta-*` request headers.
-pub fn metadata(h: &HeaderMap) -> Result<BTreeMap<String, String>> {
+/// `x-ms-meta-*` request headers, named as in `spelt` (the names as sent; hyper's are
+/// lower-case). The cloud keeps a name's case but compares names ignoring it: the same name
+/// twice is 400.
+pub fn metadata(h: &HeaderMap, spelt: &[String]) -> Result<BTreeMap<String, String>> {
+    let invalid = |why: &str| {
+        BlobError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidMetadata",
+            format!("The metadata specified is invalid. {why}"),
+        )
+    };
     let mut out = BTreeMap::new();
     for (k, v) in h {
-        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
-            let ok = !name.is_empty()
-                && name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(BlobError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidMetadata",
-                    "The metadata specified is invalid. It has characters that are not permitted.",
-                ));
-            }
-            out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
+        let Some(lower) = k.as_str().strip_prefix("x-ms-meta-") else {
+            continue;
+        };
+        let ok = lower
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && lower.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(invalid("It has characters that are not permitted."));
         }
+        if h.get_all(k).iter().count() > 1 {
+            return Err(invalid("A name is given more than once."));
+        }
+        let name = spelt
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(lower))
+            .map_or(lower, String::as_str);
+        out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
     }
     Ok(out)
 }
@@ -265,4 +277,41 @@ pub fn error_response(e: &BlobError, request_id: &str, head: bool) -> Response<B
         Body::from(body)
     })
     .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn metadata_takes_the_spelling_sent_and_refuses_a_name_twice() {
+        let h = headers(&[("x-ms-meta-MyKey", "1"), ("x-ms-meta-b", "2")]);
+        let md = metadata(&h, &["MyKey".into(), "b".into()]).unwrap();
+        assert_eq!(
+            md.into_iter().collect::<Vec<_>>(),
+            [
+                ("MyKey".to_string(), "1".to_string()),
+                ("b".to_string(), "2".to_string())
+            ]
+        );
+        // Without the wire's spellings: hyper's lower case.
+        let md = metadata(&h, &[]).unwrap();
+        assert!(md.contains_key("mykey"));
+        let dup = headers(&[("x-ms-meta-Key", "1"), ("x-ms-meta-KEY", "2")]);
+        let e = metadata(&dup, &["Key".into(), "KEY".into()]).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "InvalidMetadata"));
+        let bad = headers(&[("x-ms-meta-1abc", "1")]);
+        assert_eq!(metadata(&bad, &[]).unwrap_err().code, "InvalidMetadata");
+    }
 }

@@ -29,6 +29,7 @@ pub mod lease;
 pub mod pages;
 pub mod server;
 pub mod store;
+mod wire;
 pub mod xml;
 
 use std::path::{Path, PathBuf};
@@ -338,7 +339,7 @@ mod tests {
     fn disk_lease_blocks_delete_and_check_finds_orphans() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("blobs"));
-        store.add_account("acct", &new_account_key()).unwrap();
+        store.add_account("acct", &[&new_account_key()]).unwrap();
         let disk = dir.path().join("blobs/acct/vhds/vm1-osdisk-1.vhd");
         std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
         std::fs::File::create(&disk)

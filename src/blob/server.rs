@@ -22,6 +22,7 @@ use super::store::{
     etag, http_date, now_ms, now_ns, AccessPolicy, Account, BlobMeta, BlobType, ContainerMeta,
     PublicAccess, Store,
 };
+use super::wire::{CaseIo, MetaCase, Wire};
 use super::xml;
 
 /// The service version we answer with when the client names none.
@@ -44,19 +45,28 @@ pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let wire = Arc::new(Wire::default());
+            let io = CaseIo::new(tcp, wire.clone());
             let service = hyper::service::service_fn(move |req| {
-                let svc = svc.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(svc, req, peer).await) }
+                let (svc, wire) = (svc.clone(), wire.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(svc, &wire, req, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
         });
     }
 }
 
-pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    svc: Arc<Service>,
+    wire: &Wire,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    // Metadata names as the client spelt them (hyper lower-cases header names).
+    let sent = wire.request_names(req.headers());
     let rid = uuid::Uuid::new_v4().to_string();
     let version = header(req.headers(), "x-ms-version")
         .unwrap_or(VERSION)
@@ -70,10 +80,14 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr)
         .map(|(_, v)| v)
         .unwrap_or_default();
     let started = std::time::Instant::now();
-    let mut resp = match dispatch(svc, req, peer).await {
+    let (seq, names) = sent.unzip();
+    let mut resp = match dispatch(svc, req, peer, names.unwrap_or_default()).await {
         Ok(r) => r,
         Err(e) => http::error_response(&e, &rid, head),
     };
+    if let (Some(seq), Some(MetaCase(names))) = (seq, resp.extensions_mut().remove()) {
+        wire.reply(seq, names);
+    }
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -294,6 +308,8 @@ pub(super) struct Req {
     pub(super) h: HeaderMap,
     pub(super) head: bool,
     pub(super) access: Access,
+    /// The request's `x-ms-meta-*` names as sent (hyper's `h` has them lower-cased).
+    pub(super) meta_names: Vec<String>,
 }
 
 impl Req {
@@ -305,6 +321,10 @@ impl Req {
     }
     pub(super) fn h(&self, name: &str) -> Option<&str> {
         header(&self.h, name)
+    }
+    /// The request's user metadata, names spelt as sent.
+    pub(super) fn metadata(&self) -> Result<BTreeMap<String, String>> {
+        http::metadata(&self.h, &self.meta_names)
     }
 }
 
@@ -345,6 +365,7 @@ async fn dispatch(
     svc: Arc<Service>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    meta_names: Vec<String>,
 ) -> Result<Response<Body>> {
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_string();
@@ -425,6 +446,7 @@ async fn dispatch(
         container: container.unwrap_or_default(),
         blob: blob.unwrap_or_default(),
         access: access_of(&parts.headers)?,
+        meta_names,
         q,
         h: parts.headers,
         head: parts.method == Method::HEAD,
@@ -522,9 +544,13 @@ pub(super) fn with_etag(b: Builder, modified_ns: u64) -> Builder {
         .header("last-modified", http_date(modified_ns))
 }
 
+/// `x-ms-meta-*` headers; names that are not all lower-case are re-cased on the wire.
 pub(super) fn meta_headers(mut b: Builder, md: &BTreeMap<String, String>) -> Builder {
     for (k, v) in md {
         b = b.header(format!("x-ms-meta-{k}"), v);
+    }
+    if md.keys().any(|k| k.bytes().any(|c| c.is_ascii_uppercase())) {
+        b = b.extension(MetaCase(md.keys().cloned().collect()));
     }
     b
 }

@@ -154,6 +154,11 @@ impl BlobNode {
     /// Runs one section of tests/blob/sdk_test.py against this node; panics with its output
     /// unless every check passed.
     pub fn sdk(&self, section: &str) {
+        self.sdk_with(section, &[]);
+    }
+
+    /// Like [`BlobNode::sdk`], with more environment for the script.
+    pub fn sdk_with(&self, section: &str, env: &[(&str, &str)]) {
         let py = python();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/blob/sdk_test.py");
         let out = Command::new(py)
@@ -161,6 +166,7 @@ impl BlobNode {
             .arg(section)
             .env("VMNODE_CONN", self.connection_string())
             .env("VMNODE_BLOB_URL", self.blob_url())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -4,7 +4,7 @@ use std::io::Write;
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::new(dir.path().join("blobs"));
-    s.add_account("acct", &crate::blob::new_account_key())
+    s.add_account("acct", &[&crate::blob::new_account_key()])
         .unwrap();
     (dir, s)
 }
