@@ -8,7 +8,8 @@
 //! | `http.rs` | bodies in and out, header helpers, error rendering |
 //! | `auth.rs` | SharedKey, service and account SAS, anonymous access |
 //! | `store.rs` | layout on disk, names, metadata, containers |
-//! | `blobs.rs` | blob operations: put/get, blocks, pages, snapshots, leases |
+//! | `blobs.rs`, `blobs/{put,page}.rs` | blob operations: reads, the overwrite and lease checks, snapshots, leases, listing; whole-blob writes (Put Blob, blocks, append); page blob operations |
+//! | `wire.rs` | the case of `x-ms-meta-*` names on the wire (hyper lower-cases them) |
 //! | `pages.rs` | the 512-byte page map; data extents of files written by QEMU |
 //! | `lease.rs` | the lease state machine (pure) |
 //! | `xml.rs`, `error.rs` | XML in and out; the cloud's error codes |
