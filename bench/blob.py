@@ -2,10 +2,13 @@
 """The same azure-storage-blob workload against vmnode's blob service and Azurite, in one run.
 
     sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
-        [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick]
+        [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick] [--rounds 3]
+        [--only vmnode|Azurite] [--perf FILE] [--json]
 
 Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) and an Azurite
-blob server (its own temp dir), runs the workload against each, prints a Markdown table.
+blob server (its own temp dir), both at once; runs the workload against each in alternating
+rounds and prints the medians as a Markdown table, with vmnode's own time per operation
+(request head to response head, from its debug log).
 Workload: 4 MiB page writes, page-range listing of a fragmented page blob, lease operations
 (acquire/renew/change/release), block upload and download (4 MiB blocks, 4 in flight).
 """
@@ -68,7 +71,7 @@ def start_vmnode(binary, tmp):
         proc.terminate()
         proc.wait()
         subprocess.run(["ip", "netns", "del", netns], stderr=subprocess.DEVNULL)
-    return conn, stop
+    return conn, stop, proc.pid
 
 
 def start_azurite(binary, tmp):
@@ -84,7 +87,7 @@ def start_azurite(binary, tmp):
     def stop():
         proc.terminate()
         proc.wait()
-    return conn, stop
+    return conn, stop, proc.pid
 
 
 def pct(xs, p):
@@ -159,17 +162,22 @@ def workload(conn, quick):
 
 
 def server_side(log):
-    """Lease latency inside vmnode (request head to response head), from its debug log."""
-    us = []
+    """Time inside vmnode (request head to response head) per operation, from its debug log."""
+    by_op = {}
     for line in open(log, errors="replace"):
-        if "blob request" in line and "comp=lease" in line:
-            for f in line.split():
-                if f.startswith("us="):
-                    us.append(int(f[3:]) / 1000)
-    if not us:
-        return {}
-    return {"lease op in the service p50 ms": statistics.median(us),
-            "lease op in the service p99 ms": pct(us, 99)}
+        if "blob request" not in line:
+            continue
+        f = dict(x.split("=", 1) for x in line.split() if "=" in x)
+        op = {"lease": "lease op", "pagelist": "get page ranges", "page": "put page",
+              "block": "put block", "": "get blob" if f.get("method") == "GET" else None
+              }.get(f.get("comp"))
+        if op and "us" in f:
+            by_op.setdefault(op, []).append(int(f["us"]) / 1000)
+    out = {}
+    for op, us in by_op.items():
+        out[f"{op} in the service p50 ms"] = statistics.median(us)
+        out[f"{op} in the service p99 ms"] = pct(us, 99)
+    return out
 
 
 def main():
@@ -180,22 +188,53 @@ def main():
                     or "/tmp/azurite/node_modules/.bin/azurite-blob")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", choices=["vmnode", "Azurite"], help="run against one server only")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="record a perf profile of vmnode during its first measured round")
     a = ap.parse_args()
-    results = {}
-    for name, start, binary in [("vmnode", start_vmnode, a.vmnode),
-                                ("Azurite", start_azurite, a.azurite)]:
-        tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
-        conn, stop = start(binary, tmp)
-        try:
+    servers = [(n, st, b) for n, st, b in [("vmnode", start_vmnode, a.vmnode),
+                                           ("Azurite", start_azurite, a.azurite)]
+               if not a.only or a.only == n]
+    # Both servers run at once and the rounds alternate between them (A B B A ...), so a
+    # change in the machine's load (other builds) falls on both alike; each figure is the
+    # median over the rounds.
+    running, rounds = {}, {}
+    try:
+        for name, start, binary in servers:
+            tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
+            conn, stop, pid = start(binary, tmp)
+            running[name] = (conn, stop, pid, tmp)
             workload(conn, a.quick)  # warm-up: connections, caches, JIT
-            results[name] = workload(conn, a.quick)
-            if name == "vmnode":
-                results[name].update(server_side(f"{tmp}/vmnode.log"))
-        finally:
+        names = [n for n, _, _ in servers]
+        for r in range(a.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                conn, _, pid, _ = running[name]
+                perf = None
+                if a.perf and name == "vmnode" and r == 0:
+                    perf = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(pid)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                rounds.setdefault(name, []).append(workload(conn, a.quick))
+                if perf:
+                    perf.send_signal(2)
+                    perf.wait()
+        if "vmnode" in running:
+            in_service = server_side(f"{running['vmnode'][3]}/vmnode.log")
+    finally:
+        for conn, stop, pid, tmp in running.values():
             stop()
             shutil.rmtree(tmp, ignore_errors=True)
+    results = {n: {k: statistics.median(rd[k] for rd in rs) for k in rs[0]}
+               for n, rs in rounds.items()}
+    if "vmnode" in results:
+        results["vmnode"].update(in_service)
     if a.json:
         print(json.dumps(results, indent=2))
+        return
+    if len(results) == 1:
+        print("| metric | value |\n|---|---:|")
+        for k, v in next(iter(results.values())).items():
+            print(f"| {k} | {v:.2f} |")
         return
     print("| metric | vmnode | Azurite | vmnode / Azurite |")
     print("|---|---:|---:|---:|")

@@ -49,7 +49,7 @@ async fn start_blob_service(
 ) -> anyhow::Result<()> {
     let store = Arc::new(crate::blob::Store::new(cfg.paths.blobs()));
     store
-        .add_account(account, key)
+        .add_account(account, &[key])
         .map_err(|e| anyhow::anyhow!(e))?;
     let endpoint = format!("http://{}", cfg.blob_listen);
     let file = crate::blob::AccountFile {
@@ -157,11 +157,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         db.put(Kind::StorageAccount, &account, &own)?;
     }
     let endpoint = format!("http://{}", cfg.blob_listen);
+    // Every account, the node's own too (its key2 is in its record).
     for a in db.list::<AccountRecord>(Kind::StorageAccount)? {
-        if a.name != account {
-            crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
-                .map_err(anyhow::Error::msg)?;
-        }
+        crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
+            .map_err(anyhow::Error::msg)?;
     }
 
     let node = Node::new(

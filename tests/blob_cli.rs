@@ -3,12 +3,13 @@
 //! anonymous access after set-permission, leases, page uploads that keep holes, and the
 //! disk/lease consistency check.
 
+mod common;
 #[path = "blob/harness.rs"]
 mod harness;
 
 use std::io::{Read, Write};
 
-use harness::BlobNode;
+use harness::{Blob, Node};
 
 /// A plain HTTP/1.1 GET (no SDK, no key): (status, body).
 fn http_get(url: &str) -> (u16, Vec<u8>) {
@@ -30,7 +31,7 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
 
 #[test]
 fn storage_cli_round_trip() {
-    let node = BlobNode::start();
+    let node = Node::start_bare();
     let name = node.account_name();
     let accounts = node.ok(&["storage", "account", "list"]);
     assert!(accounts.contains(&name), "{accounts}");

@@ -55,7 +55,7 @@ pub fn register(
     a: &AccountRecord,
 ) -> std::result::Result<(), String> {
     if let Some(store) = crate::blob::node_store() {
-        store.add_account(&a.name, &a.key1)?;
+        store.add_account(&a.name, &[&a.key1, &a.key2])?;
     }
     let file = crate::blob::AccountFile {
         name: a.name.clone(),

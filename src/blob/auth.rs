@@ -89,14 +89,17 @@ pub fn sign(key: &[u8], sts: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes())
 }
 
-/// Constant-time check of a base64 signature against a string-to-sign.
-fn verify(key: &[u8], sts: &str, sig_b64: &str) -> bool {
+/// Checks a base64 signature of a string-to-sign against each of the account's keys (key1,
+/// key2), each comparison in constant time.
+fn verify(account: &Account, sts: &str, sig_b64: &str) -> bool {
     let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64.trim()) else {
         return false;
     };
-    let mut m = mac(key);
-    m.update(sts.as_bytes());
-    m.verify_slice(&sig).is_ok()
+    account.keys.iter().any(|key| {
+        let mut m = mac(key);
+        m.update(sts.as_bytes());
+        m.verify_slice(&sig).is_ok()
+    })
 }
 
 // The service's header order, as the Python SDK emulates it (`_storage_header_sort`): letters
@@ -290,7 +293,7 @@ fn shared_key(r: &Request<'_>, value: &str, account: &Account) -> Result<Princip
     }
     check_date(r.headers)?;
     for sts in shared_key_candidates(r, &account.name) {
-        if verify(&account.key, &sts, sig) {
+        if verify(account, &sts, sig) {
             return Ok(Principal::Key);
         }
     }
@@ -468,7 +471,7 @@ fn sas(
         }
         s
     };
-    if !verify(&account.key, &sts, sig) {
+    if !verify(account, &sts, sig) {
         return Err(BlobError::auth_failed(format!(
             "Signature did not match. String to sign used was {}",
             sts.replace('\n', "\\n")
@@ -560,7 +563,7 @@ pub fn service_sas(
         start.unwrap_or(""),
         ip.unwrap_or("")
     );
-    let sig = sign(&account.key, &sts);
+    let sig = sign(account.signing_key(), &sts);
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };

@@ -143,7 +143,7 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
     let kind =
         BlobType::parse(kind).ok_or_else(|| BlobError::invalid_header("x-ms-blob-type", kind))?;
     let props = http::http_props(&r.h, true).unwrap_or_default();
-    let md = http::metadata(&r.h)?;
+    let md = r.metadata()?;
     match kind {
         BlobType::BlockBlob => {
             if !r.store.container_exists(&r.account, &r.container) {
@@ -343,7 +343,7 @@ pub(super) fn set_blob_props(r: &Req) -> Result<Response<Body>> {
 }
 
 pub(super) fn set_blob_metadata(r: &Req) -> Result<Response<Body>> {
-    let md = http::metadata(&r.h)?;
+    let md = r.metadata()?;
     let ((), m) = r
         .store
         .update_blob(&r.account, &r.container, &r.blob, &r.access, |_, m| {
@@ -402,7 +402,7 @@ pub(super) fn put_block_list(r: &Req, body: &[u8]) -> Result<Response<Body>> {
         &r.blob,
         &list,
         props,
-        http::metadata(&r.h)?,
+        r.metadata()?,
         &r.access,
     )?;
     done(
@@ -573,7 +573,7 @@ pub(super) fn page_ranges(r: &Req) -> Result<Response<Body>> {
 }
 
 pub(super) fn snapshot(r: &Req) -> Result<Response<Body>> {
-    let md = http::metadata(&r.h)?;
+    let md = r.metadata()?;
     let (id, m) = r.store.snapshot(
         &r.account,
         &r.container,

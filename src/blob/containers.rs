@@ -3,7 +3,7 @@
 use hyper::{Response, StatusCode};
 
 use super::error::{BlobError, Result};
-use super::http::{self, Body};
+use super::http::Body;
 use super::lease;
 use super::server::*;
 use super::store::{etag, http_date, now_ms, AccessPolicy, ContainerMeta, PublicAccess};
@@ -88,7 +88,7 @@ pub(super) fn create_container(r: &Req) -> Result<Response<Body>> {
     };
     let m = r
         .store
-        .create_container(&r.account, &r.container, http::metadata(&r.h)?, access)?;
+        .create_container(&r.account, &r.container, r.metadata()?, access)?;
     done(with_etag(empty(StatusCode::CREATED), m.modified_ns))
 }
 
@@ -121,7 +121,7 @@ pub(super) fn delete_container(r: &Req) -> Result<Response<Body>> {
 }
 
 pub(super) fn set_container_metadata(r: &Req) -> Result<Response<Body>> {
-    let md = http::metadata(&r.h)?;
+    let md = r.metadata()?;
     let m = r.store.update_container(&r.account, &r.container, |m| {
         check_container_lease(m, r, false)?;
         r.access.cond.check(m.modified_ns, false)?;

@@ -70,28 +70,26 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Streams `len` bytes of `file` from `off` (a reader thread feeds a small channel).
+/// `len` bytes of `file` from `off`. A small range is read here; a larger one by a blocking
+/// thread, in one piece up to 4 MiB (what the SDKs ask for at a time), else streamed in 1 MiB
+/// chunks through a small channel.
 pub fn file_body(file: std::fs::File, off: u64, len: u64) -> Body {
+    const INLINE: u64 = 64 << 10;
     const CHUNK: u64 = 1 << 20;
-    if len <= 4 * CHUNK {
-        let mut buf = vec![0u8; len as usize];
-        return match read_exact_at(&file, &mut buf, off) {
-            Ok(()) => Body::from(buf),
-            Err(e) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(1);
-                let _ = tx.try_send(Err(e));
-                Body::Chunks { rx, left: len }
-            }
+    if len <= INLINE {
+        return match read_at(&file, off, len as usize) {
+            Ok(b) => Body::from(b),
+            Err(e) => failed(e, len),
         };
     }
+    let chunk = if len <= 4 * CHUNK { len } else { CHUNK };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let mut pos = off;
         let end = off + len;
         while pos < end {
-            let n = (end - pos).min(CHUNK) as usize;
-            let mut buf = vec![0u8; n];
-            let r = read_exact_at(&file, &mut buf, pos).map(|()| Bytes::from(buf));
+            let n = (end - pos).min(chunk) as usize;
+            let r = read_at(&file, pos, n);
             let failed = r.is_err();
             if tx.blocking_send(r).is_err() || failed {
                 return;
@@ -102,24 +100,47 @@ pub fn file_body(file: std::fs::File, off: u64, len: u64) -> Body {
     Body::Chunks { rx, left: len }
 }
 
-/// Reads exactly `buf.len()` bytes at `off`; past the end of the file reads zeros.
-fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], off + done as u64)?;
-        if n == 0 {
-            buf[done..].fill(0);
-            return Ok(());
+fn failed(e: std::io::Error, len: u64) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Err(e));
+    Body::Chunks { rx, left: len }
+}
+
+/// Reads `len` bytes at `off` into a new buffer (not zeroed first: the read fills it); past
+/// the end of the file reads zeros.
+fn read_at(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let at = libc::off_t::try_from(off + done as u64).map_err(std::io::Error::other)?;
+        // SAFETY: `spare` is writable memory of at least `len - done` bytes owned by `buf`;
+        // pread writes at most that many bytes into it and reports how many.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), len - done, at) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
-        done += n;
+        if n == 0 {
+            break;
+        }
+        // SAFETY: pread initialised the next `n` bytes (n <= len - done).
+        unsafe { buf.set_len(done + n as usize) };
     }
-    Ok(())
+    buf.resize(len, 0);
+    Ok(Bytes::from(buf))
 }
 
 /// The whole request body, refusing more than `limit` bytes.
 pub async fn body_bytes(body: Incoming, limit: usize) -> Result<Bytes> {
-    let mut out = Vec::new();
+    use hyper::body::Body as _;
+    // One allocation for the announced length (no copies as the buffer grows).
+    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut out = Vec::with_capacity(hint.min(limit));
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame =
@@ -138,8 +159,25 @@ pub async fn body_bytes(body: Incoming, limit: usize) -> Result<Bytes> {
     Ok(Bytes::from(out))
 }
 
-/// Writes the request body to a new file at `path`; returns its length.
+/// Writes the request body to a new file at `path`; returns its length. A body of up to
+/// 8 MiB (an SDK's block) is received into memory and written by a blocking thread in one go;
+/// a larger one is streamed to the file as it comes.
 pub async fn body_to_file(body: Incoming, path: &Path) -> Result<u64> {
+    use hyper::body::Body as _;
+    const IN_MEMORY: u64 = 8 << 20;
+    if body.size_hint().upper().is_some_and(|n| n <= IN_MEMORY) {
+        let data = body_bytes(body, IN_MEMORY as usize).await?;
+        let path = path.to_path_buf();
+        return tokio::task::spawn_blocking(move || {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            std::fs::write(&path, &data)?;
+            Ok(data.len() as u64)
+        })
+        .await
+        .map_err(BlobError::internal)?;
+    }
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -169,26 +207,38 @@ pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// `x-ms-meta-*` request headers.
-pub fn metadata(h: &HeaderMap) -> Result<BTreeMap<String, String>> {
+/// `x-ms-meta-*` request headers, named as in `spelt` (the names as sent; hyper's are
+/// lower-case). The cloud keeps a name's case but compares names ignoring it: the same name
+/// twice is 400.
+pub fn metadata(h: &HeaderMap, spelt: &[String]) -> Result<BTreeMap<String, String>> {
+    let invalid = |why: &str| {
+        BlobError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidMetadata",
+            format!("The metadata specified is invalid. {why}"),
+        )
+    };
     let mut out = BTreeMap::new();
     for (k, v) in h {
-        if let Some(name) = k.as_str().strip_prefix("x-ms-meta-") {
-            let ok = !name.is_empty()
-                && name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(BlobError::new(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidMetadata",
-                    "The metadata specified is invalid. It has characters that are not permitted.",
-                ));
-            }
-            out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
+        let Some(lower) = k.as_str().strip_prefix("x-ms-meta-") else {
+            continue;
+        };
+        let ok = lower
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && lower.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(invalid("It has characters that are not permitted."));
         }
+        if h.get_all(k).iter().count() > 1 {
+            return Err(invalid("A name is given more than once."));
+        }
+        let name = spelt
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(lower))
+            .map_or(lower, String::as_str);
+        out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
     }
     Ok(out)
 }
@@ -265,4 +315,55 @@ pub fn error_response(e: &BlobError, request_id: &str, head: bool) -> Response<B
         Body::from(body)
     })
     .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn reads_fill_the_range_and_zeros_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..100u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(&read_at(&f, 10, 20).unwrap()[..], &data[10..30]);
+        let tail = read_at(&f, 90, 30).unwrap();
+        assert_eq!(&tail[..10], &data[90..]);
+        assert_eq!(&tail[10..], &[0u8; 20]);
+        assert!(read_at(&f, 500, 8).unwrap().iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn metadata_takes_the_spelling_sent_and_refuses_a_name_twice() {
+        let h = headers(&[("x-ms-meta-MyKey", "1"), ("x-ms-meta-b", "2")]);
+        let md = metadata(&h, &["MyKey".into(), "b".into()]).unwrap();
+        assert_eq!(
+            md.into_iter().collect::<Vec<_>>(),
+            [
+                ("MyKey".to_string(), "1".to_string()),
+                ("b".to_string(), "2".to_string())
+            ]
+        );
+        // Without the wire's spellings: hyper's lower case.
+        let md = metadata(&h, &[]).unwrap();
+        assert!(md.contains_key("mykey"));
+        let dup = headers(&[("x-ms-meta-Key", "1"), ("x-ms-meta-KEY", "2")]);
+        let e = metadata(&dup, &["Key".into(), "KEY".into()]).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "InvalidMetadata"));
+        let bad = headers(&[("x-ms-meta-1abc", "1")]);
+        assert_eq!(metadata(&bad, &[]).unwrap_err().code, "InvalidMetadata");
+    }
 }

@@ -8,7 +8,8 @@
 //! | `http.rs` | bodies in and out, header helpers, error rendering |
 //! | `auth.rs` | SharedKey, service and account SAS, anonymous access |
 //! | `store.rs` | layout on disk, names, metadata, containers |
-//! | `blobs.rs` | blob operations: put/get, blocks, pages, snapshots, leases |
+//! | `blobs.rs`, `blobs/{put,page}.rs` | blob operations: reads, the overwrite and lease checks, snapshots, leases, listing; whole-blob writes (Put Blob, blocks, append); page blob operations |
+//! | `wire.rs` | the case of `x-ms-meta-*` names on the wire (hyper lower-cases them) |
 //! | `pages.rs` | the 512-byte page map; data extents of files written by QEMU |
 //! | `lease.rs` | the lease state machine (pure) |
 //! | `xml.rs`, `error.rs` | XML in and out; the cloud's error codes |
@@ -29,6 +30,7 @@ pub mod lease;
 pub mod pages;
 pub mod server;
 pub mod store;
+mod wire;
 pub mod xml;
 
 use std::path::{Path, PathBuf};
@@ -338,7 +340,7 @@ mod tests {
     fn disk_lease_blocks_delete_and_check_finds_orphans() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("blobs"));
-        store.add_account("acct", &new_account_key()).unwrap();
+        store.add_account("acct", &[&new_account_key()]).unwrap();
         let disk = dir.path().join("blobs/acct/vhds/vm1-osdisk-1.vhd");
         std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
         std::fs::File::create(&disk)

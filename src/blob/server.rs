@@ -22,6 +22,7 @@ use super::store::{
     etag, http_date, now_ms, now_ns, AccessPolicy, Account, BlobMeta, BlobType, ContainerMeta,
     PublicAccess, Store,
 };
+use super::wire::{CaseIo, MetaCase, Wire};
 use super::xml;
 
 /// The service version we answer with when the client names none.
@@ -44,19 +45,28 @@ pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let wire = Arc::new(Wire::default());
+            let io = CaseIo::new(tcp, wire.clone());
             let service = hyper::service::service_fn(move |req| {
-                let svc = svc.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(svc, req, peer).await) }
+                let (svc, wire) = (svc.clone(), wire.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(svc, &wire, req, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .await;
         });
     }
 }
 
-pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    svc: Arc<Service>,
+    wire: &Wire,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    // Metadata names as the client spelt them (hyper lower-cases header names).
+    let sent = wire.request_names(req.headers());
     let rid = uuid::Uuid::new_v4().to_string();
     let version = header(req.headers(), "x-ms-version")
         .unwrap_or(VERSION)
@@ -70,10 +80,14 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr)
         .map(|(_, v)| v)
         .unwrap_or_default();
     let started = std::time::Instant::now();
-    let mut resp = match dispatch(svc, req, peer).await {
+    let (seq, names) = sent.unzip();
+    let mut resp = match dispatch(svc, req, peer, names.unwrap_or_default()).await {
         Ok(r) => r,
         Err(e) => http::error_response(&e, &rid, head),
     };
+    if let (Some(seq), Some(MetaCase(names))) = (seq, resp.extensions_mut().remove()) {
+        wire.reply(seq, names);
+    }
     let h = resp.headers_mut();
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -93,7 +107,8 @@ pub async fn handle(svc: Arc<Service>, req: Request<Incoming>, peer: SocketAddr)
     resp
 }
 
-/// Runs store work off the async threads.
+/// Runs store work that may take a while (copies, directory walks, bulk reads and writes)
+/// off the async threads.
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
@@ -294,6 +309,8 @@ pub(super) struct Req {
     pub(super) h: HeaderMap,
     pub(super) head: bool,
     pub(super) access: Access,
+    /// The request's `x-ms-meta-*` names as sent (hyper's `h` has them lower-cased).
+    pub(super) meta_names: Vec<String>,
 }
 
 impl Req {
@@ -305,6 +322,10 @@ impl Req {
     }
     pub(super) fn h(&self, name: &str) -> Option<&str> {
         header(&self.h, name)
+    }
+    /// The request's user metadata, names spelt as sent.
+    pub(super) fn metadata(&self) -> Result<BTreeMap<String, String>> {
+        http::metadata(&self.h, &self.meta_names)
     }
 }
 
@@ -345,6 +366,7 @@ async fn dispatch(
     svc: Arc<Service>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    meta_names: Vec<String>,
 ) -> Result<Response<Body>> {
     let (parts, body) = req.into_parts();
     let raw_path = parts.uri.path().to_string();
@@ -389,35 +411,48 @@ async fn dispatch(
             ));
         }
     }
-    let cmeta: Option<ContainerMeta> = match &container {
-        Some(c) if op != Op::CreateContainer => svc.store.load_container(&account, c).ok(),
-        _ => None,
-    };
-    let policy = |id: &str| -> Option<AccessPolicy> {
-        cmeta
-            .as_ref()
-            .and_then(|m| m.identifiers.iter().find(|p| p.id == id).cloned())
-    };
-    let snapshot = q
-        .iter()
-        .find(|(k, _)| k == "snapshot")
-        .map(|(_, v)| v.clone());
-    let principal = auth::authenticate(
-        &auth::Request {
-            method: parts.method.as_str(),
-            raw_path: &raw_path,
-            raw_query: &raw_query,
-            headers: &parts.headers,
-            account: &account,
-            container: container.as_deref(),
-            blob: blob.as_deref(),
-            snapshot: snapshot.as_deref(),
-            peer: peer.ip(),
-        },
-        &acct,
-        &policy,
-    )?;
-    authorize(&principal, op, cmeta.as_ref().map(|m| m.public_access))?;
+    {
+        // The container's metadata is needed only for a SAS naming a stored access policy and for
+        // anonymous callers (its public access level): it is read only then, not on every request.
+        let cmeta: std::cell::OnceCell<Option<ContainerMeta>> = std::cell::OnceCell::new();
+        let container_meta = || {
+            cmeta
+                .get_or_init(|| match &container {
+                    Some(c) if op != Op::CreateContainer => {
+                        svc.store.load_container(&account, c).ok()
+                    }
+                    _ => None,
+                })
+                .as_ref()
+        };
+        let policy = |id: &str| -> Option<AccessPolicy> {
+            container_meta().and_then(|m| m.identifiers.iter().find(|p| p.id == id).cloned())
+        };
+        let snapshot = q
+            .iter()
+            .find(|(k, _)| k == "snapshot")
+            .map(|(_, v)| v.clone());
+        let principal = auth::authenticate(
+            &auth::Request {
+                method: parts.method.as_str(),
+                raw_path: &raw_path,
+                raw_query: &raw_query,
+                headers: &parts.headers,
+                account: &account,
+                container: container.as_deref(),
+                blob: blob.as_deref(),
+                snapshot: snapshot.as_deref(),
+                peer: peer.ip(),
+            },
+            &acct,
+            &policy,
+        )?;
+        let level = match principal {
+            Principal::Anonymous => container_meta().map(|m| m.public_access),
+            _ => None,
+        };
+        authorize(&principal, op, level)?;
+    }
     let r = Req {
         store: svc.store.clone(),
         endpoint: svc.endpoint.clone(),
@@ -425,6 +460,7 @@ async fn dispatch(
         container: container.unwrap_or_default(),
         blob: blob.unwrap_or_default(),
         access: access_of(&parts.headers)?,
+        meta_names,
         q,
         h: parts.headers,
         head: parts.method == Method::HEAD,
@@ -434,6 +470,9 @@ async fn dispatch(
 
 async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<Body>> {
     use Op::*;
+    // Operations that read or write a little metadata run here: a hop to a blocking thread
+    // would cost more than the work (and wake-ups on a busy host are what lease latency's p99
+    // is made of). Bulk data, copies and directory walks go to blocking threads.
     match op {
         ListContainers => blocking(move || list_containers(&r)).await,
         ServiceProps => Ok(xml_response(StatusCode::OK, service_properties())),
@@ -461,23 +500,23 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
                 .body(Body::from(body))
                 .map_err(BlobError::internal)?)
         }
-        CreateContainer => blocking(move || create_container(&r)).await,
-        ContainerProps => blocking(move || container_props(&r)).await,
+        CreateContainer => create_container(&r),
+        ContainerProps => container_props(&r),
         DeleteContainer => blocking(move || delete_container(&r)).await,
-        SetContainerMetadata => blocking(move || set_container_metadata(&r)).await,
-        GetAcl => blocking(move || get_acl(&r)).await,
+        SetContainerMetadata => set_container_metadata(&r),
+        GetAcl => get_acl(&r),
         SetAcl => {
             let b = http::body_bytes(body, 1 << 20).await?;
-            blocking(move || set_acl(&r, &b)).await
+            set_acl(&r, &b)
         }
-        ContainerLease => blocking(move || container_lease(&r)).await,
+        ContainerLease => container_lease(&r),
         ListBlobs => blocking(move || list_blobs(&r)).await,
         PutBlob => put_blob(r, body).await,
-        GetBlob => blocking(move || get_blob(&r)).await,
+        GetBlob => get_blob(&r),
         DeleteBlob => blocking(move || delete_blob(&r)).await,
         SetBlobProps => blocking(move || set_blob_props(&r)).await,
-        SetBlobMetadata => blocking(move || set_blob_metadata(&r)).await,
-        GetBlobMetadata => blocking(move || get_blob_metadata(&r)).await,
+        SetBlobMetadata => set_blob_metadata(&r),
+        GetBlobMetadata => get_blob_metadata(&r),
         PutBlock => put_block(r, body).await,
         PutBlockList => {
             let b = http::body_bytes(body, 64 << 20).await?;
@@ -485,9 +524,11 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         }
         GetBlockList => blocking(move || get_block_list(&r)).await,
         PutPage => put_page(r, body).await,
-        GetPageRanges => blocking(move || page_ranges(&r)).await,
+        // Usually a little metadata, but a VM disk's extents or a snapshot diff read its file:
+        // run here, letting the runtime move other tasks to another thread meanwhile.
+        GetPageRanges => tokio::task::block_in_place(|| page_ranges(&r)),
         Snapshot => blocking(move || snapshot(&r)).await,
-        BlobLease => blocking(move || blob_lease(&r)).await,
+        BlobLease => blob_lease(&r),
         AppendBlock => {
             let b = http::body_bytes(body, 100 << 20).await?;
             blocking(move || append_block(&r, &b)).await
@@ -522,9 +563,13 @@ pub(super) fn with_etag(b: Builder, modified_ns: u64) -> Builder {
         .header("last-modified", http_date(modified_ns))
 }
 
+/// `x-ms-meta-*` headers; names that are not all lower-case are re-cased on the wire.
 pub(super) fn meta_headers(mut b: Builder, md: &BTreeMap<String, String>) -> Builder {
     for (k, v) in md {
         b = b.header(format!("x-ms-meta-{k}"), v);
+    }
+    if md.keys().any(|k| k.bytes().any(|c| c.is_ascii_uppercase())) {
+        b = b.extension(MetaCase(md.keys().cloned().collect()));
     }
     b
 }

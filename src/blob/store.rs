@@ -338,11 +338,18 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option
     }
 }
 
-/// A storage account: its name and its key (decoded).
+/// A storage account: its name and its keys (decoded), key1 first. Either key signs requests.
 #[derive(Clone, Debug)]
 pub struct Account {
     pub name: String,
-    pub key: Vec<u8>,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Account {
+    /// The key the node itself signs with (key1).
+    pub fn signing_key(&self) -> &[u8] {
+        self.keys.first().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The content type of a file the node wrote itself, from its extension.
@@ -391,10 +398,13 @@ impl Store {
         }
     }
 
-    pub fn add_account(&self, name: &str, key_b64: &str) -> Result<(), String> {
+    /// Serves account `name` with its keys (base64; key1, key2), replacing what it had.
+    pub fn add_account(&self, name: &str, keys_b64: &[&str]) -> Result<(), String> {
         use base64::Engine;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key_b64.trim())
+        let keys = keys_b64
+            .iter()
+            .map(|k| base64::engine::general_purpose::STANDARD.decode(k.trim()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("account key of {name} is not base64: {e}"))?;
         fs::create_dir_all(self.root.join(name)).map_err(|e| e.to_string())?;
         self.accounts
@@ -404,7 +414,7 @@ impl Store {
                 name.to_string(),
                 Account {
                     name: name.to_string(),
-                    key,
+                    keys,
                 },
             );
         Ok(())

@@ -48,6 +48,12 @@ pub enum AccountCmd {
     ShowConnectionString {
         #[arg(short = 'n', long = "name")]
         name: Option<String>,
+        /// primary (key1, from the state dir) or secondary (key2, asked of the daemon).
+        #[arg(long, default_value = "primary", value_parser = ["primary", "secondary"])]
+        key: String,
+        /// The account's resource group, for `--key secondary`.
+        #[arg(short = 'g', long = "resource-group", default_value = crate::net::DEFAULT_RG)]
+        rg: String,
     },
 }
 
@@ -190,6 +196,22 @@ pub enum BlobCmd {
     },
 }
 
+/// An account's key2, from the daemon's `listKeys`.
+async fn secondary_key(g: &Global, rg: &str, account: &str) -> anyhow::Result<String> {
+    let cl = super::client::Client::new(g.url.as_deref(), g.paths())?;
+    let path = format!(
+        "{}/providers/Microsoft.Storage/storageAccounts/{account}/listKeys",
+        cl.rg_path(rg).await?
+    );
+    let r = cl.request(Method::POST, &path, None).await?.ok()?;
+    r.body["keys"]
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["keyName"] == "key2"))
+        .and_then(|k| k["value"].as_str())
+        .map(String::from)
+        .ok_or_else(|| anyhow!("the daemon listed no key2 for account '{account}'"))
+}
+
 fn account_of(g: &Global, name: Option<&str>) -> anyhow::Result<AccountFile> {
     let all = blob::read_account_files(&g.state_dir);
     if all.is_empty() {
@@ -305,8 +327,11 @@ pub async fn run(g: &Global, cmd: StorageCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        StorageCmd::Account(AccountCmd::ShowConnectionString { name }) => {
-            let a = account_of(g, name.as_deref())?;
+        StorageCmd::Account(AccountCmd::ShowConnectionString { name, key, rg }) => {
+            let mut a = account_of(g, name.as_deref())?;
+            if key == "secondary" {
+                a.key = secondary_key(g, &rg, &a.name).await?;
+            }
             if g.output == super::output::Format::Json {
                 println!("{}", json!({"connectionString": a.connection_string()}));
             } else {
@@ -718,7 +743,7 @@ async fn blob_cmd(g: &Global, cmd: BlobCmd) -> anyhow::Result<()> {
             }
             let account = blob::store::Account {
                 name: a.name.clone(),
-                key: c.key.clone(),
+                keys: vec![c.key.clone()],
             };
             let token = blob::auth::service_sas(
                 &account,

@@ -21,6 +21,8 @@ pub struct Node {
     pub run: PathBuf,
     pub netns: String,
     pub port: u16,
+    /// The blob service's port.
+    pub blob_port: u16,
     pub daemon: Option<Child>,
     /// `off`, or a namespace the test made for the host end of the veth.
     pub host_netns: String,
@@ -49,23 +51,7 @@ impl Node {
 
     /// Like [`Node::start_with_host_netns`], with more `vmnode serve` arguments.
     pub fn start_with(host_netns: &str, serve_args: &[&str]) -> Node {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = tempfile::Builder::new()
-            .prefix("vmnode-test-")
-            .tempdir()
-            .unwrap();
-        let state = dir.path().join("state");
-        let run = dir.path().join("run");
-        let mut node = Node {
-            netns: format!("vmnt-{}-{n}", std::process::id()),
-            port: free_port(),
-            state,
-            run,
-            dir,
-            daemon: None,
-            host_netns: host_netns.into(),
-            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
-        };
+        let mut node = Node::new(host_netns, serve_args);
         let out = node.cli(&["image", "build", "tiny"]);
         assert!(
             out.status.success(),
@@ -103,6 +89,32 @@ impl Node {
         format!("vmnode:{offer}:1:latest")
     }
 
+    /// A fresh daemon without an image, for tests of the blob service and the API alone.
+    pub fn start_bare() -> Node {
+        let mut node = Node::new("off", &[]);
+        node.spawn_daemon();
+        node
+    }
+
+    fn new(host_netns: &str, serve_args: &[&str]) -> Node {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::Builder::new()
+            .prefix("vmnode-test-")
+            .tempdir()
+            .unwrap();
+        Node {
+            netns: format!("vmnt-{}-{n}", std::process::id()),
+            port: free_port(),
+            blob_port: free_port(),
+            state: dir.path().join("state"),
+            run: dir.path().join("run"),
+            dir,
+            daemon: None,
+            host_netns: host_netns.into(),
+            serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
     pub fn spawn_daemon(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -118,7 +130,7 @@ impl Node {
                 &format!("127.0.0.1:{}", self.port),
             ])
             .arg("--blob-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", self.blob_port))
             // Tests never touch the host's namespace: no veth to it (see tests/host_access.rs).
             .args(["--host-netns", &self.host_netns])
             .args(&self.serve_args)

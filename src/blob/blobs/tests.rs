@@ -1,10 +1,14 @@
 use super::*;
-use std::io::Write;
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+
+use crate::blob::store::HttpProps;
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::new(dir.path().join("blobs"));
-    s.add_account("acct", &crate::blob::new_account_key())
+    s.add_account("acct", &[&crate::blob::new_account_key()])
         .unwrap();
     (dir, s)
 }
@@ -93,4 +97,146 @@ fn diff_against_a_snapshot_sees_guest_writes() {
         .unwrap();
     assert_eq!(pages, vec![8192..8192 + 512]);
     assert!(clears.is_empty());
+}
+
+/// Put Blob and Put Block List follow the same overwrite rules (one `check_overwrite`), over
+/// every blob state × lease id × condition.
+#[test]
+fn put_blob_and_put_block_list_share_the_overwrite_rules() {
+    let (_dir, s) = store();
+    fs::create_dir_all(s.root.join("acct/c")).unwrap();
+    let holder = "00000000-0000-4000-8000-0000000000aa";
+    let other = "00000000-0000-4000-8000-0000000000bb";
+    #[derive(Clone, Copy, Debug)]
+    enum State {
+        Absent,
+        Present,
+        Leased,
+    }
+    let setup = |name: &str, st: State| -> Option<String> {
+        if matches!(st, State::Absent) {
+            return None;
+        }
+        let m = s
+            .put_blob(
+                "acct",
+                "c",
+                name,
+                NewBlob::Append,
+                HttpProps::default(),
+                Default::default(),
+                &Access::default(),
+            )
+            .unwrap();
+        if matches!(st, State::Leased) {
+            let op = lease::Op::Acquire {
+                duration: -1,
+                proposed: Some(holder.into()),
+            };
+            s.lease_blob("acct", "c", name, &op, &Cond::default())
+                .unwrap();
+        }
+        // A lease does not change the ETag.
+        Some(crate::blob::store::etag(m.modified_ns))
+    };
+    let conds = |etag: Option<&str>| -> Vec<(&'static str, Cond)> {
+        let e = etag.unwrap_or("\"0x1\"").to_string();
+        vec![
+            ("none", Cond::default()),
+            (
+                "if-match current",
+                Cond {
+                    if_match: Some(e.clone()),
+                    ..Cond::default()
+                },
+            ),
+            (
+                "if-match stale",
+                Cond {
+                    if_match: Some("\"0x1\"".into()),
+                    ..Cond::default()
+                },
+            ),
+            (
+                "if-none-match *",
+                Cond {
+                    if_none_match: Some("*".into()),
+                    ..Cond::default()
+                },
+            ),
+            (
+                "if-none-match current",
+                Cond {
+                    if_none_match: Some(e),
+                    ..Cond::default()
+                },
+            ),
+            (
+                "if-unmodified-since 0",
+                Cond {
+                    if_unmodified_since: Some(0),
+                    ..Cond::default()
+                },
+            ),
+        ]
+    };
+    let code = |r: Result<BlobMeta>| r.map(|_| "ok").unwrap_or_else(|e| e.code);
+    let mut n = 0;
+    for st in [State::Absent, State::Present, State::Leased] {
+        for id in [None, Some(holder), Some(other)] {
+            for i in 0..6 {
+                let (a, b) = (format!("a{n}"), format!("b{n}"));
+                n += 1;
+                let (ea, eb) = (setup(&a, st), setup(&b, st));
+                let (what, ca) = conds(ea.as_deref()).swap_remove(i);
+                let (_, cb) = conds(eb.as_deref()).swap_remove(i);
+                let access = |cond| Access {
+                    lease_id: id.map(String::from),
+                    cond,
+                };
+                let tmp = s.root.join("acct/c/.tmp-put");
+                fs::write(&tmp, b"x").unwrap();
+                let put = code(s.put_blob(
+                    "acct",
+                    "c",
+                    &a,
+                    NewBlob::Block(&tmp),
+                    HttpProps::default(),
+                    Default::default(),
+                    &access(ca),
+                ));
+                let _ = fs::remove_file(&tmp);
+                let list = code(s.put_block_list(
+                    "acct",
+                    "c",
+                    &b,
+                    &[],
+                    HttpProps::default(),
+                    Default::default(),
+                    &access(cb),
+                ));
+                assert_eq!(put, list, "{st:?}, lease id {id:?}, {what}");
+                let want = match (st, id, what) {
+                    (State::Absent, Some(_), _) => "LeaseNotPresentWithBlobOperation",
+                    (
+                        State::Absent,
+                        None,
+                        "if-match current" | "if-match stale" | "if-unmodified-since 0",
+                    ) => "ConditionNotMet",
+                    (State::Absent, None, _) => "ok",
+                    (_, _, "if-none-match *") => "BlobAlreadyExists",
+                    (State::Leased, None, _) => "LeaseIdMissing",
+                    (State::Leased, Some(i), _) if i == other => "LeaseIdMismatchWithBlobOperation",
+                    (State::Present, Some(_), _) => "LeaseNotPresentWithBlobOperation",
+                    (
+                        _,
+                        _,
+                        "if-match stale" | "if-none-match current" | "if-unmodified-since 0",
+                    ) => "ConditionNotMet",
+                    _ => "ok",
+                };
+                assert_eq!(put, want, "{st:?}, lease id {id:?}, {what}");
+            }
+        }
+    }
 }
