@@ -77,6 +77,15 @@ def gone(pid):
     except (OSError, IndexError):
         return True
 
+def serial_file(argv):
+    """The file QEMU itself writes the serial console to (`-chardev file,id=serial0,path=…`): the
+    VM's spool, which the daemon then copies into the boot diagnostics. Read directly, so the
+    guest's milestones are timed as QEMU writes them, not when the daemon publishes them."""
+    for a in argv:
+        if a.startswith("file,") and "id=serial0" in a:
+            return re.search(r"path=([^,]+)", a).group(1)
+    raise SystemExit("no serial chardev in the VM's argv")
+
 def serial_has(path, needle):
     try:
         with open(path, "rb") as f:
@@ -183,15 +192,16 @@ def main():
             out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", "vmnode:tiny:1:latest",
                                       "--size", "Standard_B1s", "--ip-timeout", "0", "-o", "json"))
             vm_id = out["properties"]["vmId"]
-            serial = [p for p in sh("find", node.state, "-name", f"*{vm_id}.serialconsole.log").split() if p][0]
+            run_dir = os.path.join(node.run, "vms", vm_id)
+            argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+            serial = serial_file(argv)
             seen = wait_phases(serial, 0)
             lease_vmnode.append(seen[b"dhcp-bound"] - t0)
             split["vmnode"].append(phases(t0, seen))
             m = re.findall(r"since_request_us=(\d+)", open(os.path.join(root, "daemon.log")).read())
             spawn_us.append(int(m[-1]))
-            # The peer: kill vmnode's QEMU, start the same argv by hand (tap by name, same bridge).
-            run_dir = os.path.join(node.run, "vms", vm_id)
-            argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+            # The peer: kill vmnode's QEMU, start the same argv by hand (tap by name, same bridge,
+            # its own serial file).
             pid = int(open(os.path.join(run_dir, "qemu.pid")).read())
             os.kill(pid, signal.SIGKILL)
             while os.path.exists(f"/proc/{pid}"):
@@ -200,13 +210,14 @@ def main():
             sh("ip", "-n", node.netns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr")
             sh("ip", "-n", node.netns, "link", "set", tap, "master", "vnbr0", "up")
             argv = [a.replace("fd=3", f"ifname={tap},script=no,downscript=no") for a in argv]
-            argv = [a.replace(run_dir, run_dir + "-raw") for a in argv]
+            raw_serial = os.path.join(root, f"raw-{name}.serial.log")
+            argv = [a.replace(run_dir, run_dir + "-raw").replace(f"path={serial},", f"path={raw_serial},")
+                    for a in argv]
             os.makedirs(run_dir + "-raw", exist_ok=True)
-            offset = os.path.getsize(serial)
             t0 = time.perf_counter()
             raw = subprocess.Popen(["ip", "netns", "exec", node.netns, "qemu-system-x86_64", *argv],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            seen = wait_phases(serial, offset)
+            seen = wait_phases(raw_serial, 0)
             lease_raw.append(seen[b"dhcp-bound"] - t0)
             split["raw QEMU"].append(phases(t0, seen))
             raw.kill(); raw.wait()
@@ -239,11 +250,11 @@ def main():
             out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", "vmnode:tiny:1:latest",
                                       "--size", "Standard_B1s", "-o", "json"))
             vm_id = out["properties"]["vmId"]
-            serial = [p for p in sh("find", node.state, "-name", f"*{vm_id}.serialconsole.log").split() if p][0]
+            argv = json.load(open(os.path.join(node.run, "vms", vm_id, "qemu.argv.json")))
+            serial = serial_file(argv)
             wait_line(serial, b"VMNODE-BOOT: ready", 0)
             tap = json.loads(node.cli("network", "nic", "show", "-g", "bench", "-n", f"{name}VMNic", "-o", "json"))["properties"]["tapName"]
             pid = int(open(os.path.join(node.run, "vms", vm_id, "qemu.pid")).read())
-            argv = json.load(open(os.path.join(node.run, "vms", vm_id, "qemu.argv.json")))
             qga = os.path.join(node.run, "vms", vm_id, "qga.sock")
             c = socket.socket(socket.AF_UNIX); c.connect(qga)
             c.sendall(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":1}}\n')
