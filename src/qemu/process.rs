@@ -4,9 +4,14 @@
 //! stdout/stderr going to `qemu.log` in the VM's run dir, and a pidfile there. Stopping or
 //! killing the daemon therefore never stops a VM. After a restart the daemon re-adopts a VM by
 //! reading the pidfile and checking `/proc/<pid>/cmdline` carries the VM's UUID.
+//!
+//! Where systemd manages the host, QEMU is also put in its own transient scope
+//! (`vmnode-vm-<vmId>.scope` in `machine.slice`, see [`Placement`]), so it is not in the daemon's
+//! cgroup and `systemctl stop|restart vmnode` cannot reach it whatever the unit's `KillMode`.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -35,8 +40,137 @@ pub enum ProcessError {
     },
 }
 
-/// Starts QEMU with `argv`, handing it `tap` as fd 3. Returns the child (the caller reaps it).
+/// Where QEMU's process is put on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// QEMU is the daemon's child in the daemon's own cgroup (no systemd manages the host, as in
+    /// containers and tests, or `VMNODE_QEMU_SCOPE=off`).
+    Direct,
+    /// `systemd-run --scope` runs first: it asks systemd for the transient scope
+    /// `vmnode-vm-<vmId>.scope` in `machine.slice`, moves itself into it and then execs QEMU in
+    /// place. The pid is therefore QEMU's own (the daemon's child, reaped as before), the
+    /// inherited fds (the tap as fd 3) stay open, and `/proc/<pid>/cmdline` is QEMU's. The
+    /// scope's name is the VM's, so a new QEMU of the same VM needs the old scope gone: with
+    /// `--collect` systemd drops it when its last process exits, and the daemon only starts a
+    /// VM's next QEMU after the previous one has exited. If systemd-run fails (say the scope
+    /// still exists), its message lands in `qemu.log` and the start fails with it, like any QEMU
+    /// start-up error. The tests run without systemd; a stand-in for systemd-run checks the
+    /// exec-in-place contract (pid, fd 3, argv).
+    SystemdScope {
+        systemd_run: PathBuf,
+        /// systemd ≥ 254 expands `$VAR` in a scope's command line unless told not to.
+        no_expand: bool,
+    },
+}
+
+/// Where systemd keeps the marker that it is PID 1 (sd_booted(3)).
+const SYSTEMD_MARKER: &str = "/run/systemd/system";
+const SYSTEMD_RUN: [&str; 2] = ["/usr/bin/systemd-run", "/bin/systemd-run"];
+
+impl Placement {
+    /// The placement for this host, decided once per process: a scope when `/run/systemd/system`
+    /// exists and `systemd-run` is installed, unless `VMNODE_QEMU_SCOPE=off`.
+    pub fn host() -> &'static Placement {
+        static HOST: OnceLock<Placement> = OnceLock::new();
+        HOST.get_or_init(|| {
+            let setting = std::env::var("VMNODE_QEMU_SCOPE").ok();
+            let systemd_run = SYSTEMD_RUN.iter().map(PathBuf::from).find(|p| p.is_file());
+            let version = systemd_run.as_deref().and_then(systemd_version);
+            let p = Self::decide(
+                Path::new(SYSTEMD_MARKER).is_dir(),
+                setting.as_deref(),
+                systemd_run,
+                version,
+            );
+            tracing::info!(placement = ?p, "where QEMU processes are placed");
+            p
+        })
+    }
+
+    /// The decision itself, from what [`Placement::host`] found on the host.
+    pub fn decide(
+        systemd_booted: bool,
+        setting: Option<&str>,
+        systemd_run: Option<PathBuf>,
+        systemd_version: Option<u32>,
+    ) -> Placement {
+        let off = matches!(setting, Some(s) if s.eq_ignore_ascii_case("off") || s == "0");
+        match systemd_run {
+            Some(systemd_run) if systemd_booted && !off => Placement::SystemdScope {
+                systemd_run,
+                no_expand: systemd_version.is_some_and(|v| v >= 254),
+            },
+            _ => Placement::Direct,
+        }
+    }
+
+    /// The program and arguments that start QEMU with `argv` for the VM `vm_id`.
+    pub fn command(&self, vm_id: &str, argv: &[String]) -> (PathBuf, Vec<String>) {
+        match self {
+            Placement::Direct => (PathBuf::from(QEMU_BIN), argv.to_vec()),
+            Placement::SystemdScope {
+                systemd_run,
+                no_expand,
+            } => {
+                let mut a = vec![
+                    "--scope".to_string(),
+                    "--quiet".into(),
+                    "--collect".into(),
+                    "--slice=machine.slice".into(),
+                    format!("--unit={}", scope_unit(vm_id)),
+                    format!("--description=vmnode VM {vm_id}"),
+                ];
+                if *no_expand {
+                    a.push("--expand-environment=no".into());
+                }
+                a.push("--".into());
+                a.push(QEMU_BIN.into());
+                a.extend(argv.iter().cloned());
+                (systemd_run.clone(), a)
+            }
+        }
+    }
+}
+
+/// The scope unit of a VM's QEMU (`systemctl status vmnode-vm-<vmId>.scope`).
+pub fn scope_unit(vm_id: &str) -> String {
+    format!("vmnode-vm-{vm_id}.scope")
+}
+
+/// `systemd-run --version` → 252 from "systemd 252 (252.38-1~deb12u1)".
+fn systemd_version(systemd_run: &Path) -> Option<u32> {
+    let out = std::process::Command::new(systemd_run)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_systemd_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_systemd_version(text: &str) -> Option<u32> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The vmId an argv carries (`-uuid <vmId>`, see `argv::build`).
+fn vm_id_of(argv: &[String]) -> &str {
+    argv.iter()
+        .position(|a| a == "-uuid")
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("unknown")
+}
+
+/// Starts QEMU with `argv`, handing it `tap` as fd 3, placed as [`Placement::host`] says.
+/// Returns the child (the caller reaps it); its pid is QEMU's in either placement.
 pub fn spawn(
+    argv: &[String],
+    tap: &OwnedFd,
+    log: &Path,
+) -> Result<tokio::process::Child, ProcessError> {
+    spawn_placed(Placement::host(), argv, tap, log)
+}
+
+fn spawn_placed(
+    placement: &Placement,
     argv: &[String],
     tap: &OwnedFd,
     log: &Path,
@@ -54,8 +188,9 @@ pub fn spawn(
         source: e,
     })?;
     let tap_raw = tap.as_raw_fd();
-    let mut cmd = tokio::process::Command::new(QEMU_BIN);
-    cmd.args(argv)
+    let (program, args) = placement.command(vm_id_of(argv), argv);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(logf)
         .stderr(logf2)
@@ -78,7 +213,7 @@ pub fn spawn(
         });
     }
     cmd.spawn().map_err(|e| ProcessError::Spawn {
-        bin: QEMU_BIN.into(),
+        bin: program.display().to_string(),
         source: e,
     })
 }
@@ -173,9 +308,144 @@ pub async fn ensure_dead(pid: i32, limit: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn our_own_pid_is_not_a_vm() {
         assert!(!super::pid_is_vm(std::process::id() as i32, "x"));
         assert!(super::is_gone(i32::MAX - 1));
+    }
+
+    const ID: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn argv() -> Vec<String> {
+        [
+            "-name",
+            "guest=vm1",
+            "-uuid",
+            ID,
+            "-netdev",
+            "tap,id=net0,fd=3",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn placement_is_a_scope_only_under_systemd_with_systemd_run() {
+        let run = Some(PathBuf::from("/usr/bin/systemd-run"));
+        assert_eq!(
+            Placement::decide(false, None, run.clone(), Some(252)),
+            Placement::Direct
+        );
+        assert_eq!(Placement::decide(true, None, None, None), Placement::Direct);
+        for off in ["off", "OFF", "0"] {
+            assert_eq!(
+                Placement::decide(true, Some(off), run.clone(), Some(252)),
+                Placement::Direct
+            );
+        }
+        assert_eq!(
+            Placement::decide(true, Some("auto"), run.clone(), Some(252)),
+            Placement::SystemdScope {
+                systemd_run: "/usr/bin/systemd-run".into(),
+                no_expand: false
+            }
+        );
+        assert_eq!(
+            Placement::decide(true, None, run, Some(254)),
+            Placement::SystemdScope {
+                systemd_run: "/usr/bin/systemd-run".into(),
+                no_expand: true
+            }
+        );
+    }
+
+    #[test]
+    fn direct_runs_qemu_itself() {
+        let (prog, args) = Placement::Direct.command(ID, &argv());
+        assert_eq!(prog, PathBuf::from(QEMU_BIN));
+        assert_eq!(args, argv());
+    }
+
+    #[test]
+    fn scope_execs_the_same_qemu_argv_after_systemd_run() {
+        let p = Placement::SystemdScope {
+            systemd_run: "/usr/bin/systemd-run".into(),
+            no_expand: true,
+        };
+        let (prog, args) = p.command(vm_id_of(&argv()), &argv());
+        assert_eq!(prog, PathBuf::from("/usr/bin/systemd-run"));
+        let sep = args.iter().position(|a| a == "--").unwrap();
+        // Everything after `--` is exactly what Direct would exec, so the pid's cmdline (checked
+        // by pid_is_vm on re-adoption) and the tap's fd=3 are unchanged.
+        assert_eq!(args[sep + 1], QEMU_BIN);
+        assert_eq!(&args[sep + 2..], argv().as_slice());
+        let opts = &args[..sep];
+        for want in [
+            "--scope",
+            "--quiet",
+            "--collect",
+            "--slice=machine.slice",
+            "--expand-environment=no",
+        ] {
+            assert!(opts.iter().any(|a| a == want), "missing {want} in {opts:?}");
+        }
+        assert!(opts.contains(&format!("--unit=vmnode-vm-{ID}.scope")));
+        let (_, old) = Placement::SystemdScope {
+            systemd_run: "/usr/bin/systemd-run".into(),
+            no_expand: false,
+        }
+        .command(ID, &argv());
+        assert!(!old.iter().any(|a| a.starts_with("--expand-environment")));
+    }
+
+    /// The scope path end to end, with a stand-in for systemd-run that does what the real one
+    /// does after systemd has made the scope: exec the command in place. Whatever it execs sees
+    /// the tap as fd 3 and has the pid the daemon got back (no systemd runs here).
+    #[tokio::test]
+    async fn through_a_scope_wrapper_qemu_keeps_the_pid_and_fd_3() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("seen");
+        let fake = dir.path().join("systemd-run");
+        // Options up to `--`, then the QEMU binary's name, then QEMU's argv: record the pid, where
+        // fd 3 points and the argv, as the process that the exec produced.
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done; shift\n\
+                 [ \"$1\" = {QEMU_BIN} ] || exit 9; shift\n\
+                 exec sh -c 'echo $$; readlink /proc/$$/fd/3; echo \"$*\"' sh \"$@\" > {}\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tap: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let placement = Placement::SystemdScope {
+            systemd_run: fake,
+            no_expand: false,
+        };
+        let mut child =
+            spawn_placed(&placement, &argv(), &tap, &dir.path().join("qemu.log")).unwrap();
+        let pid = child.id().unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let seen = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = seen.lines().collect();
+        assert_eq!(lines[0], pid.to_string(), "{seen}");
+        assert_eq!(lines[1], dir.path().display().to_string(), "{seen}");
+        assert_eq!(lines[2], argv().join(" "), "{seen}");
+    }
+
+    #[test]
+    fn systemd_version_and_vm_id_are_read() {
+        assert_eq!(
+            parse_systemd_version("systemd 252 (252.38-1~deb12u1)\n+PAM +AUDIT"),
+            Some(252)
+        );
+        assert_eq!(parse_systemd_version(""), None);
+        assert_eq!(vm_id_of(&argv()), ID);
+        assert_eq!(vm_id_of(&[]), "unknown");
     }
 }
