@@ -259,14 +259,10 @@ pub async fn vm_page(
 ) -> Response {
     let frag = fragment(&q);
     match gather(&state, rg, vm, !frag).await {
-        Ok(d) if frag => html(&state, page::vm_sections(&d)),
+        Ok(d) if frag => html(&state, page::vm_sections(&d, false)),
         Ok(d) => html(
             &state,
-            page::document(
-                &d.vm,
-                &[(&d.rg, None)],
-                &format!("{}{}", page::vm_sections(&d), page::serial(&d)),
-            ),
+            page::document(&d.vm, &[(&d.rg, None)], &page::vm_sections(&d, true)),
         ),
         Err(e) => {
             let status = e.status;

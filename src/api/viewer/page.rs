@@ -11,21 +11,8 @@ use serde_json::Value;
 use super::{VmData, PREFIX};
 use crate::vm::model::VmRecord;
 
-/// HTML-escapes text for element content and quoted attributes.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for element content and quoted attributes (`&apos;` is HTML too).
+pub use crate::blob::xml::escape as esc;
 
 /// A path segment, percent-encoded.
 fn seg(s: &str) -> String {
@@ -219,19 +206,60 @@ pub fn vm_list(rows: &[VmRow]) -> String {
     section("vms", &key(&Value::from(key_data), 0), "", &body)
 }
 
-/// The sections of a VM page that update (all but the serial tail, which the script feeds).
-pub fn vm_sections(d: &VmData) -> String {
+/// A VM page's sections; `with_tail`: the whole page (the serial tail is fed by the script,
+/// so a fragment leaves it out).
+pub fn vm_sections(d: &VmData, with_tail: bool) -> String {
     let cur = d.boots.last().cloned().unwrap_or(Value::Null);
     let start = cur["startedMs"].as_i64().unwrap_or(0);
     let mut out = facts(d, &cur);
     out.push_str(&verdict(&cur));
     out.push_str("<div class=\"pair\">");
     out.push_str(&latest_shot(&cur, start));
-    out.push_str(&ledger(&d.view));
+    if with_tail {
+        out.push_str(&serial(d));
+    }
     out.push_str("</div>");
     out.push_str(&strip(&cur, start));
-    out.push_str(&timeline(&cur, start));
+    out.push_str("<div class=\"pair\">");
+    out.push_str(&ledger(&d.view));
     out.push_str(&boots(&d.boots));
+    out.push_str("</div>");
+    out.push_str(&timeline(&cur, start));
+    out
+}
+
+/// Serial text for reading: terminal escape sequences and control characters (but newlines
+/// and tabs) removed.
+pub fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\x1b' => match it.next() {
+                // CSI: parameters and intermediates up to a final byte.
+                Some('[') => {
+                    for c in it.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST.
+                Some(']') => {
+                    while let Some(c) = it.next() {
+                        if c == '\x07' || (c == '\x1b' && it.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                // A two-character sequence (ESC c, ESC 7, ...).
+                _ => {}
+            },
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
     out
 }
 
@@ -450,7 +478,7 @@ fn timeline(cur: &Value, start: i64) -> String {
                 rel(e["atMs"].as_i64().unwrap_or(start), start),
                 esc(src),
                 esc(src),
-                esc(s(e, "text")),
+                esc(&clean(s(e, "text"))),
             )
             .ok();
         }
@@ -521,7 +549,7 @@ fn boots(all: &[Value]) -> String {
 }
 
 /// The serial tail: the current boot's last bytes, fed on by the script.
-pub fn serial(d: &VmData) -> String {
+fn serial(d: &VmData) -> String {
     let cur = d.boots.last().cloned().unwrap_or(Value::Null);
     let t = d.tail.clone().unwrap_or(Value::Null);
     let full = match cur["serialLogUri"].as_str() {
@@ -539,7 +567,7 @@ pub fn serial(d: &VmData) -> String {
         t["boot"].as_u64().unwrap_or(0),
         t["cursor"].as_u64().unwrap_or(0),
         t["ended"].as_bool().unwrap_or(false),
-        esc(s(&t, "text")),
+        esc(&clean(s(&t, "text"))),
     )
 }
 
@@ -551,7 +579,7 @@ mod tests {
     fn guest_text_is_escaped() {
         assert_eq!(
             esc("<script>alert('x')</script> & \"q\""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+            "&lt;script&gt;alert(&apos;x&apos;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
     }
 
@@ -562,6 +590,14 @@ mod tests {
         let c = serde_json::json!([{ "seq": 2, "uri": "http://x/b?sig=2" }]);
         assert_eq!(key(&a, 0), key(&b, 0));
         assert_ne!(key(&a, 0), key(&c, 0));
+    }
+
+    #[test]
+    fn terminal_sequences_are_removed() {
+        assert_eq!(
+            clean("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS\r\n\x1b]0;title\x07ok\tx"),
+            "SeaBIOS\nok\tx"
+        );
     }
 
     #[test]

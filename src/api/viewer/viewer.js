@@ -32,7 +32,13 @@
     var ended = tail.dataset.ended === "true";
     var polls = 0;
     var state = document.getElementById("tail-state");
+    // As the server's page::clean: no terminal escapes or control characters but \n and \t.
+    var clean = function (text) {
+      return text.replace(/\x1b(\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]|\][^\x07\x1b]*(\x07|\x1b\\)|[\s\S])/g, "")
+        .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
+    };
     var append = function (text) {
+      text = text && clean(text);
       if (!text) return;
       var follow = tail.scrollTop + tail.clientHeight >= tail.scrollHeight - 40;
       tail.appendChild(document.createTextNode(text));
