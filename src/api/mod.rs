@@ -5,6 +5,7 @@
 //! - `routes`: the path table (paths are matched case-insensitively, as ARM does)
 //! - `compute`: virtual machines; `resources`: subscriptions, groups, sizes, images, NICs
 //! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
+//! - `viewer`: the boot-diagnostics pages for browsers (HTML over the API's JSON)
 
 pub mod compute;
 pub mod diagnostics;
@@ -15,6 +16,7 @@ pub mod routes;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod viewer;
 
 use std::sync::Arc;
 

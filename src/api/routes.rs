@@ -5,7 +5,7 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, diagnostics, network, resources, storage, AppState};
+use super::{compute, diagnostics, network, resources, storage, viewer, AppState};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -181,6 +181,19 @@ pub fn router(state: AppState) -> Router {
         .route("/vmnode/v1/images", get(resources::all_images))
         .route("/vmnode/v1/dhcp/leases", get(resources::dhcp_leases))
         .route("/vmnode/v1/node", get(resources::node_info))
+        .route(viewer::PREFIX, get(viewer::list))
+        .route(
+            &format!("{}/~/{{file}}", viewer::PREFIX),
+            get(viewer::asset),
+        )
+        .route(
+            &format!("{}/{{rg}}/{{vm}}", viewer::PREFIX),
+            get(viewer::vm_page),
+        )
+        .route(
+            &format!("{}/{{rg}}/{{vm}}/serialTail", viewer::PREFIX),
+            get(viewer::serial_tail),
+        )
         .fallback(resources::no_route)
         .with_state(state)
 }

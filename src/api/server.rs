@@ -1,4 +1,5 @@
-//! Listeners: HTTPS on `--listen`, plain HTTP on the unix socket; both require the bearer token.
+//! Listeners: HTTPS on `--listen`, plain HTTP on the unix socket; both require the bearer token
+//! (or, for GETs of the viewer's pages only, the viewer's cookie: see `viewer`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt;
 
 use super::error::ApiError;
-use super::{routes, AppState};
+use super::{routes, viewer, AppState};
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -20,30 +21,42 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn auth(state: axum::extract::State<AppState>, req: Request<Body>, next: Next) -> Response {
-    let given = req
+    let token = state.token.as_bytes();
+    // A browser opening a viewer link with `?token=`: a cookie, and the URL without the token.
+    if let Some((given, to)) = viewer::query_token(&req) {
+        return match same(given.as_bytes(), token) {
+            true => viewer::login(&to, &state.token),
+            false => viewer::unauthorized(&req, true),
+        };
+    }
+    let bearer = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
-    match given {
-        Some(t) if same(t.trim().as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        _ => {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "AuthenticationFailed",
-                "Missing or wrong bearer token. Get one with `vmnode account get-access-token`.",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-            r
-        }
+        })
+        .is_some_and(|t| same(t.trim().as_bytes(), token));
+    // The viewer's cookie counts only for GETs of viewer pages (see `viewer`).
+    let cookie = viewer::cookie_token(&req).is_some_and(|t| same(t.as_bytes(), token));
+    if bearer || cookie {
+        return next.run(req).await;
     }
+    if viewer::wants_page(&req) {
+        return viewer::unauthorized(&req, false);
+    }
+    let mut r = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "AuthenticationFailed",
+        "Missing or wrong bearer token. Get one with `vmnode account get-access-token`.",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        "www-authenticate",
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 async fn log_request(req: Request<Body>, next: Next) -> Response {

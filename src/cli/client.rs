@@ -115,6 +115,11 @@ impl Client {
         })
     }
 
+    /// The bearer token this client sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn request(
         &self,
         method: Method,

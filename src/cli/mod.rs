@@ -7,6 +7,7 @@ mod network;
 mod output;
 mod quickstart;
 mod storage;
+mod viewer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,9 @@ pub enum Cmd {
     /// The node's blob service: accounts, containers, blobs, SAS, leases, disk check.
     #[command(subcommand)]
     Storage(storage::StorageCmd),
+    /// The boot-diagnostics viewer (a page in the browser).
+    #[command(subcommand)]
+    Viewer(viewer::ViewerCmd),
 }
 
 #[derive(Args, Clone)]
@@ -174,6 +178,7 @@ pub fn main() -> ExitCode {
             Cmd::Network(c) => network::run(&cli.global, c).await,
             Cmd::Image(c) => commands::image(&cli.global, c).await,
             Cmd::Storage(c) => storage::run(&cli.global, c).await,
+            Cmd::Viewer(c) => viewer::run(&cli.global, c).await,
         }
     });
     match result {
