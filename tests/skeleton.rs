@@ -40,7 +40,7 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
     assert_eq!(p["storageProfile"]["imageReference"]["version"], "latest");
     assert_eq!(
         p["storageProfile"]["imageReference"]["exactVersion"],
-        "1.0.4"
+        tiny_version()
     );
     let uri = p["storageProfile"]["osDisk"]["vhd"]["uri"]
         .as_str()
@@ -78,10 +78,11 @@ fn guest_reports_its_dhcp_address_router_and_hostname() {
 
     // The catalog lists the image with its URN, one row per version.
     let images = node.json(&["vm", "image", "list"]);
-    assert_eq!(images[0]["urn"], "vmnode:tiny:1:1.0.4", "{images}");
+    let urn = format!("vmnode:tiny:1:{}", tiny_version());
+    assert_eq!(images[0]["urn"], urn.as_str(), "{images}");
     let table = node.ok(&["vm", "image", "list", "--publisher", "vmnode"]);
     assert!(
-        table.starts_with("Architecture") && table.contains("vmnode:tiny:1:1.0.4"),
+        table.starts_with("Architecture") && table.contains(&urn),
         "{table}"
     );
     // The token the daemon issued is what the CLI prints, az-style.
@@ -226,7 +227,8 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     };
     let e = create("rg", "vm1", "vmnode:nope:1:latest", "Standard_B1s");
     assert!(
-        e.contains("PlatformImageNotFound") && e.contains("vmnode:tiny:1:1.0.4"),
+        e.contains("PlatformImageNotFound")
+            && e.contains(&format!("vmnode:tiny:1:{}", tiny_version())),
         "{e}"
     );
     let e = create("rg", "vm1", "vmnode:tiny:1:9.9.9", "Standard_B1s");
@@ -296,4 +298,17 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
     let url = format!("https://127.0.0.1:{}", node.port);
     let rows = node.json(&["group", "list", "--url", &url]);
     assert_eq!(rows[0]["name"], "rg");
+}
+
+/// The tiny image's version, as its recipe publishes it.
+fn tiny_version() -> String {
+    let c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/images/catalog.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    c["recipes"]["tiny"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

@@ -154,8 +154,10 @@ pub fn recognise(lines: &[String]) -> Option<(&'static str, String)> {
         .iter()
         .map(|l| l.trim_end_matches(['_', '?', ' ']))
         .rfind(|l| !l.is_empty())?;
-    last.ends_with("login:")
-        .then(|| ("login", last.trim().to_string()))
+    // A kernel message may follow the prompt on its line; the prompt is `[host ]login:`.
+    let at = last.find("login:")?;
+    let host = last[..at].trim();
+    (!host.contains(' ')).then(|| ("login", last[..at + 6].trim().to_string()))
 }
 
 #[cfg(test)]
