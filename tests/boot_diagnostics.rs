@@ -299,3 +299,53 @@ fn a_guest_without_its_agent_is_diagnosed() {
     let f = wait_frame(&node, "noagent", "login:", BOOT);
     assert_eq!(f["shows"], "login", "{f:#}");
 }
+
+#[test]
+fn serial_capture_survives_a_daemon_kill_without_loss_or_duplicates() {
+    let mut node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.ok(&[
+        "vm",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "k",
+        "--image",
+        "vmnode:tiny:1:latest",
+        "--size",
+        "Standard_B1s",
+        "--ip-timeout",
+        "0",
+    ]);
+    // Killed while the guest boots: QEMU keeps writing its spool with nobody reading it.
+    node.wait_for_log("rg", "k", "Linux version", BOOT);
+    node.kill_daemon();
+    std::thread::sleep(Duration::from_secs(6));
+    node.spawn_daemon();
+    wait_verdict(&node, "k", 1, "booted", BOOT);
+    let log = node.ok(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log",
+        "-g",
+        "rg",
+        "-n",
+        "k",
+    ]);
+    // Every milestone once, in order: nothing lost while the daemon was away, nothing copied
+    // twice when it came back.
+    let mut at = 0;
+    for m in [
+        "Linux version",
+        "VMNODE-BOOT: init",
+        "VMNODE-BOOT: dhcp-bound",
+        "VMNODE-BOOT: ready",
+    ] {
+        assert_eq!(log.matches(m).count(), 1, "{m} in:\n{log}");
+        let i = log.find(m).unwrap();
+        assert!(i >= at, "{m} out of order in:\n{log}");
+        at = i;
+    }
+    assert_eq!(boots(&node, "k").len(), 1);
+}

@@ -78,7 +78,17 @@ pub struct BootView {
 impl Recorder {
     /// The recorder of the VM whose diagnostics container is `dir`.
     pub fn open(dir: &Path, vm: &str, vm_id: &str) -> Recorder {
-        let rec = Record::load(dir);
+        let mut rec = Record::load(dir);
+        // The log may hold bytes appended after the record was last saved (the daemon was
+        // killed between the two): count them as read, so they are not copied twice.
+        if let Some(b) = rec.boots.last_mut().filter(|b| b.ended_ms.is_none()) {
+            let len = std::fs::metadata(dir.join(&b.log_blob))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            let extra = len.saturating_sub(b.log.file_len());
+            b.log.written += extra;
+            rec.spool_cursor += extra;
+        }
         let spool = Spool {
             path: spool_path(dir),
             cursor: rec.spool_cursor,

@@ -34,6 +34,17 @@ pub struct LogState {
     pub cut: u64,
 }
 
+impl LogState {
+    /// The length the log file has when it holds exactly this state.
+    pub fn file_len(&self) -> u64 {
+        if self.cut == 0 {
+            self.written
+        } else {
+            self.written - self.cut + marker_len()
+        }
+    }
+}
+
 /// The marker left where output was cut. Fixed width, so a reader can skip it.
 pub fn marker(cut: u64) -> String {
     format!("\n[vmnode: {cut:>20} bytes of serial output cut here; the first and last MiB of this boot are kept]\n")
