@@ -70,6 +70,22 @@ pub fn blob_uri(
     Some(format!("{base}?{sas}"))
 }
 
+/// `sasUriExpirationTimeInMinutes` (any case): 1 to 1440, 120 when absent.
+fn sas_minutes(q: &HashMap<String, String>) -> Result<i64> {
+    let Some((_, v)) = q
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("sasUriExpirationTimeInMinutes"))
+    else {
+        return Ok(SAS_DEFAULT_MIN);
+    };
+    match v.parse::<i64>() {
+        Ok(m) if (1..=1440).contains(&m) => Ok(m),
+        _ => Err(ApiError::bad_request(format!(
+            "sasUriExpirationTimeInMinutes '{v}' is not valid: give a whole number of minutes from 1 to 1440 (default {SAS_DEFAULT_MIN})"
+        ))),
+    }
+}
+
 /// `POST .../retrieveBootDiagnosticsData?sasUriExpirationTimeInMinutes=N`.
 pub async fn retrieve(
     State(state): State<AppState>,
@@ -78,20 +94,7 @@ pub async fn retrieve(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
-    let minutes = match q
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("sasUriExpirationTimeInMinutes"))
-    {
-        None => SAS_DEFAULT_MIN,
-        Some((_, v)) => match v.parse::<i64>() {
-            Ok(m) if (1..=1440).contains(&m) => m,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "sasUriExpirationTimeInMinutes '{v}' is not valid: give a whole number of minutes from 1 to 1440 (default {SAS_DEFAULT_MIN})"
-                )))
-            }
-        },
-    };
+    let minutes = sas_minutes(&q)?;
     let diag = state.node.recorder(&rg, &vm)?;
     let (shot, log) = diag.blob_names();
     let link = |b: &str| blob_uri(&state, &r, b, Some(minutes));
@@ -166,11 +169,7 @@ pub async fn boots(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
-    let minutes = q
-        .get("sasUriExpirationTimeInMinutes")
-        .and_then(|m| m.parse::<i64>().ok())
-        .filter(|m| (1..=1440).contains(m))
-        .unwrap_or(SAS_DEFAULT_MIN);
+    let minutes = sas_minutes(&q)?;
     let diag = state.node.recorder(&rg, &vm)?;
     diag.pump();
     let mut out = vec![];

@@ -110,6 +110,23 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// Boot `n`, begun at `started_ms` for `reason`, its log in blob `log_blob`.
+    pub fn new(n: u32, reason: &str, started_ms: i64, log_blob: String) -> Boot {
+        Boot {
+            n,
+            reason: reason.into(),
+            started_ms,
+            ended_ms: None,
+            end_reason: None,
+            log: LogState::default(),
+            log_blob,
+            frames: vec![],
+            events: vec![],
+            events_dropped: 0,
+            dhcp_seen_ms: started_ms,
+        }
+    }
+
     pub fn push(&mut self, at_ms: i64, source: Source, mark: Mark, text: impl Into<String>) {
         let text = text.into();
         // A line repeated (a prompt redrawn, a message looping) is one entry.
@@ -330,19 +347,7 @@ mod tests {
 
     #[test]
     fn repeated_entries_collapse_and_the_timeline_is_bounded() {
-        let mut b = Boot {
-            n: 1,
-            reason: "start".into(),
-            started_ms: 0,
-            ended_ms: None,
-            end_reason: None,
-            log: LogState::default(),
-            log_blob: "x".into(),
-            frames: vec![],
-            events: vec![],
-            events_dropped: 0,
-            dhcp_seen_ms: 0,
-        };
+        let mut b = Boot::new(1, "start", 0, "x".into());
         b.push(1, Source::Serial, Mark::Login, "vm login:");
         b.push(2, Source::Serial, Mark::Login, "vm login:");
         assert_eq!(b.events.len(), 1);

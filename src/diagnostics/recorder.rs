@@ -135,19 +135,7 @@ impl Recorder {
         let n = g.rec.boots.last().map(|b| b.n + 1).unwrap_or(1);
         let log_blob = format!("{}.{}.boot{n}.serialconsole.log", g.vm, g.vm_id);
         let started = now_ms();
-        let mut boot = Boot {
-            n,
-            reason: reason.into(),
-            started_ms: started,
-            ended_ms: None,
-            end_reason: None,
-            log: LogState::default(),
-            log_blob: log_blob.clone(),
-            frames: vec![],
-            events: vec![],
-            events_dropped: 0,
-            dhcp_seen_ms: started,
-        };
+        let mut boot = Boot::new(n, reason, started, log_blob.clone());
         boot.push(
             started,
             Source::Vmnode,

@@ -243,23 +243,10 @@ fn booting(_b: &Boot, reached: Stage, evidence: Vec<String>) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    use super::super::serial::LogState;
     use super::*;
 
     fn boot(events: &[(i64, Source, Mark, &str)]) -> Boot {
-        let mut b = Boot {
-            n: 1,
-            reason: "start".into(),
-            started_ms: 0,
-            ended_ms: None,
-            end_reason: None,
-            log: LogState::default(),
-            log_blob: "x".into(),
-            frames: vec![],
-            events: vec![],
-            events_dropped: 0,
-            dhcp_seen_ms: 0,
-        };
+        let mut b = Boot::new(1, "start", 0, "x".into());
         b.push(0, Source::Vmnode, Mark::Firmware, "QEMU started");
         for (t, s, m, x) in events {
             b.push(*t, *s, *m, *x);
