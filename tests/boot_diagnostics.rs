@@ -119,6 +119,20 @@ fn a_healthy_boot_is_recorded_and_its_links_work() {
         403,
         "a link is for its own blob only"
     );
+    // Made public (`blob` level), the container serves the same blob without a SAS.
+    let container = bare.split('/').nth(4).unwrap().to_string();
+    node.ok(&[
+        "storage",
+        "container",
+        "set-permission",
+        "-n",
+        &container,
+        "--public-access",
+        "blob",
+    ]);
+    let (status, _, public) = common::http_get(bare);
+    assert_eq!(status, 200, "anonymous read of a public container");
+    assert!(String::from_utf8_lossy(&public).contains("VMNODE-BOOT: ready"));
     let bad = node.fails(&[
         "vm",
         "boot-diagnostics",
@@ -147,6 +161,54 @@ fn a_healthy_boot_is_recorded_and_its_links_work() {
         "{bd}"
     );
 
+    // `get-boot-log --follow` prints the log as it grows, and the next boot's after a restart.
+    let mut follow = std::process::Command::new(common::BIN)
+        .args([
+            "vm",
+            "boot-diagnostics",
+            "get-boot-log",
+            "--follow",
+            "-g",
+            "rg",
+            "-n",
+            "good",
+        ])
+        .env("VMNODE_STATE_DIR", &node.state)
+        .env("VMNODE_RUN_DIR", &node.run)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (out, followed) = (follow.stdout.take().unwrap(), followed.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut out = out;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                followed
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let wait_followed = |needle: &str, n: usize| {
+        let deadline = Instant::now() + BOOT;
+        while followed.lock().unwrap().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "--follow never printed {n}× '{needle}':\n{}",
+                followed.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_followed("VMNODE-BOOT: ready", 1);
+
     // A restart is a new boot with its own log; the first boot's log is kept as it was.
     node.ok(&["vm", "restart", "-g", "rg", "-n", "good"]);
     let b2 = wait_verdict(&node, "good", 2, "booted", BOOT);
@@ -154,6 +216,11 @@ fn a_healthy_boot_is_recorded_and_its_links_work() {
         (b2["n"].as_u64(), b2["reason"].as_str()),
         (Some(2), Some("restart"))
     );
+    wait_followed("===== boot 2 =====", 1);
+    wait_followed("VMNODE-BOOT: ready", 2);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
     let bs = boots(&node, "good");
     assert_eq!(bs[0]["endReason"], "reset");
     let first = node.ok(&[
