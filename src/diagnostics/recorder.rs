@@ -50,6 +50,8 @@ struct Inner {
     log: Option<BootLog>,
     lines: LineSplitter,
     dirty: bool,
+    /// A boot milestone came in on the serial console since the last screenshot.
+    milestone: bool,
 }
 
 /// A piece of a boot's serial log, from a cursor.
@@ -106,6 +108,7 @@ impl Recorder {
             log,
             lines: LineSplitter::default(),
             dirty: false,
+            milestone: false,
         })))
     }
 
@@ -310,6 +313,11 @@ impl Recorder {
         g.dirty = true;
     }
 
+    /// Whether a milestone arrived since the last call (the actor then takes a screenshot).
+    pub fn take_milestone(&self) -> bool {
+        std::mem::take(&mut self.lock().milestone)
+    }
+
     /// Writes the record if something changed since the last save.
     pub fn save_if_dirty(&self) {
         let mut g = self.lock();
@@ -384,6 +392,7 @@ impl Inner {
             log,
             lines,
             rec,
+            milestone,
             ..
         } = self;
         let Some(log) = log.as_mut() else {
@@ -397,6 +406,7 @@ impl Inner {
             let at = now_ms();
             lines.feed(data, |l| {
                 if let Some((mark, text)) = super::boots::classify_line(l) {
+                    *milestone |= !matches!(mark, Mark::Info);
                     boot.push(at, Source::Serial, mark, text);
                 }
             });

@@ -80,6 +80,12 @@ impl Actor {
     pub(super) async fn diag_tick(&mut self) {
         self.diag.pump();
         let running = self.qmp.is_some();
+        // A boot milestone (kernel, userspace, network, login, panic) gets its own screenshot.
+        if self.diag.take_milestone() && running {
+            if let Err(e) = self.screenshot().await {
+                tracing::debug!(error = %e, "milestone screenshot");
+            }
+        }
         if running {
             let ledger = self.node.net.ledger(&self.rec.nic.mac);
             self.diag.dhcp(&ledger);
