@@ -37,6 +37,7 @@ fn azure_sdks_drive_the_node() {
         "azure-mgmt-compute",
         "azure-mgmt-network",
         "azure-mgmt-resource",
+        "azure-mgmt-storage",
     ];
     run_sdk_script(&node, &packages, "compute_network.py", "sdk-ok");
 }

@@ -5,11 +5,12 @@
 Every step asserts what the node returned; the script exits non-zero on the first failure and
 prints `sdk-ok` at the end.
 """
-import sys, time
+import sys, time, urllib.request
 
 from azure.core.credentials import AccessToken
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.network import NetworkManagementClient
+from azure.mgmt.storage import StorageManagementClient
 try:  # azure-mgmt-resource >= 24 moved the client into a subpackage
     from azure.mgmt.resource.resources import ResourceManagementClient
 except ImportError:
@@ -30,6 +31,7 @@ cred = NodeToken()
 res = ResourceManagementClient(cred, sub, **kw)
 net = NetworkManagementClient(cred, sub, **kw)
 comp = ComputeManagementClient(cred, sub, **kw)
+st = StorageManagementClient(cred, sub, **kw)
 
 rg = res.resource_groups.create_or_update("sdk", {"location": "local"})
 assert rg.name == "sdk" and rg.location == "local", rg
@@ -56,6 +58,12 @@ assert (ds1.number_of_cores, ds1.memory_in_mb, ds1.resource_disk_size_in_mb, ds1
 versions = [v.name for v in comp.virtual_machine_images.list("local", "vmnode", "tiny", "1")]
 assert versions, "no image versions"
 
+# Boot diagnostics go to a storage account of the user's, named by its blob endpoint.
+diag = st.storage_accounts.begin_create(
+    "sdk", "diagstore1", {"location": "local", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"}
+).result()
+diag_uri = diag.primary_endpoints.blob
+
 vm_body = {
         "location": "local",
         "properties": {
@@ -66,7 +74,7 @@ vm_body = {
             },
             "osProfile": {"computerName": "sdkvm", "adminUsername": "azureuser", "adminPassword": "Passw0rd!Passw0rd"},
             "networkProfile": {"networkInterfaces": [{"id": nic.id, "properties": {"primary": True}}]},
-            "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
+            "diagnosticsProfile": {"bootDiagnostics": {"enabled": True, "storageUri": diag_uri}},
         },
     }
 vm = comp.virtual_machines.begin_create_or_update("sdk", "sdkvm", vm_body).result()
@@ -80,6 +88,29 @@ assert vm.os_profile.computer_name == "sdkvm"
 assert vm.os_profile.linux_configuration.provision_vm_agent is True
 assert vm.network_profile.network_interfaces[0].id.lower() == nic.id.lower()
 assert vm.diagnostics_profile.boot_diagnostics.enabled is True
+assert vm.diagnostics_profile.boot_diagnostics.storage_uri == diag_uri, vm.diagnostics_profile
+
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read()
+
+
+# retrieveBootDiagnosticsData: SAS links into that account, which work as plain URLs.
+links = comp.virtual_machines.retrieve_boot_diagnostics_data("sdk", "sdkvm", sas_uri_expiration_time_in_minutes=10)
+log_uri, shot_uri = links.serial_console_log_blob_uri, links.console_screenshot_blob_uri
+assert "/diagstore1/bootdiagnostics-sdkvm-" in log_uri and "sig=" in log_uri, log_uri
+assert log_uri.split("?")[0].endswith(vm.vm_id + ".serialconsole.log"), log_uri
+assert shot_uri.split("?")[0].endswith(vm.vm_id + ".screenshot.bmp"), shot_uri
+deadline = time.time() + 120
+while True:
+    status, body = fetch(log_uri)
+    if b"VMNODE-BOOT: ready" in body:
+        break
+    assert time.time() < deadline, body[-2000:]
+    time.sleep(1)
+status, bmp = fetch(shot_uri)
+assert status == 200 and bmp[:2] == b"BM", (status, bmp[:16])
 
 
 def power():
