@@ -14,6 +14,15 @@ const AGENT_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Boots are watched (screenshots, agent probes) this long at most.
 const WATCH_FOR_MS: i64 = 300_000;
 
+/// `VMNODE_BOOT_SCREENSHOTS=off` turns the periodic boot screenshots off (on-demand ones still
+/// work): for measuring what they cost a boot (bench/diag.py).
+fn boot_shots_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !std::env::var("VMNODE_BOOT_SCREENSHOTS").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+    })
+}
+
 impl Actor {
     /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
     pub(super) fn shot_path(&self, ext: &str) -> std::path::PathBuf {
@@ -34,6 +43,7 @@ impl Actor {
     /// Captures the display through QMP `screendump`, stores it as BMP and PNG, reads its text
     /// and adds it to the current boot's series.
     pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, String> {
+        let started = std::time::Instant::now();
         let q = self.qmp.clone().ok_or("the VM is not running")?;
         let ppm = self.run_dir().join("screen.ppm");
         let cmd = qapi::qmp::screendump {
@@ -43,14 +53,17 @@ impl Actor {
             format: None,
         };
         q.execute(cmd).await.map_err(|e| chain(&e))?;
+        let dump_us = started.elapsed().as_micros() as u64;
         if self.kernel.is_none() {
             self.kernel = self.image().ok().map(|i| i.kernel());
         }
         let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
         let (ppm2, bmp2, png2, kernel) =
             (ppm.clone(), bmp.clone(), png.clone(), self.kernel.clone());
-        let (img_hash, w, h, text) = tokio::task::spawn_blocking(move || {
+        let (img_hash, w, h, text, store_us) = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
             let img = crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)?;
+            let store_us = t.elapsed().as_micros() as u64;
             let text = kernel
                 .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel(&k))
                 .map(|f| crate::diagnostics::screen_text::read(&img, &f))
@@ -65,14 +78,18 @@ impl Actor {
                 }
                 None => crate::diagnostics::screenshot::hash(&img),
             };
-            Ok::<_, crate::diagnostics::screenshot::ShotError>((hash, img.width, img.height, text))
+            Ok::<_, crate::diagnostics::screenshot::ShotError>((
+                hash, img.width, img.height, text, store_us,
+            ))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| chain(&e))?;
         let _ = std::fs::remove_file(&ppm);
         self.diag.frame(img_hash, w, h, &png, &text);
-        tracing::debug!(w, h, "screenshot");
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        // The whole capture, the QMP screendump within it, and the PPM -> BMP + PNG store.
+        tracing::debug!(w, h, elapsed_us, dump_us, store_us, "screenshot");
         Ok(png)
     }
 
@@ -109,7 +126,7 @@ impl Actor {
     /// Screenshots during a boot: every few seconds until it has booted (then one more of the
     /// final screen), or for the first minutes of a boot that is stuck or failed.
     pub(super) async fn boot_shot(&mut self) {
-        if self.qmp.is_none() {
+        if self.qmp.is_none() || !boot_shots_on() {
             return;
         }
         let Some((n, age)) = self.diag.current() else {
