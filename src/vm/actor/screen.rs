@@ -14,8 +14,8 @@ const AGENT_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// Boots are watched (screenshots, agent probes) this long at most.
 const WATCH_FOR_MS: i64 = 300_000;
 
-/// `VMNODE_BOOT_SCREENSHOTS=off` turns the periodic boot screenshots off (on-demand ones still
-/// work): for measuring what they cost a boot (bench/diag.py).
+/// `VMNODE_BOOT_SCREENSHOTS=off` turns the automatic boot screenshots off, periodic and at
+/// milestones (on-demand ones still work): for measuring what they cost a boot (bench/diag.py).
 fn boot_shots_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
@@ -98,7 +98,7 @@ impl Actor {
         self.diag.pump();
         let running = self.qmp.is_some();
         // A boot milestone (kernel, userspace, network, login, panic) gets its own screenshot.
-        if self.diag.take_milestone() && running {
+        if self.diag.take_milestone() && running && boot_shots_on() {
             if let Err(e) = self.screenshot().await {
                 tracing::debug!(error = %e, "milestone screenshot");
             }
