@@ -1,6 +1,6 @@
 //! Screenshots of a VM's display. QEMU's `screendump` writes a PPM (P6); it is turned into the
-//! cloud's `{vm}.{vmId}.screenshot.bmp` and a PNG beside it, each written atomically, so a reader
-//! never sees half a picture.
+//! cloud's `{vm}.{vmId}.screenshot.bmp` and a PNG beside it, each replaced whole (temp file +
+//! rename), so a reader never sees half a picture.
 
 use std::path::Path;
 
@@ -114,8 +114,10 @@ pub fn to_png(img: &Rgb) -> Result<Vec<u8>, ShotError> {
 /// Turns QEMU's PPM into a BMP and a PNG (atomic writes); returns the picture.
 pub fn store(ppm: &Path, bmp: &Path, png_path: &Path) -> Result<Rgb, ShotError> {
     let img = parse_ppm(&std::fs::read(ppm)?)?;
-    crate::storage::fsutil::write_atomic(bmp, &to_bmp(&img), 0o644)?;
-    crate::storage::fsutil::write_atomic(png_path, &to_png(&img)?, 0o644)?;
+    // Replaced whole (a reader never sees half a picture), not synced: the next capture
+    // overwrites them, and syncing four times per capture made captures wait on the disk.
+    crate::storage::fsutil::replace_file(bmp, &to_bmp(&img), 0o644)?;
+    crate::storage::fsutil::replace_file(png_path, &to_png(&img)?, 0o644)?;
     Ok(img)
 }
 
