@@ -39,6 +39,30 @@ const RECIPE_FILES: &[(&str, &str)] = &[
         include_str!("../../images/tiny/udhcpc.script"),
     ),
     ("tiny/shutdown", include_str!("../../images/tiny/shutdown")),
+    (
+        "debian-12/build.sh",
+        include_str!("../../images/debian-12/build.sh"),
+    ),
+    (
+        "debian-12/initramfs.conf",
+        include_str!("../../images/debian-12/initramfs.conf"),
+    ),
+    (
+        "debian-12/initramfs.modules",
+        include_str!("../../images/debian-12/initramfs.modules"),
+    ),
+    (
+        "debian-12/interfaces",
+        include_str!("../../images/debian-12/interfaces"),
+    ),
+    (
+        "debian-12/dhclient-hostname",
+        include_str!("../../images/debian-12/dhclient-hostname"),
+    ),
+    (
+        "debian-12/ssh-host-keys.service",
+        include_str!("../../images/debian-12/ssh-host-keys.service"),
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -46,7 +70,7 @@ struct Catalog {
     recipes: std::collections::BTreeMap<String, Recipe>,
 }
 
-#[derive(serde::Deserialize, Clone)]
+#[derive(serde::Deserialize, serde::Serialize, Clone)]
 pub struct Recipe {
     pub publisher: String,
     pub offer: String,
@@ -107,7 +131,8 @@ pub fn build_and_publish(
     })?;
     let mut key = Sha256::new();
     key.update(name.as_bytes());
-    key.update(CATALOG.as_bytes());
+    // The recipe's own catalog entry, not the whole catalog: adding an image rebuilds no other.
+    key.update(serde_json::to_vec(&recipe).map_err(BuildError::Catalog)?);
     for (path, body) in RECIPE_FILES
         .iter()
         .filter(|(p, _)| recipe.recipe.iter().any(|r| r == p))
@@ -120,13 +145,16 @@ pub fn build_and_publish(
         .join("images")
         .join(format!("{name}-{}", &key[..16]));
     let debs = cache_dir.join("debs");
+    // A recipe's own state kept between builds (debian-12: its debootstrap tree), so an
+    // interrupted or changed build resumes instead of starting over.
+    let work = cache_dir.join("work").join(name);
     if rebuild && built.exists() {
         std::fs::remove_dir_all(&built).map_err(io("cannot clear", &built))?;
     }
     if built.join("manifest.json").exists() {
         progress(&format!("using cached build {}", built.display()));
     } else {
-        run_recipe(name, &recipe, &built, &debs, progress)?;
+        run_recipe(name, &recipe, &built, &debs, &work, progress)?;
     }
     publish(&built, images_dir, progress)
 }
@@ -136,6 +164,7 @@ fn run_recipe(
     recipe: &Recipe,
     built: &Path,
     debs: &Path,
+    work: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), BuildError> {
     let parent = built.parent().unwrap_or(Path::new("/"));
@@ -164,6 +193,7 @@ fn run_recipe(
         .arg(&script)
         .arg(out.path())
         .arg(debs)
+        .arg(work)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
