@@ -62,6 +62,16 @@ impl Node {
         node
     }
 
+    /// Builds image recipe `name` (e.g. `debian-12`; cached in /var/cache/vmnode, so only the
+    /// first build on a machine costs) and publishes it into this node's store, daemon running or
+    /// not. Returns the URN with version `latest`.
+    pub fn build_image(&self, name: &str) -> String {
+        let urn = self.ok(&["image", "build", name]);
+        let urn = urn.trim();
+        let (base, _version) = urn.rsplit_once(':').expect("a URN");
+        format!("{base}:latest")
+    }
+
     /// Publishes a variant of the tiny image as `vmnode:{offer}:1:1.0.0`: the same files
     /// (hard links) booted with `extra` appended to its kernel command line.
     pub fn publish_variant(&self, offer: &str, extra: &str) -> String {
@@ -222,6 +232,24 @@ impl Node {
             name,
             "--image",
             "vmnode:tiny:1:latest",
+            "--size",
+            "Standard_B1s",
+        ];
+        a.extend(extra);
+        self.json(&a)
+    }
+
+    /// Like [`Node::create_vm`], from image `urn`.
+    pub fn create_vm_from(&self, urn: &str, rg: &str, name: &str, extra: &[&str]) -> Value {
+        let mut a = vec![
+            "vm",
+            "create",
+            "-g",
+            rg,
+            "-n",
+            name,
+            "--image",
+            urn,
             "--size",
             "Standard_B1s",
         ];
