@@ -43,8 +43,8 @@ steps=8
 step() { echo "step $1/$steps: $2"; }
 die() { echo "error: $*" >&2; exit 3; }
 
-for t in debootstrap sfdisk mke2fs unshare chroot zstd xz; do
-    command -v "$t" >/dev/null || die "$t is missing on the host (apt-get install debootstrap fdisk e2fsprogs util-linux zstd xz-utils)"
+for t in debootstrap sfdisk mke2fs unshare chroot xz; do
+    command -v "$t" >/dev/null || die "$t is missing on the host (apt-get install debootstrap fdisk e2fsprogs util-linux xz-utils)"
 done
 mkdir -p "$OUT" "$WORK" "$DEBS/$SUITE"
 exec 9>"$WORK/.lock"
@@ -96,8 +96,9 @@ else
         save_debs
         die "debootstrap failed; its log is $WORK/debootstrap.log (downloaded .debs are kept)"
     fi
-    echo "$(grep -c '^I: Retrieving ' "$WORK/debootstrap.log" || true) packages downloaded," \
-        "$(grep -c '^I: Validating ' "$WORK/debootstrap.log" || true) validated"
+    # Package lines carry a version; index files (InRelease, Packages) do not.
+    echo "$(grep -cE '^I: Retrieving [^ ]+ [^ ]+' "$WORK/debootstrap.log" || true) packages" \
+        "downloaded, $(grep -cE '^I: Validating [^ ]+ [^ ]+' "$WORK/debootstrap.log" || true) from the cache"
     save_debs
     echo "$WANT" >"$WORK/tree.ok"
 fi
