@@ -112,6 +112,20 @@ fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
         "debian-12: ssh host keys made {:.1} s after create",
         started.elapsed().as_secs_f64()
     );
+    // A getty on the VGA screen's text console (a bochs framebuffer: a PVH-booted kernel has no
+    // BIOS text mode) and on the serial port; the agent and sshd run.
+    let units = wait_in_guest(
+        &node,
+        &vm_id,
+        "cat /sys/class/graphics/fb0/name; systemctl is-active getty@tty1 \
+         serial-getty@ttyS0 qemu-guest-agent ssh",
+        |o| o.ends_with("active\nactive\nactive\nactive\n"),
+        SETTLE,
+    );
+    assert_eq!(
+        units, "bochs-drmdrmfb\nactive\nactive\nactive\nactive\n",
+        "fb0, getty@tty1, serial-getty@ttyS0, qemu-guest-agent, ssh"
+    );
     let machine_id = id.lines().next().unwrap_or_default();
     assert!(
         machine_id.len() == 32 && machine_id.chars().all(|c| c.is_ascii_hexdigit()),
