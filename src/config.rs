@@ -76,4 +76,6 @@ pub struct DaemonConfig {
     pub host_netns: Option<String>,
     /// `--nat-via`: the uplink the vnets' outbound traffic is masqueraded through (none: no NAT).
     pub nat_via: Option<String>,
+    /// `--dns-forwarder`: where the internal DNS sends names outside the vnets (none: REFUSED).
+    pub dns_forwarder: Option<SocketAddr>,
 }

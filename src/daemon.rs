@@ -129,6 +129,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.host_netns.as_deref(),
         nat.as_ref(),
         &paths.nat_record(),
+        cfg.dns_forwarder,
     )
     .with_context(|| {
         format!(

@@ -13,8 +13,9 @@
 //!   answer (NODATA), so resolvers do not fall back to other servers for it.
 //! * A name in a zone the book is authoritative for ([`NameBook::in_zone`])
 //!   that does not exist: NXDOMAIN.
-//! * Anything else: REFUSED. There is no forwarder (a guest's resolver moves
-//!   on to its next server or search domain).
+//! * Anything else: REFUSED (a guest's resolver moves on to its next server
+//!   or search domain) — unless a forwarder is configured ([`serve_with`]; off
+//!   by default): then the query goes to it as it came, and its answer back.
 //! * A query that cannot be parsed but has a DNS header: FORMERR; less than a
 //!   header, or a response: dropped (never answer a response: no loops).
 //! * An opcode other than QUERY: NOTIMP; a class other than IN: REFUSED.
@@ -34,7 +35,7 @@
 //! `0.0.0.0:53` like DHCP does for port 67) makes the kernel use it as the
 //! source of the responses, which resolvers check.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,8 +217,18 @@ fn encode(msg: &Message) -> Option<Vec<u8>> {
 /// doc). Queries are answered inline: [`handle`] does no I/O, and the
 /// [`NameBook`] must answer from memory.
 pub async fn serve(socket: UdpSocket, book: Arc<dyn NameBook>) {
+    serve_with(socket, book, None).await
+}
+
+/// How long a forwarded query may wait for the forwarder's answer.
+const FORWARD_WAIT: Duration = Duration::from_secs(3);
+
+/// Like [`serve`], sending the queries the book refuses (names outside the
+/// vnet) to `forwarder` and relaying its answers.
+pub async fn serve_with(socket: UdpSocket, book: Arc<dyn NameBook>, forwarder: Option<SocketAddr>) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; RECV_BUF];
-    info!(local = ?socket.local_addr().ok(), "DNS listener running");
+    info!(local = ?socket.local_addr().ok(), ?forwarder, "DNS listener running");
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -227,10 +238,60 @@ pub async fn serve(socket: UdpSocket, book: Arc<dyn NameBook>) {
                 continue;
             }
         };
-        if let Some(resp) = handle(&*book, &buf[..len]) {
-            if let Err(e) = socket.send_to(&resp, from).await {
-                debug!(%from, "DNS send failed: {e}");
-            }
+        let Some(resp) = handle(&*book, &buf[..len]) else {
+            continue;
+        };
+        if let Some(fwd) = forwarder.filter(|_| forwardable(&resp)) {
+            let (query, socket) = (buf[..len].to_vec(), socket.clone());
+            tokio::spawn(async move {
+                match forward(&query, fwd).await {
+                    Ok(answer) => {
+                        let _ = socket.send_to(&answer, from).await;
+                    }
+                    Err(e) => {
+                        debug!(%fwd, "DNS forwarding failed: {e}");
+                        let _ = socket.send_to(&resp, from).await;
+                    }
+                }
+            });
+            continue;
+        }
+        if let Err(e) = socket.send_to(&resp, from).await {
+            debug!(%from, "DNS send failed: {e}");
+        }
+    }
+}
+
+/// Whether our own answer is a REFUSED to a well-formed IN query: a name that
+/// is not ours, which a forwarder may know.
+fn forwardable(resp: &[u8]) -> bool {
+    let Ok(m) = Message::from_vec(resp) else {
+        return false;
+    };
+    m.response_code() == ResponseCode::Refused
+        && m.op_code() == OpCode::Query
+        && m.queries().len() == 1
+        && m.queries()[0].query_class() == DNSClass::IN
+}
+
+/// Sends `query` to `fwd` from a fresh socket and returns its answer (same id).
+async fn forward(query: &[u8], fwd: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if fwd.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(bind).await?;
+    s.send_to(query, fwd).await?;
+    let mut buf = vec![0u8; RECV_BUF];
+    let deadline = tokio::time::Instant::now() + FORWARD_WAIT;
+    loop {
+        let (n, from) = tokio::time::timeout_at(deadline, s.recv_from(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+        // Only the forwarder's answer to this query (same id, a response).
+        if from == fwd && n >= 12 && buf[..2] == query[..2] && buf[2] & 0x80 != 0 {
+            return Ok(buf[..n].to_vec());
         }
     }
 }

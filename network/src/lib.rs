@@ -27,7 +27,7 @@
 //!   ([`dhcp::LedgerEntry`]); [`dhcp::diagnose`] names what went wrong.
 //! * **Names from vmnode's own DNS.** [`dns`] answers A and PTR for the
 //!   vnet's names at the platform address, one listener per bridge, and
-//!   refuses everything else (no forwarder).
+//!   refuses everything else, or asks a forwarder if one is configured.
 //! * **No spoofing, no crossing.** [`filter`] lets each tap send only with its
 //!   NIC's MAC and IP and never as a DHCP server, and keeps the bridges of a
 //!   namespace from routing to each other.

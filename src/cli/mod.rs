@@ -116,6 +116,18 @@ pub struct ServeArgs {
     /// one in the --host-netns namespace, if one is named). Off by default.
     #[arg(long, value_name = "IFACE")]
     pub nat_via: Option<String>,
+    /// Answer names outside the vnets by asking this DNS server (IP or IP:PORT, port 53 if
+    /// omitted), from the host. Off by default: such names are REFUSED.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_forwarder)]
+    pub dns_forwarder: Option<std::net::SocketAddr>,
+}
+
+fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| {
+            format!("'{s}' is not an IP address or IP:PORT (e.g. 192.0.2.53 or 192.0.2.53:5353)")
+        })
 }
 
 fn init_tracing() {
@@ -167,6 +179,7 @@ pub fn main() -> ExitCode {
                         other => Some(other.to_string()),
                     },
                     nat_via: a.nat_via,
+                    dns_forwarder: a.dns_forwarder,
                 };
                 crate::daemon::run(cfg).await
             }

@@ -65,6 +65,8 @@ struct Inner {
     /// `run/nat.json`: what outbound NAT changed outside the namespace (see [`nat`]).
     nat_record: std::path::PathBuf,
     platform_ip: Ipv4Addr,
+    /// Where the internal DNS sends names outside the vnets (none: it refuses them).
+    dns_forwarder: Option<std::net::SocketAddr>,
     db: Db,
     runtimes: Mutex<HashMap<String, Runtime>>,
     ledger: Mutex<HashMap<String, VecDeque<LedgerEntry>>>,
@@ -103,6 +105,7 @@ impl NodeNet {
         host_netns: Option<&str>,
         nat: Option<&vmnode_network::nat::Applied>,
         nat_record: &std::path::Path,
+        dns_forwarder: Option<std::net::SocketAddr>,
     ) -> Result<NodeNet, NetError> {
         plumbing::ensure_netns(ns)?;
         filter::ensure_filter(ns)?;
@@ -123,6 +126,7 @@ impl NodeNet {
                 ns: ns.into(),
                 nat_record: nat_record.to_path_buf(),
                 platform_ip,
+                dns_forwarder,
                 db: db.clone(),
                 runtimes: Mutex::new(HashMap::new()),
                 ledger: Mutex::new(HashMap::new()),
@@ -227,7 +231,7 @@ impl NodeNet {
         });
         let tasks = vec![
             tokio::spawn(dhcp::serve(dsock, cfg, book.clone())),
-            tokio::spawn(dns::serve(nsock, book)),
+            tokio::spawn(dns::serve_with(nsock, book, self.inner.dns_forwarder)),
         ];
         tracing::info!(vnet = %v.name, bridge = %v.bridge, "virtual network up");
         rts.insert(key, Runtime { tasks });
