@@ -118,8 +118,8 @@ pub async fn serial_log(
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
     find(&state, &rg, &vm)?;
+    // `tail` drains the spool first, so the text is current.
     let diag = state.node.recorder(&rg, &vm)?;
-    diag.pump();
     let text = diag
         .tail(None, Some(0), u64::MAX)
         .map(|t| t.text)

@@ -375,8 +375,8 @@ impl Recorder {
     pub fn blob_names(&self) -> (String, String) {
         let g = self.lock();
         (
-            format!("{}.{}.screenshot.bmp", g.vm, g.vm_id),
-            format!("{}.{}.serialconsole.log", g.vm, g.vm_id),
+            super::screenshot_name(&g.vm, &g.vm_id, "bmp"),
+            super::serial_log_name(&g.vm, &g.vm_id),
         )
     }
 }
@@ -449,9 +449,7 @@ impl Inner {
     /// `{vm}.{vmId}.serialconsole.log`, the cloud's name, is the current boot's log.
     fn link_current(&self) {
         let Some(b) = self.rec.current() else { return };
-        let alias = self
-            .dir
-            .join(format!("{}.{}.serialconsole.log", self.vm, self.vm_id));
+        let alias = super::serial_log_path(&self.dir, &self.vm, &self.vm_id);
         let _ = std::fs::remove_file(&alias);
         let _ = std::fs::hard_link(self.dir.join(&b.log_blob), &alias);
     }

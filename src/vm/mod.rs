@@ -275,8 +275,7 @@ impl Node {
         handle
     }
 
-    /// The storage account a `storageUri` names (`http://host:port/{account}/` as this node's
-    /// blob service serves it, or the cloud's `https://{account}.blob.core.windows.net/`).
+    /// The storage account a `storageUri` names; it must be one this node serves.
     fn diag_account(&self, uri: &str) -> Result<String, VmError> {
         let bad = |why: &str| {
             VmError::InvalidParameter(format!(
@@ -286,18 +285,8 @@ impl Node {
                 self.cfg.blob_listen, self.account
             ))
         };
-        let rest = uri
-            .split_once("://")
-            .map(|(_, r)| r)
-            .ok_or_else(|| bad("is not a URL"))?;
-        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let name = match host.split_once(".blob.") {
-            Some((acct, _)) => acct.to_string(),
-            None => path.split('/').next().unwrap_or("").to_string(),
-        };
-        if name.is_empty() {
-            return Err(bad("names no storage account"));
-        }
+        let name = crate::diagnostics::account_of_storage_uri(uri)
+            .ok_or_else(|| bad("names no storage account"))?;
         let known = match crate::blob::node_store() {
             Some(store) => store.account(&name).is_some(),
             None => name == self.account,

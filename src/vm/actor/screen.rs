@@ -26,9 +26,10 @@ fn boot_shots_on() -> bool {
 impl Actor {
     /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
     pub(super) fn shot_path(&self, ext: &str) -> std::path::PathBuf {
-        self.diag_dir().join(format!(
-            "{}.{}.screenshot.{ext}",
-            self.rec.name, self.rec.vm_id
+        self.diag_dir().join(crate::diagnostics::screenshot_name(
+            &self.rec.name,
+            &self.rec.vm_id,
+            ext,
         ))
     }
 
