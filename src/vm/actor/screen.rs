@@ -164,7 +164,9 @@ impl Actor {
         let sock = self.run_dir().join("qga.sock");
         let tx = self.agent_tx.clone();
         tokio::spawn(async move {
-            let ok = Qga::connect(&sock, Duration::from_secs(1)).await.is_ok();
+            let ok = Qga::try_connect(&sock, Duration::from_secs(1))
+                .await
+                .is_ok();
             let _ = tx.send((n, ok)).await;
         });
     }
