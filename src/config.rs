@@ -42,6 +42,10 @@ impl Paths {
     pub fn images(&self) -> PathBuf {
         self.state.join("images")
     }
+    /// Template deployment records: `deployments/{rg}/{name}.json`.
+    pub fn deployments(&self) -> PathBuf {
+        self.state.join("deployments")
+    }
     /// Page-blob store: `blobs/{account}/{container}/{blob}`.
     pub fn blobs(&self) -> PathBuf {
         self.state.join("blobs")

@@ -179,6 +179,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let state = AppState {
         node: node.clone(),
         token: Arc::new(token),
+        deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)

@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod config;
 mod daemon;
+mod deploy;
 mod diagnostics;
 mod doctor;
 mod net;

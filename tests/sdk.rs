@@ -49,3 +49,15 @@ fn storage_accounts_through_the_sdks() {
     let packages = ["azure-mgmt-storage", "azure-storage-blob"];
     run_sdk_script(&node, &packages, "storage_accounts.py", "storage-ok");
 }
+
+#[test]
+fn template_deployments_through_the_sdk() {
+    let node = Node::start();
+    let packages = [
+        "azure-mgmt-compute",
+        "azure-mgmt-network",
+        "azure-mgmt-resource",
+        "azure-mgmt-resource-deployments",
+    ];
+    run_sdk_script(&node, &packages, "deployments.py", "deploy-ok");
+}

@@ -8,6 +8,7 @@
 //! - `viewer`: the boot-diagnostics pages for browsers (HTML over the API's JSON)
 
 pub mod compute;
+pub mod deployments;
 pub mod diagnostics;
 pub mod error;
 pub mod network;
@@ -27,6 +28,7 @@ use crate::vm::Node;
 pub struct AppState {
     pub node: Arc<Node>,
     pub token: Arc<String>,
+    pub deployments: Arc<crate::deploy::Deployments>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.

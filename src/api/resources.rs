@@ -136,6 +136,7 @@ pub async fn delete_rg(
         ));
     }
     if state.node.db.delete(Kind::ResourceGroup, &rg)? {
+        state.deployments.drop_group(&rg);
         Ok(StatusCode::OK.into_response())
     } else {
         Ok(StatusCode::NO_CONTENT.into_response())

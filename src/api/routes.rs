@@ -5,7 +5,7 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, diagnostics, network, resources, storage, viewer, AppState};
+use super::{compute, deployments, diagnostics, network, resources, storage, viewer, AppState};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -40,6 +40,9 @@ const KEYWORDS: &[&str] = &[
     "restart",
     "redeploy",
     "operations",
+    "Microsoft.Resources",
+    "deployments",
+    "operationStatuses",
 ];
 
 /// Re-cases known keywords in a path; everything else is left as sent.
@@ -78,6 +81,8 @@ pub fn router(state: AppState) -> Router {
     const STG: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Storage";
     const NET: &str = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network";
     const IMG: &str = "/publishers/{publisher}/artifacttypes/vmimage/offers";
+    const DEP: &str =
+        "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Resources/deployments";
     Router::new()
         .route("/subscriptions", get(resources::list_subscriptions))
         .route("/subscriptions/{sub}", get(resources::get_subscription))
@@ -177,6 +182,30 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{STG}/storageAccounts/{{account}}/listKeys"),
             post(storage::list_keys),
+        )
+        .route(DEP, get(deployments::list))
+        .route(
+            &format!("{DEP}/{{name}}"),
+            get(deployments::get)
+                .put(deployments::put)
+                .delete(deployments::delete),
+        )
+        .route(
+            &format!("{DEP}/{{name}}/operations"),
+            get(deployments::operations),
+        )
+        // ARM lists a deployment's operations without the provider segment.
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/deployments/{name}/operations",
+            get(deployments::operations),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/deployments/{name}/operations/{op}",
+            get(deployments::operation),
+        )
+        .route(
+            &format!("{DEP}/{{name}}/operationStatuses/{{op}}"),
+            get(deployments::operation_status),
         )
         .route("/vmnode/v1/images", get(resources::all_images))
         .route("/vmnode/v1/dhcp/leases", get(resources::dhcp_leases))

@@ -3,6 +3,7 @@
 mod bootdiag;
 mod client;
 mod commands;
+mod deployment;
 mod network;
 mod output;
 mod quickstart;
@@ -83,6 +84,9 @@ pub enum Cmd {
     /// Build and list guest images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
+    /// ARM template deployments (vnets, NICs, VMs, extensions from one JSON template).
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCmd),
     /// The node's blob service: accounts, containers, blobs, SAS, leases, disk check.
     #[command(subcommand)]
     Storage(storage::StorageCmd),
@@ -190,6 +194,7 @@ pub fn main() -> ExitCode {
             Cmd::Vm(c) => commands::vm(&cli.global, c).await,
             Cmd::Network(c) => network::run(&cli.global, c).await,
             Cmd::Image(c) => commands::image(&cli.global, c).await,
+            Cmd::Deployment(c) => deployment::run(&cli.global, c).await,
             Cmd::Storage(c) => storage::run(&cli.global, c).await,
             Cmd::Viewer(c) => viewer::run(&cli.global, c).await,
         }
