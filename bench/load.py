@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Load (issue 9, R7): 20 VM creates at once, all must reach running with a DHCP lease, while the
+blob service is driven with a mixed read/write load; the blob service's throughput and latency
+are measured during the boots and, for reference, on an idle node in the same run.
+
+  sudo python3 bench/load.py [--vms 20] [--seconds 30] [--threads 8] [--bin target/release/vmnode]
+
+The blob load: `--threads` client threads, each with its own keep-alive HTTP connection, doing
+80 % GETs of a 4 KiB block blob and 20 % PUTs of 4 KiB block blobs (service SAS with racwd on the
+container, as any client would use). Latency is per request (send → whole answer read).
+Prints a Markdown table for docs/RELIABILITY.md.
+"""
+import argparse, http.client, json, os, random, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import Node, loadavg, procs_under  # noqa: E402
+
+
+def blob_port(node):
+    info = json.loads(node.cli("storage", "account", "show-connection-string", "-o", "json"))
+    cs = info["connectionString"] if isinstance(info, dict) else info
+    endpoint = [p for p in cs.split(";") if p.startswith("BlobEndpoint=")][0].split("=", 1)[1]
+    hostport = endpoint.split("//")[1].split("/")[0]
+    account = endpoint.rstrip("/").split("/")[-1]
+    return hostport, account
+
+
+def drive(hostport, account, sas, seconds, threads, stop_early=None):
+    host, port = hostport.split(":")
+    lat, errors = [], []
+    lock = threading.Lock()
+    end = time.perf_counter() + seconds
+    body = os.urandom(4096)
+
+    def worker(n):
+        c = http.client.HTTPConnection(host, int(port), timeout=10)
+        mine, bad = [], 0
+        i = 0
+        while time.perf_counter() < end and not (stop_early and stop_early.is_set()):
+            i += 1
+            if random.random() < 0.2:
+                path = f"/{account}/load/w{n}-{i % 50}?{sas}"
+                hdr = {"x-ms-blob-type": "BlockBlob", "Content-Length": "4096", "x-ms-version": "2023-11-03"}
+                t0 = time.perf_counter()
+                c.request("PUT", path, body=body, headers=hdr)
+            else:
+                t0 = time.perf_counter()
+                c.request("GET", f"/{account}/load/hot?{sas}", headers={"x-ms-version": "2023-11-03"})
+            r = c.getresponse()
+            r.read()
+            mine.append(time.perf_counter() - t0)
+            if r.status >= 300:
+                bad += 1
+        with lock:
+            lat.extend(mine)
+            errors.append(bad)
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    return {"n": len(lat), "rps": len(lat) / wall, "p50": p(0.5), "p99": p(0.99), "max": lat[-1] * 1000,
+            "errors": sum(errors)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vms", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--bin", default="target/release/vmnode")
+    args = ap.parse_args()
+    root = tempfile.mkdtemp(prefix="vmnode-bench-load-")
+    node = Node(os.path.abspath(args.bin), root)
+    loads = [loadavg()]
+    try:
+        node.cli("image", "build", "tiny")
+        node.start()
+        node.cli("group", "create", "-n", "load")
+        node.cli("storage", "container", "create", "-n", "load")
+        hot = os.path.join(root, "hot")
+        open(hot, "wb").write(os.urandom(4096))
+        node.cli("storage", "blob", "upload", "-c", "load", "-n", "hot", "-f", hot)
+        sas = node.cli("storage", "blob", "generate-sas", "-c", "load", "--permissions", "racwd").strip()
+        hostport, account = blob_port(node)
+        idle = drive(hostport, account, sas, min(10, args.seconds), args.threads)
+        loads.append(loadavg())
+        # 20 creates at once (each a CLI call in its own thread, as 20 users would), the blob
+        # load running from the first create until the last VM holds its lease.
+        results, started = {}, time.perf_counter()
+        done = threading.Event()
+
+        def create(i):
+            t0 = time.perf_counter()
+            r = subprocess.run([node.bin, "vm", "create", "-g", "load", "-n", f"v{i}", "--image",
+                                "vmnode:tiny:1:latest", "--size", "Standard_B1s", "-o", "json"],
+                               env=node.env, capture_output=True, text=True)
+            results[i] = (r.returncode, time.perf_counter() - t0, r.stderr.strip()[-300:])
+        creators = [threading.Thread(target=create, args=(i,)) for i in range(args.vms)]
+        busy = {}
+        loader = threading.Thread(target=lambda: busy.update(
+            drive(hostport, account, sas, 600, args.threads, stop_early=done)))
+        loader.start()
+        for t in creators:
+            t.start()
+        for t in creators:
+            t.join()
+        all_created = time.perf_counter() - started
+        done.set()
+        loader.join()
+        loads.append(loadavg())
+        vms = json.loads(node.cli("vm", "list", "-g", "load", "-o", "json"))
+        running = [v for v in vms if v["powerState"] == "VM running" and v.get("privateIps")]
+        ok = [r for r in results.values() if r[0] == 0]
+        failures = [r[2] for r in results.values() if r[0] != 0]
+        print(f"\nRun {time.strftime('%Y-%m-%d %H:%M')} UTC; {os.cpu_count()} cores, TCG; binary {args.bin}; "
+              f"1-minute load average: {', '.join(loads)}\n")
+        print("| measure | result | goal |")
+        print("|---|---|---|")
+        print(f"| {args.vms} concurrent `vm create` (each waits for the guest's DHCP lease) | "
+              f"{len(ok)}/{args.vms} succeeded, {len(running)}/{args.vms} running with a DIP; last done after "
+              f"{all_created:.1f} s (per create median {statistics.median([r[1] for r in ok]) if ok else 0:.1f} s) | all reach running |")
+        for label, m in [("blob service while the VMs boot", busy), ("blob service, idle node (same run)", idle)]:
+            print(f"| {label}: {args.threads} clients, 80 % GET / 20 % PUT of 4 KiB | {m['rps']:.0f} req/s, "
+                  f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, max {m['max']:.0f} ms, {m['n']} requests, "
+                  f"{m['errors']} errors | ≥ 500 req/s, p99 ≤ 50 ms |")
+        for f in failures:
+            print(f"\n- create failed: {f}")
+    finally:
+        node.stop()
+        for pid in procs_under(root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
