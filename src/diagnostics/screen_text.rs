@@ -5,7 +5,10 @@
 //! cut the picture into 8×16 cells, turn each cell into 16 bytes of "not background" bits and
 //! look the bytes up in the font. The font is taken from the guest's own kernel image (the
 //! `font_vga_8x16` data is found by the bitmap of its letter `A`), so it is the font the guest
-//! draws with; VGA text mode (SeaBIOS, 720×400, 9-pixel cells) uses the same glyphs.
+//! draws with. VGA text mode (720×400, 9-pixel cells: the firmware, and the kernel's vgacon
+//! until a framebuffer takes over) draws with the VGA BIOS's font, which differs from the
+//! kernel's in a few glyphs (`m`, `v`, `0` …): its glyphs are added from QEMU's own VGA BIOS
+//! image, found the same way.
 //!
 //! This is enough to recognise what matters for boot diagnostics — a kernel panic, a login
 //! prompt — and to show the screen as text. Anti-aliased graphical screens are not read.
@@ -24,6 +27,12 @@ const GLYPH_A: [u8; 16] = [
 pub struct Font {
     glyphs: HashMap<[u8; 16], char>,
 }
+
+/// QEMU's VGA BIOS for `-device VGA` (SeaVGABIOS), where Debian and QEMU's own builds put it.
+const VGA_BIOS: &[&str] = &[
+    "/usr/share/seabios/vgabios-stdvga.bin",
+    "/usr/share/qemu/vgabios-stdvga.bin",
+];
 
 /// A cell differing from every glyph by more than this many pixels is unknown (`?`). Fonts
 /// differ by a few pixels between the kernel and QEMU's VGA text mode (e.g. `m`, `0`).
@@ -66,17 +75,45 @@ impl Font {
             .unwrap_or('?')
     }
 
-    /// The font of a kernel file, read once per path.
+    /// `self`'s glyphs, plus those of `other` that `self` does not have.
+    fn with(mut self, other: &Font) -> Font {
+        for (g, c) in &other.glyphs {
+            self.glyphs.entry(*g).or_insert(*c);
+        }
+        self
+    }
+
+    /// The VGA BIOS's font, read once (`None` if no VGA BIOS image is installed).
+    fn vga_bios() -> Option<&'static Font> {
+        static BIOS: OnceLock<Option<Font>> = OnceLock::new();
+        BIOS.get_or_init(|| {
+            VGA_BIOS
+                .iter()
+                .find_map(|p| std::fs::read(p).ok())
+                .and_then(|d| Font::from_image_bytes(&d))
+        })
+        .as_ref()
+    }
+
+    /// The font of a kernel file with the VGA BIOS's glyphs added, read once per path.
     pub fn for_kernel(path: &Path) -> Option<Arc<Font>> {
         static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Font>>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
         if let Some(f) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
             return f.clone();
         }
-        let font = std::fs::read(path)
+        let kernel = std::fs::read(path)
             .ok()
-            .and_then(|d| Font::from_image_bytes(&d))
-            .map(Arc::new);
+            .and_then(|d| Font::from_image_bytes(&d));
+        let font = match (kernel, Font::vga_bios()) {
+            (Some(k), Some(b)) => Some(k.with(b)),
+            (Some(k), None) => Some(k),
+            (None, Some(b)) => Some(Font {
+                glyphs: b.glyphs.clone(),
+            }),
+            (None, None) => None,
+        }
+        .map(Arc::new);
         cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -201,6 +238,27 @@ mod tests {
             height: h as u32,
             pixels,
         }
+    }
+
+    #[test]
+    fn vga_text_mode_reads_with_the_vga_bios_glyphs() {
+        // The VGA BIOS QEMU ships (a dependency of qemu-system-x86) holds its font.
+        let bios = VGA_BIOS
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .expect("QEMU's VGA BIOS (seabios) is installed");
+        let at = bios.windows(16).position(|w| w == GLYPH_A).unwrap();
+        let table = &bios[at - 0x41 * 16..][..256 * 16];
+        let kernel = Font::from_table(&font_table());
+        let text = [
+            "Kernel panic - not syncing: VFS: Unable to mount root fs",
+            "0123456789 vfmMX wxyz",
+        ];
+        let screen = draw(&text, 720, 400, 9, table);
+        // The made-up "kernel" font alone reads little of it; with the BIOS's glyphs, all.
+        assert_ne!(read(&screen, &kernel)[1], text[1]);
+        let merged = Font::from_table(&font_table()).with(Font::vga_bios().unwrap());
+        assert_eq!(read(&screen, &merged), text.map(String::from).to_vec());
     }
 
     #[test]
