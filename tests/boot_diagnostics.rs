@@ -250,7 +250,11 @@ fn a_healthy_boot_is_recorded_and_its_links_work() {
 
 /// Creates a VM from a variant of the tiny image (without waiting for an address).
 fn create_broken(node: &Node, name: &str, offer: &str, extra: &str) {
-    let urn = node.publish_variant(offer, extra);
+    create_broken_with(node, name, offer, extra, &serde_json::json!({}))
+}
+
+fn create_broken_with(node: &Node, name: &str, offer: &str, extra: &str, patch: &Value) {
+    let urn = node.publish_variant_with(offer, extra, patch);
     node.ok(&[
         "vm",
         "create",
@@ -329,6 +333,39 @@ fn a_kernel_panic_is_diagnosed_from_serial_and_screen() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(frozen.contains("Kernel panic"), "{frozen}");
+}
+
+#[test]
+fn a_kernel_panic_shows_on_the_screen_when_the_kernel_keeps_the_vga_console() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    // The same panic, booted as a bzImage through the firmware's Linux loader: the kernel
+    // starts on the VGA text console (vgacon), so the panic is drawn on the screen itself, and
+    // read back with the VGA BIOS's glyphs.
+    create_broken_with(
+        &node,
+        "panv",
+        "panicvga",
+        "rdinit=/nonexistent init=/nonexistent",
+        &serde_json::json!({ "boot": "bzimage" }),
+    );
+    let f = wait_frame(&node, "panv", "Kernel panic - not syncing", BOOT);
+    let text: Vec<&str> = f["text"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let text = text.join("\n");
+    // The panic's reason and its end marker are read off the screen, not only its first words.
+    assert!(
+        text.contains("end Kernel panic - not syncing:") && text.contains("Kernel Offset:"),
+        "{text}"
+    );
+    let b = wait_verdict(&node, "panv", 1, "failed", BOOT);
+    assert_eq!(b["verdict"]["stage"], "kernel", "{b:#}");
+    let ev = evidence(&b);
+    assert!(ev.contains("shows a kernel panic: "), "{ev}");
 }
 
 #[test]

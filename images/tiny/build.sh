@@ -74,6 +74,9 @@ OFF=$(LC_ALL=C grep -abo -P '\xFD7zXZ\x00' "$VMLINUZ" | head -1 | cut -d: -f1)
 [ -n "$OFF" ] || { echo "error: no xz payload found in $VMLINUZ" >&2; exit 4; }
 tail -c +$((OFF + 1)) "$VMLINUZ" | xz -dc --single-stream >"$WORK/vmlinux" 2>/dev/null || true
 head -c 4 "$WORK/vmlinux" | grep -q 'ELF' || { echo "error: decompressed kernel is not ELF" >&2; exit 4; }
+# The bzImage too, for images published with `boot: bzimage` (firmware's Linux loader, so the
+# kernel keeps the VGA text console: a panic before any display driver shows on the screen).
+cp "$VMLINUZ" "$WORK/vmlinuz"
 
 step 4 "collecting virtio modules in dependency order"
 ROOT="$WORK/root"
@@ -141,5 +144,5 @@ truncate -s 1G "$DISK"
 printf 'VMNODE-TINY-DISK v1 kernel=%s\n' "$KREL" | dd of="$DISK" conv=notrunc status=none
 echo "$KREL" >"$WORK/kernel.txt"
 
-mv "$WORK/vmlinux" "$WORK/initrd.cpio" "$WORK/disk.raw" "$WORK/kernel.txt" "$OUT/"
+mv "$WORK/vmlinux" "$WORK/vmlinuz" "$WORK/initrd.cpio" "$WORK/disk.raw" "$WORK/kernel.txt" "$OUT/"
 echo "done: kernel $KREL, initrd $(du -k "$OUT/initrd.cpio" | cut -f1) KiB"

@@ -212,8 +212,11 @@ fn run_recipe(
     }
     progress("hashing image files");
     let mut files = std::collections::BTreeMap::new();
-    for f in ["vmlinux", "initrd.cpio", "disk.raw"] {
+    for f in ["vmlinux", "vmlinuz", "initrd.cpio", "disk.raw"] {
         let p = out.path().join(f);
+        if f == "vmlinuz" && !p.exists() {
+            continue; // optional: only for `boot: bzimage`
+        }
         let (sha256, size) = sha256_file(&p).map_err(io("cannot read", &p))?;
         files.insert(f.to_string(), FileEntry { sha256, size });
     }

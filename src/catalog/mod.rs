@@ -88,8 +88,15 @@ impl ImageVersion {
         let m = &self.manifest;
         format!("{}:{}:{}:{}", m.publisher, m.offer, m.sku, m.version)
     }
+    /// The kernel QEMU boots: the uncompressed ELF through its PVH entry (`boot: pvh`, fast
+    /// under TCG), or the bzImage through the firmware's Linux loader (`boot: bzimage`: seconds
+    /// slower, but the kernel keeps the VGA text console from the first line).
     pub fn kernel(&self) -> PathBuf {
-        self.dir.join("vmlinux")
+        if self.manifest.boot.eq_ignore_ascii_case("bzimage") {
+            self.dir.join("vmlinuz")
+        } else {
+            self.dir.join("vmlinux")
+        }
     }
     pub fn initrd(&self) -> PathBuf {
         self.dir.join("initrd.cpio")

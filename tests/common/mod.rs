@@ -75,6 +75,11 @@ impl Node {
     /// Publishes a variant of the tiny image as `vmnode:{offer}:1:1.0.0`: the same files
     /// (hard links) booted with `extra` appended to its kernel command line.
     pub fn publish_variant(&self, offer: &str, extra: &str) -> String {
+        self.publish_variant_with(offer, extra, &serde_json::json!({}))
+    }
+
+    /// Like [`Node::publish_variant`], with manifest fields replaced (e.g. `{"boot": "bzimage"}`).
+    pub fn publish_variant_with(&self, offer: &str, extra: &str, patch: &Value) -> String {
         let tiny = self.state.join("images/vmnode/tiny/1");
         let src = std::fs::read_dir(&tiny)
             .unwrap()
@@ -95,6 +100,9 @@ impl Node {
         m["version"] = Value::from("1.0.0");
         let cmdline = format!("{} {extra}", m["cmdline"].as_str().unwrap());
         m["cmdline"] = Value::from(cmdline);
+        for (k, v) in patch.as_object().unwrap() {
+            m[k] = v.clone();
+        }
         std::fs::write(dst.join("manifest.json"), m.to_string()).unwrap();
         format!("vmnode:{offer}:1:latest")
     }
