@@ -80,7 +80,7 @@ pub enum Cmd {
     /// Virtual networks, NICs and DHCP leases.
     #[command(subcommand)]
     Network(network::NetworkCmd),
-    /// Build and list guest images.
+    /// Build, list, publish and unpublish guest images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
     /// The node's blob service: accounts, containers, blobs, SAS, leases, disk check.
