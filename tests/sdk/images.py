@@ -57,9 +57,10 @@ assert img.disallowed.vm_disk_type == "None", img.disallowed
 feats = {f.name: f.value for f in img.features}
 assert feats.get("IsAcceleratedNetworkSupported") == "False", feats
 assert img.image_deprecation_status.image_state == "Active", img.image_deprecation_status
-# The disk's size, as the REST body has it (not in the SDK's model).
-raw = img.os_disk_image.additional_properties
-assert raw.get("sizeInBytes") == 1 << 30 and raw.get("sizeInGb") == 1, raw
+# The disk's size, as the cloud's body has it (not in the SDK's model): the raw JSON.
+raw = imgs.get(loc, "vmnode", "tiny", "1", "1.10.0", cls=lambda resp, _model, _h: resp.http_response.json())
+disk = raw["properties"]["osDiskImage"]
+assert disk["sizeInBytes"] == 1 << 30 and disk["sizeInGb"] == 1, disk
 
 # What the node does not have: the cloud's 404 NotFound.
 for call in (lambda: imgs.get(loc, "vmnode", "tiny", "1", "1.2.0"),
