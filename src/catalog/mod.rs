@@ -21,7 +21,7 @@ pub enum CatalogError {
     /// The cloud's `PlatformImageNotFound` text, then what this node has instead.
     #[error("The platform image '{urn}' is not available. Verify that all fields in the storage profile are correct. For more details about storage profile information, please refer to https://aka.ms/storageprofile. {available}")]
     NotFound { urn: String, available: String },
-    #[error("The image {urn} is corrupted: its file {file} has sha256 {actual}, but its manifest says {expected}. Nothing was created. {fix}")]
+    #[error("The image {urn} is corrupted: its file {file} has sha256 {actual}, but its manifest says {expected}. {fix}")]
     Corrupted {
         urn: String,
         file: String,
@@ -29,7 +29,7 @@ pub enum CatalogError {
         actual: String,
         fix: String,
     },
-    #[error("The image {urn} is incomplete: cannot read its file {}. Nothing was created. {fix}", path.display())]
+    #[error("The image {urn} is incomplete: cannot read its file {}. {fix}", path.display())]
     FileMissing {
         urn: String,
         path: PathBuf,
