@@ -140,7 +140,12 @@ fn latest_is_the_highest_version_and_unpublish_breaks_only_pinned_creates() {
     assert_eq!(urn.trim(), "vmnode:tiny:1:9.0.0");
 
     // latest = 9.0.0, recorded as the VM's exactVersion; the version asked for stays `latest`.
-    let newest = node.create_vm("cat", "newest", &[]);
+    // (Asked for by its alias, the recipe's name, as `az vm create --image Debian11` does.)
+    let newest = node.create_vm_from("tiny", "cat", "newest", &[]);
+    assert_eq!(
+        newest["properties"]["storageProfile"]["imageReference"]["offer"],
+        "tiny"
+    );
     assert_eq!(exact_version(&newest), "9.0.0");
     assert_eq!(
         newest["properties"]["storageProfile"]["imageReference"]["version"],
