@@ -262,7 +262,11 @@ pub async fn put_vm(
     if let Some(existing) = state.node.get(&rg, &vm) {
         return update(&state, existing, req).await;
     }
-    let rec = state.node.create(req)?;
+    // Off the async workers: the first create from an image hashes its files.
+    let node = state.node.clone();
+    let rec = tokio::task::spawn_blocking(move || node.create(req))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     Ok((StatusCode::CREATED, Json(render(&state, &rec, false))).into_response())
 }
 

@@ -1,4 +1,4 @@
-//! Errors as the cloud sends them: `{"error": {"code", "message", "details": []}}`.
+//! Errors as the cloud sends them: `{"error": {"code", "message", "target"?, "details": []}}`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// The request field the error is about (`imageReference`), when the cloud names one.
+    pub target: Option<String>,
 }
 
 impl ApiError {
@@ -20,7 +22,12 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            target: None,
         }
+    }
+    pub fn with_target(mut self, target: &str) -> Self {
+        self.target = Some(target.into());
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", message)
@@ -29,13 +36,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
     pub fn internal(e: &dyn std::error::Error) -> Self {
-        let mut msg = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            msg.push_str(": ");
-            msg.push_str(&c.to_string());
-            cur = c.source();
-        }
+        let msg = chain(e);
         tracing::error!(error = %msg, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -45,10 +46,25 @@ impl ApiError {
     }
 }
 
+/// An error with its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cur = c.source();
+    }
+    msg
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
+        let mut body =
             json!({ "error": { "code": self.code, "message": self.message, "details": [] } });
+        if let Some(t) = &self.target {
+            body["error"]["target"] = json!(t);
+        }
         (
             self.status,
             [("x-ms-error-code", self.code.clone())],
@@ -70,8 +86,15 @@ impl From<VmError> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string())
             }
             VmError::Image(CatalogError::BadUrn(_)) => Self::bad_request(e.to_string()),
+            // The cloud: 404 PlatformImageNotFound, target imageReference.
             VmError::Image(CatalogError::NotFound { .. }) => {
                 Self::not_found("PlatformImageNotFound", e.to_string())
+                    .with_target("imageReference")
+            }
+            // Not the caller's fault, but retrying cannot help either: 409, not 500.
+            VmError::Image(CatalogError::Corrupted { .. } | CatalogError::FileMissing { .. }) => {
+                Self::new(StatusCode::CONFLICT, "ImageCorrupted", chain(&e))
+                    .with_target("imageReference")
             }
             VmError::Image(CatalogError::Io { .. }) => Self::internal(&e),
             VmError::Exists(..) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),

@@ -1,6 +1,6 @@
 //! Subscriptions, resource groups, sizes, the image catalog, NICs and vmnode's own endpoints.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -251,22 +251,56 @@ fn matching(state: &AppState, p: &str, o: &str, s: &str) -> Result<Vec<catalog::
         .collect())
 }
 
+/// The cloud's answer for an image (or sku) it does not have.
+fn no_artifact() -> ApiError {
+    ApiError::not_found("NotFound", "Artifact: VMImage was not found.")
+}
+
+/// `$top` and `$orderby` of a versions list (`name desc` is what tools send for the newest).
+#[derive(serde::Deserialize, Default)]
+pub struct VersionsQuery {
+    #[serde(rename = "$top")]
+    top: Option<usize>,
+    #[serde(rename = "$orderby")]
+    orderby: Option<String>,
+}
+
 pub async fn versions(
     State(state): State<AppState>,
     Path((sub, loc, p, o, s)): Path<(String, String, String, String, String)>,
+    Query(q): Query<VersionsQuery>,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     check_loc(&loc)?;
-    let names = matching(&state, &p, &o, &s)?
-        .into_iter()
-        .map(|i| i.manifest.version)
-        .collect();
-    Ok(names_json(
-        &state,
-        &loc,
-        names,
-        &format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/"),
-    ))
+    // Oldest first, as `catalog::list` orders versions numerically.
+    let mut found = matching(&state, &p, &o, &s)?;
+    if found.is_empty() {
+        return Err(no_artifact());
+    }
+    let desc = q
+        .orderby
+        .as_deref()
+        .is_some_and(|o| o.trim().to_ascii_lowercase().ends_with(" desc"));
+    if desc {
+        found.reverse();
+    }
+    if let Some(n) = q.top {
+        found.truncate(n);
+    }
+    let suffix = format!("Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/");
+    Ok(Json(Value::Array(
+        found
+            .into_iter()
+            .map(|i| {
+                let n = i.manifest.version;
+                json!({
+                    "name": n,
+                    "location": loc,
+                    "id": format!("/Subscriptions/{}/Providers/Microsoft.Compute/Locations/{loc}/{suffix}{n}", state.node.subscription),
+                })
+            })
+            .collect(),
+    )))
 }
 
 pub async fn version(
@@ -281,31 +315,69 @@ pub async fn version(
         sku: s.clone(),
         version: v.clone(),
     };
-    let img =
-        catalog::resolve(&state.node.cfg.paths.images(), &r).map_err(crate::vm::VmError::from)?;
+    let img = match catalog::resolve(&state.node.cfg.paths.images(), &r) {
+        Ok(i) => i,
+        Err(catalog::CatalogError::NotFound { .. }) => return Err(no_artifact()),
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
     let m = &img.manifest;
+    let size = m.files.get("disk.raw").map(|f| f.size).unwrap_or(0);
+    // SeaBIOS and direct kernel boot are generation 1; UEFI (OVMF) is generation 2.
+    let boot = m.boot.to_ascii_lowercase();
+    let generation = if boot.contains("uefi") || boot.contains("ovmf") {
+        "V2"
+    } else {
+        "V1"
+    };
     Ok(Json(json!({
         "name": m.version,
         "location": loc,
-        "id": format!("/Subscriptions/{}/Providers/Microsoft.Compute/Locations/{loc}/Publishers/{p}/ArtifactTypes/VMImage/Offers/{o}/Skus/{s}/Versions/{}", state.node.subscription, m.version),
+        "id": format!("/Subscriptions/{}/Providers/Microsoft.Compute/Locations/{loc}/Publishers/{}/ArtifactTypes/VMImage/Offers/{}/Skus/{}/Versions/{}", state.node.subscription, m.publisher, m.offer, m.sku, m.version),
         "properties": {
-            "osDiskImage": { "operatingSystem": m.os_type, "sizeInBytes": m.files.get("disk.raw").map(|f| f.size).unwrap_or(0) },
-            "hyperVGeneration": "V1",
-            "architecture": "x64",
+            "osDiskImage": {
+                "operatingSystem": m.os_type,
+                "sizeInBytes": size,
+                "sizeInGb": size.div_ceil(1 << 30),
+            },
             "dataDiskImages": [],
+            "automaticOSUpgradeProperties": { "automaticOSUpgradeSupported": false },
+            "hyperVGeneration": generation,
+            // OS disks here are page blobs (unmanaged): nothing is disallowed.
+            "disallowed": { "vmDiskType": "None" },
+            "features": [
+                { "name": "IsAcceleratedNetworkSupported", "value": "False" },
+                { "name": "IsHibernateSupported", "value": "False" },
+            ],
+            "architecture": "x64",
+            "imageDeprecationStatus": { "imageState": "Active" },
         },
     })))
 }
 
-/// vmnode's flat image list (one row per version), for `vmnode vm image list`.
+/// vmnode's flat image list (one row per version), for `vmnode vm image list`. The newest
+/// version of a sku a recipe builds carries the recipe's name as its alias (`--image tiny`).
 pub async fn all_images(State(state): State<AppState>) -> Result<Json<Value>> {
-    let rows: Vec<Value> = images(&state)?
-        .into_iter()
-        .map(|i| {
+    let all = images(&state)?;
+    let sku = |m: &catalog::Manifest| {
+        format!("{}:{}:{}", m.publisher, m.offer, m.sku).to_ascii_lowercase()
+    };
+    let aliases = catalog::aliases();
+    let rows: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .map(|(n, i)| {
             let m = &i.manifest;
+            let newest = all
+                .get(n + 1)
+                .is_none_or(|next| sku(&next.manifest) != sku(m));
+            let alias = aliases
+                .iter()
+                .find(|(_, r)| newest && sku(m) == r.to_ascii_lowercase())
+                .map(|(a, _)| a.clone());
             json!({
                 "publisher": m.publisher, "offer": m.offer, "sku": m.sku, "version": m.version,
-                "urn": i.urn(), "architecture": "x64", "kernel": m.kernel_release, "boot": m.boot,
+                "urn": i.urn(), "urnAlias": alias, "architecture": "x64",
+                "kernel": m.kernel_release, "boot": m.boot,
             })
         })
         .collect();

@@ -5,7 +5,7 @@
 //! packages are cached beside them, so a second build (or a CI run on the same machine) is a
 //! copy. Publishing is atomic: the version folder is assembled under a hidden name and renamed.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -96,21 +96,9 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// sha256 and length of a file (holes of sparse files hashed as zeros without reading them).
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    // Sparse disks: holes read as zeros, which is what the guest sees.
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), total))
+    super::verify::sha256_file(path)
 }
 
 /// Builds (or finds in the cache) recipe `name` and publishes it into `images_dir`.
@@ -272,13 +260,21 @@ fn publish(
         .join(&manifest.version);
     if let Ok(existing) = std::fs::read(dest.join("manifest.json")) {
         if let Ok(m) = serde_json::from_slice::<Manifest>(&existing) {
-            if m.files.iter().all(|(k, v)| {
+            let same = m.files.iter().all(|(k, v)| {
                 manifest
                     .files
                     .get(k)
                     .map(|x| x.sha256 == v.sha256)
                     .unwrap_or(false)
-            }) {
+            });
+            // Already there — unless its files were damaged since: then it is replaced.
+            let intact = same
+                && super::verify::verify(&ImageVersion {
+                    manifest: m.clone(),
+                    dir: dest.clone(),
+                })
+                .is_ok();
+            if intact {
                 progress(&format!("already published at {}", dest.display()));
                 return Ok(ImageVersion {
                     manifest,

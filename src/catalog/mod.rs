@@ -2,9 +2,13 @@
 //!
 //! An image version is a folder `images/{publisher}/{offer}/{sku}/{version}/` in the state dir
 //! holding its files and a `manifest.json` with their sha256. Folders appear atomically (built
-//! aside, then renamed), so the catalog is simply what is on disk.
+//! aside, then renamed), so the catalog is simply what is on disk. Unpublished versions are moved
+//! under `images/.unpublished/` (see `publish.rs`); `verify.rs` checks the files against the
+//! manifest before a VM is made from them.
 
 pub mod build;
+pub mod publish;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -12,10 +16,27 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("'{0}' is not an image URN: expected Publisher:Offer:Sku:Version (e.g. vmnode:tiny:1:latest)")]
+    #[error("'{0}' is not an image URN: expected Publisher:Offer:Sku:Version (e.g. vmnode:tiny:1:latest) or an alias (`vmnode vm image list` shows them)")]
     BadUrn(String),
-    #[error("image {urn} not found; available: {available}")]
+    /// The cloud's `PlatformImageNotFound` text, then what this node has instead.
+    #[error("The platform image '{urn}' is not available. Verify that all fields in the storage profile are correct. For more details about storage profile information, please refer to https://aka.ms/storageprofile. {available}")]
     NotFound { urn: String, available: String },
+    #[error("The image {urn} is corrupted: its file {file} has sha256 {actual}, but its manifest says {expected}. {fix}")]
+    Corrupted {
+        urn: String,
+        file: String,
+        expected: String,
+        actual: String,
+        fix: String,
+    },
+    #[error("The image {urn} is incomplete: cannot read its file {}. {fix}", path.display())]
+    FileMissing {
+        urn: String,
+        path: PathBuf,
+        fix: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the image store at {path}")]
     Io {
         path: PathBuf,
@@ -106,6 +127,28 @@ impl ImageVersion {
     }
 }
 
+/// Image aliases, as `az vm image list` shows them: each recipe's name stands for the newest
+/// version of its sku. Returns (alias, `Publisher:Offer:Sku`).
+pub fn aliases() -> Vec<(String, String)> {
+    build::recipes()
+        .map(|all| {
+            all.into_iter()
+                .map(|(name, r)| (name, format!("{}:{}:{}", r.publisher, r.offer, r.sku)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An image given as a URN or an alias (`tiny` = `vmnode:tiny:1:latest`).
+pub fn parse_image(s: &str) -> Result<ImageRef, CatalogError> {
+    if !s.contains(':') {
+        if let Some((_, sku)) = aliases().iter().find(|(a, _)| a.eq_ignore_ascii_case(s)) {
+            return ImageRef::parse_urn(&format!("{sku}:latest"));
+        }
+    }
+    ImageRef::parse_urn(s)
+}
+
 /// Compares versions the way the cloud orders them: dot-separated integers, then text.
 pub fn version_key(v: &str) -> Vec<(u64, String)> {
     v.split('.')
@@ -189,15 +232,54 @@ pub fn resolve(images: &Path, r: &ImageRef) -> Result<ImageVersion, CatalogError
     };
     found.cloned().ok_or_else(|| CatalogError::NotFound {
         urn: r.urn(),
-        available: if all.is_empty() {
-            "none (build one with `vmnode image build tiny`)".into()
-        } else {
-            all.iter()
-                .map(ImageVersion::urn)
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
+        available: what_exists(r, &all, &same_sku),
     })
+}
+
+/// The end of a not-found message: the versions the sku has, or else what the node has.
+fn what_exists(r: &ImageRef, all: &[ImageVersion], same_sku: &[&ImageVersion]) -> String {
+    let sku = format!("{}:{}:{}", r.publisher, r.offer, r.sku);
+    if !same_sku.is_empty() {
+        let versions: Vec<&str> = same_sku
+            .iter()
+            .map(|i| i.manifest.version.as_str())
+            .collect();
+        return format!(
+            "Versions of {sku} on this node: {} (or `latest`).",
+            versions.join(", ")
+        );
+    }
+    if all.is_empty() {
+        return "No image is published on this node; build one with `vmnode image build tiny`."
+            .to_string();
+    }
+    format!(
+        "No version of {sku} is published on this node; its images are: {}.",
+        all.iter()
+            .map(ImageVersion::urn)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Resolves the exact version a VM was created from, for booting it again: the catalog first,
+/// then the versions unpublished since (the VM keeps working after its image was withdrawn, as
+/// in the cloud; of several withdrawn copies of one version, the latest withdrawn).
+pub fn resolve_pinned(images: &Path, r: &ImageRef) -> Result<ImageVersion, CatalogError> {
+    match resolve(images, r) {
+        Err(CatalogError::NotFound { .. }) => {}
+        other => return other,
+    }
+    publish::unpublished(images, r)?
+        .into_iter()
+        .next_back()
+        .ok_or_else(|| {
+            let all = list(images).unwrap_or_default();
+            CatalogError::NotFound {
+                urn: r.urn(),
+                available: what_exists(r, &all, &[]),
+            }
+        })
 }
 
 #[cfg(test)]
@@ -233,7 +315,27 @@ mod tests {
         assert_eq!(resolve(dir.path(), &r).unwrap().manifest.version, "1.0.9");
         let r = ImageRef::parse_urn("vmnode:tiny:1:2.0.0").unwrap();
         let e = resolve(dir.path(), &r).unwrap_err().to_string();
-        assert!(e.contains("vmnode:tiny:1:1.0.10"), "{e}");
+        assert!(
+            e.starts_with("The platform image 'vmnode:tiny:1:2.0.0' is not available."),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("Versions of vmnode:tiny:1 on this node: 1.0.9, 1.0.10 (or `latest`)."),
+            "{e}"
+        );
+        let r = ImageRef::parse_urn("vmnode:other:1:latest").unwrap();
+        let e = resolve(dir.path(), &r).unwrap_err().to_string();
+        assert!(
+            e.contains("images are: vmnode:tiny:1:1.0.9, vmnode:tiny:1:1.0.10."),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn aliases_are_recipe_names() {
+        assert_eq!(parse_image("tiny").unwrap().urn(), "vmnode:tiny:1:latest");
+        assert_eq!(parse_image("vmnode:tiny:1:1.0.0").unwrap().version, "1.0.0");
+        assert!(parse_image("nosuchalias").is_err());
     }
 
     #[test]

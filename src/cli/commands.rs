@@ -223,6 +223,27 @@ pub enum ImageCmd {
     },
     /// The images in this node's store (no daemon needed).
     List,
+    /// Publish an image folder or an existing version as a new version (no daemon needed).
+    Publish {
+        /// The new version, Publisher:Offer:Sku:Version (e.g. vmnode:tiny:1:1.0.6).
+        #[arg(long)]
+        urn: String,
+        /// An image version's folder (files + manifest.json) or a published URN (`latest` allowed).
+        #[arg(long)]
+        from: String,
+    },
+    /// Take a version out of the catalog: new VMs cannot use it; existing VMs keep working.
+    Unpublish {
+        /// The exact version, Publisher:Offer:Sku:Version.
+        #[arg(long)]
+        urn: String,
+    },
+    /// Hash every file of a version and compare it with its manifest (ignores the cached result).
+    Verify {
+        /// Publisher:Offer:Sku:Version (`latest` allowed).
+        #[arg(long)]
+        urn: String,
+    },
 }
 
 pub fn doctor() -> anyhow::Result<()> {
@@ -358,7 +379,7 @@ fn decorate(mut v: Value) -> Value {
 }
 
 async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
-    let image = crate::catalog::ImageRef::parse_urn(&a.image)?;
+    let image = crate::catalog::parse_image(&a.image)?;
     let path = cl.vm_path(&a.id.rg, &a.id.name).await?;
     let existing = cl.get(&path).await?;
     if existing.status.is_success() {
@@ -504,6 +525,7 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
                 ("Publisher", "publisher"),
                 ("Sku", "sku"),
                 ("Urn", "urn"),
+                ("UrnAlias", "urnAlias"),
                 ("Version", "version"),
             ],
         );
@@ -703,6 +725,43 @@ pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {
                     ("Boot", "boot"),
                     ("Dir", "dir"),
                 ],
+            );
+        }
+        ImageCmd::Publish { urn, from } => {
+            use crate::catalog::publish;
+            let target = crate::catalog::ImageRef::parse_urn(&urn)?;
+            let from = publish::Source::parse(&from)?;
+            let images = paths.images();
+            let start = Instant::now();
+            let v = tokio::task::spawn_blocking(move || {
+                publish::publish(&images, &target, &from, &mut |l| {
+                    eprintln!("[{:>5.1}s] {l}", start.elapsed().as_secs_f64())
+                })
+            })
+            .await??;
+            println!("{}", v.urn());
+        }
+        ImageCmd::Unpublish { urn } => {
+            let r = crate::catalog::ImageRef::parse_urn(&urn)?;
+            let moved = crate::catalog::publish::unpublish(&paths.images(), &r)?;
+            eprintln!(
+                "unpublished {urn}: new VMs cannot use it; VMs made from it keep working (its files are kept in {})",
+                moved.display()
+            );
+        }
+        ImageCmd::Verify { urn } => {
+            let r = crate::catalog::parse_image(&urn)?;
+            let images = paths.images();
+            let out = tokio::task::spawn_blocking(move || {
+                let img = crate::catalog::resolve(&images, &r)?;
+                crate::catalog::verify::verify_full(&img).map(|o| (img, o))
+            })
+            .await??;
+            println!(
+                "{}: {} files match the manifest ({})",
+                out.0.urn(),
+                out.1.hashed.len(),
+                out.1.hashed.join(", ")
             );
         }
     }

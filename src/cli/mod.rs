@@ -81,7 +81,7 @@ pub enum Cmd {
     /// Virtual networks, NICs and DHCP leases.
     #[command(subcommand)]
     Network(network::NetworkCmd),
-    /// Build and list guest images.
+    /// Build, list, publish and unpublish guest images.
     #[command(subcommand)]
     Image(commands::ImageCmd),
     /// ARM template deployments (vnets, NICs, VMs, extensions from one JSON template).

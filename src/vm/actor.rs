@@ -264,7 +264,9 @@ impl Actor {
             version: self.rec.exact_version.clone(),
             ..self.rec.image.clone()
         };
-        catalog::resolve(&self.node.cfg.paths.images(), &r).map_err(|_| StepError::Image(r.urn()))
+        // Unpublished since the VM was made? Its files are kept aside, and the VM still boots.
+        catalog::resolve_pinned(&self.node.cfg.paths.images(), &r)
+            .map_err(|_| StepError::Image(r.urn()))
     }
 
     async fn provision(

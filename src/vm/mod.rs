@@ -395,6 +395,14 @@ impl Node {
             }
         };
         let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
+        // Its files must be what its manifest says before anything is made from them (hashed
+        // once; then a stamp in the image's folder vouches for unchanged files).
+        let checked = catalog::verify::verify(&image).inspect_err(|e| {
+            tracing::error!(image = %image.urn(), error = %e, "image files do not match their manifest")
+        })?;
+        if !checked.hashed.is_empty() {
+            tracing::info!(image = %image.urn(), hashed = ?checked.hashed, "image files verified");
+        }
         let image_bytes = image
             .manifest
             .files
