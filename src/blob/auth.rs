@@ -90,9 +90,10 @@ pub fn sign(key: &[u8], sts: &str) -> String {
 }
 
 /// Checks a base64 signature of a string-to-sign against each of the account's keys (key1,
-/// key2), each comparison in constant time.
+/// key2), each comparison in constant time. The signature is taken as it is: a space (or a raw
+/// `+` in a SAS, which decodes to one) makes it fail.
 fn verify(account: &Account, sts: &str, sig_b64: &str) -> bool {
-    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64.trim()) else {
+    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {
         return false;
     };
     account.keys.iter().any(|key| {
@@ -292,6 +293,7 @@ fn shared_key(r: &Request<'_>, value: &str, account: &Account) -> Result<Princip
         )));
     }
     check_date(r.headers)?;
+    let sig = sig.trim();
     for sts in shared_key_candidates(r, &account.name) {
         if verify(account, &sts, sig) {
             return Ok(Principal::Key);
@@ -368,6 +370,50 @@ fn at_least(sv: &str, v: &str) -> bool {
     sv >= v
 }
 
+/// The query parameters a SAS is made of (a service SAS, an account SAS, or a user delegation
+/// SAS, which the cloud signs with its own fields). Each may be given once.
+const SAS_FIELDS: [&str; 29] = [
+    "sv", "ss", "srt", "sp", "st", "se", "sip", "spr", "sr", "si", "sig", "ses", "sdd", "rscc",
+    "rscd", "rsce", "rscl", "rsct", "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid",
+    "scid", "skdutid", "sduoid",
+];
+
+/// The fields of a user delegation SAS (signed with a key from Get User Delegation Key, which
+/// this service does not issue). The cloud signs them, so a service SAS that gains one is not
+/// the SAS that was signed.
+const DELEGATION_FIELDS: [&str; 11] = [
+    "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid", "skdutid", "sduoid",
+];
+
+/// A SAS's query parameters decoded as the cloud decodes a query: percent-escapes, and `+` as a
+/// space (so a signature must carry `+` as `%2B`, as every SDK sends it). Names are decoded too
+/// (`%73p` is `sp`). A SAS field given twice (in any case or spelling) is refused rather than
+/// read one way here and another elsewhere, and so is a user delegation field.
+fn sas_pairs(raw: &str) -> Result<Vec<(String, String)>> {
+    let form = |s: &str| decode(&s.replace('+', " "));
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for p in raw.split('&').filter(|p| !p.is_empty()) {
+        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+        let (n, v) = (form(n), form(v));
+        let lower = n.to_ascii_lowercase();
+        if SAS_FIELDS.contains(&lower.as_str())
+            && pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(&lower))
+        {
+            return Err(BlobError::auth_failed(format!(
+                "The SAS parameter '{lower}' is given more than once."
+            )));
+        }
+        if DELEGATION_FIELDS.contains(&lower.as_str()) {
+            return Err(BlobError::auth_failed(format!(
+                "'{lower}' is a field of a user delegation SAS, which this service does not \
+                 issue: use a service or account SAS signed with the account key."
+            )));
+        }
+        pairs.push((n, v));
+    }
+    Ok(pairs)
+}
+
 /// A SAS in the query: signature, time window, IP and protocol. `policy` looks up a stored
 /// access policy of the container by id.
 fn sas(
@@ -375,7 +421,7 @@ fn sas(
     account: &Account,
     policy: &dyn Fn(&str) -> Option<AccessPolicy>,
 ) -> Result<Principal> {
-    let q = query_pairs(r.raw_query);
+    let q = sas_pairs(r.raw_query)?;
     let get = |n: &str| {
         q.iter()
             .find(|(k, _)| k == n)
@@ -533,7 +579,11 @@ pub fn authenticate(
     if !auth.is_empty() {
         return shared_key(r, auth, account);
     }
-    if r.raw_query.split('&').any(|p| p.starts_with("sig=")) {
+    // Decoded names, so `%73ig=` is a SAS too (and checked as one), not an anonymous request.
+    if query_pairs(r.raw_query)
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("sig"))
+    {
         return sas(r, account, policy);
     }
     Ok(Principal::Anonymous)
@@ -616,6 +666,44 @@ mod tests {
                 "x-ms-version"
             ]
         );
+    }
+
+    #[test]
+    fn sas_fields_are_decoded_like_the_cloud_and_given_once() {
+        let q = sas_pairs("%73p=r&sig=a+b%2Bc&se=2030-01-01T00%3A00%3A00Z&comp=x&comp=y").unwrap();
+        let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("sp"), Some("r"));
+        // A raw `+` is a space, as the cloud decodes it; `%2B` is a `+`.
+        assert_eq!(get("sig"), Some("a b+c"));
+        assert_eq!(get("se"), Some("2030-01-01T00:00:00Z"));
+        // Parameters that are not the SAS's are not its business.
+        assert_eq!(get("comp"), Some("x"));
+        for dup in [
+            "sp=r&sp=rw",
+            "sp=r&sp=r",
+            "sp=r&SP=rw",
+            "sp=r&%73p=rw",
+            "sig=a&sig=b",
+            "se=1&Se=2",
+            "rscd=a&rscd=b",
+        ] {
+            let e = sas_pairs(dup).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (403, "AuthenticationFailed"),
+                "{dup}"
+            );
+        }
+        for delegation in [
+            "skoid=x",
+            "sktid=x",
+            "ske=2030-01-01",
+            "%73kv=2020-02-10",
+            "saoid=x",
+        ] {
+            let e = sas_pairs(&format!("sv=2025-11-05&{delegation}")).unwrap_err();
+            assert_eq!(e.status.as_u16(), 403, "{delegation}");
+        }
     }
 
     #[test]
