@@ -308,38 +308,53 @@ fn shared_key(r: &Request<'_>, value: &str, account: &Account) -> Result<Princip
 /// fractions, `+hh:mm` offsets) into seconds since the epoch.
 pub fn parse_iso(s: &str) -> Option<i64> {
     let s = s.trim();
-    let num = |t: &str| t.parse::<i64>().ok();
-    let date = s.get(..10)?;
+    // Exactly `n` ASCII digits (no sign, no space), at most `max`. `get`, never slicing: the
+    // text comes from a request and may hold multi-byte characters anywhere.
+    let digits = |t: Option<&str>, n: usize, max: i64| {
+        t.filter(|t| t.len() == n && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<i64>().ok())
+            .filter(|v| *v <= max)
+    };
+    let sep = |t: &str, at: usize, c: &str| t.get(at..at + 1) == Some(c);
+    if !(sep(s, 4, "-") && sep(s, 7, "-")) {
+        return None;
+    }
     let (y, m, d) = (
-        num(date.get(..4)?)?,
-        num(date.get(5..7)?)?,
-        num(date.get(8..10)?)?,
+        digits(s.get(..4), 4, 9999)?,
+        digits(s.get(5..7), 2, 12)?,
+        digits(s.get(8..10), 2, 31)?,
     );
     let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
     let day = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
         .ok()?;
     let mut secs = day.midnight().assume_utc().unix_timestamp();
-    let rest = &s[10..];
+    let rest = s.get(10..)?;
     if rest.is_empty() {
         return Some(secs);
     }
     let rest = rest.strip_prefix('T')?;
-    let (hh, mm) = (num(rest.get(..2)?)?, num(rest.get(3..5)?)?);
-    let mut tail = &rest[5..];
+    if !sep(rest, 2, ":") {
+        return None;
+    }
+    let (hh, mm) = (
+        digits(rest.get(..2), 2, 23)?,
+        digits(rest.get(3..5), 2, 59)?,
+    );
+    let mut tail = rest.get(5..)?;
     let mut ss = 0;
     if let Some(t) = tail.strip_prefix(':') {
-        ss = num(t.get(..2)?)?;
-        tail = &t[2..];
+        ss = digits(t.get(..2), 2, 59)?;
+        tail = t.get(2..)?;
     }
     if let Some(t) = tail.strip_prefix('.') {
         let n = t.bytes().take_while(u8::is_ascii_digit).count();
-        tail = &t[n..];
+        tail = t.get(n..)?;
     }
     secs += hh * 3600 + mm * 60 + ss;
     match tail {
         "" | "Z" => Some(secs),
-        t if t.len() == 6 && (t.starts_with('+') || t.starts_with('-')) => {
-            let off = num(&t[1..3])? * 3600 + num(&t[4..6])? * 60;
+        t if t.len() == 6 && (t.starts_with('+') || t.starts_with('-')) && sep(t, 3, ":") => {
+            let off = digits(t.get(1..3), 2, 23)? * 3600 + digits(t.get(4..6), 2, 59)? * 60;
             Some(if t.starts_with('+') {
                 secs - off
             } else {
@@ -644,6 +659,39 @@ mod tests {
         assert_eq!(parse_iso("1970-01-01T01:00Z"), Some(3600));
         assert_eq!(parse_iso("1970-01-01T02:00:00+01:00"), Some(3600));
         assert_eq!(parse_iso("yesterday"), None);
+        // Out of range or signed fields are no time.
+        for bad in [
+            "2030-01-01T24:00Z",
+            "2030-01-01T10:60Z",
+            "2030-01-01T10:00:60Z",
+            "2030-01-01T-1:00Z",
+            "2030-01-01T+1:00Z",
+            "2030-13-01",
+            "2030-+1-01",
+            "2030-01-01T10:00+25:00",
+            "2030-01-01T10-00Z",
+        ] {
+            assert_eq!(parse_iso(bad), None, "{bad}");
+        }
+        // A multi-byte character where an offset's digits would be (a panic before).
+        assert_eq!(parse_iso("2030-01-01T10:00+0\u{e9}00"), None);
+        assert_eq!(parse_iso("2030-01-01T10:00:0\u{e9}"), None);
+        assert_eq!(parse_iso("2030-01-0\u{e9}"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a SAS's `st`/`se` holds: an answer, never a panic.
+        #[test]
+        fn parse_iso_never_panics(s in "[0-9T:Z+.\\-]{0,30}|\\PC{0,30}") {
+            let _ = parse_iso(&s);
+        }
+
+        /// Any query string: a SAS's fields or a refusal, never a panic.
+        #[test]
+        fn sas_pairs_never_panic(s in "\\PC{0,80}") {
+            let _ = sas_pairs(&s);
+            let _ = query_pairs(&s);
+        }
     }
 
     #[test]
