@@ -6,9 +6,9 @@
 //! targets in `network/fuzz/` use for longer runs on nightly.
 //!
 //! Every input is timed; the distribution (median, tail percentiles, the
-//! slowest input) is printed, and an input over 10 ms is timed again alone
-//! (the 2 cores are shared, a descheduled thread is no slow path) and must
-//! then be under 10 ms. Besides the corpus, seeds are crafted here for what a
+//! slowest input) is printed, and an input over 10 ms is timed again alone,
+//! up to 20 times (the 2 cores are shared, a descheduled thread is no slow
+//! path), and must then be under 10 ms once. Besides the corpus, seeds are crafted here for what a
 //! hostile guest would try: option overload, huge `hlen`, options that run
 //! past the end, compression pointer loops and chains, labels and names over
 //! their limits, EDNS with options, many questions.
@@ -57,12 +57,19 @@ const LEDGER_KEPT: usize = 64;
 /// about 100 µs, which would otherwise cloud the packets' own times).
 const DIAGNOSE_EVERY: u64 = 4096;
 
+thread_local! {
+    /// The known NIC's last ledger entries, one ledger per fuzzing thread (a
+    /// shared one would make the threads wait on each other's lock, and a
+    /// holder descheduled on the busy cores would look like a slow input).
+    static LEDGER: std::cell::RefCell<std::collections::VecDeque<LedgerEntry>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
 /// Knows one MAC; every call is cheap. Keeps the known NIC's last entries and,
 /// every [`DIAGNOSE_EVERY`] records, runs `diagnose` over them and renders them as
 /// the API does (JSON), so the ledger is fuzzed by the same packets.
 struct Book {
     records: AtomicU64,
-    ledger: std::sync::Mutex<std::collections::VecDeque<LedgerEntry>>,
     diagnosed: AtomicU64,
 }
 
@@ -70,7 +77,6 @@ impl Book {
     fn new() -> Self {
         Book {
             records: AtomicU64::new(0),
-            ledger: Default::default(),
             diagnosed: AtomicU64::new(0),
         }
     }
@@ -95,16 +101,17 @@ impl LeaseBook for Book {
         if *mac != KNOWN {
             return;
         }
-        let mut ledger = self.ledger.lock().unwrap();
-        if ledger.len() == LEDGER_KEPT {
-            ledger.pop_front();
-        }
         let link_up = entry.at - Duration::from_secs(120);
-        ledger.push_back(entry);
-        if ledger.len() == LEDGER_KEPT && self.records.load(Ordering::Relaxed) % DIAGNOSE_EVERY == 0
-        {
-            let entries: Vec<LedgerEntry> = ledger.iter().cloned().collect();
-            drop(ledger);
+        let entries = LEDGER.with_borrow_mut(|ledger| {
+            if ledger.len() == LEDGER_KEPT {
+                ledger.pop_front();
+            }
+            ledger.push_back(entry);
+            let due = self.records.load(Ordering::Relaxed) % DIAGNOSE_EVERY == 0;
+            (ledger.len() == LEDGER_KEPT && due)
+                .then(|| ledger.iter().cloned().collect::<Vec<LedgerEntry>>())
+        });
+        if let Some(entries) = entries {
             let now = std::time::SystemTime::now();
             let _ = dhcp::diagnose(&entries, link_up, now);
             let json = serde_json::to_string(&entries).expect("the ledger renders as JSON");
@@ -627,7 +634,7 @@ impl Times {
 /// Runs `check` on `iterations()` inputs spread over all cores; returns how
 /// many got a reply. `check` returns whether there was a reply and panics on
 /// a broken invariant. Every input is timed; one over [`MAX_PER_INPUT`] is
-/// timed three more times alone and the fastest of those must be under it.
+/// timed again alone, up to 20 times, and must be under it once.
 fn run(
     tag: &str,
     seeds: &[Vec<u8>],
@@ -657,15 +664,20 @@ fn run(
                     };
                     my_times.add(took, &packet);
                     if took > MAX_PER_INPUT {
-                        // Maybe the thread was descheduled: time it again, alone.
-                        let again = (0..3)
-                            .map(|_| {
-                                let t0 = Instant::now();
-                                check(&packet);
-                                t0.elapsed()
-                            })
-                            .min()
-                            .unwrap_or(took);
+                        // Maybe the thread was descheduled: time it again, alone,
+                        // up to 20 times (each after a pause, for a fresh time
+                        // slice), until once is under the bound. A slow path is
+                        // slow every time.
+                        let mut again = took;
+                        for _ in 0..20 {
+                            std::thread::sleep(Duration::from_millis(2));
+                            let t0 = Instant::now();
+                            check(&packet);
+                            again = again.min(t0.elapsed());
+                            if again <= MAX_PER_INPUT {
+                                break;
+                            }
+                        }
                         assert!(
                             again <= MAX_PER_INPUT,
                             "{tag}: input {i} took {again:?}: {packet:02x?}"
