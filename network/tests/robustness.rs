@@ -5,7 +5,16 @@
 //! fuzz corpus (`network/fuzz/corpus/{dhcp,dns}`), which the cargo-fuzz
 //! targets in `network/fuzz/` use for longer runs on nightly.
 //!
-//! `VMNODE_FUZZ_ITERS` changes the count (e.g. 10^8 for a soak run).
+//! Every input is timed; the distribution (median, tail percentiles, the
+//! slowest input) is printed, and an input over 10 ms is timed again alone,
+//! up to 20 times (the 2 cores are shared, a descheduled thread is no slow
+//! path), and must then be under 10 ms once. Besides the corpus, seeds are crafted here for what a
+//! hostile guest would try: option overload, huge `hlen`, options that run
+//! past the end, compression pointer loops and chains, labels and names over
+//! their limits, EDNS with options, many questions.
+//!
+//! `VMNODE_FUZZ_ITERS` changes the count and `VMNODE_FUZZ_SEED` the random
+//! stream: `bench/fuzz.sh` runs 10^7 of each with a fresh seed.
 
 use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,9 +43,43 @@ fn iterations() -> u64 {
         .unwrap_or(1_000_000)
 }
 
-/// Knows one MAC; every call is cheap.
+/// The random stream's seed (each thread adds its index); fixed unless given.
+fn seed() -> u64 {
+    std::env::var("VMNODE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_0000)
+}
+
+/// Ledger entries kept for the known NIC, as the daemon keeps a bounded ledger per NIC.
+const LEDGER_KEPT: usize = 64;
+/// The ledger is diagnosed and rendered once per this many records (it costs
+/// about 100 µs, which would otherwise cloud the packets' own times).
+const DIAGNOSE_EVERY: u64 = 4096;
+
+thread_local! {
+    /// The known NIC's last ledger entries, one ledger per fuzzing thread (a
+    /// shared one would make the threads wait on each other's lock, and a
+    /// holder descheduled on the busy cores would look like a slow input).
+    static LEDGER: std::cell::RefCell<std::collections::VecDeque<LedgerEntry>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Knows one MAC; every call is cheap. Keeps the known NIC's last entries and,
+/// every [`DIAGNOSE_EVERY`] records, runs `diagnose` over them and renders them as
+/// the API does (JSON), so the ledger is fuzzed by the same packets.
 struct Book {
     records: AtomicU64,
+    diagnosed: AtomicU64,
+}
+
+impl Book {
+    fn new() -> Self {
+        Book {
+            records: AtomicU64::new(0),
+            diagnosed: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LeaseBook for Book {
@@ -53,8 +96,29 @@ impl LeaseBook for Book {
         Ok(())
     }
     fn release(&self, _mac: &Mac, _ip: Ipv4Addr) {}
-    fn record(&self, _mac: &Mac, _entry: LedgerEntry) {
+    fn record(&self, mac: &Mac, entry: LedgerEntry) {
         self.records.fetch_add(1, Ordering::Relaxed);
+        if *mac != KNOWN {
+            return;
+        }
+        let link_up = entry.at - Duration::from_secs(120);
+        let entries = LEDGER.with_borrow_mut(|ledger| {
+            if ledger.len() == LEDGER_KEPT {
+                ledger.pop_front();
+            }
+            ledger.push_back(entry);
+            let due = self.records.load(Ordering::Relaxed) % DIAGNOSE_EVERY == 0;
+            (ledger.len() == LEDGER_KEPT && due)
+                .then(|| ledger.iter().cloned().collect::<Vec<LedgerEntry>>())
+        });
+        if let Some(entries) = entries {
+            let now = std::time::SystemTime::now();
+            let _ = dhcp::diagnose(&entries, link_up, now);
+            let json = serde_json::to_string(&entries).expect("the ledger renders as JSON");
+            let back: Vec<LedgerEntry> = serde_json::from_str(&json).expect("and reads back");
+            assert_eq!(back, entries);
+            self.diagnosed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -121,7 +185,104 @@ fn dhcp_seeds() -> Vec<Vec<u8>> {
             }
         }
     }
+    seeds.extend(crafted_dhcp());
     seeds
+}
+
+/// A BOOTREQUEST header from `mac` with the magic cookie, no options yet.
+fn dhcp_header(mac: Mac) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[..4].copy_from_slice(&[1, 1, 6, 0]);
+    p[4..8].copy_from_slice(&0x0bad_cafe_u32.to_be_bytes());
+    p[28..34].copy_from_slice(&mac.octets());
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p
+}
+
+/// Hand-made DHCP packets a hostile or broken guest could send.
+fn crafted_dhcp() -> Vec<Vec<u8>> {
+    let discover = [53, 1, 1];
+    let request = [53, 1, 3, 50, 4, 10, 1, 0, 4, 54, 4, 168, 63, 129, 16];
+    let mut out = Vec::new();
+    let with = |opts: &[u8]| {
+        let mut p = dhcp_header(KNOWN);
+        p.extend_from_slice(opts);
+        p
+    };
+    // Option overload: the message type only in `file`, then only in `sname`, then both.
+    for (overload, field) in [(1u8, 108..236), (2, 44..108), (3, 108..236)] {
+        let mut p = with(&[52, 1, overload, 255]);
+        p[field.start..field.start + 3].copy_from_slice(&discover);
+        p[field.start + 3] = 255;
+        out.push(p);
+    }
+    // Overload whose `file` is all options with no End, and one that runs past `file`.
+    let mut p = with(&[52, 1, 1, 255]);
+    p[108..236].fill(0);
+    p[108..111].copy_from_slice(&discover);
+    p[111] = 61;
+    p[112] = 200;
+    out.push(p);
+    // Overload given twice, with different values, and with a bad length.
+    out.push(with(&[52, 1, 1, 52, 1, 2, 53, 1, 1, 255]));
+    out.push(with(&[52, 2, 1, 1, 53, 1, 1, 255]));
+    // Huge hlen, other hardware, a BOOTREPLY, no cookie.
+    for (at, v) in [
+        (2usize, 255u8),
+        (2, 16),
+        (2, 0),
+        (1, 6),
+        (0, 2),
+        (0, 0),
+        (236, 0),
+    ] {
+        let mut p = with(&discover);
+        p[at] = v;
+        out.push(p);
+    }
+    // An option whose length runs past the packet, and one cut after its code.
+    out.push(with(&[53, 1, 1, 12, 255, b'a']));
+    out.push(with(&[53, 1, 1, 12]));
+    // Message type with length 0, 2, and two conflicting types.
+    out.push(with(&[53, 0, 255]));
+    out.push(with(&[53, 2, 1, 3, 255]));
+    out.push(with(&[53, 1, 1, 53, 1, 3, 255]));
+    // Every option at its longest; 1500 bytes of pad; no End at all.
+    let mut long = request.to_vec();
+    for code in [12u8, 55, 57, 61, 81, 82, 94, 119, 121, 155] {
+        long.push(code);
+        long.push(255);
+        long.extend((0..255u8).map(|i| i.wrapping_mul(7)));
+    }
+    out.push(with(&long));
+    let mut pad = discover.to_vec();
+    pad.extend(std::iter::repeat_n(0u8, 1500));
+    out.push(with(&pad));
+    out.push(with(&request));
+    // The decoders that panicked in dhcproto: 80, 81, 94, 152-155 with short lengths.
+    for code in [80u8, 81, 94, 152, 153, 154, 155] {
+        for len in [0u8, 1, 2, 3] {
+            let mut o = discover.to_vec();
+            o.extend([code, len]);
+            o.extend(std::iter::repeat_n(1u8, usize::from(len)));
+            o.push(255);
+            out.push(with(&o));
+        }
+    }
+    // A relay (giaddr set, hops) and a relay agent option.
+    let mut p = with(&[53, 1, 1, 82, 6, 1, 4, 0, 0, 0, 1, 255]);
+    p[3] = 16;
+    p[24..28].copy_from_slice(&[10, 1, 0, 250]);
+    out.push(p);
+    // A valid DISCOVER from a MAC the book does not know, and one whose
+    // chaddr is known but whose hlen says only 4 bytes of it count.
+    let mut p = dhcp_header(Mac::new([0x02, 0, 0, 0, 0, 1]));
+    p.extend_from_slice(&[53, 1, 1, 255]);
+    out.push(p);
+    let mut p = with(&[53, 1, 1, 255]);
+    p[2] = 4;
+    out.push(p);
+    out
 }
 
 fn dns_seeds() -> Vec<Vec<u8>> {
@@ -146,7 +307,157 @@ fn dns_seeds() -> Vec<Vec<u8>> {
             seeds.push(m.to_vec().unwrap());
         }
     }
+    seeds.extend(crafted_dns());
     seeds
+}
+
+/// A query header: id, flags (RD), and the four counts.
+fn dns_header(flags: u16, counts: [u16; 4]) -> Vec<u8> {
+    let mut p = vec![0x42, 0x42];
+    p.extend_from_slice(&flags.to_be_bytes());
+    for c in counts {
+        p.extend_from_slice(&c.to_be_bytes());
+    }
+    p
+}
+
+/// `vm1.abc.internal.cloudapp.net` as labels.
+fn vm1_labels() -> Vec<u8> {
+    let mut p = Vec::new();
+    for l in ["vm1", "abc", "internal", "cloudapp", "net"] {
+        p.push(l.len() as u8);
+        p.extend_from_slice(l.as_bytes());
+    }
+    p.push(0);
+    p
+}
+
+/// Hand-made DNS queries: compression pointers (valid, looping, chained,
+/// pointing forward or past the end), truncated and oversized labels and
+/// names, EDNS with options, several questions, odd opcodes and classes.
+fn crafted_dns() -> Vec<Vec<u8>> {
+    let a_in = [0, 1, 0, 1];
+    let mut out = Vec::new();
+    let q = |flags: u16, counts: [u16; 4], body: &[u8]| {
+        let mut p = dns_header(flags, counts);
+        p.extend_from_slice(body);
+        p
+    };
+    // The plain query, then the same name again in the answer by pointer.
+    let mut name = vm1_labels();
+    name.extend_from_slice(&a_in);
+    out.push(q(0x0100, [1, 0, 0, 0], &name));
+    let mut two = name.clone();
+    two.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 1, 0, 4]);
+    out.push(q(0x0100, [1, 1, 0, 0], &two));
+    // A pointer to itself, a two-pointer loop, a pointer forward and past the end.
+    out.push(q(0x0100, [1, 0, 0, 0], &[0xc0, 12, 0, 1, 0, 1]));
+    out.push(q(0x0100, [1, 0, 0, 0], &[0xc0, 14, 0xc0, 12, 0, 1, 0, 1]));
+    out.push(q(
+        0x0100,
+        [1, 0, 0, 0],
+        &[0xc0, 20, 0, 1, 0, 1, 3, b'v', b'm', b'1', 0],
+    ));
+    out.push(q(0x0100, [1, 0, 0, 0], &[0xff, 0xff, 0, 1, 0, 1]));
+    // A label, then a pointer back into the label's middle (a loop through data).
+    out.push(q(0x0100, [1, 0, 0, 0], &[3, b'v', 0xc0, 13, 0, 1, 0, 1]));
+    // A chain of 200 pointers, each to the one before it, ending in a name;
+    // the question is a pointer to the last of them.
+    let base = 12 + 2 + 4;
+    let last = base + 5 + 199 * 2;
+    let mut p = q(0x0100, [1, 0, 0, 0], &[]);
+    p.extend_from_slice(&(0xc000 | last as u16).to_be_bytes());
+    p.extend_from_slice(&a_in);
+    p.extend_from_slice(&[3, b'v', b'm', b'1', 0]);
+    for i in 0..200 {
+        let to = if i == 0 { base } else { base + 5 + (i - 1) * 2 };
+        p.extend_from_slice(&(0xc000 | to as u16).to_be_bytes());
+    }
+    out.push(p);
+    // The reserved label types 0x40 and 0x80.
+    out.push(q(0x0100, [1, 0, 0, 0], &[0x41, b'a', 0, 0, 1, 0, 1]));
+    out.push(q(0x0100, [1, 0, 0, 0], &[0x81, b'a', 0, 0, 1, 0, 1]));
+    // A label that runs past the end; one cut after its length.
+    out.push(q(0x0100, [1, 0, 0, 0], &[63, b'a', b'b']));
+    out.push(q(0x0100, [1, 0, 0, 0], &[3]));
+    // Labels of 63 and 64 bytes; names of 255 and 256 bytes.
+    for len in [63usize, 64] {
+        let mut b = vec![len as u8];
+        b.extend(std::iter::repeat_n(b'x', len));
+        b.push(0);
+        b.extend_from_slice(&a_in);
+        out.push(q(0x0100, [1, 0, 0, 0], &b));
+    }
+    for total in [255usize, 256] {
+        let mut b = Vec::new();
+        let mut left = total - 1;
+        while left > 0 {
+            let l = (left - 1).min(63);
+            b.push(l as u8);
+            b.extend(std::iter::repeat_n(b'y', l));
+            left -= l + 1;
+        }
+        b.push(0);
+        b.extend_from_slice(&a_in);
+        out.push(q(0x0100, [1, 0, 0, 0], &b));
+    }
+    // Counts that promise more than is there, and no question at all.
+    out.push(q(0x0100, [0xffff, 0, 0, 0], &name));
+    out.push(q(0x0100, [1, 0xffff, 0xffff, 0xffff], &name));
+    out.push(q(0x0100, [0, 0, 0, 0], &[]));
+    // Two questions (FORMERR), each type the server knows, PTR, ANY, class CH and ANY.
+    let mut both = name.clone();
+    both.extend_from_slice(&name);
+    out.push(q(0x0100, [2, 0, 0, 0], &both));
+    for (rtype, class) in [(28u16, 1u16), (12, 1), (255, 1), (1, 3), (1, 255), (252, 1)] {
+        let mut b = vm1_labels();
+        b.extend_from_slice(&rtype.to_be_bytes());
+        b.extend_from_slice(&class.to_be_bytes());
+        out.push(q(0x0100, [1, 0, 0, 0], &b));
+    }
+    let mut ptr = Vec::new();
+    for l in ["4", "0", "1", "10", "in-addr", "arpa"] {
+        ptr.push(l.len() as u8);
+        ptr.extend_from_slice(l.as_bytes());
+    }
+    ptr.extend_from_slice(&[0, 0, 12, 0, 1]);
+    out.push(q(0x0100, [1, 0, 0, 0], &ptr));
+    // Opcodes IQUERY, STATUS, NOTIFY, UPDATE, 15; TC and Z bits; a response.
+    for flags in [
+        0x0900u16, 0x1100, 0x2100, 0x2900, 0x7900, 0x0300, 0x0140, 0x8100,
+    ] {
+        out.push(q(flags, [1, 0, 0, 0], &name));
+    }
+    // EDNS: OPT with a cookie, a client subnet and padding; two OPT records;
+    // an OPT whose option runs past its rdata; an OPT not at the root.
+    let opt = |rdata: &[u8]| {
+        let mut r = vec![0, 0, 41, 0x10, 0, 0, 0, 0, 0];
+        r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        r.extend_from_slice(rdata);
+        r
+    };
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let ecs = [0, 8, 0, 7, 0, 1, 24, 0, 10, 1, 0];
+    let padding = [0, 12, 0, 4, 0, 0, 0, 0];
+    for (extra, additional) in [
+        (opt(&[]), 1),
+        (opt(&[cookie.as_slice(), &ecs, &padding].concat()), 1),
+        ([opt(&cookie), opt(&ecs)].concat(), 2),
+        (opt(&[0, 10, 0, 200, 1]), 1),
+        (
+            {
+                let mut r = vec![3, b'a', b'b', b'c', 0];
+                r.extend_from_slice(&opt(&[])[1..]);
+                r
+            },
+            1,
+        ),
+    ] {
+        let mut b = name.clone();
+        b.extend_from_slice(&extra);
+        out.push(q(0x0100, [1, 0, 0, additional], &b));
+    }
+    out
 }
 
 const INTERESTING: [u8; 8] = [0, 1, 0x3f, 0x40, 0x7f, 0x80, 0xc0, 0xff];
@@ -253,9 +564,77 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>], options_at: Option<usize>) -> Vec
     }
 }
 
+/// Times of inputs in power-of-two buckets of nanoseconds, and the slowest.
+#[derive(Default)]
+struct Times {
+    buckets: [u64; 32],
+    count: u64,
+    max: Duration,
+    slowest: Vec<u8>,
+}
+
+impl Times {
+    fn add(&mut self, took: Duration, input: &[u8]) {
+        let ns = took.as_nanos().max(1);
+        let b = (127 - ns.leading_zeros()) as usize;
+        self.buckets[b.min(self.buckets.len() - 1)] += 1;
+        self.count += 1;
+        if took > self.max {
+            self.max = took;
+            self.slowest = input.to_vec();
+        }
+    }
+
+    fn merge(&mut self, other: Times) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        if other.max > self.max {
+            self.max = other.max;
+            self.slowest = other.slowest;
+        }
+    }
+
+    /// The upper bound of the bucket that holds the `q` quantile.
+    fn quantile(&self, q: f64) -> Duration {
+        let want = ((self.count as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (b, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return Duration::from_nanos(2u64 << b);
+            }
+        }
+        self.max
+    }
+
+    /// One line: percentiles (bucket upper bounds), the slowest, and the
+    /// histogram's non-empty buckets.
+    fn report(&self) -> String {
+        let hist: Vec<String> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(b, n)| format!("<{:?}:{n}", Duration::from_nanos(2u64 << b)))
+            .collect();
+        format!(
+            "per input p50 <{:?}, p99 <{:?}, p99.9 <{:?}, p99.99 <{:?}, max {:?}; histogram {}",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.quantile(0.9999),
+            self.max,
+            hist.join(" ")
+        )
+    }
+}
+
 /// Runs `check` on `iterations()` inputs spread over all cores; returns how
 /// many got a reply. `check` returns whether there was a reply and panics on
-/// a broken invariant.
+/// a broken invariant. Every input is timed; one over [`MAX_PER_INPUT`] is
+/// timed again alone, up to 20 times, and must be under it once.
 fn run(
     tag: &str,
     seeds: &[Vec<u8>],
@@ -265,13 +644,16 @@ fn run(
     let total = iterations();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let replies = AtomicU64::new(0);
+    let times = std::sync::Mutex::new(Times::default());
+    let retimed = std::sync::Mutex::new(Vec::<Duration>::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let replies = &replies;
+            let (replies, times, retimed) = (&replies, &times, &retimed);
             s.spawn(move || {
-                let mut rng = StdRng::seed_from_u64(0x5eed_0000 + t);
+                let mut rng = StdRng::seed_from_u64(seed() + t);
                 let mut mine = 0;
+                let mut my_times = Times::default();
                 for i in (t..total).step_by(threads as usize) {
                     let packet = mutate(&mut rng, seeds, options_at);
                     let t0 = Instant::now();
@@ -280,40 +662,59 @@ fn run(
                     let Ok(replied) = got else {
                         panic!("{tag}: input {i} panicked: {packet:02x?}");
                     };
+                    my_times.add(took, &packet);
                     if took > MAX_PER_INPUT {
-                        // Maybe the thread was descheduled: time it again, alone.
-                        let again = (0..3)
-                            .map(|_| {
-                                let t0 = Instant::now();
-                                check(&packet);
-                                t0.elapsed()
-                            })
-                            .min()
-                            .unwrap_or(took);
+                        // Maybe the thread was descheduled: time it again, alone,
+                        // up to 20 times (each after a pause, for a fresh time
+                        // slice), until once is under the bound. A slow path is
+                        // slow every time.
+                        let mut again = took;
+                        for _ in 0..20 {
+                            std::thread::sleep(Duration::from_millis(2));
+                            let t0 = Instant::now();
+                            check(&packet);
+                            again = again.min(t0.elapsed());
+                            if again <= MAX_PER_INPUT {
+                                break;
+                            }
+                        }
                         assert!(
                             again <= MAX_PER_INPUT,
                             "{tag}: input {i} took {again:?}: {packet:02x?}"
                         );
+                        retimed.lock().unwrap().push(again);
                     }
                     mine += u64::from(replied);
                 }
                 replies.fetch_add(mine, Ordering::Relaxed);
+                times.lock().unwrap().merge(my_times);
             });
         }
     });
     let replies = replies.into_inner();
+    let times = times.into_inner().unwrap();
+    let retimed = retimed.into_inner().unwrap();
     eprintln!(
-        "{tag}: {total} inputs on {threads} threads in {:?}, {replies} replies",
+        "{tag}: {total} inputs (seed {:#x}) on {threads} threads in {:?}, {replies} replies, 0 panics",
+        seed(),
         started.elapsed()
     );
+    eprintln!("{tag}: {}", times.report());
+    eprintln!(
+        "{tag}: {} inputs over {MAX_PER_INPUT:?} as run, each timed again alone: slowest {:?}",
+        retimed.len(),
+        retimed.iter().max().copied().unwrap_or_default()
+    );
+    if times.max <= MAX_PER_INPUT {
+        eprintln!("{tag}: the slowest input as run: {:02x?}", times.slowest);
+    }
+    assert_eq!(times.count, total);
     replies
 }
 
 #[test]
 fn a_million_dhcp_packets() {
-    let book = Book {
-        records: AtomicU64::new(0),
-    };
+    let book = Book::new();
     let cfg = DhcpConfig::default();
     let seeds = dhcp_seeds();
     let replies = run("dhcp", &seeds, Some(240), &|packet| {
@@ -333,6 +734,50 @@ fn a_million_dhcp_packets() {
     // The reply path must be exercised, not just the rejections.
     assert!(replies > iterations() / 100, "only {replies} replies");
     assert!(book.records.load(Ordering::Relaxed) > replies);
+    assert!(
+        book.diagnosed.load(Ordering::Relaxed) > 0,
+        "the ledger was never diagnosed"
+    );
+}
+
+/// The crafted seeds as they are (not mutated) get the answers they should.
+#[test]
+fn crafted_seeds_are_answered_as_they_should() {
+    let book = Book::new();
+    let cfg = DhcpConfig::default();
+    for (i, packet) in crafted_dhcp().iter().enumerate() {
+        if let Some(reply) = dhcp::handle(&cfg, &book, packet) {
+            assert_eq!(&reply.packet()[28..34], &KNOWN.octets()[..], "seed {i}");
+            assert_eq!(packet[..3], [1, 1, 6], "seed {i} answered: {packet:02x?}");
+        }
+    }
+    // The three option-overload DISCOVERs are read like plain ones.
+    for packet in &crafted_dhcp()[..3] {
+        let reply = dhcp::handle(&cfg, &book, packet).expect("an OFFER under option overload");
+        assert_eq!(reply.packet()[0], 2);
+    }
+    let names = StaticNames::new()
+        .with("vm1.abc.internal.cloudapp.net", Ipv4Addr::new(10, 1, 0, 4))
+        .with_zone("abc.internal.cloudapp.net");
+    let crafted = crafted_dns();
+    for (i, packet) in crafted.iter().enumerate() {
+        if let Some(resp) = dns::handle(&names, packet) {
+            DnsMessage::from_vec(&resp).unwrap_or_else(|e| panic!("dns seed {i}: {e}"));
+        }
+    }
+    // The plain query and the one with a pointer in its answer section get the address.
+    for packet in &crafted[..2] {
+        let resp = DnsMessage::from_vec(&dns::handle(&names, packet).unwrap()).unwrap();
+        assert_eq!(resp.answers().len(), 1, "{resp:?}");
+    }
+    // Pointer loops are a FORMERR, not a hang.
+    for packet in &crafted[2..4] {
+        let resp = DnsMessage::from_vec(&dns::handle(&names, packet).unwrap()).unwrap();
+        assert_eq!(
+            resp.response_code(),
+            hickory_proto::op::ResponseCode::FormErr
+        );
+    }
 }
 
 #[test]

@@ -90,9 +90,10 @@ pub fn sign(key: &[u8], sts: &str) -> String {
 }
 
 /// Checks a base64 signature of a string-to-sign against each of the account's keys (key1,
-/// key2), each comparison in constant time.
+/// key2), each comparison in constant time. The signature is taken as it is: a space (or a raw
+/// `+` in a SAS, which decodes to one) makes it fail.
 fn verify(account: &Account, sts: &str, sig_b64: &str) -> bool {
-    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64.trim()) else {
+    let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {
         return false;
     };
     account.keys.iter().any(|key| {
@@ -292,6 +293,7 @@ fn shared_key(r: &Request<'_>, value: &str, account: &Account) -> Result<Princip
         )));
     }
     check_date(r.headers)?;
+    let sig = sig.trim();
     for sts in shared_key_candidates(r, &account.name) {
         if verify(account, &sts, sig) {
             return Ok(Principal::Key);
@@ -306,38 +308,53 @@ fn shared_key(r: &Request<'_>, value: &str, account: &Account) -> Result<Princip
 /// fractions, `+hh:mm` offsets) into seconds since the epoch.
 pub fn parse_iso(s: &str) -> Option<i64> {
     let s = s.trim();
-    let num = |t: &str| t.parse::<i64>().ok();
-    let date = s.get(..10)?;
+    // Exactly `n` ASCII digits (no sign, no space), at most `max`. `get`, never slicing: the
+    // text comes from a request and may hold multi-byte characters anywhere.
+    let digits = |t: Option<&str>, n: usize, max: i64| {
+        t.filter(|t| t.len() == n && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<i64>().ok())
+            .filter(|v| *v <= max)
+    };
+    let sep = |t: &str, at: usize, c: &str| t.get(at..at + 1) == Some(c);
+    if !(sep(s, 4, "-") && sep(s, 7, "-")) {
+        return None;
+    }
     let (y, m, d) = (
-        num(date.get(..4)?)?,
-        num(date.get(5..7)?)?,
-        num(date.get(8..10)?)?,
+        digits(s.get(..4), 4, 9999)?,
+        digits(s.get(5..7), 2, 12)?,
+        digits(s.get(8..10), 2, 31)?,
     );
     let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
     let day = time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
         .ok()?;
     let mut secs = day.midnight().assume_utc().unix_timestamp();
-    let rest = &s[10..];
+    let rest = s.get(10..)?;
     if rest.is_empty() {
         return Some(secs);
     }
     let rest = rest.strip_prefix('T')?;
-    let (hh, mm) = (num(rest.get(..2)?)?, num(rest.get(3..5)?)?);
-    let mut tail = &rest[5..];
+    if !sep(rest, 2, ":") {
+        return None;
+    }
+    let (hh, mm) = (
+        digits(rest.get(..2), 2, 23)?,
+        digits(rest.get(3..5), 2, 59)?,
+    );
+    let mut tail = rest.get(5..)?;
     let mut ss = 0;
     if let Some(t) = tail.strip_prefix(':') {
-        ss = num(t.get(..2)?)?;
-        tail = &t[2..];
+        ss = digits(t.get(..2), 2, 59)?;
+        tail = t.get(2..)?;
     }
     if let Some(t) = tail.strip_prefix('.') {
         let n = t.bytes().take_while(u8::is_ascii_digit).count();
-        tail = &t[n..];
+        tail = t.get(n..)?;
     }
     secs += hh * 3600 + mm * 60 + ss;
     match tail {
         "" | "Z" => Some(secs),
-        t if t.len() == 6 && (t.starts_with('+') || t.starts_with('-')) => {
-            let off = num(&t[1..3])? * 3600 + num(&t[4..6])? * 60;
+        t if t.len() == 6 && (t.starts_with('+') || t.starts_with('-')) && sep(t, 3, ":") => {
+            let off = digits(t.get(1..3), 2, 23)? * 3600 + digits(t.get(4..6), 2, 59)? * 60;
             Some(if t.starts_with('+') {
                 secs - off
             } else {
@@ -368,6 +385,50 @@ fn at_least(sv: &str, v: &str) -> bool {
     sv >= v
 }
 
+/// The query parameters a SAS is made of (a service SAS, an account SAS, or a user delegation
+/// SAS, which the cloud signs with its own fields). Each may be given once.
+const SAS_FIELDS: [&str; 29] = [
+    "sv", "ss", "srt", "sp", "st", "se", "sip", "spr", "sr", "si", "sig", "ses", "sdd", "rscc",
+    "rscd", "rsce", "rscl", "rsct", "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid",
+    "scid", "skdutid", "sduoid",
+];
+
+/// The fields of a user delegation SAS (signed with a key from Get User Delegation Key, which
+/// this service does not issue). The cloud signs them, so a service SAS that gains one is not
+/// the SAS that was signed.
+const DELEGATION_FIELDS: [&str; 11] = [
+    "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid", "skdutid", "sduoid",
+];
+
+/// A SAS's query parameters decoded as the cloud decodes a query: percent-escapes, and `+` as a
+/// space (so a signature must carry `+` as `%2B`, as every SDK sends it). Names are decoded too
+/// (`%73p` is `sp`). A SAS field given twice (in any case or spelling) is refused rather than
+/// read one way here and another elsewhere, and so is a user delegation field.
+fn sas_pairs(raw: &str) -> Result<Vec<(String, String)>> {
+    let form = |s: &str| decode(&s.replace('+', " "));
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for p in raw.split('&').filter(|p| !p.is_empty()) {
+        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+        let (n, v) = (form(n), form(v));
+        let lower = n.to_ascii_lowercase();
+        if SAS_FIELDS.contains(&lower.as_str())
+            && pairs.iter().any(|(k, _)| k.eq_ignore_ascii_case(&lower))
+        {
+            return Err(BlobError::auth_failed(format!(
+                "The SAS parameter '{lower}' is given more than once."
+            )));
+        }
+        if DELEGATION_FIELDS.contains(&lower.as_str()) {
+            return Err(BlobError::auth_failed(format!(
+                "'{lower}' is a field of a user delegation SAS, which this service does not \
+                 issue: use a service or account SAS signed with the account key."
+            )));
+        }
+        pairs.push((n, v));
+    }
+    Ok(pairs)
+}
+
 /// A SAS in the query: signature, time window, IP and protocol. `policy` looks up a stored
 /// access policy of the container by id.
 fn sas(
@@ -375,7 +436,7 @@ fn sas(
     account: &Account,
     policy: &dyn Fn(&str) -> Option<AccessPolicy>,
 ) -> Result<Principal> {
-    let q = query_pairs(r.raw_query);
+    let q = sas_pairs(r.raw_query)?;
     let get = |n: &str| {
         q.iter()
             .find(|(k, _)| k == n)
@@ -533,7 +594,11 @@ pub fn authenticate(
     if !auth.is_empty() {
         return shared_key(r, auth, account);
     }
-    if r.raw_query.split('&').any(|p| p.starts_with("sig=")) {
+    // Decoded names, so `%73ig=` is a SAS too (and checked as one), not an anonymous request.
+    if query_pairs(r.raw_query)
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("sig"))
+    {
         return sas(r, account, policy);
     }
     Ok(Principal::Anonymous)
@@ -594,6 +659,39 @@ mod tests {
         assert_eq!(parse_iso("1970-01-01T01:00Z"), Some(3600));
         assert_eq!(parse_iso("1970-01-01T02:00:00+01:00"), Some(3600));
         assert_eq!(parse_iso("yesterday"), None);
+        // Out of range or signed fields are no time.
+        for bad in [
+            "2030-01-01T24:00Z",
+            "2030-01-01T10:60Z",
+            "2030-01-01T10:00:60Z",
+            "2030-01-01T-1:00Z",
+            "2030-01-01T+1:00Z",
+            "2030-13-01",
+            "2030-+1-01",
+            "2030-01-01T10:00+25:00",
+            "2030-01-01T10-00Z",
+        ] {
+            assert_eq!(parse_iso(bad), None, "{bad}");
+        }
+        // A multi-byte character where an offset's digits would be (a panic before).
+        assert_eq!(parse_iso("2030-01-01T10:00+0\u{e9}00"), None);
+        assert_eq!(parse_iso("2030-01-01T10:00:0\u{e9}"), None);
+        assert_eq!(parse_iso("2030-01-0\u{e9}"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a SAS's `st`/`se` holds: an answer, never a panic.
+        #[test]
+        fn parse_iso_never_panics(s in "[0-9T:Z+.\\-]{0,30}|\\PC{0,30}") {
+            let _ = parse_iso(&s);
+        }
+
+        /// Any query string: a SAS's fields or a refusal, never a panic.
+        #[test]
+        fn sas_pairs_never_panic(s in "\\PC{0,80}") {
+            let _ = sas_pairs(&s);
+            let _ = query_pairs(&s);
+        }
     }
 
     #[test]
@@ -616,6 +714,44 @@ mod tests {
                 "x-ms-version"
             ]
         );
+    }
+
+    #[test]
+    fn sas_fields_are_decoded_like_the_cloud_and_given_once() {
+        let q = sas_pairs("%73p=r&sig=a+b%2Bc&se=2030-01-01T00%3A00%3A00Z&comp=x&comp=y").unwrap();
+        let get = |n: &str| q.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("sp"), Some("r"));
+        // A raw `+` is a space, as the cloud decodes it; `%2B` is a `+`.
+        assert_eq!(get("sig"), Some("a b+c"));
+        assert_eq!(get("se"), Some("2030-01-01T00:00:00Z"));
+        // Parameters that are not the SAS's are not its business.
+        assert_eq!(get("comp"), Some("x"));
+        for dup in [
+            "sp=r&sp=rw",
+            "sp=r&sp=r",
+            "sp=r&SP=rw",
+            "sp=r&%73p=rw",
+            "sig=a&sig=b",
+            "se=1&Se=2",
+            "rscd=a&rscd=b",
+        ] {
+            let e = sas_pairs(dup).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.code),
+                (403, "AuthenticationFailed"),
+                "{dup}"
+            );
+        }
+        for delegation in [
+            "skoid=x",
+            "sktid=x",
+            "ske=2030-01-01",
+            "%73kv=2020-02-10",
+            "saoid=x",
+        ] {
+            let e = sas_pairs(&format!("sv=2025-11-05&{delegation}")).unwrap_err();
+            assert_eq!(e.status.as_u16(), 403, "{delegation}");
+        }
     }
 
     #[test]
