@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod diagnostics;
 mod doctor;
+mod extensions;
 mod net;
 mod qemu;
 mod storage;

@@ -3,6 +3,7 @@
 mod bootdiag;
 mod client;
 mod commands;
+mod extension;
 mod network;
 mod output;
 mod quickstart;
