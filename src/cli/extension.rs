@@ -204,6 +204,12 @@ async fn set(g: &Global, cl: &Client, a: SetArgs) -> anyhow::Result<()> {
     let r = cl.request(Method::PUT, &path, Some(&body)).await?.ok()?;
     if a.no_wait || r.headers.get("azure-asyncoperation").is_none() {
         print(Format::Json, &r.body, &[]);
+        if !a.no_wait && r.body["properties"]["provisioningState"] == "Failed" {
+            bail!(
+                "this configuration already ran and failed (it runs again only when it changes, or with --force-update): {}",
+                r.body["properties"]["error"]["message"].as_str().unwrap_or("")
+            );
+        }
         return Ok(());
     }
     eprint!("running extension {instance} on {}", a.vm.vm);

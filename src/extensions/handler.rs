@@ -277,7 +277,8 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
     }
     for (name, bytes) in &files {
         let path = format!("{dir}/{name}");
-        if let Err(e) = q.write_file(&path, bytes, 0o644).await {
+        // Read and execute for root only, as the cloud's handler saves them.
+        if let Err(e) = q.write_file(&path, bytes, 0o500).await {
             return agent_err(&format!("writing {path} in the guest"), e);
         }
     }
