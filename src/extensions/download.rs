@@ -225,11 +225,18 @@ async fn get_once(url: &str) -> Result<Fetch, DownloadError> {
         .or_else(|| headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error"))
         .to_string();
-    let message = doc
-        .as_ref()
-        .and_then(|d| d.child_text("Message"))
-        .map(|m| m.lines().next().unwrap_or("").trim().to_string())
-        .unwrap_or_default();
+    let first_line = |k: &str| {
+        doc.as_ref()
+            .and_then(|d| d.child_text(k))
+            .map(|m| m.lines().next().unwrap_or("").trim().to_string())
+            .filter(|m| !m.is_empty())
+    };
+    // The storage service says why a SAS failed in `AuthenticationErrorDetail`.
+    let message = [first_line("Message"), first_line("AuthenticationErrorDetail")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
     Err(DownloadError::Status {
         status: status.as_u16(),
         code,

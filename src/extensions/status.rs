@@ -54,7 +54,7 @@ pub fn handler_message(run: &RunResult) -> String {
             let detail = if message.is_empty() {
                 code.clone()
             } else {
-                format!("{code}: {message}")
+                format!("{code}: {}", message.trim_end_matches('.'))
             };
             format!(
                 "Failed to download all specified files. Exiting. Error Message: {server}Downloading '{blob}' from {url} failed: {detail}. The command was not run."
