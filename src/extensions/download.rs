@@ -232,11 +232,14 @@ async fn get_once(url: &str) -> Result<Fetch, DownloadError> {
             .filter(|m| !m.is_empty())
     };
     // The storage service says why a SAS failed in `AuthenticationErrorDetail`.
-    let message = [first_line("Message"), first_line("AuthenticationErrorDetail")]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let message = [
+        first_line("Message"),
+        first_line("AuthenticationErrorDetail"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
     Err(DownloadError::Status {
         status: status.as_u16(),
         code,
