@@ -333,6 +333,64 @@ fn custom_script_as_in_the_seed_then_fixed_then_not_run_again_and_run_command() 
         "measured: expired SAS and protected run at {:?}",
         t0.elapsed()
     );
+    // A public blob (no SAS) and a Windows-style CustomScriptExtension, run by /bin/sh.
+    node.ok(&[
+        "storage",
+        "container",
+        "create",
+        "-n",
+        "public",
+        "--public-access",
+        "blob",
+    ]);
+    let f = dir.path().join("pub.sh");
+    std::fs::write(&f, "echo from-public-blob\n").unwrap();
+    node.ok(&[
+        "storage",
+        "blob",
+        "upload",
+        "-c",
+        "public",
+        "-f",
+        f.to_str().unwrap(),
+    ]);
+    let url = node.ok(&["storage", "blob", "url", "-c", "public", "-n", "pub.sh"]);
+    let s = serde_json::json!({ "fileUris": [url.trim()], "commandToExecute": "sh pub.sh" });
+    let out = node.cli(&[
+        "vm",
+        "extension",
+        "set",
+        "-g",
+        "rg",
+        "--vm-name",
+        "vm1",
+        "-n",
+        "CustomScriptExtension",
+        "--publisher",
+        "Microsoft.Compute",
+        "--extension-instance-name",
+        "public",
+        "--settings",
+        &s.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ext = show(&node, "vm1", "public");
+    assert_eq!(ext["properties"]["typeHandlerVersion"], "1.10");
+    let iv = &ext["properties"]["instanceView"];
+    assert_eq!(iv["type"], "Microsoft.Compute.CustomScriptExtension");
+    assert_eq!(iv["substatuses"][0]["message"], "from-public-blob\n");
+    node.ok(&[
+        "vm",
+        "extension",
+        "delete",
+        "-g",
+        "rg",
+        "--vm-name",
+        "vm1",
+        "-n",
+        "public",
+    ]);
+
     // 6. Run Command: exit code, stdout and stderr of a real command.
     let rc = node.json(&[
         "vm",
@@ -351,6 +409,14 @@ fn custom_script_as_in_the_seed_then_fixed_then_not_run_again_and_run_command() 
     assert_eq!(rc["stdout"], "out\n");
     assert_eq!(rc["stderr"], "err\n");
     assert_eq!(rc["value"][0]["message"], "Enable failed: failed to execute command: command terminated with exit status=3\n[stdout]\nout\n\n[stderr]\nerr\n");
+    let ids = node.json(&["vm", "run-command", "list"]);
+    let ids: Vec<&str> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["RunShellScript", "ifconfig"]);
     let table = node.ok(&[
         "vm",
         "run-command",
@@ -397,9 +463,10 @@ fn custom_script_as_in_the_seed_then_fixed_then_not_run_again_and_run_command() 
         );
     }
     assert!(!node.daemon_log().contains(SECRET));
-    // grep reads every file, binary ones too (and skips the holes of sparse disks).
+    // grep reads every file, binary ones too (and skips the holes of sparse disks; -l lists
+    // binary files that match as well).
     let found = Command::new("grep")
-        .args(["-rlaF", "--", SECRET])
+        .args(["-rlF", "--", SECRET])
         .arg(&node.state)
         .output()
         .unwrap();
@@ -412,6 +479,17 @@ fn custom_script_as_in_the_seed_then_fixed_then_not_run_again_and_run_command() 
     assert!(walk(&node.state)
         .iter()
         .any(|f| f.ends_with("extensions.key")));
+    // The same scan does read the binary store: it finds the VM's id there.
+    let control = Command::new("grep")
+        .args(["-rlF", "--", &vm_id])
+        .arg(&node.state)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&control.stdout).contains("vmnode.db"),
+        "{}",
+        String::from_utf8_lossy(&control.stdout)
+    );
     eprintln!("measured: secrets scan done at {:?}", t0.elapsed());
 
     // The records survive a daemon restart; deleting one removes it.
