@@ -176,10 +176,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let tls =
         api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
+    let ext = crate::extensions::Extensions::new(node.clone());
+    match ext.resume() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            runs = n,
+            "extensions: running again what a restart interrupted"
+        ),
+        Err(e) => {
+            tracing::error!(error = %crate::vm::actor::chain(&e), "extensions: cannot resume")
+        }
+    }
     let state = AppState {
         node: node.clone(),
         token: Arc::new(token),
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
+        ext,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)

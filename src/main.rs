@@ -10,6 +10,7 @@ mod daemon;
 mod deploy;
 mod diagnostics;
 mod doctor;
+mod extensions;
 mod net;
 mod qemu;
 mod storage;

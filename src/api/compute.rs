@@ -17,7 +17,9 @@ type Result<T> = std::result::Result<T, ApiError>;
 
 fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
     let ip = state.node.lease_ip(&r.nic.mac);
-    model::to_arm(&state.node.subscription, r, ip, view)
+    let mut v = model::to_arm(&state.node.subscription, r, ip, view);
+    super::extensions::decorate_vm(state, r, &mut v);
+    v
 }
 
 pub(super) fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
@@ -72,6 +74,7 @@ fn view_with_ledger(state: &AppState, r: &VmRecord) -> Value {
     v["networkInterfaces"][0]["dhcpLedger"] = serde_json::to_value(&entries).unwrap_or(Value::Null);
     v["networkInterfaces"][0]["dhcpDiagnosis"] = json!(diagnosis);
     v["bootDiagnostics"] = super::diagnostics::instance_view_part(state, r);
+    super::extensions::decorate_vm_view(state, r, &mut v);
     v
 }
 
@@ -412,10 +415,19 @@ action_handlers!(start => "start", power_off => "powerOff", deallocate => "deall
 pub async fn operation(
     State(state): State<AppState>,
     Path((sub, loc, id)): Path<(String, String, String)>,
-) -> Result<Json<Value>> {
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Response> {
     check_sub(&state, &sub)?;
     let _ = loc;
-    state.node.ops.status(&id).map(Json).ok_or_else(|| {
+    // `?monitor=true`: the operation's result (a Run Command's `Location`).
+    if q.get("monitor")
+        .is_some_and(|m| m.eq_ignore_ascii_case("true"))
+    {
+        if let Some(r) = super::extensions::monitor(&state, &id) {
+            return Ok(r);
+        }
+    }
+    state.node.ops.status(&id).map(|v| Json(v).into_response()).ok_or_else(|| {
         ApiError::not_found("OperationNotFound", format!("Operation '{id}' is not known to this node (operations do not survive a daemon restart; look at the resource itself)."))
     })
 }

@@ -3,7 +3,7 @@
 //!
 //! - `error`: the cloud's error shape and the mapping of module errors to status codes
 //! - `routes`: the path table (paths are matched case-insensitively, as ARM does)
-//! - `compute`: virtual machines; `resources`: subscriptions, groups, sizes, images, NICs
+//! - `compute`: virtual machines; `extensions`: VM extensions and Run Command; `resources`: subscriptions, groups, sizes, images, NICs
 //! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
 //! - `viewer`: the boot-diagnostics pages for browsers (HTML over the API's JSON)
 
@@ -11,6 +11,7 @@ pub mod compute;
 pub mod deployments;
 pub mod diagnostics;
 pub mod error;
+pub mod extensions;
 pub mod network;
 pub mod resources;
 pub mod routes;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub token: Arc<String>,
     pub deployments: Arc<crate::deploy::Deployments>,
+    /// VM extensions and Run Command.
+    pub ext: Arc<crate::extensions::Extensions>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.

@@ -5,7 +5,9 @@ use axum::http::{Request, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 
-use super::{compute, deployments, diagnostics, network, resources, storage, viewer, AppState};
+use super::{
+    compute, deployments, diagnostics, extensions, network, resources, storage, viewer, AppState,
+};
 
 const KEYWORDS: &[&str] = &[
     "subscriptions",
@@ -43,6 +45,9 @@ const KEYWORDS: &[&str] = &[
     "Microsoft.Resources",
     "deployments",
     "operationStatuses",
+    "extensions",
+    "runCommand",
+    "runCommands",
 ];
 
 /// Re-cases known keywords in a path; everything else is left as sent.
@@ -117,6 +122,28 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{VM}/{{vm}}/restart"), post(compute::restart))
         .route(&format!("{VM}/{{vm}}/redeploy"), post(compute::redeploy))
         .route(&format!("{LOC}/operations/{{id}}"), get(compute::operation))
+        .route(
+            &format!("{VM}/{{vm}}/extensions"),
+            get(extensions::list_ext),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/extensions/{{name}}"),
+            get(extensions::get_ext)
+                .put(extensions::put_ext)
+                .delete(extensions::delete_ext),
+        )
+        .route(
+            &format!("{VM}/{{vm}}/runCommand"),
+            post(extensions::run_command),
+        )
+        .route(
+            &format!("{LOC}/runCommands"),
+            get(extensions::list_run_commands),
+        )
+        .route(
+            &format!("{LOC}/runCommands/{{id}}"),
+            get(extensions::get_run_command),
+        )
         .route(
             &format!("{VM}/{{vm}}/bootDiagnostics/serialConsoleLog"),
             get(diagnostics::serial_log),

@@ -105,6 +105,12 @@ pub enum VmCmd {
     /// Serial log and screenshots.
     #[command(subcommand, name = "boot-diagnostics")]
     BootDiagnostics(super::bootdiag::BootDiagCmd),
+    /// VM extensions (CustomScript): set, list, show, delete.
+    #[command(subcommand)]
+    Extension(super::extension::ExtensionCmd),
+    /// Run a script in the VM now and get its exit code, stdout and stderr.
+    #[command(subcommand, name = "run-command")]
+    RunCommand(super::extension::RunCommandCmd),
 }
 
 #[derive(Args)]
@@ -615,6 +621,8 @@ pub async fn vm(g: &Global, c: VmCmd) -> anyhow::Result<()> {
         VmCmd::BootDiagnostics(c) => super::bootdiag::run(&cl, g.output, c).await?,
         VmCmd::Image(_) => unreachable!("handled above"),
         VmCmd::Disk(d) => disk(g, &cl, d).await?,
+        VmCmd::Extension(c) => super::extension::extension(g, &cl, c).await?,
+        VmCmd::RunCommand(c) => super::extension::run_command(g, &cl, c).await?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ mod bootdiag;
 mod client;
 mod commands;
 mod deployment;
+mod extension;
 mod network;
 mod output;
 mod quickstart;

@@ -45,6 +45,8 @@ pub enum Kind {
     StorageAccount,
     /// A delete the API accepted (202): finished by the VM's actor, even across a crash.
     DeleteIntent,
+    /// A VM extension (`{rg}/{vm}/{name}`), its protectedSettings sealed.
+    Extension,
 }
 
 impl Kind {
@@ -56,6 +58,7 @@ impl Kind {
             Kind::Vnet => "vnet",
             Kind::StorageAccount => "storage",
             Kind::DeleteIntent => "delete-intent",
+            Kind::Extension => "extension",
         }
     }
 }

@@ -754,6 +754,9 @@ impl Actor {
         if let Some(d) = self.rec.serial_log.parent() {
             let _ = std::fs::remove_dir_all(d);
         }
+        if let Err(e) = crate::extensions::delete_for_vm(db, &self.rec.rg, &self.rec.name) {
+            return Err(format!("cannot remove the VM's extensions: {}", chain(&e)));
+        }
         if let Err(e) = db.delete(Kind::Vm, &self.rec.key()) {
             return Err(format!("cannot remove the VM record: {}", chain(&e)));
         }

@@ -7,12 +7,15 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
+use super::model::ErrorBody;
+
 #[derive(Clone, Debug)]
 struct Op {
     name: String,
     start: String,
     end: Option<String>,
-    result: Option<Result<(), String>>,
+    /// `Ok(output)`: the operation's result document, if it has one (Run Command's).
+    result: Option<Result<Option<Value>, ErrorBody>>,
 }
 
 #[derive(Default)]
@@ -46,11 +49,35 @@ impl Operations {
     }
 
     pub fn finish(&self, id: &str, result: Result<(), String>) {
+        self.finish_with(
+            id,
+            result.map(|()| None).map_err(|e| ErrorBody {
+                code: "OperationNotAllowed".into(),
+                message: e,
+                details: vec![],
+            }),
+        );
+    }
+
+    /// Ends an operation with its output document or the cloud-shaped error to report.
+    pub fn finish_with(&self, id: &str, result: Result<Option<Value>, ErrorBody>) {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(op) = ops.get_mut(id) {
             op.end = Some(crate::api::time_now());
             op.result = Some(result);
         }
+    }
+
+    /// The output of a finished operation: `None` while it runs (or is unknown),
+    /// `Some(Err)` if it failed.
+    pub fn output(&self, id: &str) -> Option<Result<Option<Value>, ErrorBody>> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.get(id)?.result.clone()
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.contains_key(id)
     }
 
     /// The operation as the cloud's status endpoint shows it.
@@ -60,14 +87,17 @@ impl Operations {
         let mut v = json!({ "name": id, "operation": op.name, "startTime": op.start });
         match &op.result {
             None => v["status"] = json!("InProgress"),
-            Some(Ok(())) => {
+            Some(Ok(out)) => {
                 v["status"] = json!("Succeeded");
                 v["endTime"] = json!(op.end);
+                if let Some(o) = out {
+                    v["properties"] = json!({ "output": o });
+                }
             }
             Some(Err(e)) => {
                 v["status"] = json!("Failed");
                 v["endTime"] = json!(op.end);
-                v["error"] = json!({ "code": "OperationNotAllowed", "message": e });
+                v["error"] = json!(e);
             }
         }
         Some(v)
