@@ -180,3 +180,149 @@ fn templates_deploy_in_order_and_fail_like_the_cloud() {
     let d2 = node.json(&["deployment", "group", "show", "-g", "lab", "-n", "d2"]);
     assert_eq!(d2["properties"]["error"]["code"], "DeploymentFailed");
 }
+
+const CSE_TEMPLATE: &str = r#"{
+  "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+  "contentVersion": "1.0.0.0",
+  "parameters": {
+    "vmName": {"type": "string"},
+    "scriptUri": {"type": "string"},
+    "command": {"type": "securestring"},
+    "tag": {"type": "string", "defaultValue": "1"}
+  },
+  "resources": [
+    {
+      "type": "Microsoft.Compute/virtualMachines/extensions",
+      "apiVersion": "2023-03-01",
+      "name": "[concat(parameters('vmName'), '/cse')]",
+      "location": "[resourceGroup().location]",
+      "properties": {
+        "publisher": "Microsoft.Azure.Extensions",
+        "type": "CustomScript",
+        "typeHandlerVersion": "2.1",
+        "autoUpgradeMinorVersion": true,
+        "forceUpdateTag": "[parameters('tag')]",
+        "settings": {"fileUris": ["[parameters('scriptUri')]"]},
+        "protectedSettings": {"commandToExecute": "[parameters('command')]"}
+      }
+    }
+  ]
+}"#;
+
+/// The seed's first lesson through a template, as the cloud reports it: a CustomScript whose
+/// command names the wrong file fails the deployment with DeploymentFailed → Conflict →
+/// ResourceDeploymentFailure → VMExtensionProvisioningError (exit code and stderr inside); the
+/// VM keeps running; the fixed command with a new forceUpdateTag deploys.
+#[test]
+fn a_failing_custom_script_fails_its_deployment_with_the_clouds_nested_error() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "vm1", &[]);
+    node.ok(&["storage", "container", "create", "-n", "scripts"]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.sh");
+    std::fs::write(&script, "echo deployed-by-template\n").unwrap();
+    node.ok(&[
+        "storage",
+        "blob",
+        "upload",
+        "-c",
+        "scripts",
+        "-f",
+        script.to_str().unwrap(),
+    ]);
+    let sas = node
+        .ok(&[
+            "storage",
+            "blob",
+            "generate-sas",
+            "-c",
+            "scripts",
+            "-n",
+            "script.sh",
+            "--full-uri",
+        ])
+        .trim()
+        .to_string();
+    let t = dir.path().join("cse.json");
+    std::fs::write(&t, CSE_TEMPLATE).unwrap();
+    let uri = format!("scriptUri={sas}");
+    let deploy = |name: &str, command: &str, tag: &str| {
+        node.cli(&[
+            "deployment",
+            "group",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            name,
+            "-f",
+            t.to_str().unwrap(),
+            "--parameters",
+            "vmName=vm1",
+            &uri,
+            &format!("command={command}"),
+            &format!("tag={tag}"),
+        ])
+    };
+
+    let out = deploy("cse1", "sh script.ps1", "1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for code in [
+        "DeploymentFailed",
+        "Conflict",
+        "ResourceDeploymentFailure",
+        "VMExtensionProvisioningError",
+    ] {
+        assert!(err.contains(code), "{code} missing from: {err}");
+    }
+    let d = node.json(&["deployment", "group", "show", "-g", "rg", "-n", "cse1"]);
+    let e = &d["properties"]["error"];
+    assert_eq!(e["code"], "DeploymentFailed", "{d}");
+    assert_eq!(e["details"][0]["code"], "Conflict", "{d}");
+    let inner: serde_json::Value =
+        serde_json::from_str(e["details"][0]["message"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["status"], "Failed");
+    assert_eq!(inner["error"]["code"], "ResourceDeploymentFailure");
+    let rp = &inner["error"]["details"][0];
+    assert_eq!(rp["code"], "VMExtensionProvisioningError", "{inner}");
+    let msg = rp["message"].as_str().unwrap();
+    assert!(
+        msg.contains("non-zero exit code") && msg.contains("script.ps1"),
+        "{msg}"
+    );
+    // The secure parameter is not kept with the deployment.
+    assert!(
+        d["properties"]["parameters"]["command"]
+            .get("value")
+            .is_none(),
+        "{d}"
+    );
+    // The VM itself keeps running.
+    let vm = node.json(&["vm", "show", "-g", "rg", "-n", "vm1"]);
+    assert_eq!(vm["powerState"], "VM running", "{vm}");
+
+    let out = deploy("cse2", "sh script.sh", "2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ext = node.json(&[
+        "vm",
+        "extension",
+        "show",
+        "-g",
+        "rg",
+        "--vm-name",
+        "vm1",
+        "-n",
+        "cse",
+    ]);
+    assert_eq!(ext["properties"]["provisioningState"], "Succeeded", "{ext}");
+    let stdout = ext["properties"]["instanceView"]["substatuses"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(stdout.contains("deployed-by-template"), "{ext}");
+}

@@ -90,8 +90,10 @@ const OP_COLS: &[(&str, &str)] = &[
     ("Duration", "/properties/duration"),
 ];
 
-/// `KEY=VALUE`, `KEY=@FILE` and `@FILE` into the `{"name": {"value": …}}` ARM expects.
-pub fn parse_parameters(args: &[String]) -> anyhow::Result<Value> {
+/// `KEY=VALUE`, `KEY=@FILE` and `@FILE` into the `{"name": {"value": …}}` ARM expects. A
+/// VALUE is read by the type the template declares for KEY, as az does: string parameters take
+/// it as written, int/bool/array/object ones parse it as JSON.
+pub fn parse_parameters(args: &[String], template: &Value) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     for a in args {
         if let Some(file) = a.strip_prefix('@') {
@@ -122,10 +124,20 @@ pub fn parse_parameters(args: &[String]) -> anyhow::Result<Value> {
                     .trim_end_matches('\n')
                     .to_string(),
             ),
-            None => serde_json::from_str(v)
-                .ok()
-                .filter(|j: &Value| !j.is_string())
-                .unwrap_or_else(|| Value::String(v.to_string())),
+            None => {
+                let declared = template["parameters"].as_object().and_then(|ps| {
+                    ps.iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                        .map(|(_, d)| d["type"].as_str().unwrap_or("").to_ascii_lowercase())
+                });
+                match declared.as_deref() {
+                    Some("string") | Some("securestring") => Value::String(v.to_string()),
+                    _ => serde_json::from_str(v)
+                        .ok()
+                        .filter(|j: &Value| !j.is_string())
+                        .unwrap_or_else(|| Value::String(v.to_string())),
+                }
+            }
         };
         out.insert(k.to_string(), json!({ "value": value }));
     }
@@ -218,7 +230,7 @@ pub async fn run(g: &Global, c: DeploymentCmd) -> anyhow::Result<()> {
             let body = json!({ "properties": {
                 "mode": "Incremental",
                 "template": tpl,
-                "parameters": parse_parameters(&parameters)?,
+                "parameters": parse_parameters(&parameters, &tpl)?,
             }});
             let path = dep_path(&cl, &id.rg, &id.name).await?;
             let r = cl.request(Method::PUT, &path, Some(&body)).await?.ok()?;
@@ -296,22 +308,27 @@ mod tests {
         std::fs::write(&f, r#"{"$schema": "x", "parameters": {"a": {"value": 1}}}"#).unwrap();
         let s = dir.path().join("secret");
         std::fs::write(&s, "hunter2\n").unwrap();
-        let v = parse_parameters(&[
-            format!("@{}", f.display()),
-            "n=3".into(),
-            "s=web".into(),
-            "b=true".into(),
-            format!("pw=@{}", s.display()),
-            "o={\"k\":1}".into(),
-        ])
+        let tpl = json!({"parameters": {"tag": {"type": "string"}, "N": {"type": "int"}}});
+        let v = parse_parameters(
+            &[
+                format!("@{}", f.display()),
+                "n=3".into(),
+                "s=web".into(),
+                "b=true".into(),
+                format!("pw=@{}", s.display()),
+                "o={\"k\":1}".into(),
+                "tag=1".into(),
+            ],
+            &tpl,
+        )
         .unwrap();
         assert_eq!(
             v,
             json!({"a": {"value": 1}, "n": {"value": 3}, "s": {"value": "web"}, "b": {"value": true},
-                   "pw": {"value": "hunter2"}, "o": {"value": {"k": 1}}})
+                   "pw": {"value": "hunter2"}, "o": {"value": {"k": 1}}, "tag": {"value": "1"}})
         );
-        assert!(parse_parameters(&["novalue".into()]).is_err());
-        assert!(parse_parameters(&["=x".into()]).is_err());
+        assert!(parse_parameters(&["novalue".into()], &tpl).is_err());
+        assert!(parse_parameters(&["=x".into()], &tpl).is_err());
     }
 
     #[test]
