@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// The request field the error is about (the cloud's `error.target`).
+    pub target: Option<String>,
 }
 
 impl ApiError {
@@ -20,7 +22,12 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            target: None,
         }
+    }
+    pub fn with_target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", message)
@@ -47,8 +54,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
+        let mut body =
             json!({ "error": { "code": self.code, "message": self.message, "details": [] } });
+        if let Some(t) = &self.target {
+            body["error"]["target"] = json!(t);
+        }
         (
             self.status,
             [("x-ms-error-code", self.code.clone())],
@@ -66,6 +76,9 @@ impl From<VmError> for ApiError {
             }
             VmError::NotFound(..) => Self::not_found("ResourceNotFound", e.to_string()),
             VmError::InvalidParameter(_) => Self::bad_request(e.to_string()),
+            VmError::InvalidField { target, message } => {
+                Self::bad_request(message.clone()).with_target(target.clone())
+            }
             VmError::UnknownSize(..) => {
                 Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string())
             }

@@ -1,0 +1,254 @@
+//! OS provisioning from osProfile through the guest agent, on the tiny image (fast): what the
+//! image can take (its host name, customData) is done and what it cannot (no useradd, no sshd) is
+//! said; the agent's Ready status; a guest whose agent never answers fails provisioning with
+//! `OSProvisioningTimedOut` and keeps running; bad osProfiles are refused with the cloud's error
+//! target before anything is made. The debian-12 side (user, password, SSH keys, sudo) is in
+//! tests/debian.rs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{guest_exec, Node};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+fn view(node: &Node, vm: &str) -> Value {
+    node.json(&["vm", "get-instance-view", "-g", "rg", "-n", vm])
+}
+
+fn codes(v: &Value) -> Vec<String> {
+    v["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["code"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits until the instance view satisfies `ok`; returns it.
+fn wait_view(node: &Node, vm: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let v = view(node, vm);
+        if ok(&v) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{vm}: not {what} after {BOOT:?}: {v:#}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn timeline(node: &Node, vm: &str) -> String {
+    let boots = node.json(&["vm", "boot-diagnostics", "boots", "-g", "rg", "-n", vm]);
+    boots
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_tiny_image_takes_its_host_name_and_custom_data_and_says_what_it_cannot_do() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    let custom = node.dir.path().join("custom.txt");
+    std::fs::write(&custom, "#!/bin/sh\necho provisioned-by-vmnode\n").unwrap();
+    let password = "Tiny-Secret-Pw-42";
+    let vm = node.create_vm(
+        "rg",
+        "tp",
+        &[
+            "--computer-name",
+            "tiny-host",
+            "--admin-password",
+            password,
+            "--custom-data",
+            custom.to_str().unwrap(),
+        ],
+    );
+    let vm_id = vm["properties"]["vmId"].as_str().unwrap().to_string();
+    // The request's secrets are not part of the VM as the API shows it.
+    let os = &vm["properties"]["osProfile"];
+    assert!(
+        os.get("adminPassword").is_none() && os.get("customData").is_none(),
+        "{os:#}"
+    );
+
+    let v = wait_view(&node, "tp", "provisioned", |v| {
+        codes(v).iter().any(|c| c == "OSProvisioningComplete")
+    });
+    assert_eq!(codes(&v)[0], "ProvisioningState/succeeded", "{v:#}");
+    let done = v["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["code"] == "OSProvisioningComplete")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(done.contains("host name tiny-host"), "{done}");
+    assert!(done.contains("customData"), "{done}");
+    // busybox: no useradd, no sshd; said, not pretended.
+    assert!(done.contains("no useradd"), "{done}");
+    assert!(done.contains("no sshd"), "{done}");
+    // The agent is Ready, with its version.
+    let agent = &v["vmAgent"];
+    assert_eq!(agent["statuses"][0]["displayStatus"], "Ready", "{v:#}");
+    assert_eq!(agent["statuses"][0]["code"], "ProvisioningState/succeeded");
+    assert_eq!(agent["statuses"][0]["message"], "Guest Agent is running");
+    let version = agent["vmAgentVersion"].as_str().unwrap();
+    assert!(
+        version.chars().next().is_some_and(|c| c.is_ascii_digit()),
+        "{version}"
+    );
+
+    // In the guest: the name in /etc/hosts (DHCP does not write that) and the customData file,
+    // base64 as the cloud's agent leaves it.
+    let (code, hosts) = guest_exec(&node, &vm_id, &["/bin/cat", "/etc/hosts"]);
+    assert_eq!(code, 0, "{hosts}");
+    assert!(hosts.contains("127.0.1.1\ttiny-host"), "{hosts}");
+    let (_, name) = guest_exec(&node, &vm_id, &["/bin/hostname"]);
+    assert_eq!(name.trim(), "tiny-host");
+    let (code, cd) = guest_exec(&node, &vm_id, &["/bin/cat", "/var/lib/waagent/CustomData"]);
+    assert_eq!(code, 0, "{cd}");
+    assert_eq!(cd, "IyEvYmluL3NoCmVjaG8gcHJvdmlzaW9uZWQtYnktdm1ub2RlCg==");
+
+    // Every step is on the boot timeline, and no secret is anywhere in the daemon's log.
+    let t = timeline(&node, "tp");
+    assert!(
+        t.contains("provisioning: host name set to tiny-host"),
+        "{t}"
+    );
+    assert!(t.contains("provisioning succeeded"), "{t}");
+    let log = node.daemon_log();
+    assert!(log.contains("OS provisioning succeeded"));
+    assert!(!log.contains(password) && !log.contains("IyEvYmluL3No"));
+    let shown = node.ok(&["vm", "show", "-g", "rg", "-n", "tp", "-o", "json"]);
+    assert!(!shown.contains("IyEvYmluL3No") && !shown.contains("$6$"));
+
+    // A restart does not provision again.
+    node.ok(&["vm", "restart", "-g", "rg", "-n", "tp"]);
+    node.wait_for_count("rg", "tp", "VMNODE-BOOT: agent-started", 2, BOOT);
+    wait_view(&node, "tp", "Ready after the restart", |v| {
+        v["vmAgent"]["statuses"][0]["displayStatus"] == "Ready"
+    });
+    let t = timeline(&node, "tp");
+    assert_eq!(t.matches("provisioning succeeded").count(), 1, "{t}");
+}
+
+#[test]
+fn a_guest_whose_agent_never_answers_fails_with_os_provisioning_timed_out_and_keeps_running() {
+    // The daemon reads it at every check (nextest runs each test in its own process).
+    std::env::set_var("VMNODE_PROVISION_TIMEOUT_SECS", "20");
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    let urn = node.publish_variant("noagent", "vmnode.noagent");
+    node.ok(&[
+        "vm",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "silent",
+        "--image",
+        &urn,
+        "--size",
+        "Standard_B1s",
+        "--ip-timeout",
+        "0",
+    ]);
+    let v = wait_view(&node, "silent", "failed", |v| {
+        v["statuses"][0]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ProvisioningState/failed"))
+    });
+    assert_eq!(
+        v["statuses"][0]["code"], "ProvisioningState/failed/OSProvisioningTimedOut",
+        "{v:#}"
+    );
+    assert_eq!(v["statuses"][0]["level"], "Error");
+    assert_eq!(v["statuses"][1]["code"], "PowerState/running", "{v:#}");
+    assert_eq!(v["vmAgent"]["statuses"][0]["displayStatus"], "Not Ready");
+
+    let vm = node.json(&["vm", "show", "-g", "rg", "-n", "silent"]);
+    assert_eq!(vm["properties"]["provisioningState"], "Failed", "{vm:#}");
+    let e = &vm["properties"]["error"];
+    assert_eq!(e["code"], "OSProvisioningTimedOut", "{e:#}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("did not finish in the allotted time"), "{msg}");
+    // The message says where to look: the serial log, by command and by blob URL.
+    assert!(
+        msg.contains("vmnode vm boot-diagnostics get-boot-log -g rg -n silent"),
+        "{msg}"
+    );
+    let vm_id = vm["properties"]["vmId"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("silent.{vm_id}.serialconsole.log")),
+        "{msg}"
+    );
+    // The VM keeps running: its QEMU is alive and the guest still writes its console.
+    assert_eq!(vm["powerState"], "VM running");
+    let pid = node.qemu_pid(vm_id);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let log = node.ok(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log",
+        "-g",
+        "rg",
+        "-n",
+        "silent",
+    ]);
+    assert!(log.contains("VMNODE-BOOT: ready"), "{log}");
+    assert!(timeline(&node, "silent").contains("provisioning timed out"));
+}
+
+#[test]
+fn bad_os_profiles_are_refused_with_the_field_at_fault() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    let create = |extra: &[&str]| {
+        let mut a = vec![
+            "vm",
+            "create",
+            "-g",
+            "rg",
+            "-n",
+            "bad",
+            "--image",
+            "vmnode:tiny:1:latest",
+            "--ip-timeout",
+            "0",
+        ];
+        a.extend_from_slice(extra);
+        node.fails(&a)
+    };
+    let e = create(&["--admin-username", "root"]);
+    assert!(
+        e.contains("InvalidParameter (400, target adminUsername)"),
+        "{e}"
+    );
+    let e = create(&["--ssh-key-values", "ssh-ed25519 AAAAnotakey"]);
+    assert!(
+        e.contains("target linuxConfiguration.ssh.publicKeys.keyData"),
+        "{e}"
+    );
+    let e = create(&["--authentication-type", "ssh"]);
+    assert!(e.contains("target linuxConfiguration)"), "{e}");
+    let e = create(&["--computer-name", "bad_name"]);
+    assert!(e.contains("target computerName"), "{e}");
+    // The CLI checks the password as az does, before asking.
+    let e = create(&["--admin-password", "short1A!"]);
+    assert!(e.contains("12-123 characters"), "{e}");
+    // Nothing was made.
+    let list = node.json(&["vm", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
