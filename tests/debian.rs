@@ -190,6 +190,148 @@ fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
     provisioned(&node, &vm_id, &outer.0, &key, password, started);
 }
 
+/// ssh as `dest` offering no key (and no password: BatchMode); returns what it printed.
+fn ssh_without_key(netns: &str, dest: &str) -> String {
+    let o = Command::new("ip")
+        .args(["netns", "exec", netns, "ssh"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "ConnectTimeout=10",
+            dest,
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `ssh -i key dest cmd` from `netns`, retried until it works (sshd may be reloading) or
+/// SETTLE passes; returns stdout.
+fn ssh_with_key(netns: &str, key: &std::path::Path, dest: &str, cmd: &str) -> String {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let o = Command::new("ip")
+            .args(["netns", "exec", netns, "ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                dest,
+                cmd,
+            ])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ssh {dest}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Waits until the VM's instance view says OS provisioning is complete; returns the view.
+fn wait_provisioned(node: &Node, vm: &str) -> Value {
+    let deadline = Instant::now() + LOGIN;
+    loop {
+        let v = node.json(&["vm", "get-instance-view", "-g", "rg", "-n", vm]);
+        let done = v["statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["code"] == "OSProvisioningComplete");
+        if done {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{vm} not provisioned: {v:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A key-only admin (`--authentication-type ssh`, the key in a file of the user's choosing):
+/// sshd takes no passwords, the user has none, and the key works from where it was put.
+#[test]
+fn debian_12_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
+    let outer = Netns(format!("vmdek-{}", std::process::id()));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &outer.0])
+        .status()
+        .unwrap()
+        .success());
+    let node = Node::start_with_host_netns(&outer.0);
+    let urn = node.build_image("debian-12");
+    node.ok(&["group", "create", "-n", "rg"]);
+    let key = node.dir.path().join("id_ed25519");
+    let kg = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        kg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kg.stderr)
+    );
+    let pubkey = std::fs::read_to_string(node.dir.path().join("id_ed25519.pub")).unwrap();
+    let vm = node.create_vm_from(
+        &urn,
+        "rg",
+        "deb2",
+        &[
+            "--admin-username",
+            "ops",
+            "--ssh-key-values",
+            pubkey.trim(),
+            // sshd also reads this file (AuthorizedKeysFile's second name in Debian).
+            "--ssh-dest-key-path",
+            "/home/ops/.ssh/authorized_keys2",
+            "--authentication-type",
+            "ssh",
+        ],
+    );
+    let vm_id = vm["properties"]["vmId"].as_str().unwrap().to_string();
+    assert_eq!(
+        vm["properties"]["osProfile"]["linuxConfiguration"]["disablePasswordAuthentication"],
+        true
+    );
+    wait_provisioned(&node, "deb2");
+    let out = ssh_with_key(&outer.0, &key, "ops@10.1.0.4", "hostname; sudo -n whoami");
+    assert_eq!(out, "deb2\nroot\n");
+    let denied = ssh_without_key(&outer.0, "ops@10.1.0.4");
+    assert!(denied.contains("Permission denied (publickey)"), "{denied}");
+    let (_, files) = exec_when_ready(
+        &node,
+        &vm_id,
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /etc/ssh/sshd_config.d/50-vmnode-provisioning.conf; \
+             stat -c '%U %a' /home/ops/.ssh/authorized_keys2; getent shadow ops | cut -d: -f2",
+        ],
+        SETTLE,
+    );
+    // No password: the account's is locked ('!' as useradd leaves it).
+    assert_eq!(files, "PasswordAuthentication no\nops 600\n!\n");
+}
+
 /// The osProfile went in through the guest agent: the agent is Ready, the admin user logs in
 /// over SSH with its key from the host side and has sudo; the password is set as the hash the
 /// node keeps, and neither it nor customData is ever shown.
@@ -201,21 +343,7 @@ fn provisioned(
     password: &str,
     started: Instant,
 ) {
-    let deadline = Instant::now() + SETTLE;
-    let view = loop {
-        let v = node.json(&["vm", "get-instance-view", "-g", "rg", "-n", "deb1"]);
-        let codes: Vec<&str> = v["statuses"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|s| s["code"].as_str())
-            .collect();
-        if codes.contains(&"OSProvisioningComplete") {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "not provisioned: {v:#}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let view = wait_provisioned(node, "deb1");
     assert_eq!(view["statuses"][0]["code"], "ProvisioningState/succeeded");
     let agent = &view["vmAgent"];
     assert_eq!(agent["statuses"][0]["displayStatus"], "Ready", "{view:#}");
@@ -246,40 +374,23 @@ fn provisioned(
     );
 
     // SSH with the provisioned key, from the test's namespace (the host end of the vnet).
-    let deadline = Instant::now() + SETTLE;
-    let out = loop {
-        let o = Command::new("ip")
-            .args(["netns", "exec", netns, "ssh", "-i"])
-            .arg(key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "deploy@10.1.0.4",
-                "hostname; id -nG; sudo -n true && echo sudo-ok",
-            ])
-            .output()
-            .unwrap();
-        if o.status.success() || Instant::now() > deadline {
-            break o;
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ssh: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = ssh_with_key(
+        netns,
+        key,
+        "deploy@10.1.0.4",
+        "hostname; id -nG; sudo -n true && echo sudo-ok",
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "deb-guest", "{stdout}");
     assert!(lines[1].split_whitespace().any(|g| g == "sudo"), "{stdout}");
     assert_eq!(lines[2], "sudo-ok", "{stdout}");
+
+    // sshd offers passwords here (one was given): a client without a key is told so.
+    let denied = ssh_without_key(netns, "deploy@10.1.0.4");
+    assert!(
+        denied.contains("Permission denied (publickey,password)"),
+        "{denied}"
+    );
 
     // The guest's DHCP lease in the node's table carries the computer name.
     let leases = node.json(&["network", "dhcp", "leases"]);

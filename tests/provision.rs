@@ -142,6 +142,35 @@ fn the_tiny_image_takes_its_host_name_and_custom_data_and_says_what_it_cannot_do
     });
     let t = timeline(&node, "tp");
     assert_eq!(t.matches("provisioning succeeded").count(), 1, "{t}");
+
+    // The agent stops (killed in the guest, a moment after this command returns): Not Ready,
+    // with the time it last answered.
+    let (code, out) = guest_exec(
+        &node,
+        &vm_id,
+        &[
+            "/bin/sh",
+            "-c",
+            "(sleep 1; kill $(pidof qemu-ga)) >/dev/null 2>&1 &",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v = wait_view(&node, "tp", "Not Ready", |v| {
+        v["vmAgent"]["statuses"][0]["displayStatus"] == "Not Ready"
+    });
+    let s = &v["vmAgent"]["statuses"][0];
+    assert_eq!(s["level"], "Warning", "{v:#}");
+    let last = s["time"].as_str().unwrap();
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("last answered at {last}")),
+        "{v:#}"
+    );
+    // Nothing else changed: the VM runs and stays provisioned.
+    assert_eq!(codes(&v)[0], "ProvisioningState/succeeded");
+    assert_eq!(codes(&v)[1], "PowerState/running");
 }
 
 #[test]

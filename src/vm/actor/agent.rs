@@ -49,7 +49,10 @@ impl Actor {
     pub(super) fn agent_down(&mut self) {
         self.agent_seen = None;
         if let Some(a) = self.rec.vm_agent.as_mut() {
-            a.ready = false;
+            if a.ready {
+                a.ready = false;
+                self.publish_quiet(true);
+            }
         }
     }
 
