@@ -77,7 +77,7 @@ impl From<VmError> for ApiError {
             VmError::NotFound(..) => Self::not_found("ResourceNotFound", e.to_string()),
             VmError::InvalidParameter(_) => Self::bad_request(e.to_string()),
             VmError::InvalidField { target, message } => {
-                Self::bad_request(message.clone()).with_target(target.clone())
+                Self::bad_request(message.clone()).with_target(target)
             }
             VmError::UnknownSize(..) => {
                 Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string())
