@@ -41,13 +41,9 @@ impl Reply {
     pub fn error_message(&self) -> String {
         match self.body.get("error") {
             Some(e) => format!(
-                "{} ({}{}): {}",
+                "{} ({}): {}",
                 e.get("code").and_then(Value::as_str).unwrap_or("Error"),
                 self.status.as_u16(),
-                e.get("target")
-                    .and_then(Value::as_str)
-                    .map(|t| format!(", target {t}"))
-                    .unwrap_or_default(),
                 e.get("message").and_then(Value::as_str).unwrap_or("")
             ),
             None => format!("HTTP {}: {}", self.status, self.text.trim()),
