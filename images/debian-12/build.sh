@@ -50,6 +50,9 @@ mkdir -p "$OUT" "$WORK" "$DEBS/$SUITE"
 exec 9>"$WORK/.lock"
 flock 9 # one build of this tree at a time; a second waits and then reuses it
 TREE="$WORK/tree"
+# sudo: the admin user that provisioning makes (src/vm/provision.rs) gets sudo without a password
+# through /etc/sudoers.d, as the cloud's agent does.
+PACKAGES+=(sudo)
 
 step 1 "finding the Debian mirror apt uses"
 MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \

@@ -247,6 +247,69 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty())
             .map(str::to_string),
+        os_profile: parse_os_profile(p)?,
+    })
+}
+
+/// The credential part of `osProfile` (checked later, by `vm::osprofile`, on create only).
+fn parse_os_profile(p: &Value) -> Result<crate::vm::osprofile::OsProfileReq> {
+    use crate::vm::osprofile::{OsProfileReq, SshKeyReq};
+    let os = |k: &[&str]| {
+        let mut path = vec!["osProfile"];
+        path.extend_from_slice(k);
+        field(p, &path).filter(|v| !v.is_null()).cloned()
+    };
+    let string = |k: &[&str], target: &str| -> Result<Option<String>> {
+        match os(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(
+                ApiError::bad_request(format!("'{target}' must be a string.")).with_target(target),
+            ),
+        }
+    };
+    let boolean = |k: &[&str], target: &str| -> Result<Option<bool>> {
+        match os(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(_) => Err(
+                ApiError::bad_request(format!("'{target}' must be true or false."))
+                    .with_target(target),
+            ),
+        }
+    };
+    let mut ssh_keys = Vec::new();
+    if let Some(keys) = os(&["linuxConfiguration", "ssh", "publicKeys"]) {
+        let target = "linuxConfiguration.ssh.publicKeys";
+        let list = keys.as_array().ok_or_else(|| {
+            ApiError::bad_request(format!("'{target}' must be a list of {{path, keyData}}."))
+                .with_target(target)
+        })?;
+        for k in list {
+            let key_data = k["keyData"].as_str().ok_or_else(|| {
+                ApiError::bad_request(
+                    "Required parameter 'linuxConfiguration.ssh.publicKeys.keyData' is missing (null).",
+                )
+                .with_target("linuxConfiguration.ssh.publicKeys.keyData")
+            })?;
+            ssh_keys.push(SshKeyReq {
+                path: k["path"].as_str().map(str::to_string),
+                key_data: key_data.to_string(),
+            });
+        }
+    }
+    Ok(OsProfileReq {
+        admin_password: string(&["adminPassword"], "adminPassword")?,
+        disable_password_auth: boolean(
+            &["linuxConfiguration", "disablePasswordAuthentication"],
+            "linuxConfiguration.disablePasswordAuthentication",
+        )?,
+        ssh_keys,
+        custom_data: string(&["customData"], "customData")?,
+        provision_vm_agent: boolean(
+            &["linuxConfiguration", "provisionVMAgent"],
+            "linuxConfiguration.provisionVMAgent",
+        )?,
     })
 }
 

@@ -12,7 +12,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
-    /// The request field the error is about (`imageReference`), when the cloud names one.
+    /// The request field the error is about (the cloud's `error.target`).
     pub target: Option<String>,
 }
 
@@ -25,7 +25,7 @@ impl ApiError {
             target: None,
         }
     }
-    pub fn with_target(mut self, target: &str) -> Self {
+    pub fn with_target(mut self, target: impl Into<String>) -> Self {
         self.target = Some(target.into());
         self
     }
@@ -82,6 +82,9 @@ impl From<VmError> for ApiError {
             }
             VmError::NotFound(..) => Self::not_found("ResourceNotFound", e.to_string()),
             VmError::InvalidParameter(_) => Self::bad_request(e.to_string()),
+            VmError::InvalidField { target, message } => {
+                Self::bad_request(message.clone()).with_target(target)
+            }
             VmError::UnknownSize(..) => {
                 Self::new(StatusCode::BAD_REQUEST, "InvalidParameter", e.to_string())
             }

@@ -80,6 +80,9 @@ pub struct Recipe {
     pub cmdline: String,
     pub recipe: Vec<String>,
     pub description: String,
+    /// How VMs of this image are provisioned (absent: through the guest agent).
+    #[serde(default, skip_serializing_if = "super::Provisioning::is_agent")]
+    pub provisioning: super::Provisioning,
 }
 
 pub fn recipes() -> Result<std::collections::BTreeMap<String, Recipe>, BuildError> {
@@ -223,6 +226,7 @@ fn run_recipe(
         os_type: "Linux".into(),
         files,
         built_at: crate::api::time_now(),
+        provisioning: recipe.provisioning,
     };
     let mpath = out.path().join("manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Catalog)?;

@@ -95,6 +95,30 @@ pub struct Manifest {
     pub os_type: String,
     pub files: std::collections::BTreeMap<String, FileEntry>,
     pub built_at: String,
+    /// How the image's OS is provisioned from `osProfile` (absent: `agent`).
+    #[serde(default, skip_serializing_if = "Provisioning::is_agent")]
+    pub provisioning: Provisioning,
+}
+
+/// How an image takes its `osProfile` (host name, admin user, keys, customData): what the image
+/// declares it can do, in its catalog entry and manifest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provisioning {
+    /// vmnode does it through the image's qemu-guest-agent (`vm/provision.rs`), doing what the
+    /// guest's tools allow; every vmnode image carries the agent.
+    #[default]
+    Agent,
+    /// The image's cloud-init does it from a seed vmnode attaches.
+    CloudInit,
+    /// Nothing is provisioned.
+    None,
+}
+
+impl Provisioning {
+    pub fn is_agent(&self) -> bool {
+        *self == Provisioning::Agent
+    }
 }
 
 /// One image version found in the store.
@@ -300,6 +324,7 @@ mod tests {
             os_type: "Linux".into(),
             files: Default::default(),
             built_at: String::new(),
+            provisioning: Default::default(),
         };
         std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     }

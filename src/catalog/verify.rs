@@ -262,6 +262,7 @@ mod tests {
                 os_type: "Linux".into(),
                 files,
                 built_at: String::new(),
+                provisioning: Default::default(),
             },
             dir: dir.to_path_buf(),
         }

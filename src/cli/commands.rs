@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -137,6 +137,22 @@ pub struct CreateArgs {
     pub computer_name: Option<String>,
     #[arg(long, default_value = "azureuser")]
     pub admin_username: String,
+    /// The admin user's password (12-123 characters, 3 of: lower, upper, digit, special).
+    #[arg(long, env = "VMNODE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// An SSH public key for the admin user: a key, or a file holding one (repeatable).
+    #[arg(long = "ssh-key-values", num_args = 1..)]
+    pub ssh_key_values: Vec<String>,
+    /// Where the keys go in the guest (default: /home/USER/.ssh/authorized_keys).
+    #[arg(long = "ssh-dest-key-path")]
+    pub ssh_dest_key_path: Option<String>,
+    /// How the admin user logs in: `password`, `ssh` or `all` (default: ssh when keys are given
+    /// and no password, else password).
+    #[arg(long = "authentication-type")]
+    pub authentication_type: Option<String>,
+    /// A file whose content the guest gets as customData (/var/lib/waagent/CustomData).
+    #[arg(long = "custom-data")]
+    pub custom_data: Option<std::path::PathBuf>,
     /// OS disk caching: None, ReadOnly or ReadWrite.
     #[arg(long, default_value = "ReadWrite")]
     pub os_disk_caching: String,
@@ -384,6 +400,65 @@ fn decorate(mut v: Value) -> Value {
     v
 }
 
+/// `osProfile` from az's flags: password (checked as az checks it), keys (inline or from
+/// files), authentication type, customData (a file, sent base64).
+fn os_profile(a: &CreateArgs) -> anyhow::Result<Value> {
+    use base64::Engine as _;
+    let mut p = json!({ "adminUsername": a.admin_username });
+    if let Some(c) = &a.computer_name {
+        p["computerName"] = json!(c);
+    }
+    if let Some(pw) = &a.admin_password {
+        let n = pw.chars().count();
+        let classes = [
+            pw.chars().any(|c| c.is_lowercase()),
+            pw.chars().any(|c| c.is_uppercase()),
+            pw.chars().any(|c| c.is_ascii_digit()),
+            pw.chars().any(|c| !c.is_alphanumeric()),
+        ]
+        .iter()
+        .filter(|c| **c)
+        .count();
+        if !(12..=123).contains(&n) || classes < 3 {
+            bail!("--admin-password must be 12-123 characters and have 3 of: a lower-case letter, an upper-case letter, a digit, a special character");
+        }
+        p["adminPassword"] = json!(pw);
+    }
+    let mut keys = vec![];
+    for k in &a.ssh_key_values {
+        let data = if std::path::Path::new(k).is_file() {
+            std::fs::read_to_string(k)
+                .with_context(|| format!("cannot read the SSH public key file {k}"))?
+        } else if k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-") {
+            k.clone()
+        } else {
+            bail!("--ssh-key-values {k}: neither a file nor an OpenSSH public key ('ssh-ed25519 AAAA...')");
+        };
+        let mut key = json!({ "keyData": data.trim() });
+        if let Some(path) = &a.ssh_dest_key_path {
+            key["path"] = json!(path);
+        }
+        keys.push(key);
+    }
+    let mut linux = json!({ "provisionVMAgent": true });
+    if !keys.is_empty() {
+        linux["ssh"] = json!({ "publicKeys": keys });
+    }
+    match a.authentication_type.as_deref() {
+        None => {}
+        Some("ssh") => linux["disablePasswordAuthentication"] = json!(true),
+        Some("password") | Some("all") => linux["disablePasswordAuthentication"] = json!(false),
+        Some(o) => bail!("--authentication-type {o}: use password, ssh or all"),
+    }
+    p["linuxConfiguration"] = linux;
+    if let Some(f) = &a.custom_data {
+        let data = std::fs::read(f)
+            .with_context(|| format!("cannot read the custom data file {}", f.display()))?;
+        p["customData"] = json!(base64::engine::general_purpose::STANDARD.encode(data));
+    }
+    Ok(p)
+}
+
 async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
     let image = crate::catalog::parse_image(&a.image)?;
     let path = cl.vm_path(&a.id.rg, &a.id.name).await?;
@@ -394,10 +469,7 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
             a.id.name, a.id.rg, a.id.rg, a.id.name
         );
     }
-    let mut os_profile = json!({ "adminUsername": a.admin_username });
-    if let Some(c) = &a.computer_name {
-        os_profile["computerName"] = json!(c);
-    }
+    let os_profile = os_profile(&a)?;
     // az's way: a NIC of its own in the named vnet/subnet, made first, deleted with the VM.
     let mut nic_refs = vec![];
     let sub = cl.subscription().await?;

@@ -21,6 +21,7 @@ use crate::diagnostics::recorder::Recorder;
 use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
 use crate::storage::db::Kind;
 
+mod agent;
 mod disks;
 mod screen;
 
@@ -52,8 +53,14 @@ struct Actor {
     final_shot: Option<u32>,
     agent_probing: bool,
     agent_probed: Option<tokio::time::Instant>,
-    agent_tx: mpsc::Sender<(u32, bool)>,
-    agent_rx: mpsc::Receiver<(u32, bool)>,
+    agent_tx: mpsc::Sender<agent::AgentProbe>,
+    agent_rx: mpsc::Receiver<agent::AgentProbe>,
+    /// When the guest agent last answered (its Ready/Not Ready in the instance view).
+    agent_seen: Option<tokio::time::Instant>,
+    /// OS provisioning (vm/provision.rs) is running in its own task.
+    provisioning: bool,
+    prov_tx: mpsc::UnboundedSender<super::provision::Progress>,
+    prov_rx: mpsc::UnboundedReceiver<super::provision::Progress>,
 }
 
 pub fn spawn(
@@ -66,6 +73,7 @@ pub fn spawn(
 ) {
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
     let (agent_tx, agent_rx) = mpsc::channel(1);
+    let (prov_tx, prov_rx) = mpsc::unbounded_channel();
     let actor = Actor {
         node,
         rec,
@@ -80,6 +88,10 @@ pub fn spawn(
         agent_probed: None,
         agent_tx,
         agent_rx,
+        agent_seen: None,
+        provisioning: false,
+        prov_tx,
+        prov_rx,
     };
     tokio::spawn(actor.run(start, rx).instrument(span));
 }
@@ -216,7 +228,8 @@ impl Actor {
                 },
                 _ = shots.tick() => self.boot_shot().await,
                 _ = diag_tick.tick() => self.diag_tick().await,
-                Some((boot, ok)) = self.agent_rx.recv() => self.agent_answer(boot, ok),
+                Some(probe) = self.agent_rx.recv() => self.agent_answer(probe),
+                Some(p) = self.prov_rx.recv() => self.provision_progress(p),
                 ev = qmp_event => match ev {
                     Ok(ev) => self.qmp_event(ev),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -304,6 +317,9 @@ impl Actor {
         for d in self.rec.data_disks.clone() {
             self.prepare_data_disk(&d).map_err(StepError::Disk)?;
         }
+        if self.rec.os_provisioning == super::model::OsProvisioning::Pending {
+            self.rec.os_provisioning_since = Some(std::time::SystemTime::now());
+        }
         self.boot(image, Some(requested), "create").await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);
@@ -341,6 +357,7 @@ impl Actor {
         }
         // A new boot record; QEMU writes the console into a fresh spool.
         self.diag.begin_boot(reason, true);
+        self.agent_down();
         self.kernel = Some(image.kernel());
         let spec = argv::VmSpec {
             name: self.rec.name.clone(),

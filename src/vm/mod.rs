@@ -17,6 +17,8 @@ pub mod actor;
 pub mod lifecycle;
 pub mod model;
 pub mod ops;
+pub mod osprofile;
+pub mod provision;
 pub mod sizes;
 
 use std::collections::HashMap;
@@ -41,6 +43,9 @@ pub enum VmError {
     NotFound(String, String),
     #[error("{0}")]
     InvalidParameter(String),
+    /// A bad value of one field, named as the cloud's error `target` (`adminPassword`, ...).
+    #[error("{message}")]
+    InvalidField { target: String, message: String },
     #[error("The requested VM size '{0}' is not available. Available sizes: {1}.")]
     UnknownSize(String, String),
     #[error(transparent)]
@@ -78,6 +83,8 @@ pub struct CreateVm {
     pub data_disks: Option<Vec<DataDiskReq>>,
     /// `diagnosticsProfile.bootDiagnostics.storageUri`: the account that keeps the diagnostics.
     pub diag_storage_uri: Option<String>,
+    /// The rest of `osProfile`: password, SSH keys, customData, provisionVMAgent.
+    pub os_profile: osprofile::OsProfileReq,
 }
 
 /// Commands a VM actor accepts.
@@ -191,9 +198,12 @@ pub fn validate_computer_name(name: &str) -> Result<(), VmError> {
     if ok {
         Ok(())
     } else {
-        Err(VmError::InvalidParameter(format!(
-            "The computer name '{name}' is invalid: a Linux host name is 1-64 letters, digits or '-', not all digits, and does not start or end with '-'. Pass a valid --computer-name."
-        )))
+        Err(VmError::InvalidField {
+            target: "computerName".into(),
+            message: format!(
+                "The computer name '{name}' is invalid: a Linux host name is 1-64 letters, digits or '-', not all digits, and does not start or end with '-'. Pass a valid --computer-name."
+            ),
+        })
     }
 }
 
@@ -376,11 +386,7 @@ impl Node {
                 req.caching
             )));
         }
-        if req.admin_username.is_empty() || req.admin_username.len() > 32 {
-            return Err(VmError::InvalidParameter(
-                "adminUsername must be 1-32 characters.".into(),
-            ));
-        }
+        let os_profile = osprofile::check(&req.admin_username, &req.os_profile)?;
         let delete_option = req
             .os_disk_delete_option
             .clone()
@@ -403,6 +409,9 @@ impl Node {
         if !checked.hashed.is_empty() {
             tracing::info!(image = %image.urn(), hashed = ?checked.hashed, "image files verified");
         }
+        // The guest agent provisions the OS (vm/provision.rs) if asked and the image uses it.
+        let agent_provisions = os_profile.provision_vm_agent
+            && image.manifest.provisioning == catalog::Provisioning::Agent;
         let image_bytes = image
             .manifest
             .files
@@ -541,6 +550,19 @@ impl Node {
                 .join(&vm_id)
                 .join("resource.raw"),
             state_time: crate::api::time_now(),
+            admin_password_hash: os_profile.admin_password_hash,
+            ssh_public_keys: os_profile.ssh_public_keys,
+            custom_data: os_profile.custom_data,
+            disable_password_auth: os_profile.disable_password_auth,
+            provision_vm_agent: os_profile.provision_vm_agent,
+            os_provisioning: if agent_provisions {
+                model::OsProvisioning::Pending
+            } else {
+                model::OsProvisioning::NotNeeded
+            },
+            os_provisioning_since: None,
+            os_provisioning_message: None,
+            vm_agent: None,
         };
         let nic_key = nic.key();
         let stored = self

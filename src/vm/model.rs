@@ -56,6 +56,41 @@ impl PowerState {
     }
 }
 
+/// `osProfile.linuxConfiguration.ssh.publicKeys[]`: a key and the file it goes into.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshKey {
+    pub path: String,
+    pub key_data: String,
+}
+
+/// How far the guest's OS provisioning (host name, admin user, keys: `vm/provision.rs`) got.
+/// It runs once, the first time the guest agent answers after create, and is remembered.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OsProvisioning {
+    /// Nothing to do: `provisionVMAgent` false, an image that provisions itself, or a VM made
+    /// before vmnode provisioned guests.
+    #[default]
+    NotNeeded,
+    /// Waiting for the guest agent (the timeout runs), or running its steps.
+    Pending,
+    Succeeded,
+    /// A step failed in the guest (`OSProvisioningClientError`).
+    Failed,
+    /// The agent never answered in time (`OSProvisioningTimedOut`); done late if it ever does.
+    TimedOut,
+}
+
+/// What the guest agent last said, for the instance view's `vmAgent` (kept in memory and
+/// persisted only when Ready/Not Ready changes).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VmAgent {
+    pub ready: bool,
+    /// qemu-guest-agent's version (`guest-info`), once known.
+    pub version: Option<String>,
+    /// When the agent last answered (RFC 3339).
+    pub last_answer: Option<String>,
+}
+
 /// The cloud's nested error shape.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
@@ -109,6 +144,33 @@ pub struct VmRecord {
     /// `diagnosticsProfile.bootDiagnostics.storageUri` as given (none: the node's own account).
     #[serde(default)]
     pub diag_storage_uri: Option<String>,
+    /// `osProfile.adminPassword`, only as its sha512-crypt hash (`$6$...`); never shown.
+    #[serde(default)]
+    pub admin_password_hash: Option<String>,
+    #[serde(default)]
+    pub ssh_public_keys: Vec<SshKey>,
+    /// `osProfile.customData` as given (base64); never shown.
+    #[serde(default)]
+    pub custom_data: Option<String>,
+    #[serde(default)]
+    pub disable_password_auth: bool,
+    /// `osProfile.linuxConfiguration.provisionVMAgent`.
+    #[serde(default = "yes")]
+    pub provision_vm_agent: bool,
+    #[serde(default)]
+    pub os_provisioning: OsProvisioning,
+    /// When OS provisioning began waiting for the agent (the timeout counts from here).
+    #[serde(default)]
+    pub os_provisioning_since: Option<std::time::SystemTime>,
+    /// What provisioning did and skipped, for the instance view (no secrets).
+    #[serde(default)]
+    pub os_provisioning_message: Option<String>,
+    #[serde(default)]
+    pub vm_agent: Option<VmAgent>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn delete_option_default() -> String {
@@ -146,13 +208,20 @@ pub fn vm_arm_id(sub: &str, rg: &str, name: &str) -> String {
     )
 }
 
-/// The VM's instance view: statuses (provisioning, power) and, vmnode's addition, the DIP.
+/// The VM's instance view: statuses (provisioning, power, OS provisioning), the guest agent
+/// (`vmAgent`) and, vmnode's addition, the DIP.
 pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
+    let prov = provisioning_str(r.provisioning_state).to_lowercase();
+    // A failed VM's code names its error, as the cloud's does (`ProvisioningState/failed/...`).
+    let code = match (&r.error, r.provisioning_state) {
+        (Some(e), ProvisioningState::Failed) => format!("ProvisioningState/{prov}/{}", e.code),
+        _ => format!("ProvisioningState/{prov}"),
+    };
     let mut statuses = vec![json!({
-        "code": format!("ProvisioningState/{}", provisioning_str(r.provisioning_state).to_lowercase()),
+        "code": code,
         "level": if r.provisioning_state == ProvisioningState::Failed { "Error" } else { "Info" },
         "time": r.state_time,
-        "displayStatus": format!("Provisioning {}", provisioning_str(r.provisioning_state).to_lowercase()),
+        "displayStatus": format!("Provisioning {prov}"),
         "message": r.error.as_ref().map(|e| e.message.clone()),
     })];
     statuses.push(json!({
@@ -160,7 +229,22 @@ pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
         "level": "Info",
         "displayStatus": r.power.display(),
     }));
-    json!({
+    match r.os_provisioning {
+        OsProvisioning::Pending => statuses.push(json!({
+            "code": "OSProvisioningInProgress",
+            "level": "Info",
+            "displayStatus": "OS provisioning in progress",
+            "message": "Waiting for the guest agent to set the host name, the admin user and its keys.",
+        })),
+        OsProvisioning::Succeeded => statuses.push(json!({
+            "code": "OSProvisioningComplete",
+            "level": "Info",
+            "displayStatus": "OS provisioning complete",
+            "message": r.os_provisioning_message,
+        })),
+        _ => {}
+    }
+    let mut v = json!({
         "computerName": r.computer_name,
         "osName": "Linux",
         "hyperVGeneration": "V1",
@@ -171,7 +255,45 @@ pub fn instance_view(r: &VmRecord, lease_ip: Option<Ipv4Addr>) -> Value {
             "macAddress": mac_azure(&r.nic.mac),
             "privateIPAddress": lease_ip.map(|ip| ip.to_string()),
         }],
-    })
+    });
+    if let Some(a) = vm_agent_view(r) {
+        v["vmAgent"] = a;
+    }
+    v
+}
+
+/// `instanceView.vmAgent` as the cloud shows it: Ready while the guest agent answers, Not Ready
+/// (with the time of its last answer) when it stops. Only for a running VM that uses the agent.
+pub fn vm_agent_view(r: &VmRecord) -> Option<Value> {
+    if r.power != PowerState::Running || !r.provision_vm_agent {
+        return None;
+    }
+    let a = r.vm_agent.clone().unwrap_or_default();
+    let status = if a.ready {
+        json!({
+            "code": "ProvisioningState/succeeded",
+            "level": "Info",
+            "displayStatus": "Ready",
+            "message": "Guest Agent is running",
+            "time": a.last_answer,
+        })
+    } else {
+        json!({
+            "code": "ProvisioningState/Unavailable",
+            "level": "Warning",
+            "displayStatus": "Not Ready",
+            "message": match &a.last_answer {
+                Some(t) => format!("VM Agent is unresponsive: it last answered at {t}."),
+                None => "VM Agent is unresponsive: it has not answered since the VM started.".into(),
+            },
+            "time": a.last_answer,
+        })
+    };
+    Some(json!({
+        "vmAgentVersion": a.version.unwrap_or_else(|| "Unknown".into()),
+        "statuses": [status],
+        "extensionHandlers": [],
+    }))
 }
 
 pub fn provisioning_str(p: ProvisioningState) -> &'static str {
@@ -227,9 +349,14 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
             "osProfile": {
                 "computerName": r.computer_name,
                 "adminUsername": r.admin_username,
+                // adminPassword and customData are never returned, as in the cloud.
                 "linuxConfiguration": {
-                    "disablePasswordAuthentication": false,
-                    "provisionVMAgent": true,
+                    "disablePasswordAuthentication": r.disable_password_auth,
+                    "ssh": { "publicKeys": r.ssh_public_keys.iter().map(|k| json!({
+                        "path": k.path,
+                        "keyData": k.key_data,
+                    })).collect::<Vec<_>>() },
+                    "provisionVMAgent": r.provision_vm_agent,
                 },
                 "secrets": [],
                 "allowExtensionOperations": true,

@@ -86,6 +86,7 @@ assert vm.storage_profile.os_disk.vhd.uri.endswith(".vhd"), vm.storage_profile.o
 assert vm.storage_profile.os_disk.create_option == "FromImage"
 assert vm.os_profile.computer_name == "sdkvm"
 assert vm.os_profile.linux_configuration.provision_vm_agent is True
+assert vm.os_profile.admin_password is None and vm.os_profile.custom_data is None  # never returned
 assert vm.network_profile.network_interfaces[0].id.lower() == nic.id.lower()
 assert vm.diagnostics_profile.boot_diagnostics.enabled is True
 assert vm.diagnostics_profile.boot_diagnostics.storage_uri == diag_uri, vm.diagnostics_profile
@@ -111,6 +112,16 @@ while True:
     time.sleep(1)
 status, bmp = fetch(shot_uri)
 assert status == 200 and bmp[:2] == b"BM", (status, bmp[:16])
+
+# The guest agent's status as the SDK reads it (instanceView.vmAgent): Ready once it answers.
+deadline = time.time() + 120
+while True:
+    agent = comp.virtual_machines.instance_view("sdk", "sdkvm").vm_agent
+    if agent and agent.statuses and agent.statuses[0].display_status == "Ready":
+        break
+    assert time.time() < deadline, agent
+    time.sleep(1)
+assert agent.vm_agent_version and agent.statuses[0].code == "ProvisioningState/succeeded", agent
 
 
 def power():

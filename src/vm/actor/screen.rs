@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
+use super::agent::{AgentProbe, Answer};
 use super::{chain, Actor};
 use crate::diagnostics::boots::{Mark, Source};
 use crate::diagnostics::verdict::Outcome;
-use crate::qemu::qga::Qga;
+use crate::qemu::qga::{Qga, QgaError};
 use crate::qemu::qmp::QmpEvent;
 
 /// How often the agent is probed while a boot waits for it.
 const AGENT_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How often a running VM's agent is asked whether it still answers (its Ready status).
+const AGENT_POLL_EVERY: Duration = Duration::from_secs(10);
 /// Boots are watched (screenshots, agent probes) this long at most.
 const WATCH_FOR_MS: i64 = 300_000;
 
@@ -113,13 +116,19 @@ impl Actor {
                 .diag
                 .current()
                 .is_some_and(|(_, age)| age < WATCH_FOR_MS);
-        if watching && !self.agent_probing && !self.diag.has(Mark::Agent) {
-            let due = self
-                .agent_probed
-                .is_none_or(|t| t.elapsed() >= AGENT_PROBE_EVERY);
-            if due {
+        // Every 2 s while a boot waits for the agent, then every 10 s (Ready / Not Ready).
+        let every = if watching && !self.diag.has(Mark::Agent) {
+            Some(AGENT_PROBE_EVERY)
+        } else {
+            running.then_some(AGENT_POLL_EVERY)
+        };
+        if let (Some(every), false) = (every, self.agent_probing) {
+            if self.agent_probed.is_none_or(|t| t.elapsed() >= every) {
                 self.probe_agent();
             }
+        }
+        if running {
+            self.check_provision_timeout();
         }
         self.diag.save_if_dirty();
     }
@@ -153,8 +162,8 @@ impl Actor {
         }
     }
 
-    /// Asks the guest agent for a sync, off the actor's task; the answer comes back on
-    /// `agent_rx`.
+    /// Asks the guest agent for a sync (and its version), off the actor's task, never queueing
+    /// behind another session (`try_connect`); the answer comes back on `agent_rx`.
     fn probe_agent(&mut self) {
         let Some((n, _)) = self.diag.current() else {
             return;
@@ -164,22 +173,46 @@ impl Actor {
         let sock = self.run_dir().join("qga.sock");
         let tx = self.agent_tx.clone();
         tokio::spawn(async move {
-            let ok = Qga::try_connect(&sock, Duration::from_secs(1))
-                .await
-                .is_ok();
-            let _ = tx.send((n, ok)).await;
+            let answer = match Qga::try_connect(&sock, Duration::from_secs(1)).await {
+                Ok(mut q) => {
+                    let info = q
+                        .execute("guest-info", None, Duration::from_secs(2))
+                        .await
+                        .ok();
+                    let version = info
+                        .as_ref()
+                        .and_then(|i| i["version"].as_str())
+                        .map(str::to_string);
+                    Answer::Yes(version)
+                }
+                Err(QgaError::Busy) => Answer::Busy,
+                Err(_) => Answer::No,
+            };
+            let _ = tx.send(AgentProbe { boot: n, answer }).await;
         });
     }
 
-    pub(super) fn agent_answer(&mut self, boot: u32, ok: bool) {
+    pub(super) fn agent_answer(&mut self, probe: AgentProbe) {
         self.agent_probing = false;
-        if ok && self.diag.current().is_some_and(|(n, _)| n == boot) {
-            tracing::info!("guest agent answering");
-            self.diag.event(
-                Source::Agent,
-                Mark::Agent,
-                "the guest agent answered guest-sync",
-            );
+        let current = self.diag.current().is_some_and(|(n, _)| n == probe.boot);
+        if !current {
+            return;
+        }
+        match probe.answer {
+            Answer::Yes(version) => {
+                if !self.diag.has(Mark::Agent) {
+                    tracing::info!("guest agent answering");
+                    self.diag.event(
+                        Source::Agent,
+                        Mark::Agent,
+                        "the guest agent answered guest-sync",
+                    );
+                }
+                self.agent_up(version);
+            }
+            // Another session holds the agent: it answers, but this says nothing new.
+            Answer::Busy => {}
+            Answer::No => self.agent_silent(),
         }
     }
 
@@ -208,6 +241,7 @@ impl Actor {
                 tracing::info!(%reason, "guest reset: new boot");
                 self.diag.begin_boot(why, false);
                 self.agent_probing = false;
+                self.agent_down();
                 self.rec.last_boot = Some(std::time::SystemTime::now());
             }
             "SHUTDOWN" => self
