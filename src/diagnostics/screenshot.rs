@@ -101,6 +101,38 @@ pub fn to_bmp(img: &Rgb) -> Vec<u8> {
     out
 }
 
+/// An 8-bit bottom-up BMP with a colour table: a third of the 24-bit file for a console screen.
+fn to_bmp8(img: &Rgb, palette: &[u8], index: &[u8]) -> Vec<u8> {
+    let colours = palette.len() / 3;
+    let row = (img.width as usize).div_ceil(4) * 4;
+    let offset = 54 + 4 * colours;
+    let size = offset + row * img.height as usize;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"BM");
+    out.extend_from_slice(&(size as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(offset as u32).to_le_bytes());
+    out.extend_from_slice(&40u32.to_le_bytes());
+    out.extend_from_slice(&(img.width as i32).to_le_bytes());
+    out.extend_from_slice(&(img.height as i32).to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8u16.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]); // BI_RGB
+    out.extend_from_slice(&((row * img.height as usize) as u32).to_le_bytes());
+    out.extend_from_slice(&[0u8; 8]); // resolution
+    out.extend_from_slice(&(colours as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for c in palette.chunks_exact(3) {
+        out.extend_from_slice(&[c[2], c[1], c[0], 0]);
+    }
+    let w = img.width as usize;
+    out.resize(size, 0);
+    for (i, y) in (0..img.height as usize).rev().enumerate() {
+        out[offset + i * row..offset + i * row + w].copy_from_slice(&index[y * w..(y + 1) * w]);
+    }
+    out
+}
+
 /// The picture as palette indexes, if it has at most 256 colours (a text console has 16): a
 /// third of the bytes to filter and compress, and a smaller file.
 fn indexed(img: &Rgb) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -131,18 +163,23 @@ fn indexed(img: &Rgb) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((palette.concat(), index))
 }
 
-pub fn to_png(img: &Rgb) -> Result<Vec<u8>, ShotError> {
+#[cfg(test)]
+fn to_png(img: &Rgb) -> Result<Vec<u8>, ShotError> {
+    png_of(img, indexed(img).as_ref())
+}
+
+fn png_of(img: &Rgb, paletted: Option<&(Vec<u8>, Vec<u8>)>) -> Result<Vec<u8>, ShotError> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, img.width, img.height);
         enc.set_depth(png::BitDepth::Eight);
         enc.set_compression(png::Compression::Fast);
-        match indexed(img) {
+        match paletted {
             Some((palette, index)) => {
                 enc.set_color(png::ColorType::Indexed);
-                enc.set_palette(palette);
+                enc.set_palette(palette.clone());
                 let mut w = enc.write_header()?;
-                w.write_image_data(&index)?;
+                w.write_image_data(index)?;
             }
             None => {
                 enc.set_color(png::ColorType::Rgb);
@@ -159,8 +196,14 @@ pub fn store(ppm: &Path, bmp: &Path, png_path: &Path) -> Result<Rgb, ShotError> 
     let img = parse_ppm(&std::fs::read(ppm)?)?;
     // Replaced whole (a reader never sees half a picture), not synced: the next capture
     // overwrites them, and syncing four times per capture made captures wait on the disk.
-    crate::storage::fsutil::replace_file(bmp, &to_bmp(&img), 0o644)?;
-    crate::storage::fsutil::replace_file(png_path, &to_png(&img)?, 0o644)?;
+    // A console screen (≤ 256 colours) is stored with a palette in both files.
+    let paletted = indexed(&img);
+    let bmp_bytes = match &paletted {
+        Some((palette, index)) => to_bmp8(&img, palette, index),
+        None => to_bmp(&img),
+    };
+    crate::storage::fsutil::replace_file(bmp, &bmp_bytes, 0o644)?;
+    crate::storage::fsutil::replace_file(png_path, &png_of(&img, paletted.as_ref())?, 0o644)?;
     Ok(img)
 }
 
@@ -231,6 +274,21 @@ mod tests {
             let png = to_png(&img).unwrap();
             assert_eq!(indexed(&img).is_some(), paletted);
             assert_eq!(decode(&png), (w, h, img.pixels.clone()));
+            if let Some((palette, index)) = indexed(&img) {
+                // The 8-bit BMP holds the same pixels: colour table + bottom-up padded rows.
+                let bmp = to_bmp8(&img, &palette, &index);
+                let off = u32::from_le_bytes(bmp[10..14].try_into().unwrap()) as usize;
+                assert_eq!(u16::from_le_bytes([bmp[28], bmp[29]]), 8);
+                let table = &bmp[54..off];
+                let row = (w as usize).div_ceil(4) * 4;
+                for y in [0usize, 1, 399, 799] {
+                    for x in [0usize, 5, 640, 1279] {
+                        let i = bmp[off + (h as usize - 1 - y) * row + x] as usize;
+                        let px = &img.pixels[(y * w as usize + x) * 3..][..3];
+                        assert_eq!([table[i * 4 + 2], table[i * 4 + 1], table[i * 4]], px);
+                    }
+                }
+            }
         }
     }
 
