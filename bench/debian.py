@@ -14,7 +14,7 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libvirt  # noqa: E402
-from run import Node, loadavg, procs_under, serial_file, sh  # noqa: E402
+from run import Node, cleanup, loadavg, serial_file, sh  # noqa: E402
 
 URN = "vmnode:debian:12:latest"
 
@@ -174,16 +174,7 @@ def main():
               + "; ".join(" / ".join(f"{res[w][i][0]:.1f}" for w in res if len(res[w]) > i)
                           for i in range(args.runs)))
     finally:
-        if lv:
-            lv.stop()
-        node.stop()
-        for pid in procs_under(root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cleanup(node, root, lv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Prints a Markdown table for docs/RELIABILITY.md.
 import argparse, http.client, json, os, random, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import Node, loadavg, procs_under  # noqa: E402
+from run import Node, cleanup, loadavg  # noqa: E402
 
 
 def blob_port(node):
@@ -131,14 +131,7 @@ def main():
         for f in failures:
             print(f"\n- create failed: {f}")
     finally:
-        node.stop()
-        for pid in procs_under(root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cleanup(node, root)
 
 
 if __name__ == "__main__":

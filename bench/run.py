@@ -357,16 +357,23 @@ def main():
                 if xs:
                     print(f"- {who}: " + " / ".join(f"{med([x[k] for x in xs]):.2f}" for k in range(3)))
     finally:
-        if lv:
-            lv.stop()
-        node.stop()
-        for pid in procs_under(root):  # anything of this run still alive, by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cleanup(node, root, lv)
+
+
+def cleanup(node, root, lv=None):
+    """Ends everything a run started (libvirtd, the daemon, any process under `root`), removes
+    its namespace and its temp dir."""
+    if lv:
+        lv.stop()
+    node.stop()
+    for pid in procs_under(root):  # anything of this run still alive, by pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -508,25 +508,6 @@ fn publish_and_unpublish_need_no_daemon_and_say_what_is_wrong() {
 }
 
 /// Runs `tests/sdk/{script}` as the SDK tests do (tests/sdk.rs).
-fn run_sdk_script(node: &Node, packages: &[&str], script: &str, ok_marker: &str) {
-    let python = common::python_with(packages);
-    let tok = node.json(&["account", "get-access-token"]);
-    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(python)
-        .arg(path)
-        .arg(format!("https://127.0.0.1:{}", node.port))
-        .arg(tok["subscription"].as_str().unwrap())
-        .arg(tok["accessToken"].as_str().unwrap())
-        .arg(node.state.join("tls/ca.pem"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains(ok_marker),
-        "{script} failed:\n{stdout}\n{stderr}"
-    );
-}
 
 #[test]
 fn the_image_api_through_the_azure_sdk() {
@@ -543,7 +524,7 @@ fn the_image_api_through_the_azure_sdk() {
         ]);
     }
     node.ok(&["image", "unpublish", "--urn", "vmnode:tiny:1:1.2.0"]);
-    run_sdk_script(
+    common::run_sdk_script(
         &node,
         &["azure-mgmt-compute", "azure-mgmt-resource"],
         "images.py",

@@ -399,17 +399,22 @@ pub async fn patch_vm(
     update(&state, existing, req).await
 }
 
-/// The 202 of a long operation, pointing at its status like the cloud does.
-fn accepted(state: &AppState, headers: &axum::http::HeaderMap, op: &str) -> Response {
+/// The absolute URL of a long operation's status, on the host the caller used.
+pub fn operation_url(state: &AppState, headers: &axum::http::HeaderMap, op: &str) -> String {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let url = format!(
+    format!(
         "https://{host}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version=2024-07-01",
         state.node.subscription,
         crate::config::LOCATION
-    );
+    )
+}
+
+/// The 202 of a long operation, pointing at its status like the cloud does.
+fn accepted(state: &AppState, headers: &axum::http::HeaderMap, op: &str) -> Response {
+    let url = operation_url(state, headers, op);
     let mut r = StatusCode::ACCEPTED.into_response();
     for h in ["azure-asyncoperation", "location"] {
         if let Ok(v) = axum::http::HeaderValue::from_str(&url) {

@@ -110,15 +110,7 @@ fn with_operation(
         None => status.into_response(),
     };
     let Some(op) = op else { return r };
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let url = format!(
-        "https://{host}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version=2024-07-01",
-        state.node.subscription,
-        crate::config::LOCATION
-    );
+    let url = super::compute::operation_url(state, headers, op);
     let location = if monitor {
         format!("{url}&monitor=true")
     } else {

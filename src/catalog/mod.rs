@@ -73,6 +73,12 @@ impl ImageRef {
             self.publisher, self.offer, self.sku, self.version
         )
     }
+    /// The manifest is a version of this reference's publisher, offer and sku.
+    pub fn same_sku(&self, m: &Manifest) -> bool {
+        m.publisher.eq_ignore_ascii_case(&self.publisher)
+            && m.offer.eq_ignore_ascii_case(&self.offer)
+            && m.sku.eq_ignore_ascii_case(&self.sku)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,15 +243,7 @@ pub fn list(images: &Path) -> Result<Vec<ImageVersion>, CatalogError> {
 /// Resolves a reference (version `latest` = the highest) to an image in the store.
 pub fn resolve(images: &Path, r: &ImageRef) -> Result<ImageVersion, CatalogError> {
     let all = list(images)?;
-    let same_sku: Vec<&ImageVersion> = all
-        .iter()
-        .filter(|i| {
-            let m = &i.manifest;
-            m.publisher.eq_ignore_ascii_case(&r.publisher)
-                && m.offer.eq_ignore_ascii_case(&r.offer)
-                && m.sku.eq_ignore_ascii_case(&r.sku)
-        })
-        .collect();
+    let same_sku: Vec<&ImageVersion> = all.iter().filter(|i| r.same_sku(&i.manifest)).collect();
     let found = if r.version.eq_ignore_ascii_case("latest") {
         same_sku.last().copied()
     } else {

@@ -91,13 +91,9 @@ fn check_version(r: &ImageRef) -> Result<(), PublishError> {
 
 /// The published version `r` names exactly (publisher, offer and sku without regard to case).
 fn find_exact(images: &Path, r: &ImageRef) -> Result<Option<ImageVersion>, CatalogError> {
-    Ok(super::list(images)?.into_iter().find(|i| {
-        let m = &i.manifest;
-        m.publisher.eq_ignore_ascii_case(&r.publisher)
-            && m.offer.eq_ignore_ascii_case(&r.offer)
-            && m.sku.eq_ignore_ascii_case(&r.sku)
-            && m.version == r.version
-    }))
+    Ok(super::list(images)?
+        .into_iter()
+        .find(|i| r.same_sku(&i.manifest) && i.manifest.version == r.version))
 }
 
 /// `parent/name`, reusing an existing entry that differs only in case (one folder per name).
@@ -265,15 +261,7 @@ fn sync_dir(d: &Path) {
 pub fn unpublish(images: &Path, r: &ImageRef) -> Result<PathBuf, PublishError> {
     let Some(found) = find_exact(images, r)? else {
         let all = super::list(images)?;
-        let same: Vec<&ImageVersion> = all
-            .iter()
-            .filter(|i| {
-                let m = &i.manifest;
-                m.publisher.eq_ignore_ascii_case(&r.publisher)
-                    && m.offer.eq_ignore_ascii_case(&r.offer)
-                    && m.sku.eq_ignore_ascii_case(&r.sku)
-            })
-            .collect();
+        let same: Vec<&ImageVersion> = all.iter().filter(|i| r.same_sku(&i.manifest)).collect();
         let mut available = super::what_exists(r, &all, &same);
         if r.version.eq_ignore_ascii_case("latest") {
             available.insert_str(0, "Unpublish takes an exact version, not `latest`. ");

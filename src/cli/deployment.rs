@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use hyper::Method;
 use serde_json::{json, Value};
 
 use super::client::Client;
+use super::network::Id;
 use super::output::{print, Format};
 use super::Global;
 
@@ -21,14 +22,6 @@ pub enum DeploymentCmd {
     /// The steps (one per resource) of a deployment.
     #[command(subcommand)]
     Operation(OperationCmd),
-}
-
-#[derive(Args)]
-pub struct Id {
-    #[arg(short = 'g', long = "resource-group")]
-    pub rg: String,
-    #[arg(short = 'n', long)]
-    pub name: String,
 }
 
 #[derive(Subcommand)]

@@ -502,3 +502,25 @@ pub fn python_with(packages: &[&str]) -> PathBuf {
     );
     venv.join("bin/python")
 }
+
+/// Runs `tests/sdk/{script}` as `script BASE_URL SUBSCRIPTION TOKEN CA` with a Python that has
+/// `packages`, and asserts it succeeded and printed `ok_marker`.
+pub fn run_sdk_script(node: &Node, packages: &[&str], script: &str, ok_marker: &str) {
+    let python = python_with(packages);
+    let tok = node.json(&["account", "get-access-token"]);
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python)
+        .arg(path)
+        .arg(format!("https://127.0.0.1:{}", node.port))
+        .arg(tok["subscription"].as_str().unwrap())
+        .arg(tok["accessToken"].as_str().unwrap())
+        .arg(node.state.join("tls/ca.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(ok_marker),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+}
