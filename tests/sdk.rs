@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::Node;
 
 #[test]
