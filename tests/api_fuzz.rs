@@ -525,7 +525,7 @@ fn bad_body(rng: &mut Rng, example: Option<&Value>) -> (Option<String>, Vec<u8>,
         10 => {
             let s = base.to_string();
             let cut = rng.below(s.len().max(1));
-            (Some(JSON.into()), s[..cut].as_bytes().to_vec(), "truncated")
+            (Some(JSON.into()), s.as_bytes()[..cut].to_vec(), "truncated")
         }
         11 => {
             let junk: &[&str] = &[
@@ -603,7 +603,7 @@ fn query_value(rng: &mut Rng, name: &str, hostile: bool) -> String {
         _ => &["1", "60"],
     };
     if !hostile || rng.chance(40) {
-        let g: &str = *rng.pick(good);
+        let g: &&str = rng.pick(good);
         return enc(g);
     }
     let bad = [
@@ -903,7 +903,8 @@ fn api_fuzz() {
     regressions(&client, &node, &rg);
     let before = snapshot(&client, &sub);
     let started = Instant::now();
-    let mut changed_under: Vec<String> = Vec::new();
+    // (method, decoded lowercase path) of every request that succeeded and may change state.
+    let mut changed_under: Vec<(String, String)> = Vec::new();
     let mut server_errors: Vec<String> = Vec::new();
     let mut bad_shape: Vec<String> = Vec::new();
     let mut no_response: Vec<String> = Vec::new();
@@ -943,7 +944,8 @@ fn api_fuzz() {
                 while deleting && pct_decode(&v).eq_ignore_ascii_case(&good) {
                     v = bad_segment(&mut rng, &good);
                 }
-                what.push(format!("{p}={v}"));
+                let shown: String = v.chars().take(40).collect();
+                what.push(format!("{p}={shown}"));
                 v
             } else {
                 enc(&good)
@@ -1008,7 +1010,7 @@ fn api_fuzz() {
         let res = client.send(&method, &target, ctype.as_deref(), &body);
         let took = t0.elapsed();
         sent += 1;
-        let short: String = target.chars().take(300).collect();
+        let short: String = target.chars().take(200).collect();
         let label = format!("{method} {short} [{}]", what.join(", "));
         if took > max_latency.0 {
             max_latency = (took, label.clone());
@@ -1037,7 +1039,7 @@ fn api_fuzz() {
             }
         }
         if (200..300).contains(&r.status) && !matches!(method.as_str(), "GET" | "HEAD") {
-            changed_under.push(pct_decode(&path).to_lowercase());
+            changed_under.push((method.clone(), pct_decode(&path).to_lowercase()));
         }
     }
     let elapsed = started.elapsed();
@@ -1045,13 +1047,25 @@ fn api_fuzz() {
 
     let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     let mut unexplained = Vec::new();
+    let mut changed = 0;
     for k in keys {
         if before.get(k) == after.get(k) {
             continue;
         }
-        let explained = changed_under
-            .iter()
-            .any(|p| k.starts_with(p.as_str()) || p.starts_with(k.as_str()));
+        changed += 1;
+        // A change is explained by a request that succeeded on that resource, on a child of it
+        // (a subnet changes its vnet), on a resource it names (a new NIC is listed in its
+        // subnet), or by the delete of a parent.
+        let texts = [before.get(k), after.get(k)].map(|v| v.map(|v| v.to_string().to_lowercase()));
+        let explained = changed_under.iter().any(|(m, p)| {
+            k == p
+                || p.starts_with(&format!("{k}/"))
+                || (m == "DELETE" && k.starts_with(&format!("{p}/")))
+                || texts
+                    .iter()
+                    .flatten()
+                    .any(|t| t.contains(&format!("\"{p}\"")))
+        });
         if !explained {
             unexplained.push(format!(
                 "{k}: before {:?}, after {:?}",
@@ -1063,10 +1077,11 @@ fn api_fuzz() {
 
     eprintln!(
         "api_fuzz: {sent} requests to {} operations in {:.1} s; statuses {by_status:?}; \
-         {} succeeded changes; max latency {:.0} ms ({}); seed {seed}",
+         {} requests that may change state succeeded; {changed} of {} resources changed; max latency {:.0} ms ({}); seed {seed}",
         ops.len(),
         elapsed.as_secs_f64(),
         changed_under.len(),
+        before.len().max(after.len()),
         max_latency.0.as_secs_f64() * 1000.0,
         max_latency.1.chars().take(200).collect::<String>(),
     );
