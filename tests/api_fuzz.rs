@@ -722,6 +722,37 @@ fn regressions(c: &Client, node: &Node, rg: &str) {
         escaped.is_empty(),
         "a deployment record left its directory: {escaped:?}"
     );
+    // NICs and subnets were created under any name (`$(reboot)`, a trailing space).
+    let net = format!("{rg}/providers/Microsoft.Network");
+    let nic = br#"{"properties":{"ipConfigurations":[{"properties":{"subnet":{"id":"/x/resourceGroups/fuzzrg/providers/Microsoft.Network/virtualNetworks/fuzzvnet/subnets/default"}}}]}}"#;
+    for name in ["%24%28reboot%29", "fuzznic%20", "-a", "a.", &"a".repeat(81)] {
+        let r = c
+            .send(
+                "PUT",
+                &format!("{net}/networkInterfaces/{name}{q}"),
+                Some("application/json"),
+                nic,
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "InvalidResourceName"),
+            "NIC '{name}'"
+        );
+        let r = c
+            .send(
+                "PUT",
+                &format!("{net}/virtualNetworks/fuzzvnet/subnets/{name}{q}"),
+                Some("application/json"),
+                br#"{"properties":{"addressPrefix":"10.77.9.0/24"}}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, error_code(&r).as_str()),
+            (400, "InvalidResourceName"),
+            "subnet '{name}'"
+        );
+    }
     // The errors axum answers by itself, in the cloud's shape.
     let r = c
         .send(
@@ -1053,6 +1084,12 @@ fn api_fuzz() {
             continue;
         }
         changed += 1;
+        let how = match (before.contains_key(k), after.contains_key(k)) {
+            (false, _) => "created",
+            (_, false) => "deleted",
+            _ => "changed",
+        };
+        eprintln!("api_fuzz: {how} by a request that succeeded: {k}");
         // A change is explained by a request that succeeded on that resource, on a child of it
         // (a subnet changes its vnet), on a resource it names (a new NIC is listed in its
         // subnet), or by the delete of a parent.

@@ -55,12 +55,33 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
+/// ARM's rule for NIC and subnet names: 1-80 letters, digits, '-', '_' or '.', starting with a
+/// letter or digit and ending with one or '_' (the fuzzer made NICs named `$(reboot)` and
+/// `nic ` before this).
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = (1..=80).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "InvalidResourceName",
+        format!("The {kind} name '{name}' is invalid: use 1-80 letters, digits, '-', '_' or '.', starting with a letter or digit and ending with one or '_'."),
+    ))
+}
+
 fn parse_subnets(list: Option<&Value>) -> Result<Vec<SubnetRecord>> {
     let mut out = Vec::new();
     for s in list.and_then(Value::as_array).into_iter().flatten() {
         let name = s["name"]
             .as_str()
             .ok_or_else(|| bad("Every subnet needs a name."))?;
+        check_name("subnet", name)?;
         let prefix = s["properties"]["addressPrefix"]
             .as_str()
             .ok_or_else(|| bad(format!("Subnet '{name}' needs properties.addressPrefix.")))?;
@@ -238,6 +259,7 @@ pub async fn put_subnet(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    check_name("subnet", &sname)?;
     let mut v = state
         .node
         .net
@@ -372,6 +394,7 @@ pub async fn put_nic(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    check_name("network interface", &name)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let cfg = &body["properties"]["ipConfigurations"][0]["properties"];
     let subnet_id = cfg["subnet"]["id"].as_str().ok_or_else(|| {
