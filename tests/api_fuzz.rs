@@ -169,6 +169,44 @@ fn openapi_names_every_route() {
     );
 }
 
+/// The document is valid OpenAPI 3.0 (checked by openapi-spec-validator from PyPI) and is what
+/// docs/openapi.py writes now.
+#[test]
+fn openapi_document_is_valid_and_current() {
+    let py = common::python_with(&["openapi-spec-validator"]);
+    let doc = root().join("docs/openapi.json");
+    let out = std::process::Command::new(&py)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docs/openapi.json is not valid OpenAPI: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = r#"import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("openapi", sys.argv[1])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+print(json.dumps(m.build()))"#;
+    let out = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(root().join("docs/openapi.py"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        built == openapi(),
+        "docs/openapi.json is not what docs/openapi.py writes: run `python3 docs/openapi.py`"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A seeded RNG (splitmix64): the run replays from its seed.
 
