@@ -20,6 +20,14 @@ type Result<T> = std::result::Result<T, ApiError>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
 
+/// Writes of vnets, subnets and NICs, one at a time. Each reads, checks and then writes (a record,
+/// a bridge, an address): two PUTs of one new NIC or vnet at once both saw it absent, and the
+/// second failed with a 500 (the fuzzer's races). None of them awaits while holding it.
+fn writes() -> std::sync::MutexGuard<'static, ()> {
+    static WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    WRITES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn not_found(kind: &str, name: &str, rg: &str) -> ApiError {
     ApiError::not_found(
         "ResourceNotFound",
@@ -134,6 +142,7 @@ pub async fn put_vnet(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let body = body.map(|b| b.0).unwrap_or_default();
     if let Some(loc) = body["location"].as_str() {
         if !loc.eq_ignore_ascii_case(LOCATION) {
@@ -228,6 +237,7 @@ pub async fn delete_vnet(
     Path((sub, rg, name)): P3,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let Some(v) = state
         .node
         .net
@@ -259,6 +269,7 @@ pub async fn put_subnet(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     check_name("subnet", &sname)?;
     let mut v = state
         .node
@@ -338,6 +349,7 @@ pub async fn delete_subnet(
     Path((sub, rg, name, sname)): P4,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let mut v = state
         .node
         .net
@@ -394,6 +406,7 @@ pub async fn put_nic(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     check_name("network interface", &name)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let cfg = &body["properties"]["ipConfigurations"][0]["properties"];
@@ -509,6 +522,7 @@ pub async fn delete_nic(
     Path((sub, rg, name)): P3,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let key = nic::nic_key(&rg, &name);
     let Some(n) = state.node.db.get::<NicRecord>(Kind::Nic, &key)? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
