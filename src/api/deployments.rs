@@ -29,6 +29,24 @@ impl From<DeployError> for ApiError {
     }
 }
 
+/// ARM's rule for deployment names. The name is also the record's file name
+/// (`deployments/{rg}/{name}.json`): a `/` in it (sent as `%2F`) would leave that directory.
+fn check_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'));
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "InvalidDeploymentName",
+        format!("The deployment name '{name}' is invalid: use 1-64 letters, digits, '-', '_', '.', '(' or ')'."),
+    )
+    .with_target("name"))
+}
+
 fn base(state: &AppState, rg: &str) -> String {
     format!(
         "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Resources/deployments",
@@ -135,6 +153,7 @@ pub async fn put(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check_rg(&state, &sub, &rg)?;
+    check_name(&name)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let props = &body["properties"];
     if props.get("templateLink").is_some() {

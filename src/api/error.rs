@@ -114,6 +114,11 @@ impl From<VmError> for ApiError {
 
 impl From<crate::storage::db::DbError> for ApiError {
     fn from(e: crate::storage::db::DbError) -> Self {
-        Self::internal(&e)
+        use crate::storage::db::DbError;
+        match &e {
+            // Another request made it first: the caller can read it or retry, not a 500.
+            DbError::Exists(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            _ => Self::internal(&e),
+        }
     }
 }

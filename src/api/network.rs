@@ -20,6 +20,14 @@ type Result<T> = std::result::Result<T, ApiError>;
 type P3 = Path<(String, String, String)>;
 type P4 = Path<(String, String, String, String)>;
 
+/// Writes of vnets, subnets and NICs, one at a time. Each reads, checks and then writes (a record,
+/// a bridge, an address): two PUTs of one new NIC or vnet at once both saw it absent, and the
+/// second failed with a 500 (the fuzzer's races). None of them awaits while holding it.
+fn writes() -> std::sync::MutexGuard<'static, ()> {
+    static WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    WRITES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn not_found(kind: &str, name: &str, rg: &str) -> ApiError {
     ApiError::not_found(
         "ResourceNotFound",
@@ -55,12 +63,33 @@ fn bad(e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
+/// ARM's rule for NIC and subnet names: 1-80 letters, digits, '-', '_' or '.', starting with a
+/// letter or digit and ending with one or '_' (the fuzzer made NICs named `$(reboot)` and
+/// `nic ` before this).
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = (1..=80).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "InvalidResourceName",
+        format!("The {kind} name '{name}' is invalid: use 1-80 letters, digits, '-', '_' or '.', starting with a letter or digit and ending with one or '_'."),
+    ))
+}
+
 fn parse_subnets(list: Option<&Value>) -> Result<Vec<SubnetRecord>> {
     let mut out = Vec::new();
     for s in list.and_then(Value::as_array).into_iter().flatten() {
         let name = s["name"]
             .as_str()
             .ok_or_else(|| bad("Every subnet needs a name."))?;
+        check_name("subnet", name)?;
         let prefix = s["properties"]["addressPrefix"]
             .as_str()
             .ok_or_else(|| bad(format!("Subnet '{name}' needs properties.addressPrefix.")))?;
@@ -113,6 +142,7 @@ pub async fn put_vnet(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let body = body.map(|b| b.0).unwrap_or_default();
     if let Some(loc) = body["location"].as_str() {
         if !loc.eq_ignore_ascii_case(LOCATION) {
@@ -207,6 +237,7 @@ pub async fn delete_vnet(
     Path((sub, rg, name)): P3,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let Some(v) = state
         .node
         .net
@@ -238,6 +269,8 @@ pub async fn put_subnet(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
+    check_name("subnet", &sname)?;
     let mut v = state
         .node
         .net
@@ -316,6 +349,7 @@ pub async fn delete_subnet(
     Path((sub, rg, name, sname)): P4,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let mut v = state
         .node
         .net
@@ -372,6 +406,8 @@ pub async fn put_nic(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
+    check_name("network interface", &name)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let cfg = &body["properties"]["ipConfigurations"][0]["properties"];
     let subnet_id = cfg["subnet"]["id"].as_str().ok_or_else(|| {
@@ -486,6 +522,7 @@ pub async fn delete_nic(
     Path((sub, rg, name)): P3,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
+    let _one = writes();
     let key = nic::nic_key(&rg, &name);
     let Some(n) = state.node.db.get::<NicRecord>(Kind::Nic, &key)? else {
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -59,6 +59,74 @@ async fn auth(state: axum::extract::State<AppState>, req: Request<Body>, next: N
     r
 }
 
+/// The errors axum answers by itself (a body that is not JSON or too large, a path or query that
+/// does not decode, a method the path does not have) are plain text or empty; clients of the
+/// cloud read `{"error": {"code", "message"}}` from every 4xx and 5xx, so those are rewritten into
+/// it. JSON errors pass as they are, and so do the viewer's HTML pages (for browsers).
+async fn cloud_errors(req: Request<Body>, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let ctype = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.starts_with("application/json") || ctype.starts_with("text/html") {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let allow = parts
+        .headers
+        .get(axum::http::header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "MethodNotAllowed",
+            format!("The method {method} is not allowed on '{path}'; it allows {allow}."),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "RequestEntityTooLarge",
+            format!("The request body is too large: {text}"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "UnsupportedMediaType",
+            format!("{text}. Send JSON with Content-Type: application/json."),
+        ),
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY
+            if text.contains("JSON") || text.contains("body") =>
+        {
+            ("InvalidRequestContent", text)
+        }
+        s if s.is_client_error() => ("InvalidParameter", text),
+        _ => ("InternalServerError", text),
+    };
+    let message = match message.is_empty() {
+        true => format!("{method} '{path}': {status}"),
+        false => message,
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let mut name = None;
+    for (k, v) in parts.headers.drain() {
+        name = k.or(name);
+        if let Some(k) = &name {
+            out.headers_mut().append(k.clone(), v);
+        }
+    }
+    out
+}
+
 async fn log_request(req: Request<Body>, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let res = next.run(req).await;
@@ -74,6 +142,7 @@ pub type Svc = tower::util::MapRequest<
 pub fn service(state: AppState) -> Svc {
     let router = routes::router(state.clone())
         .layer(middleware::from_fn_with_state(state, auth))
+        .layer(middleware::from_fn(cloud_errors))
         .layer(middleware::from_fn(log_request));
     router.map_request(routes::canonicalize as fn(_) -> _)
 }

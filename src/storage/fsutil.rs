@@ -19,10 +19,14 @@ pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
+    // One temporary file per call: two threads writing one path at once each rename their own
+    // (with only the pid, one renamed the other's away and failed with ENOENT).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}.{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     {
         let mut f = OpenOptions::new()
@@ -41,4 +45,27 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_path_written_by_many_threads_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        std::thread::scope(|s| {
+            for i in 0..16u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        super::write_atomic(path, &[i; 64], 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let data = std::fs::read(&path).unwrap();
+        assert!(data.len() == 64 && data.iter().all(|b| *b == data[0]));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left behind");
+    }
 }
