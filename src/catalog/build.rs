@@ -63,6 +63,18 @@ const RECIPE_FILES: &[(&str, &str)] = &[
         "debian-12/ssh-host-keys.service",
         include_str!("../../images/debian-12/ssh-host-keys.service"),
     ),
+    (
+        "debian-12-cloudinit/build.sh",
+        include_str!("../../images/debian-12-cloudinit/build.sh"),
+    ),
+    (
+        "debian-12-cloudinit/cloud.cfg",
+        include_str!("../../images/debian-12-cloudinit/cloud.cfg"),
+    ),
+    (
+        "debian-12-cloudinit/syslinux.cfg",
+        include_str!("../../images/debian-12-cloudinit/syslinux.cfg"),
+    ),
 ];
 
 #[derive(serde::Deserialize)]
@@ -78,6 +90,14 @@ pub struct Recipe {
     pub version: String,
     pub boot: String,
     pub cmdline: String,
+    /// The image carries cloud-init (manifest `cloudInit`). Left out when false, so the cache
+    /// keys of the other recipes stay what they were.
+    #[serde(
+        default,
+        rename = "cloudInit",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub cloud_init: bool,
     pub recipe: Vec<String>,
     pub description: String,
 }
@@ -232,6 +252,7 @@ fn run_recipe(
         os_type: "Linux".into(),
         files,
         built_at: crate::api::time_now(),
+        cloud_init: recipe.cloud_init,
     };
     let mpath = out.path().join("manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Catalog)?;

@@ -5,6 +5,7 @@
 //! aside, then renamed), so the catalog is simply what is on disk.
 
 pub mod build;
+pub mod import;
 
 use std::path::{Path, PathBuf};
 
@@ -74,7 +75,13 @@ pub struct Manifest {
     pub os_type: String,
     pub files: std::collections::BTreeMap<String, FileEntry>,
     pub built_at: String,
+    /// The image carries cloud-init (NoCloud): each VM gets a `cidata` seed from its osProfile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cloud_init: bool,
 }
+
+/// `Manifest::boot` of an image without a kernel: the VM boots from its disk through firmware.
+pub const BOOT_FIRMWARE: &str = "firmware";
 
 /// One image version found in the store.
 #[derive(Clone, Debug)]
@@ -96,6 +103,10 @@ impl ImageVersion {
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.raw")
+    }
+    /// Boots through firmware (SeaBIOS) from its disk rather than from a kernel file.
+    pub fn firmware_boot(&self) -> bool {
+        self.manifest.boot.eq_ignore_ascii_case(BOOT_FIRMWARE)
     }
 }
 
@@ -211,6 +222,7 @@ mod tests {
             os_type: "Linux".into(),
             files: Default::default(),
             built_at: String::new(),
+            cloud_init: false,
         };
         std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     }
