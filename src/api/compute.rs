@@ -244,6 +244,21 @@ pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty())
             .map(str::to_string),
+        ssh_public_keys: field(p, &["osProfile", "linuxConfiguration", "ssh", "publicKeys"])
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k["keyData"].as_str())
+                    .map(|k| k.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        admin_password: field(p, &["osProfile", "adminPassword"])
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        custom_data: field(p, &["osProfile", "customData"])
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 

@@ -295,7 +295,10 @@ fn convert(
             let _ = reader.join();
             return Err(ImportError::Interrupted);
         }
-        match child.try_wait().map_err(io("cannot wait for qemu-img on", src))? {
+        match child
+            .try_wait()
+            .map_err(io("cannot wait for qemu-img on", src))?
+        {
             Some(s) => break s,
             None => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
@@ -553,7 +556,15 @@ mod tests {
         f.set_len(64 << 20).unwrap();
         std::os::unix::fs::FileExt::write_at(&f, &[0xabu8; 1 << 20], 32 << 20).unwrap();
         let q = dir.path().join("disk.qcow2");
-        qemu_img(&["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ]);
         let mut lines = vec![];
         let v = import(
             &req(&q, "Contoso:byo:1:1.0.0"),
@@ -611,7 +622,10 @@ mod tests {
         assert!(matches!(e, ImportError::Unreadable { .. }), "{e}");
         // Bad URN.
         let raw = dir.path().join("d.raw");
-        std::fs::File::create(&raw).unwrap().set_len(1 << 20).unwrap();
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         assert!(run(&req(&raw, "p:o:s"), &images).is_err());
         // A corrupt qcow2 (valid header, truncated body) fails in qemu-img: nothing published.
         let q = dir.path().join("bad.qcow2");
@@ -621,7 +635,10 @@ mod tests {
         std::fs::write(&q, &bytes).unwrap();
         let e = run(&req(&q, "p:o:s:1.0.0"), &images).unwrap_err();
         assert!(
-            matches!(e, ImportError::QemuImg { .. } | ImportError::UnknownFormat { .. }),
+            matches!(
+                e,
+                ImportError::QemuImg { .. } | ImportError::UnknownFormat { .. }
+            ),
             "{e}"
         );
         assert!(entries(&images).is_empty(), "{:?}", entries(&images));
@@ -648,11 +665,21 @@ mod tests {
     fn fixed_vhd_is_recognised_by_its_footer() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("d.raw");
-        std::fs::File::create(&raw).unwrap().set_len(8 << 20).unwrap();
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
         let vhd = dir.path().join("d.vhd");
         qemu_img(&[
-            "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed",
-            raw.to_str().unwrap(), vhd.to_str().unwrap(),
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            raw.to_str().unwrap(),
+            vhd.to_str().unwrap(),
         ]);
         assert_eq!(detect_format(&vhd).unwrap(), "vpc");
         assert_eq!(parse_percent("    (45.50/100%)\r"), Some(45));

@@ -14,6 +14,7 @@
 //! and reads its published state (a tokio `watch`).
 
 pub mod actor;
+pub mod cloudinit;
 pub mod lifecycle;
 pub mod model;
 pub mod ops;
@@ -78,6 +79,12 @@ pub struct CreateVm {
     pub data_disks: Option<Vec<DataDiskReq>>,
     /// `diagnosticsProfile.bootDiagnostics.storageUri`: the account that keeps the diagnostics.
     pub diag_storage_uri: Option<String>,
+    /// `osProfile.linuxConfiguration.ssh.publicKeys[].keyData`.
+    pub ssh_public_keys: Vec<String>,
+    /// `osProfile.adminPassword` (never stored; a cloud-init seed gets its hash).
+    pub admin_password: Option<String>,
+    /// `osProfile.customData`, base64 (never stored; a cloud-init seed carries it).
+    pub custom_data: Option<String>,
 }
 
 /// Commands a VM actor accepts.
@@ -408,6 +415,17 @@ impl Node {
                 "osDisk.diskSizeGB {disk_gb} is invalid: the image needs at least {min_gb} GB and the limit is 4095 GB."
             )));
         }
+        let mut seed_input = image.manifest.cloud_init.then(|| cloudinit::SeedInput {
+            vm_id: String::new(),
+            computer_name: computer_name.clone(),
+            admin_username: req.admin_username.clone(),
+            ssh_public_keys: req.ssh_public_keys.clone(),
+            admin_password: req.admin_password.clone(),
+            custom_data: req.custom_data.clone(),
+        });
+        if let Some(i) = &seed_input {
+            cloudinit::validate(i).map_err(|e| VmError::InvalidParameter(e.to_string()))?;
+        }
         let key = model::vm_key(&req.rg, &req.name);
         if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
         {
@@ -415,6 +433,8 @@ impl Node {
         }
 
         let vm_id = uuid::Uuid::new_v4().to_string();
+        let local = self.cfg.paths.state.join("local").join(&vm_id);
+        let seed = seed_input.as_ref().map(|_| local.join("cidata.iso"));
         // The NIC: an existing one (checked, then attached), or a new one in the default vnet.
         let existing_nic = match &req.nic {
             Some((nrg, nname, delete_with_vm)) => {
@@ -533,13 +553,39 @@ impl Node {
                 .join(&vm_id)
                 .join("resource.raw"),
             state_time: crate::api::time_now(),
+            ssh_public_keys: req.ssh_public_keys.clone(),
+            cloud_init_seed: seed.clone(),
         };
         let nic_key = nic.key();
+        // The NoCloud seed, made before the VM is recorded (it holds the only copy of the
+        // password hash and customData).
+        let seeded = match (seed_input.as_mut(), &seed) {
+            (Some(i), Some(path)) => {
+                i.vm_id = vm_id.clone();
+                cloudinit::make_seed(i, path).map_err(|e| {
+                    VmError::Conflict(format!(
+                        "cannot make the cloud-init seed: {}",
+                        actor::chain(&e)
+                    ))
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = seeded {
+            let _ = std::fs::remove_dir_all(&local);
+            if created_nic {
+                let _ = self.db.free_addr(&nic.subnet, nic.ip);
+            }
+            return Err(e);
+        }
         let stored = self
             .db
             .insert(Kind::Vm, &key, &rec)
             .and_then(|_| self.db.put(Kind::Nic, &nic_key, &rec.nic));
         if let Err(e) = stored {
+            if seed.is_some() {
+                let _ = std::fs::remove_dir_all(&local);
+            }
             let _ = self.db.delete(Kind::Vm, &key);
             if created_nic {
                 let _ = self.db.delete(Kind::Nic, &nic_key);

@@ -109,6 +109,13 @@ pub struct VmRecord {
     /// `diagnosticsProfile.bootDiagnostics.storageUri` as given (none: the node's own account).
     #[serde(default)]
     pub diag_storage_uri: Option<String>,
+    /// `osProfile.linuxConfiguration.ssh.publicKeys[].keyData` (adminPassword and customData
+    /// are never stored: the cloud never returns them).
+    #[serde(default)]
+    pub ssh_public_keys: Vec<String>,
+    /// The NoCloud seed of a cloud-init image (vm/cloudinit.rs), attached read-only.
+    #[serde(default)]
+    pub cloud_init_seed: Option<PathBuf>,
 }
 
 fn delete_option_default() -> String {
@@ -230,6 +237,10 @@ pub fn to_arm(sub: &str, r: &VmRecord, lease_ip: Option<Ipv4Addr>, with_view: bo
                 "linuxConfiguration": {
                     "disablePasswordAuthentication": false,
                     "provisionVMAgent": true,
+                    "ssh": { "publicKeys": r.ssh_public_keys.iter().map(|k| json!({
+                        "path": format!("/home/{}/.ssh/authorized_keys", r.admin_username),
+                        "keyData": k,
+                    })).collect::<Vec<_>>() },
                 },
                 "secrets": [],
                 "allowExtensionOperations": true,
