@@ -131,6 +131,14 @@ pub struct CreateArgs {
     pub computer_name: Option<String>,
     #[arg(long, default_value = "azureuser")]
     pub admin_username: String,
+    /// SSH public keys for the admin user: key text or files holding one key each.
+    #[arg(long = "ssh-key-values", num_args = 1..)]
+    pub ssh_key_values: Vec<String>,
+    #[arg(long)]
+    pub admin_password: Option<String>,
+    /// A file given to the guest as customData (cloud-init images: #cloud-config or a #! script).
+    #[arg(long)]
+    pub custom_data: Option<std::path::PathBuf>,
     /// OS disk caching: None, ReadOnly or ReadWrite.
     #[arg(long, default_value = "ReadWrite")]
     pub os_disk_caching: String,
@@ -386,6 +394,29 @@ async fn create(g: &Global, cl: &Client, a: CreateArgs) -> anyhow::Result<()> {
     let mut os_profile = json!({ "adminUsername": a.admin_username });
     if let Some(c) = &a.computer_name {
         os_profile["computerName"] = json!(c);
+    }
+    let mut keys = vec![];
+    for k in &a.ssh_key_values {
+        let text = if std::path::Path::new(k).is_file() {
+            std::fs::read_to_string(k)
+                .map_err(|e| anyhow::anyhow!("cannot read SSH key file {k}: {e}"))?
+        } else {
+            k.clone()
+        };
+        let path = format!("/home/{}/.ssh/authorized_keys", a.admin_username);
+        keys.push(json!({ "path": path, "keyData": text.trim() }));
+    }
+    if !keys.is_empty() {
+        os_profile["linuxConfiguration"] = json!({ "ssh": { "publicKeys": keys } });
+    }
+    if let Some(p) = &a.admin_password {
+        os_profile["adminPassword"] = json!(p);
+    }
+    if let Some(f) = &a.custom_data {
+        use base64::Engine;
+        let bytes = std::fs::read(f)
+            .map_err(|e| anyhow::anyhow!("cannot read --custom-data {}: {e}", f.display()))?;
+        os_profile["customData"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     // az's way: a NIC of its own in the named vnet/subnet, made first, deleted with the VM.
     let mut nic_refs = vec![];
