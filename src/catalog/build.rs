@@ -63,6 +63,18 @@ const RECIPE_FILES: &[(&str, &str)] = &[
         "debian-12/ssh-host-keys.service",
         include_str!("../../images/debian-12/ssh-host-keys.service"),
     ),
+    (
+        "debian-12-cloudinit/build.sh",
+        include_str!("../../images/debian-12-cloudinit/build.sh"),
+    ),
+    (
+        "debian-12-cloudinit/cloud.cfg",
+        include_str!("../../images/debian-12-cloudinit/cloud.cfg"),
+    ),
+    (
+        "debian-12-cloudinit/syslinux.cfg",
+        include_str!("../../images/debian-12-cloudinit/syslinux.cfg"),
+    ),
 ];
 
 #[derive(serde::Deserialize)]

@@ -7,6 +7,7 @@
 //! manifest before a VM is made from them.
 
 pub mod build;
+pub mod import;
 pub mod publish;
 pub mod verify;
 
@@ -127,6 +128,9 @@ impl Provisioning {
     }
 }
 
+/// `Manifest::boot` of an image without a kernel: the VM boots from its disk through firmware.
+pub const BOOT_FIRMWARE: &str = "firmware";
+
 /// One image version found in the store.
 #[derive(Clone, Debug)]
 pub struct ImageVersion {
@@ -154,6 +158,10 @@ impl ImageVersion {
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join("disk.raw")
+    }
+    /// Boots through firmware (SeaBIOS) from its disk rather than from a kernel file.
+    pub fn firmware_boot(&self) -> bool {
+        self.manifest.boot.eq_ignore_ascii_case(BOOT_FIRMWARE)
     }
 }
 

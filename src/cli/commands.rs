@@ -266,6 +266,22 @@ pub enum ImageCmd {
         #[arg(long)]
         urn: String,
     },
+    /// Import a disk you bring (qcow2, raw, VHD, VHDX, VMDK) as a new image version, booted
+    /// through firmware (no daemon needed; a running daemon sees it at once).
+    Import {
+        /// The disk file: its extension names its format (.qcow2, .raw/.img, .vhd, .vhdx, .vmdk).
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// The new version's URN, Publisher:Offer:Sku:Version (version Major.Minor.Patch).
+        #[arg(long)]
+        urn: String,
+        #[arg(long, default_value = "Linux")]
+        os_type: String,
+        /// Whether its VMs get a NoCloud `cidata` seed from their osProfile (auto: if the disk
+        /// has /usr/bin/cloud-init).
+        #[arg(long, value_enum, default_value = "auto")]
+        cloud_init: crate::catalog::import::CloudInit,
+    },
 }
 
 pub fn doctor() -> anyhow::Result<()> {
@@ -789,6 +805,37 @@ pub async fn image(g: &Global, c: ImageCmd) -> anyhow::Result<()> {
                 )
             })
             .await??;
+            println!("{}", v.urn());
+        }
+        ImageCmd::Import {
+            file,
+            urn,
+            os_type,
+            cloud_init,
+        } => {
+            let images = paths.images();
+            let start = Instant::now();
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = cancel.clone();
+            let req = crate::catalog::import::ImportRequest {
+                file,
+                urn,
+                os_type,
+                cloud_init,
+            };
+            let mut task = tokio::task::spawn_blocking(move || {
+                crate::catalog::import::import(&req, &images, &flag, &mut |l| {
+                    eprintln!("[{:>5.1}s] {l}", start.elapsed().as_secs_f64())
+                })
+            });
+            // Ctrl-C: qemu-img is stopped and the half-made folder removed before exiting.
+            let v = tokio::select! {
+                r = &mut task => r??,
+                _ = tokio::signal::ctrl_c() => {
+                    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                    task.await??
+                }
+            };
             println!("{}", v.urn());
         }
         ImageCmd::List => {

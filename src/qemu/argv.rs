@@ -5,6 +5,11 @@
 //! arrives as an inherited fd); a VGA device for screenshots; the serial console written by QEMU
 //! itself into the diagnostics store (capture does not depend on the daemon); a virtio-serial
 //! channel for the guest agent; QMP on a unix socket in the VM's run dir.
+//!
+//! An image without a kernel (manifest `boot: "firmware"`) boots instead through SeaBIOS from
+//! its OS disk (`bootindex=0`); `-nographic` makes SeaBIOS mirror its text output to the same
+//! serial port, so the bootloader shows in the boot log before the kernel does. A cloud-init
+//! image's NoCloud seed is a read-only virtio disk.
 
 use std::path::PathBuf;
 
@@ -41,6 +46,15 @@ pub fn data_disk_blockdev(d: &DataDiskSpec) -> (String, String, String) {
     )
 }
 
+/// How the guest starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// The image's kernel and initrd, loaded by QEMU (PVH entry) with the image's command line.
+    Kernel,
+    /// Firmware (SeaBIOS) boots the OS disk; `kernel`, `initrd` and `cmdline` are unused.
+    Firmware,
+}
+
 #[derive(Clone, Debug)]
 pub struct VmSpec {
     pub name: String,
@@ -65,6 +79,9 @@ pub struct VmSpec {
     pub qmp_socket: PathBuf,
     pub qga_socket: PathBuf,
     pub pidfile: PathBuf,
+    pub boot: Boot,
+    /// The cloud-init NoCloud seed (`cidata`), attached read-only.
+    pub seed: Option<PathBuf>,
 }
 
 fn cache_mode(caching: &str) -> &'static str {
@@ -97,14 +114,16 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     push(&["-cpu", cpu]);
     push(&["-smp", &s.cpus.to_string()]);
     push(&["-m", &format!("{}M", s.memory_mb)]);
-    push(&[
-        "-kernel",
-        &p(&s.kernel),
-        "-initrd",
-        &p(&s.initrd),
-        "-append",
-        &s.cmdline,
-    ]);
+    if s.boot == Boot::Kernel {
+        push(&[
+            "-kernel",
+            &p(&s.kernel),
+            "-initrd",
+            &p(&s.initrd),
+            "-append",
+            &s.cmdline,
+        ]);
+    }
     push(&["-device", "VGA,id=video0"]);
     push(&[
         "-chardev",
@@ -130,11 +149,16 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         ),
         "-device",
         &format!(
-            "virtio-blk-pci,drive=osdisk,id=osdisk-dev,write-cache={}",
+            "virtio-blk-pci,drive=osdisk,id=osdisk-dev,write-cache={}{}",
             if cache_mode(&s.caching) == "writethrough" {
                 "off"
             } else {
                 "on"
+            },
+            if s.boot == Boot::Firmware {
+                ",bootindex=0"
+            } else {
+                ""
             }
         ),
     ]);
@@ -174,6 +198,19 @@ pub fn build(s: &VmSpec) -> Vec<String> {
             s.mac.to_lowercase()
         ),
     ]);
+    if let Some(seed) = &s.seed {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,node-name=seed-file,filename={},read-only=on",
+                p(seed)
+            ),
+            "-blockdev",
+            "driver=raw,node-name=seed,file=seed-file,read-only=on",
+            "-device",
+            "virtio-blk-pci,drive=seed,id=seed-dev,serial=cidata",
+        ]);
+    }
     push(&[
         "-device",
         "virtio-serial-pci,id=vser0",
@@ -221,7 +258,33 @@ mod tests {
             qmp_socket: "/run/qmp.sock".into(),
             qga_socket: "/run/qga.sock".into(),
             pidfile: "/run/qemu.pid".into(),
+            boot: Boot::Kernel,
+            seed: None,
         }
+    }
+
+    #[test]
+    fn firmware_boot_has_no_kernel_and_boots_the_os_disk() {
+        let mut s = spec();
+        s.boot = Boot::Firmware;
+        s.seed = Some("/state/local/x/cidata.iso".into());
+        let a = build(&s).join(" ");
+        assert!(!a.contains("-kernel") && !a.contains("-append"), "{a}");
+        assert!(
+            a.contains("id=osdisk-dev,write-cache=on,bootindex=0"),
+            "{a}"
+        );
+        assert!(
+            a.contains("filename=/state/local/x/cidata.iso,read-only=on"),
+            "{a}"
+        );
+        // The serial console is the same spool either way.
+        assert!(a.contains("path=/diag/serial.log,append=on"), "{a}");
+        let k = build(&spec()).join(" ");
+        assert!(
+            k.contains("-kernel /img/vmlinux") && !k.contains("bootindex"),
+            "{k}"
+        );
     }
 
     #[test]

@@ -379,6 +379,12 @@ impl Actor {
             qmp_socket: run.join("qmp.sock"),
             qga_socket: run.join("qga.sock"),
             pidfile: run.join("qemu.pid"),
+            boot: if image.firmware_boot() {
+                argv::Boot::Firmware
+            } else {
+                argv::Boot::Kernel
+            },
+            seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
         };
         let args = argv::build(&spec);
         let _ = std::fs::write(
@@ -754,6 +760,7 @@ impl Actor {
             }
         }
         disks.push(self.rec.temp_disk.clone());
+        disks.extend(self.rec.cloud_init_seed.clone());
         for path in &disks {
             if path.as_os_str().is_empty() {
                 continue;

@@ -14,6 +14,7 @@
 //! and reads its published state (a tokio `watch`).
 
 pub mod actor;
+pub mod cloudinit;
 pub mod lifecycle;
 pub mod model;
 pub mod ops;
@@ -425,6 +426,24 @@ impl Node {
                 "osDisk.diskSizeGB {disk_gb} is invalid: the image needs at least {min_gb} GB and the limit is 4095 GB."
             )));
         }
+        // A cloud-init image takes its osProfile from a NoCloud seed (vm/cloudinit.rs).
+        let cloud_init = image.manifest.provisioning == catalog::Provisioning::CloudInit;
+        let mut seed_input = cloud_init.then(|| cloudinit::SeedInput {
+            vm_id: String::new(),
+            computer_name: computer_name.clone(),
+            admin_username: req.admin_username.clone(),
+            ssh_public_keys: os_profile
+                .ssh_public_keys
+                .iter()
+                .map(|k| k.key_data.clone())
+                .collect(),
+            admin_password_hash: os_profile.admin_password_hash.clone(),
+            disable_password_auth: os_profile.disable_password_auth,
+            custom_data: os_profile.custom_data.clone(),
+        });
+        if let Some(i) = &seed_input {
+            cloudinit::validate(i).map_err(|e| VmError::InvalidParameter(e.to_string()))?;
+        }
         let key = model::vm_key(&req.rg, &req.name);
         if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
         {
@@ -432,6 +451,8 @@ impl Node {
         }
 
         let vm_id = uuid::Uuid::new_v4().to_string();
+        let local = self.cfg.paths.state.join("local").join(&vm_id);
+        let seed = seed_input.as_ref().map(|_| local.join("cidata.iso"));
         // The NIC: an existing one (checked, then attached), or a new one in the default vnet.
         let existing_nic = match &req.nic {
             Some((nrg, nname, delete_with_vm)) => {
@@ -563,13 +584,38 @@ impl Node {
             os_provisioning_since: None,
             os_provisioning_message: None,
             vm_agent: None,
+            cloud_init_seed: seed.clone(),
         };
         let nic_key = nic.key();
+        // The NoCloud seed, made before the VM is recorded (it holds the only copy of the
+        // password hash and customData).
+        let seeded = match (seed_input.as_mut(), &seed) {
+            (Some(i), Some(path)) => {
+                i.vm_id = vm_id.clone();
+                cloudinit::make_seed(i, path).map_err(|e| {
+                    VmError::Conflict(format!(
+                        "cannot make the cloud-init seed: {}",
+                        actor::chain(&e)
+                    ))
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = seeded {
+            let _ = std::fs::remove_dir_all(&local);
+            if created_nic {
+                let _ = self.db.free_addr(&nic.subnet, nic.ip);
+            }
+            return Err(e);
+        }
         let stored = self
             .db
             .insert(Kind::Vm, &key, &rec)
             .and_then(|_| self.db.put(Kind::Nic, &nic_key, &rec.nic));
         if let Err(e) = stored {
+            if seed.is_some() {
+                let _ = std::fs::remove_dir_all(&local);
+            }
             let _ = self.db.delete(Kind::Vm, &key);
             if created_nic {
                 let _ = self.db.delete(Kind::Nic, &nic_key);

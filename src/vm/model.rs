@@ -167,6 +167,9 @@ pub struct VmRecord {
     pub os_provisioning_message: Option<String>,
     #[serde(default)]
     pub vm_agent: Option<VmAgent>,
+    /// The NoCloud seed of a cloud-init image (vm/cloudinit.rs), attached read-only.
+    #[serde(default)]
+    pub cloud_init_seed: Option<PathBuf>,
 }
 
 fn yes() -> bool {
