@@ -54,8 +54,9 @@ def main():
         node.cli("vm", "create", "-g", "flood", "-n", "f1", "--image", "vmnode:tiny:1:latest", "-o", "json")
         # Let the guest settle: the boot's screenshots and agent probe are done.
         time.sleep(5)
-        logs = glob.glob(os.path.join(node.state, "**", "f1.*.serialconsole.log"), recursive=True)
-        spools = glob.glob(os.path.join(node.state, "**", "serial.spool"), recursive=True)
+        # The first boot's own log (the cloud-named `{vm}.{vmId}.serialconsole.log` is a link to it).
+        logs = glob.glob(os.path.join(node.state, "**", "f1.*.boot1.serialconsole.log"), recursive=True)
+        spools = glob.glob(os.path.join(node.state, "**", "serial.spool"), recursive=True, include_hidden=True)
         if not logs or not spools:
             sys.exit(f"cannot find the VM's serial log/spool under {node.state}: {logs} {spools}")
         log, spool = logs[0], spools[0]
