@@ -266,10 +266,39 @@ fn wait_provisioned(node: &Node, vm: &str) -> Value {
     }
 }
 
+/// debian-12's own files as a version that boots through firmware (manifest `boot: firmware`,
+/// no `-kernel`): SeaBIOS, gptmbr.bin, SYSLINUX on the disk's FAT partition, then the kernel and
+/// initrd it holds. Returns its URN.
+fn firmware_variant(node: &Node) -> String {
+    let versions = node.state.join("images/vmnode/debian/12");
+    let src = std::fs::read_dir(&versions)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let dst = node.state.join("images/vmnode/debian/12-firmware/1.0.0");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(&src).unwrap().flatten() {
+        let name = f.file_name();
+        if name != "manifest.json" && !name.to_string_lossy().starts_with('.') {
+            std::fs::hard_link(f.path(), dst.join(&name)).unwrap();
+        }
+    }
+    let mut m: Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    m["sku"] = Value::from("12-firmware");
+    m["version"] = Value::from("1.0.0");
+    m["boot"] = Value::from("firmware");
+    std::fs::write(dst.join("manifest.json"), m.to_string()).unwrap();
+    "vmnode:debian:12-firmware:latest".into()
+}
+
 /// A key-only admin (`--authentication-type ssh`, the key in a file of the user's choosing):
-/// sshd takes no passwords, the user has none, and the key works from where it was put.
+/// sshd takes no passwords, the user has none, and the key works from where it was put. This
+/// guest boots through firmware from the image's own boot partition, not from a kernel file.
 #[test]
-fn debian_12_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
+fn debian_12_through_firmware_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
     let outer = Netns(format!("vmdek-{}", std::process::id()));
     assert!(Command::new("ip")
         .args(["netns", "add", &outer.0])
@@ -277,7 +306,8 @@ fn debian_12_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
         .unwrap()
         .success());
     let node = Node::start_with_host_netns(&outer.0);
-    let urn = node.build_image("debian-12");
+    node.build_image("debian-12");
+    let urn = firmware_variant(&node);
     node.ok(&["group", "create", "-n", "rg"]);
     let key = node.dir.path().join("id_ed25519");
     let kg = Command::new("ssh-keygen")
@@ -313,6 +343,22 @@ fn debian_12_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
         true
     );
     wait_provisioned(&node, "deb2");
+    // Firmware, then SYSLINUX from the disk, then the kernel: all in the serial log.
+    let log = node.ok(&[
+        "vm",
+        "boot-diagnostics",
+        "get-boot-log",
+        "-g",
+        "rg",
+        "-n",
+        "deb2",
+    ]);
+    let bios = log.find("SeaBIOS").expect("SeaBIOS on the serial log");
+    let loader = log
+        .find("vmnode: SYSLINUX is loading Debian 12")
+        .expect("SYSLINUX on the serial log");
+    let kernel = log.find("Linux version").expect("the kernel");
+    assert!(bios < loader && loader < kernel, "{log}");
     let out = ssh_with_key(&outer.0, &key, "ops@10.1.0.4", "hostname; sudo -n whoami");
     assert_eq!(out, "deb2\nroot\n");
     let denied = ssh_without_key(&outer.0, "ops@10.1.0.4");

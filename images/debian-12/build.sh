@@ -8,15 +8,15 @@
 #                 note (no bzImage self-decompression: seconds under TCG)
 #   initrd.cpio   an initramfs-tools initramfs (zstd) with only the modules a vmnode VM needs to
 #                 find its root (MODULES=list: virtio_pci, virtio_blk, ext4 and the bochs display)
-#   disk.raw      a sparse GPT raw disk; partition 1 is the ext4 root, made by `mke2fs -d` at
-#                 its offset (no loop device, nothing mounted)
+#   disk.raw      a sparse GPT raw disk; partition 1 is a FAT boot partition with SYSLINUX
+#                 (mkfs.vfat --offset, mcopy, syslinux --offset, gptmbr.bin in the MBR) so the
+#                 disk also boots through firmware (SeaBIOS); partition 2 is the ext4 root, made
+#                 by `mke2fs -d` at its offset (no loop device, nothing mounted)
 #   kernel.txt    the kernel release
 #
 # VARIANT=cloudinit (set by images/debian-12-cloudinit/build.sh) makes the `12-cloudinit` sku from
 # the same recipe: the cloud-init package configured for the NoCloud datasource only (the VM's
-# `cidata` seed sets host name, user and keys; DHCP leaves the host name alone), and a FAT boot
-# partition with SYSLINUX (made by mkfs.vfat --offset, mcopy and syslinux --offset, with
-# gptmbr.bin in the MBR) so the disk boots through firmware (SeaBIOS) as well as directly.
+# `cidata` seed sets host name, user and keys; DHCP leaves the host name alone).
 #
 # WORK_DIR (default: DEB_CACHE_DIR/../work/debian-12) keeps the debootstrap tree between builds:
 # a re-run reuses an intact tree, and the .debs are kept in DEB_CACHE_DIR/bookworm, so even a
@@ -54,7 +54,7 @@ cloudinit) PACKAGES+=(cloud-init sudo python3-cffi-backend) ;;
 esac
 # The kernel command line of a firmware boot (the catalog's cmdline says the same for PVH).
 CMDLINE="root=PARTUUID=$PARTUUID ro net.ifnames=0 console=tty0 console=ttyS0,115200"
-BOOT_MIB=63       # cloudinit: the FAT boot partition, from 1 MiB; the root follows it
+BOOT_MIB=63       # the FAT boot partition, from 1 MiB; the root follows it
 
 steps=8
 step() { echo "step $1/$steps: $2"; }
@@ -64,12 +64,10 @@ for t in debootstrap sfdisk mke2fs unshare chroot xz; do
     command -v "$t" >/dev/null || die "$t is missing on the host (apt-get install debootstrap fdisk e2fsprogs util-linux xz-utils)"
 done
 SYSLINUX_LIB=/usr/lib/syslinux
-if [ "$VARIANT" = cloudinit ]; then
-    for t in mkfs.vfat mcopy syslinux; do
-        command -v "$t" >/dev/null || die "$t is missing on the host (apt-get install dosfstools mtools syslinux syslinux-common)"
-    done
-    [ -f "$SYSLINUX_LIB/mbr/gptmbr.bin" ] || die "$SYSLINUX_LIB/mbr/gptmbr.bin is missing (apt-get install syslinux-common)"
-fi
+for t in mkfs.vfat mcopy syslinux; do
+    command -v "$t" >/dev/null || die "$t is missing on the host (apt-get install dosfstools mtools syslinux syslinux-common)"
+done
+[ -f "$SYSLINUX_LIB/mbr/gptmbr.bin" ] || die "$SYSLINUX_LIB/mbr/gptmbr.bin is missing (apt-get install syslinux-common)"
 mkdir -p "$OUT" "$WORK" "$DEBS/$SUITE"
 exec 9>"$WORK/.lock"
 flock 9 # one build of this tree at a time; a second waits and then reuses it
@@ -196,41 +194,31 @@ step 7 "making the GPT disk (sfdisk) and its ext4 root from the tree (mke2fs -d,
 DISK="$OUT/disk.raw"
 rm -f "$DISK"
 truncate -s "${DISK_MIB}M" "$DISK"
-if [ "$VARIANT" = cloudinit ]; then
-    # Partition 1: FAT, legacy-BIOS-bootable (gptmbr.bin boots the partition with that flag);
-    # partition 2: the root, same PARTUUID as the plain sku.
-    BOOT_START=$PART_START
-    PART_START=$((BOOT_START + BOOT_MIB * 2048))
-    sfdisk --quiet --label gpt "$DISK" <<EOF
+# Partition 1: FAT, legacy-BIOS-bootable (gptmbr.bin boots the partition with that flag), so
+# the disk also boots through firmware; partition 2: the root (to the last usable sector).
+BOOT_START=$PART_START
+PART_START=$((BOOT_START + BOOT_MIB * 2048))
+sfdisk --quiet --label gpt "$DISK" <<EOF
 label-id: 1d0c5a3e-2f4b-4c6d-8e9f-0a1b2c3d4e5f
 start=$BOOT_START, size=$((BOOT_MIB * 2048)), type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=boot, attrs="LegacyBIOSBootable"
 start=$PART_START, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$PARTUUID, name=root
 EOF
-else
-    # Partition 1 from 1 MiB to the last usable sector (the backup GPT takes the last 33).
-    sfdisk --quiet --label gpt "$DISK" <<EOF
-label-id: 1d0c5a3e-2f4b-4c6d-8e9f-0a1b2c3d4e5f
-start=$PART_START, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$PARTUUID, name=root
-EOF
-fi
 # The root is the last partition.
 PSECTORS=$(sfdisk --json "$DISK" | awk -F'[:,]' '/"size"/ {gsub(/ /, "", $0); for (i = 1; i <= NF; i++) if ($i ~ /"size"/) print $(i + 1)}' | tail -1)
 [ -n "$PSECTORS" ] || die "cannot read the partition size back from sfdisk"
 mke2fs -q -F -t ext4 -L root -U "$FSUUID" -E "offset=$((PART_START * 512))" \
     -d "$TREE" "$DISK" "$((PSECTORS / 2))k"
-if [ "$VARIANT" = cloudinit ]; then
-    # The boot partition, written at its offset like the root: kernel, initrd, SYSLINUX.
-    BOOT_OFF=$((BOOT_START * 512))
-    mkfs.vfat -F 16 -n VMBOOT -i 5eb0075e --offset "$BOOT_START" "$DISK" $((BOOT_MIB * 1024)) >/dev/null
-    sed "s|@CMDLINE@|$CMDLINE|" "$HERE/../debian-12-cloudinit/syslinux.cfg" >"$WORK/syslinux.cfg"
-    export MTOOLS_SKIP_CHECK=1
-    mcopy -i "$DISK@@$BOOT_OFF" "$VMLINUZ" ::/vmlinuz
-    mcopy -i "$DISK@@$BOOT_OFF" "$INITRD" ::/initrd.img
-    mcopy -i "$DISK@@$BOOT_OFF" "$WORK/syslinux.cfg" ::/syslinux.cfg
-    syslinux --offset "$BOOT_OFF" --install "$DISK"
-    dd if="$SYSLINUX_LIB/mbr/gptmbr.bin" of="$DISK" bs=440 count=1 conv=notrunc status=none
-    echo "boot partition: $(mdir -i "$DISK@@$BOOT_OFF" -b :: | tr '\n' ' ')"
-fi
+# The boot partition, written at its offset like the root: kernel, initrd, SYSLINUX.
+BOOT_OFF=$((BOOT_START * 512))
+mkfs.vfat -F 16 -n VMBOOT -i 5eb0075e --offset "$BOOT_START" "$DISK" $((BOOT_MIB * 1024)) >/dev/null
+sed "s|@CMDLINE@|$CMDLINE|" "$HERE/syslinux.cfg" >"$WORK/syslinux.cfg"
+export MTOOLS_SKIP_CHECK=1
+mcopy -i "$DISK@@$BOOT_OFF" "$VMLINUZ" ::/vmlinuz
+mcopy -i "$DISK@@$BOOT_OFF" "$INITRD" ::/initrd.img
+mcopy -i "$DISK@@$BOOT_OFF" "$WORK/syslinux.cfg" ::/syslinux.cfg
+syslinux --offset "$BOOT_OFF" --install "$DISK"
+dd if="$SYSLINUX_LIB/mbr/gptmbr.bin" of="$DISK" bs=440 count=1 conv=notrunc status=none
+echo "boot partition: $(mdir -i "$DISK@@$BOOT_OFF" -b :: | tr '\n' ' ')"
 # mke2fs -d writes every block of every file; the rest of the disk stays holes.
 echo "disk: $(du -m "$DISK" | cut -f1) MiB allocated of $DISK_MIB MiB; tree $(du -sm "$TREE" | cut -f1) MiB"
 

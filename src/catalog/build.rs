@@ -72,8 +72,8 @@ const RECIPE_FILES: &[(&str, &str)] = &[
         include_str!("../../images/debian-12-cloudinit/cloud.cfg"),
     ),
     (
-        "debian-12-cloudinit/syslinux.cfg",
-        include_str!("../../images/debian-12-cloudinit/syslinux.cfg"),
+        "debian-12/syslinux.cfg",
+        include_str!("../../images/debian-12/syslinux.cfg"),
     ),
 ];
 
