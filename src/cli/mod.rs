@@ -125,6 +125,12 @@ pub struct ServeArgs {
     /// omitted), from the host. Off by default: such names are REFUSED.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_dns_forwarder)]
     pub dns_forwarder: Option<std::net::SocketAddr>,
+    /// The daemon's scheduling niceness (-20..19). Below 0 by default so the API, the blob
+    /// service and DHCP still answer while every core is busy with booting guests; QEMU itself
+    /// is started at 0, as a hand-started one would be. 0 turns this off.
+    #[arg(long, default_value_t = -5, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
 }
 
 fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -147,7 +153,14 @@ fn init_tracing() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.cmd, Cmd::Serve(_)) {
+    let mut nice_error = None;
+    if let Cmd::Serve(a) = &cli.cmd {
+        // Niceness is per thread on Linux and inherited by the threads a thread creates: set
+        // here, before the runtime starts any, it holds for all of the daemon's threads.
+        // SAFETY: setpriority only changes this thread's scheduling priority.
+        if a.nice != 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) } != 0 {
+            nice_error = Some(std::io::Error::last_os_error());
+        }
         // The daemon runs many threads (DHCP workers, blocking I/O); one malloc arena per
         // thread would multiply its resident memory for nothing. Two arenas serve it well.
         // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
@@ -171,6 +184,9 @@ pub fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(a) => {
                 init_tracing();
+                if let Some(e) = nice_error {
+                    tracing::warn!(nice = a.nice, error = %e, "cannot set the daemon's niceness (needs CAP_SYS_NICE); it runs at the guests' priority");
+                }
                 let cfg = config::DaemonConfig {
                     paths: cli.global.paths(),
                     listen: a.listen,

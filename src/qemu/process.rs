@@ -196,10 +196,14 @@ fn spawn_placed(
         .stderr(logf2)
         .kill_on_drop(false);
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, dup2, fcntl) on fds that are open in the child.
+    // functions (setsid, setpriority, dup2, fcntl) on fds that are open in the child.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon runs above its guests (`serve --nice`); QEMU gets the default priority.
+            if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if tap_raw != TAP_FD && libc::dup2(tap_raw, TAP_FD) < 0 {
