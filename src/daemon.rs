@@ -86,7 +86,7 @@ async fn start_blob_service(
                 cfg.blob_listen
             )
         })?;
-    crate::blob::start(store, tcp, endpoint);
+    crate::blob::start(store, tcp, endpoint).context("starting the blob service's runtime")?;
     tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
     Ok(())
 }

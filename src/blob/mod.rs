@@ -118,10 +118,35 @@ pub fn set_attached_disks(f: impl Fn() -> Vec<AttachedDisk> + Send + Sync + 'sta
 
 /// Starts the blob service on `listener` for `store`'s accounts; `endpoint` is the base URL
 /// clients use (`http://127.0.0.1:7481`).
-pub fn start(store: Arc<Store>, listener: tokio::net::TcpListener, endpoint: String) {
+///
+/// It runs on a runtime of its own (threads `blob-*`, with its own blocking pool): twenty VM
+/// creates at once fill the daemon's blocking pool with disk clones, network set-up and
+/// screenshots, and a blob read or write queued behind them waited seconds (bench/load.py).
+pub fn start(
+    store: Arc<Store>,
+    listener: tokio::net::TcpListener,
+    endpoint: String,
+) -> std::io::Result<()> {
     let _ = NODE_STORE.set(store.clone());
     let svc = Arc::new(server::Service { store, endpoint });
-    tokio::spawn(server::serve(listener, svc));
+    let listener = listener.into_std()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_name("blob")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("blob-rt".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => server::serve(l, svc).await,
+                    Err(e) => tracing::error!(error = %e, "the blob service cannot listen"),
+                }
+            })
+        })?;
+    Ok(())
 }
 
 /// `(account, container, blob)` of a file in the store.
