@@ -33,12 +33,13 @@ class Node:
             s.bind(("127.0.0.1", 0)); self.port = s.getsockname()[1]
         self.env = dict(os.environ, VMNODE_STATE_DIR=self.state, VMNODE_RUN_DIR=self.run)
         self.proc = None
+        self.serve_extra = []  # more `vmnode serve` arguments
     def cli(self, *a):
         return subprocess.run([self.bin, *a], env=self.env, check=True, capture_output=True, text=True).stdout
     def start(self):
         t0 = time.perf_counter()
         log = open(os.path.join(self.root, "daemon.log"), "a")
-        self.proc = subprocess.Popen([self.bin, "serve", "--netns", self.netns, "--listen", f"127.0.0.1:{self.port}", "--host-netns", "off"],
+        self.proc = subprocess.Popen([self.bin, "serve", "--netns", self.netns, "--listen", f"127.0.0.1:{self.port}", "--host-netns", "off", *self.serve_extra],
                                      env=self.env, stdout=log, stderr=log)
         sock = os.path.join(self.run, "vmnode.sock")
         while True:
