@@ -7,51 +7,17 @@
 
 mod common;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest_exec, Node};
+use common::{wait_in_guest, Netns, Node};
 
 const LOGIN: Duration = Duration::from_secs(900);
 const SETTLE: Duration = Duration::from_secs(300);
 
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Runs `sh -c script` through the guest agent until `ok` holds (or `limit` passes).
-fn wait_in_guest(
-    node: &Node,
-    vm_id: &str,
-    script: &str,
-    ok: impl Fn(&str) -> bool,
-    limit: Duration,
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            guest_exec(node, vm_id, &["/bin/sh", "-c", script])
-        }));
-        match r {
-            Ok((_, out)) if ok(&out) || Instant::now() > deadline => return out,
-            Err(e) if Instant::now() > deadline => std::panic::resume_unwind(e),
-            _ => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
-}
-
 #[test]
 fn imported_cloud_init_image_boots_through_firmware_and_applies_the_seed() {
-    let outer = Netns(format!("vmci-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &outer.0])
-        .status()
-        .unwrap()
-        .success());
+    let outer = Netns::add("vmci");
     let node = Node::start_with_host_netns(&outer.0);
     let built = node.build_image("debian-12-cloudinit");
     assert_eq!(built, "vmnode:debian:12-cloudinit:latest");

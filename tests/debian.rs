@@ -7,64 +7,19 @@
 
 mod common;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest_exec, Node};
+use common::{exec_when_ready, wait_in_guest, Netns, Node};
 use serde_json::Value;
-
-/// A network namespace of the test's own for the host end of the default vnet's veth.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// A full systemd boot under TCG on a shared 2-core host.
 const LOGIN: Duration = Duration::from_secs(600);
 const SETTLE: Duration = Duration::from_secs(180);
 
-/// `guest_exec`, retried until the agent answers (it starts with the virtio port, before the
-/// network is up) or `limit` passes.
-fn exec_when_ready(node: &Node, vm_id: &str, argv: &[&str], limit: Duration) -> (i64, String) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match catch_unwind(AssertUnwindSafe(|| guest_exec(node, vm_id, argv))) {
-            Ok(r) => return r,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    }
-}
-
-/// Runs `sh -c script` in the guest until its output satisfies `ok`; returns the last output.
-fn wait_in_guest(
-    node: &Node,
-    vm_id: &str,
-    script: &str,
-    ok: impl Fn(&str) -> bool,
-    limit: Duration,
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, out) = exec_when_ready(node, vm_id, &["/bin/sh", "-c", script], limit);
-        if ok(&out) || Instant::now() > deadline {
-            return out;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 #[test]
 fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
-    let outer = Netns(format!("vmdeb-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &outer.0])
-        .status()
-        .unwrap()
-        .success());
+    let outer = Netns::add("vmdeb");
     let node = Node::start_with_host_netns(&outer.0);
     let urn = node.build_image("debian-12");
     assert_eq!(urn, "vmnode:debian:12:latest");
@@ -299,12 +254,7 @@ fn firmware_variant(node: &Node) -> String {
 /// guest boots through firmware from the image's own boot partition, not from a kernel file.
 #[test]
 fn debian_12_through_firmware_key_only_admin_logs_in_with_its_key_and_never_with_a_password() {
-    let outer = Netns(format!("vmdek-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &outer.0])
-        .status()
-        .unwrap()
-        .success());
+    let outer = Netns::add("vmdek");
     let node = Node::start_with_host_netns(&outer.0);
     node.build_image("debian-12");
     let urn = firmware_variant(&node);
@@ -344,15 +294,7 @@ fn debian_12_through_firmware_key_only_admin_logs_in_with_its_key_and_never_with
     );
     wait_provisioned(&node, "deb2");
     // Firmware, then SYSLINUX from the disk, then the kernel: all in the serial log.
-    let log = node.ok(&[
-        "vm",
-        "boot-diagnostics",
-        "get-boot-log",
-        "-g",
-        "rg",
-        "-n",
-        "deb2",
-    ]);
+    let log = node.boot_log("rg", "deb2");
     let bios = log.find("SeaBIOS").expect("SeaBIOS on the serial log");
     let loader = log
         .find("vmnode: SYSLINUX is loading Debian 12")

@@ -6,23 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Node;
-
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use common::{Netns, Node};
 
 #[test]
 fn the_host_end_of_the_veth_reaches_a_guest() {
-    let outer = Netns(format!("vmho-{}", std::process::id()));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &outer.0])
-        .status()
-        .unwrap()
-        .success());
+    let outer = Netns::add("vmho");
     let node = Node::start_with_host_netns(&outer.0);
     node.ok(&["group", "create", "-n", "rg"]);
     let vm = node.create_vm("rg", "reach", &[]);

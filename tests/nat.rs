@@ -12,20 +12,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{guest_exec, Node, BIN};
+use common::{guest_exec, Netns, Node, BIN};
 use vmnode_network::nat::{transit_of, NS_IF};
 
 const BOOT: Duration = Duration::from_secs(120);
 const SERVER: &str = "203.0.113.1";
 /// The uplink's address: what upstream must see.
 const NAT_ADDR: &str = "203.0.113.2";
-
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 fn sh(args: &[&str]) -> (bool, String) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -197,8 +190,7 @@ fn stop_daemon(node: &mut Node) {
 
 #[test]
 fn a_missing_uplink_is_refused_before_anything_changes() {
-    let outer = Netns(format!("vmnox-{}", std::process::id()));
-    must(&["ip", "netns", "add", &outer.0]);
+    let outer = Netns::add("vmnox");
     let dir = tempfile::tempdir().unwrap();
     let netns = format!("vmnt-nx-{}", std::process::id());
     let out = Command::new(BIN)

@@ -266,6 +266,19 @@ impl Node {
     }
 
     /// Waits until the VM's serial log has a line containing `needle`; returns the log.
+    /// The current boot's serial log.
+    pub fn boot_log(&self, rg: &str, name: &str) -> String {
+        self.ok(&[
+            "vm",
+            "boot-diagnostics",
+            "get-boot-log",
+            "-g",
+            rg,
+            "-n",
+            name,
+        ])
+    }
+
     pub fn wait_for_log(&self, rg: &str, name: &str, needle: &str, limit: Duration) -> String {
         self.wait_for_count(rg, name, needle, 1, limit)
     }
@@ -523,4 +536,60 @@ pub fn run_sdk_script(node: &Node, packages: &[&str], script: &str, ok_marker: &
         out.status.success() && stdout.contains(ok_marker),
         "{script} failed:\n{stdout}\n{stderr}"
     );
+}
+
+/// A network namespace of the test's own, `{prefix}-{pid}` (deleted when dropped): the host end
+/// of a vnet's veth (`serve --host-netns`), an uplink, a peer.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// Creates the namespace (`ip netns add`).
+    pub fn add(prefix: &str) -> Netns {
+        let ns = Netns(format!("{prefix}-{}", std::process::id()));
+        let ok = Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {}", ns.0);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `guest_exec`, retried until the agent answers (it starts with the virtio port, before the
+/// network is up) or `limit` passes.
+pub fn exec_when_ready(node: &Node, vm_id: &str, argv: &[&str], limit: Duration) -> (i64, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            guest_exec(node, vm_id, argv)
+        })) {
+            Ok(r) => return r,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+/// Runs `sh -c script` in the guest until its output satisfies `ok`; returns the last output.
+pub fn wait_in_guest(
+    node: &Node,
+    vm_id: &str,
+    script: &str,
+    ok: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, out) = exec_when_ready(node, vm_id, &["/bin/sh", "-c", script], limit);
+        if ok(&out) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
