@@ -315,6 +315,16 @@ pub fn pid_is_vm(pid: i32, vm_id: &str) -> bool {
     }
 }
 
+/// The QEMU of `vm_id`, looked for among all processes: for a daemon killed between spawning
+/// QEMU and writing its pidfile.
+pub fn find_vm(vm_id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| pid_is_vm(*pid, vm_id) && !is_gone(*pid))
+}
+
 pub fn read_pidfile(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

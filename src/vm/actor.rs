@@ -594,7 +594,10 @@ impl Actor {
     async fn adopt(&mut self) -> bool {
         let run = self.run_dir();
         let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
-        let alive = pid.filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
+        let alive = pid
+            .filter(|p| process::pid_is_vm(*p, &self.rec.vm_id))
+            // Killed between spawn and pidfile (the daemon writes it now): find QEMU by its UUID.
+            .or_else(|| process::find_vm(&self.rec.vm_id));
         let intent = matches!(
             self.node
                 .db
