@@ -150,8 +150,8 @@ fn files(s: &VmSpec) -> Vec<(Role, Passed)> {
         next += 1;
     };
     if s.boot == Boot::Kernel {
-        add(Role::Kernel, &s.kernel, Access::Read);
-        add(Role::Initrd, &s.initrd, Access::Read);
+        add(Role::Kernel, &s.kernel, Access::Reopen);
+        add(Role::Initrd, &s.initrd, Access::Reopen);
     }
     add(Role::OsDisk, &s.disk, Access::ReadWrite);
     if let Some(t) = &s.temp_disk {
@@ -477,7 +477,7 @@ mod tests {
         assert_eq!(by("/run/qmp.sock").access, Access::Listen);
         assert_eq!(by("/diag/serial.log").access, Access::Append);
         assert_eq!(by("/blobs/d1.vhd").access, Access::ReadWrite);
-        assert_eq!(by("/img/vmlinux").access, Access::Read);
+        assert_eq!(by("/img/vmlinux").access, Access::Reopen);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not world-readable, and QEMU reopens it as its unprivileged user; image files are public: chmod 0644 it")]
+    NotReadable { path: PathBuf },
     #[error("too many files for one QEMU ({0}, at most {MAX_FDS})")]
     TooMany(usize),
 }
@@ -196,6 +198,10 @@ pub fn ensure_user(user: &str, want_kvm: bool) -> Result<Creds, JailError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
+    /// Read, and reopened by QEMU through `/proc/self/fd/N` (the kernel and initrd: QEMU's loader
+    /// takes a path). The reopen checks the file's own mode as the QEMU user: it must be
+    /// world-readable.
+    Reopen,
     ReadWrite,
     /// Write-only, appending, created 0600 if missing (the serial spool).
     Append,
@@ -237,6 +243,15 @@ pub fn open_one(path: &Path, access: Access) -> Result<OwnedFd, JailError> {
     match access {
         Access::Read => {
             o.read(true);
+        }
+        Access::Reopen => {
+            use std::os::unix::fs::PermissionsExt;
+            let f = o.read(true).open(path).map_err(err)?;
+            let mode = f.metadata().map_err(err)?.permissions().mode();
+            if mode & 0o004 == 0 {
+                return Err(JailError::NotReadable { path: path.into() });
+            }
+            return Ok(f.into());
         }
         Access::ReadWrite => {
             o.read(true).write(true);
@@ -443,6 +458,13 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // The socket listens: a client connects before anyone accepts.
         std::os::unix::net::UnixStream::connect(d.path().join("s.sock")).unwrap();
+        let private = d.path().join("vmlinux");
+        std::fs::write(&private, b"k").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = open_one(&private, Access::Reopen).unwrap_err();
+        assert!(e.to_string().contains("chmod 0644"), "{e}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_one(&private, Access::Reopen).unwrap();
         let missing = open_one(&d.path().join("nope"), Access::Read).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
