@@ -282,6 +282,41 @@ fn qemu_runs_unprivileged_sandboxed_and_holds_only_its_own_files() {
         assert!(!cmdline.contains(bad), "{bad}: {cmdline}");
     }
 
+    // Nothing of the node is reachable by path as QEMU's user: the daemon keeps its state and
+    // run dirs 0700, so even with a way out of QEMU the user opens no disk and no socket.
+    for d in [&node.state, &node.run] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+    }
+    let os_disk = table
+        .values()
+        .find(|t| t.contains("/vhds/") && t.ends_with(".vhd"))
+        .unwrap()
+        .clone();
+    let (uid, gid) = qemu_user_ids();
+    let qmp = node.run.join("vms").join(&id).join("qmp.sock");
+    for path in [os_disk.as_str(), qmp.to_str().unwrap()] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--init-groups",
+                "--",
+                "/bin/sh",
+                "-c",
+                "exec 3<\"$0\" && echo OPENED",
+                path,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && text.contains("Permission denied"),
+            "vmnode-qemu could open {path}: {text}"
+        );
+    }
+
     // A screenshot on demand (QEMU writes a file the daemon handed it over QMP).
     let shot = node.dir.path().join("shot.png");
     screenshot(&node, &shot);
