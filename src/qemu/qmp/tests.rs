@@ -570,6 +570,31 @@ async fn real_qemu() {
         "{err:?}"
     );
 
+    // A file handed over with add-fd (SCM_RIGHTS) lands in the fd set, and remove-fd drops it.
+    let file = std::fs::File::create(dir.path().join("passed")).unwrap();
+    use std::os::fd::AsFd;
+    qmp.add_fd(file.as_fd(), 2000, "passed").await.unwrap();
+    let sets = qmp.execute_raw("query-fdsets", None, WAIT).await.unwrap();
+    let set = sets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["fdset-id"] == 2000)
+        .unwrap_or_else(|| panic!("{sets}"));
+    assert_eq!(set["fds"][0]["opaque"], "passed", "{sets}");
+    // QEMU closes a removed fd only while the machine runs (not in `-S`'s prelaunch).
+    qmp.execute_raw("cont", None, WAIT).await.unwrap();
+    qmp.remove_fd(2000).await;
+    let sets = qmp.execute_raw("query-fdsets", None, WAIT).await.unwrap();
+    assert!(
+        !sets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["fdset-id"] == 2000),
+        "{sets}"
+    );
+
     let mut events = qmp.events();
     match qmp.execute(qapi::qmp::quit {}).await {
         // QEMU may close the socket before its reply gets through.
