@@ -113,6 +113,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     let accel = crate::doctor::decide(cfg.accel);
     tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
+    // QEMU runs as an unprivileged user (R3, qemu/jail.rs): made now if missing.
+    crate::qemu::jail::host().map_err(|e| anyhow::anyhow!("the QEMU user: {e}"))?;
     // A wrong --nat-via is the user's to fix: say so before anything is changed.
     let nat = match &cfg.nat_via {
         Some(iface) => Some(crate::net::nat::plan(

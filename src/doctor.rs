@@ -147,6 +147,7 @@ pub fn checks() -> Vec<Check> {
         detail: format!("{} — {}", d.accel, d.reason),
         fix: None,
     });
+    out.push(crate::qemu::jail::check());
     let tun = Path::new("/dev/net/tun").exists();
     out.push(Check {
         name: "tun",

@@ -10,13 +10,39 @@
 //! its OS disk (`bootindex=0`); `-nographic` makes SeaBIOS mirror its text output to the same
 //! serial port, so the bootloader shows in the boot log before the kernel does. A cloud-init
 //! image's NoCloud seed is a read-only virtio disk.
+//!
+//! Hardening (R3, see `jail.rs`): QEMU opens no path of the host itself. Every file arrives as
+//! an fd at the number [`passed`] gives it: disks and the serial spool through `-add-fd` fd sets
+//! (`/dev/fdset/N`, which QEMU dups with the flags it wants), the kernel and initrd as
+//! `/proc/self/fd/N` (QEMU's loader `fopen`s a path), QMP and the guest agent as sockets the
+//! daemon already listens on (`-chardev socket,fd=N,server=on`); the pidfile is the daemon's.
+//! `-sandbox` installs QEMU's seccomp filter. There is no TCP monitor and no `-monitor`.
 
 use std::path::PathBuf;
 
+use super::jail::{Access, Passed, SANDBOX};
 use crate::doctor::Accel;
 
 /// The fd number the tap is given in the QEMU process.
 pub const TAP_FD: i32 = 3;
+/// The listening QMP socket.
+pub const QMP_FD: i32 = 4;
+/// The listening guest-agent socket.
+pub const QGA_FD: i32 = 5;
+/// The serial spool (write-only, append).
+pub const SERIAL_FD: i32 = 6;
+/// The first fd of the rest (kernel, initrd, disks), numbered in [`passed`]'s order.
+const FIRST_FILE_FD: i32 = 7;
+/// A data disk's fd set is this plus its LUN, at boot and at hot-plug alike, so a detach knows
+/// which set to drop.
+pub const DATA_DISK_SET_BASE: i32 = 1000;
+/// The fd set a screendump's file is handed over in (QMP `add-fd`, then removed).
+pub const SCREENDUMP_SET: i32 = 2000;
+
+/// The fd set of a data disk.
+pub fn data_disk_set(lun: u32) -> i32 {
+    DATA_DISK_SET_BASE + lun as i32
+}
 
 #[derive(Clone, Debug)]
 pub struct DataDiskSpec {
@@ -25,7 +51,8 @@ pub struct DataDiskSpec {
     pub caching: String,
 }
 
-/// The QMP/`-blockdev`/`-device` arguments of a data disk; the same for boot and hot-plug.
+/// The `-blockdev`/`-device` arguments of a data disk at boot (its file is fd set
+/// [`data_disk_set`]).
 pub fn data_disk_blockdev(d: &DataDiskSpec) -> (String, String, String) {
     let direct = if cache_mode(&d.caching) == "none" {
         "on"
@@ -34,9 +61,9 @@ pub fn data_disk_blockdev(d: &DataDiskSpec) -> (String, String, String) {
     };
     (
         format!(
-            "driver=file,node-name=dd{}-file,filename={},cache.direct={direct},discard=unmap",
+            "driver=file,node-name=dd{}-file,filename=/dev/fdset/{},cache.direct={direct},discard=unmap",
             d.lun,
-            d.path.display()
+            data_disk_set(d.lun)
         ),
         format!("driver=raw,node-name=dd{0},file=dd{0}-file", d.lun),
         format!(
@@ -92,9 +119,70 @@ fn cache_mode(caching: &str) -> &'static str {
     }
 }
 
+/// What a passed file is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Qmp,
+    Qga,
+    Serial,
+    Kernel,
+    Initrd,
+    OsDisk,
+    ResDisk,
+    Seed,
+    Data(u32),
+}
+
+fn files(s: &VmSpec) -> Vec<(Role, Passed)> {
+    let mut out = vec![
+        (Role::Qmp, QMP_FD, s.qmp_socket.clone(), Access::Listen),
+        (Role::Qga, QGA_FD, s.qga_socket.clone(), Access::Listen),
+        (
+            Role::Serial,
+            SERIAL_FD,
+            s.serial_log.clone(),
+            Access::Append,
+        ),
+    ];
+    let mut next = FIRST_FILE_FD;
+    let mut add = |role, path: &PathBuf, access| {
+        out.push((role, next, path.clone(), access));
+        next += 1;
+    };
+    if s.boot == Boot::Kernel {
+        add(Role::Kernel, &s.kernel, Access::Reopen);
+        add(Role::Initrd, &s.initrd, Access::Reopen);
+    }
+    add(Role::OsDisk, &s.disk, Access::ReadWrite);
+    if let Some(t) = &s.temp_disk {
+        add(Role::ResDisk, t, Access::ReadWrite);
+    }
+    if let Some(seed) = &s.seed {
+        add(Role::Seed, seed, Access::Read);
+    }
+    for d in &s.data_disks {
+        add(Role::Data(d.lun), &d.path, Access::ReadWrite);
+    }
+    out.into_iter()
+        .map(|(r, fd, path, access)| (r, Passed { fd, path, access }))
+        .collect()
+}
+
+/// Every file QEMU gets as an fd (besides the tap, [`TAP_FD`]), at the numbers [`build`] uses.
+pub fn passed(s: &VmSpec) -> Vec<Passed> {
+    files(s).into_iter().map(|(_, p)| p).collect()
+}
+
 /// Builds the argument vector (without the binary).
 pub fn build(s: &VmSpec) -> Vec<String> {
-    let p = |p: &PathBuf| p.display().to_string();
+    let files = files(s);
+    let fd = |role: Role| {
+        files
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.fd)
+            .unwrap_or(-1)
+    };
     let cpu = match s.accel {
         Accel::Kvm => "host",
         Accel::Tcg => "max",
@@ -110,6 +198,19 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     ]);
     push(&["-uuid", &s.vm_id]);
     push(&["-nodefaults", "-no-user-config", "-nographic"]);
+    push(&["-sandbox", SANDBOX]);
+    // The fd sets (disks, the serial spool): one fd each; a data disk's set is numbered by LUN.
+    for (role, p) in &files {
+        let set = match role {
+            Role::Data(lun) => data_disk_set(*lun),
+            Role::Serial | Role::OsDisk | Role::ResDisk | Role::Seed => p.fd,
+            Role::Qmp | Role::Qga | Role::Kernel | Role::Initrd => continue,
+        };
+        push(&[
+            "-add-fd",
+            &format!("fd={},set={set},opaque={}", p.fd, opaque(*role)),
+        ]);
+    }
     push(&["-machine", &format!("q35,accel={}", s.accel.qemu_name())]);
     push(&["-cpu", cpu]);
     push(&["-smp", &s.cpus.to_string()]);
@@ -117,9 +218,9 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     if s.boot == Boot::Kernel {
         push(&[
             "-kernel",
-            &p(&s.kernel),
+            &format!("/proc/self/fd/{}", fd(Role::Kernel)),
             "-initrd",
-            &p(&s.initrd),
+            &format!("/proc/self/fd/{}", fd(Role::Initrd)),
             "-append",
             &s.cmdline,
         ]);
@@ -127,15 +228,18 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     push(&["-device", "VGA,id=video0"]);
     push(&[
         "-chardev",
-        &format!("file,id=serial0,path={},append=on", p(&s.serial_log)),
+        &format!(
+            "file,id=serial0,path=/dev/fdset/{},append=on",
+            fd(Role::Serial)
+        ),
         "-serial",
         "chardev:serial0",
     ]);
     push(&[
         "-blockdev",
         &format!(
-            "driver=file,node-name=osdisk-file,filename={},cache.direct={},discard=unmap",
-            p(&s.disk),
+            "driver=file,node-name=osdisk-file,filename=/dev/fdset/{},cache.direct={},discard=unmap",
+            fd(Role::OsDisk),
             if cache_mode(&s.caching) == "none" {
                 "on"
             } else {
@@ -162,12 +266,12 @@ pub fn build(s: &VmSpec) -> Vec<String> {
             }
         ),
     ]);
-    if let Some(t) = &s.temp_disk {
+    if s.temp_disk.is_some() {
         push(&[
             "-blockdev",
             &format!(
-                "driver=file,node-name=resdisk-file,filename={},discard=unmap",
-                p(t)
+                "driver=file,node-name=resdisk-file,filename=/dev/fdset/{},discard=unmap",
+                fd(Role::ResDisk)
             ),
             "-blockdev",
             "driver=raw,node-name=resdisk,file=resdisk-file",
@@ -198,12 +302,12 @@ pub fn build(s: &VmSpec) -> Vec<String> {
             s.mac.to_lowercase()
         ),
     ]);
-    if let Some(seed) = &s.seed {
+    if s.seed.is_some() {
         push(&[
             "-blockdev",
             &format!(
-                "driver=file,node-name=seed-file,filename={},read-only=on",
-                p(seed)
+                "driver=file,node-name=seed-file,filename=/dev/fdset/{},read-only=on",
+                fd(Role::Seed)
             ),
             "-blockdev",
             "driver=raw,node-name=seed,file=seed-file,read-only=on",
@@ -215,19 +319,32 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         "-device",
         "virtio-serial-pci,id=vser0",
         "-chardev",
-        &format!(
-            "socket,id=qga0,path={},server=on,wait=off",
-            p(&s.qga_socket)
-        ),
+        &format!("socket,id=qga0,fd={},server=on,wait=off", fd(Role::Qga)),
         "-device",
         "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
     ]);
     push(&[
-        "-qmp",
-        &format!("unix:{},server=on,wait=off", p(&s.qmp_socket)),
+        "-chardev",
+        &format!("socket,id=qmp0,fd={},server=on,wait=off", fd(Role::Qmp)),
+        "-mon",
+        "chardev=qmp0,mode=control",
     ]);
-    push(&["-pidfile", &p(&s.pidfile)]);
     a
+}
+
+/// The `opaque` label of an fd set (shown by `query-fdsets`).
+fn opaque(role: Role) -> String {
+    match role {
+        Role::Serial => "serial-spool".into(),
+        Role::OsDisk => "osdisk".into(),
+        Role::ResDisk => "resdisk".into(),
+        Role::Seed => "seed".into(),
+        Role::Data(lun) => format!("dd{lun}"),
+        Role::Qmp => "qmp".into(),
+        Role::Qga => "qga".into(),
+        Role::Kernel => "kernel".into(),
+        Role::Initrd => "initrd".into(),
+    }
 }
 
 #[cfg(test)]
@@ -274,15 +391,18 @@ mod tests {
             a.contains("id=osdisk-dev,write-cache=on,bootindex=0"),
             "{a}"
         );
-        assert!(
-            a.contains("filename=/state/local/x/cidata.iso,read-only=on"),
-            "{a}"
+        // No kernel fds: the OS disk is fd 7, the temp disk 8, the seed 9 (read-only).
+        assert!(a.contains("filename=/dev/fdset/9,read-only=on"), "{a}");
+        let seed = passed(&s).into_iter().find(|p| p.fd == 9).unwrap();
+        assert_eq!(
+            (seed.path.to_str().unwrap(), seed.access),
+            ("/state/local/x/cidata.iso", Access::Read)
         );
         // The serial console is the same spool either way.
-        assert!(a.contains("path=/diag/serial.log,append=on"), "{a}");
+        assert!(a.contains("path=/dev/fdset/6,append=on"), "{a}");
         let k = build(&spec()).join(" ");
         assert!(
-            k.contains("-kernel /img/vmlinux") && !k.contains("bootindex"),
+            k.contains("-kernel /proc/self/fd/7") && !k.contains("bootindex"),
             "{k}"
         );
     }
@@ -295,22 +415,69 @@ mod tests {
             "q35,accel=tcg",
             "-cpu max",
             "-m 3584M",
-            "-kernel /img/vmlinux",
+            "-kernel /proc/self/fd/7",
+            "-initrd /proc/self/fd/8",
             "fd=3",
             "mac=00:0d:3a:01:02:03",
-            "path=/diag/serial.log,append=on",
+            "path=/dev/fdset/6,append=on",
+            "-add-fd fd=6,set=6,opaque=serial-spool",
+            "-add-fd fd=9,set=9,opaque=osdisk",
+            "-add-fd fd=11,set=1001,opaque=dd1",
             "-uuid 11111111-2222-3333-4444-555555555555",
             "name=org.qemu.guest_agent.0",
-            "unix:/run/qmp.sock,server=on,wait=off",
+            "socket,id=qmp0,fd=4,server=on,wait=off",
+            "-mon chardev=qmp0,mode=control",
+            "socket,id=qga0,fd=5,server=on,wait=off",
             "VGA",
-            "filename=/local/vm1/resource.raw",
+            "filename=/dev/fdset/10,discard=unmap",
             "serial=resource",
             "pcie-root-port,id=rp1,bus=pcie.0,chassis=2,slot=2",
             "serial=lun1,bus=rp1",
-            "filename=/blobs/d1.vhd,cache.direct=on",
+            "filename=/dev/fdset/1001,cache.direct=on",
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ] {
             assert!(a.contains(want), "missing {want} in {a}");
         }
+    }
+
+    #[test]
+    fn qemu_opens_no_path_and_has_no_tcp_monitor() {
+        let s = spec();
+        let a = build(&s);
+        let text = a.join(" ");
+        // Every host path of the spec reaches QEMU only as an fd.
+        for p in [
+            "/img/vmlinux",
+            "/img/initrd.cpio",
+            "/blobs/vm1.vhd",
+            "/local/vm1/resource.raw",
+            "/blobs/d1.vhd",
+            "/diag/serial.log",
+            "/run/qmp.sock",
+            "/run/qga.sock",
+            "/run/qemu.pid",
+        ] {
+            assert!(!text.contains(p), "{p} in {text}");
+        }
+        for bad in [
+            "tcp:",
+            "telnet",
+            "-monitor",
+            "host=",
+            "port=",
+            "-runas",
+            "-daemonize",
+        ] {
+            assert!(!text.contains(bad), "{bad} in {text}");
+        }
+        let p = passed(&s);
+        let fds: Vec<i32> = p.iter().map(|p| p.fd).collect();
+        assert_eq!(fds, (4..=11).collect::<Vec<_>>());
+        let by = |path: &str| p.iter().find(|x| x.path.to_str() == Some(path)).unwrap();
+        assert_eq!(by("/run/qmp.sock").access, Access::Listen);
+        assert_eq!(by("/diag/serial.log").access, Access::Append);
+        assert_eq!(by("/blobs/d1.vhd").access, Access::ReadWrite);
+        assert_eq!(by("/img/vmlinux").access, Access::Reopen);
     }
 
     #[test]

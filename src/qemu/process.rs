@@ -1,15 +1,17 @@
 //! The QEMU process, independent of the daemon.
 //!
-//! QEMU is started in its own session (setsid), with the tap fd inherited as fd 3, its own
-//! stdout/stderr going to `qemu.log` in the VM's run dir, and a pidfile there. Stopping or
-//! killing the daemon therefore never stops a VM. After a restart the daemon re-adopts a VM by
-//! reading the pidfile and checking `/proc/<pid>/cmdline` carries the VM's UUID.
+//! QEMU is started in its own session (setsid), with the tap fd inherited as fd 3 and every file
+//! it needs at the numbers `argv::passed` gives (see `jail.rs`), its own stdout/stderr going to
+//! `qemu.log` in the VM's run dir, as the unprivileged QEMU user (dropped to between fork and
+//! exec), and a pidfile the daemon writes there. Stopping or killing the daemon therefore never
+//! stops a VM. After a restart the daemon re-adopts a VM by reading the pidfile and checking
+//! `/proc/<pid>/cmdline` carries the VM's UUID.
 //!
 //! Where systemd manages the host, QEMU is also put in its own transient scope
 //! (`vmnode-vm-<vmId>.scope` in `machine.slice`, see [`Placement`]), so it is not in the daemon's
 //! cgroup and `systemctl stop|restart vmnode` cannot reach it whatever the unit's `KillMode`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::argv::TAP_FD;
+use super::jail::{self, Creds, FdPlan};
 use crate::doctor::QEMU_BIN;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +33,10 @@ pub enum ProcessError {
     },
     #[error("QEMU exited during start-up ({status}): {log}")]
     EarlyExit { status: String, log: String },
-    #[error("QEMU did not open its QMP socket within {0:?}")]
-    NoQmp(Duration),
+    #[error("cannot hand QEMU its files")]
+    Jail(#[from] jail::JailError),
+    #[error("no unprivileged user to run QEMU as: {0}")]
+    NoUser(String),
     #[error("cannot prepare {path}")]
     Io {
         path: PathBuf,
@@ -104,8 +109,16 @@ impl Placement {
         }
     }
 
-    /// The program and arguments that start QEMU with `argv` for the VM `vm_id`.
-    pub fn command(&self, vm_id: &str, argv: &[String]) -> (PathBuf, Vec<String>) {
+    /// The program and arguments that start QEMU with `argv` for the VM `vm_id`. With `creds`,
+    /// a scope's QEMU drops to them through `setpriv` (util-linux, exec in place, so the pid and
+    /// fds stay): systemd-run must run as root to ask systemd for the scope, so the drop cannot
+    /// happen before it. A direct QEMU drops in the forked child instead (see `spawn`).
+    pub fn command(
+        &self,
+        vm_id: &str,
+        argv: &[String],
+        creds: Option<&Creds>,
+    ) -> (PathBuf, Vec<String>) {
         match self {
             Placement::Direct => (PathBuf::from(QEMU_BIN), argv.to_vec()),
             Placement::SystemdScope {
@@ -124,6 +137,21 @@ impl Placement {
                     a.push("--expand-environment=no".into());
                 }
                 a.push("--".into());
+                if let Some(c) = creds {
+                    let groups: Vec<String> = c.groups.iter().map(u32::to_string).collect();
+                    a.extend([
+                        SETPRIV.to_string(),
+                        format!("--reuid={}", c.uid),
+                        format!("--regid={}", c.gid),
+                        if groups.is_empty() {
+                            "--clear-groups".to_string()
+                        } else {
+                            format!("--groups={}", groups.join(","))
+                        },
+                        "--no-new-privs".into(),
+                        "--".into(),
+                    ]);
+                }
                 a.push(QEMU_BIN.into());
                 a.extend(argv.iter().cloned());
                 (systemd_run.clone(), a)
@@ -131,6 +159,9 @@ impl Placement {
         }
     }
 }
+
+/// util-linux's `setpriv`, which a scope's QEMU is exec'd through to drop privileges.
+pub const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// The scope unit of a VM's QEMU (`systemctl status vmnode-vm-<vmId>.scope`).
 pub fn scope_unit(vm_id: &str) -> String {
@@ -159,20 +190,40 @@ fn vm_id_of(argv: &[String]) -> &str {
         .unwrap_or("unknown")
 }
 
-/// Starts QEMU with `argv`, handing it `tap` as fd 3, placed as [`Placement::host`] says.
+/// Starts QEMU with `argv`, handing it `tap` as fd 3 and `files` at their numbers, as the
+/// unprivileged QEMU user ([`jail::host`]), placed as [`Placement::host`] says. Writes `pidfile`.
 /// Returns the child (the caller reaps it); its pid is QEMU's in either placement.
 pub fn spawn(
     argv: &[String],
     tap: &OwnedFd,
+    files: &[(i32, OwnedFd)],
     log: &Path,
+    pidfile: &Path,
 ) -> Result<tokio::process::Child, ProcessError> {
-    spawn_placed(Placement::host(), argv, tap, log)
+    let creds = jail::host().map_err(ProcessError::NoUser)?;
+    let child = spawn_placed(Placement::host(), argv, tap, files, creds, log)?;
+    let mut child = child;
+    if let Some(pid) = child.id() {
+        let written =
+            crate::storage::fsutil::write_atomic(pidfile, format!("{pid}\n").as_bytes(), 0o600);
+        if let Err(source) = written {
+            // Without its pidfile a restarted daemon could not re-adopt it: do not keep it.
+            let _ = child.start_kill();
+            return Err(ProcessError::Io {
+                path: pidfile.into(),
+                source,
+            });
+        }
+    }
+    Ok(child)
 }
 
 fn spawn_placed(
     placement: &Placement,
     argv: &[String],
     tap: &OwnedFd,
+    files: &[(i32, OwnedFd)],
+    creds: Option<&Creds>,
     log: &Path,
 ) -> Result<tokio::process::Child, ProcessError> {
     let logf = std::fs::OpenOptions::new()
@@ -187,8 +238,17 @@ fn spawn_placed(
         path: log.into(),
         source: e,
     })?;
-    let tap_raw = tap.as_raw_fd();
-    let (program, args) = placement.command(vm_id_of(argv), argv);
+    let mut all: Vec<(i32, &OwnedFd)> = vec![(TAP_FD, tap)];
+    all.extend(files.iter().map(|(n, f)| (*n, f)));
+    let mut plan = FdPlan::new(&all)?;
+    // A direct QEMU drops privileges in the child; a scope's through setpriv after systemd-run.
+    let direct = *placement == Placement::Direct;
+    let drop_to = creds.filter(|_| direct).cloned();
+    let groups: Vec<libc::gid_t> = drop_to
+        .as_ref()
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+    let (program, args) = placement.command(vm_id_of(argv), argv, creds.filter(|_| !direct));
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .stdin(std::process::Stdio::null())
@@ -196,7 +256,8 @@ fn spawn_placed(
         .stderr(logf2)
         .kill_on_drop(false);
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, setpriority, dup2, fcntl) on fds that are open in the child.
+    // functions (setsid, setpriority, fcntl, dup2, prctl, set*id) on fds and data prepared
+    // before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -206,12 +267,9 @@ fn spawn_placed(
             if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if tap_raw != TAP_FD && libc::dup2(tap_raw, TAP_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // dup2 clears CLOEXEC on the new fd, but not when tap_raw already was TAP_FD.
-            if libc::fcntl(TAP_FD, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            jail::install(&mut plan)?;
+            if let Some(c) = &drop_to {
+                jail::drop_privileges(c, &groups)?;
             }
             Ok(())
         });
@@ -222,40 +280,28 @@ fn spawn_placed(
     })
 }
 
-/// Waits for QEMU's QMP socket to accept a connection, failing early (with QEMU's own error
-/// text) if the process exits first.
-pub async fn wait_for_socket(
+/// If QEMU has exited (waiting up to `grace` for it), its exit as an error with the last lines
+/// of its log: a failed QMP connect right after spawn is most often QEMU refusing its options.
+pub async fn exited(
     child: &mut tokio::process::Child,
-    socket: &Path,
     log: &Path,
-    limit: Duration,
-) -> Result<(), ProcessError> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(ProcessError::EarlyExit {
-                status: status.to_string(),
-                log: text
-                    .trim()
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join(" | "),
-            });
-        }
-        if socket.exists() {
-            return Ok(());
-        }
-        if start.elapsed() > limit {
-            return Err(ProcessError::NoQmp(limit));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    grace: Duration,
+) -> Option<ProcessError> {
+    let status = tokio::time::timeout(grace, child.wait()).await.ok()?.ok()?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Some(ProcessError::EarlyExit {
+        status: status.to_string(),
+        log: text
+            .trim()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" | "),
+    })
 }
 
 /// True if `pid` is alive and its command line carries `vm_id` (so it is this VM's QEMU, not a
@@ -272,6 +318,16 @@ pub fn pid_is_vm(pid: i32, vm_id: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The QEMU of `vm_id`, looked for among all processes: for a daemon killed between spawning
+/// QEMU and writing its pidfile.
+pub fn find_vm(vm_id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| pid_is_vm(*pid, vm_id) && !is_gone(*pid))
 }
 
 pub fn read_pidfile(path: &Path) -> Option<i32> {
@@ -367,7 +423,7 @@ mod tests {
 
     #[test]
     fn direct_runs_qemu_itself() {
-        let (prog, args) = Placement::Direct.command(ID, &argv());
+        let (prog, args) = Placement::Direct.command(ID, &argv(), None);
         assert_eq!(prog, PathBuf::from(QEMU_BIN));
         assert_eq!(args, argv());
     }
@@ -378,7 +434,7 @@ mod tests {
             systemd_run: "/usr/bin/systemd-run".into(),
             no_expand: true,
         };
-        let (prog, args) = p.command(vm_id_of(&argv()), &argv());
+        let (prog, args) = p.command(vm_id_of(&argv()), &argv(), None);
         assert_eq!(prog, PathBuf::from("/usr/bin/systemd-run"));
         let sep = args.iter().position(|a| a == "--").unwrap();
         // Everything after `--` is exactly what Direct would exec, so the pid's cmdline (checked
@@ -400,8 +456,41 @@ mod tests {
             systemd_run: "/usr/bin/systemd-run".into(),
             no_expand: false,
         }
-        .command(ID, &argv());
+        .command(ID, &argv(), None);
         assert!(!old.iter().any(|a| a.starts_with("--expand-environment")));
+    }
+
+    #[test]
+    fn a_scope_drops_privileges_through_setpriv() {
+        let p = Placement::SystemdScope {
+            systemd_run: "/usr/bin/systemd-run".into(),
+            no_expand: true,
+        };
+        let c = Creds {
+            user: "vmnode-qemu".into(),
+            uid: 990,
+            gid: 985,
+            groups: vec![985, 110],
+        };
+        let (_, args) = p.command(ID, &argv(), Some(&c));
+        let sep = args.iter().position(|a| a == "--").unwrap();
+        let tail = &args[sep + 1..];
+        assert_eq!(
+            &tail[..6],
+            [
+                SETPRIV,
+                "--reuid=990",
+                "--regid=985",
+                "--groups=985,110",
+                "--no-new-privs",
+                "--"
+            ]
+        );
+        assert_eq!(tail[6], QEMU_BIN);
+        assert_eq!(&tail[7..], argv().as_slice());
+        // A direct QEMU drops in the child: its command line is QEMU's alone.
+        let (prog, direct) = Placement::Direct.command(ID, &argv(), Some(&c));
+        assert_eq!((prog, direct), (PathBuf::from(QEMU_BIN), argv()));
     }
 
     /// The scope path end to end, with a stand-in for systemd-run that does what the real one
@@ -420,7 +509,8 @@ mod tests {
             format!(
                 "#!/bin/sh\nwhile [ \"$1\" != -- ]; do shift; done; shift\n\
                  [ \"$1\" = {QEMU_BIN} ] || exit 9; shift\n\
-                 exec sh -c 'echo $$; readlink /proc/$$/fd/3; echo \"$*\"' sh \"$@\" > {}\n",
+                 exec sh -c 'echo $$; readlink /proc/$$/fd/3; echo \"$*\"; readlink /proc/$$/fd/9; \
+                 ls -l /proc/$$/fd | grep -- \" -> \"' sh \"$@\" > {}\n",
                 out.display()
             ),
         )
@@ -431,8 +521,19 @@ mod tests {
             systemd_run: fake,
             no_expand: false,
         };
-        let mut child =
-            spawn_placed(&placement, &argv(), &tap, &dir.path().join("qemu.log")).unwrap();
+        // A passed file lands at its number, whatever number the daemon had it at.
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, b"").unwrap();
+        let files = vec![(9, jail::open_one(&disk, jail::Access::ReadWrite).unwrap())];
+        let mut child = spawn_placed(
+            &placement,
+            &argv(),
+            &tap,
+            &files,
+            None,
+            &dir.path().join("qemu.log"),
+        )
+        .unwrap();
         let pid = child.id().unwrap();
         assert!(child.wait().await.unwrap().success());
         let seen = std::fs::read_to_string(&out).unwrap();
@@ -440,6 +541,22 @@ mod tests {
         assert_eq!(lines[0], pid.to_string(), "{seen}");
         assert_eq!(lines[1], dir.path().display().to_string(), "{seen}");
         assert_eq!(lines[2], argv().join(" "), "{seen}");
+        assert_eq!(lines[3], disk.display().to_string(), "{seen}");
+        // Only stdio, the tap and the passed file, besides the shell's own (a saved copy of its
+        // stdin, which dash keeps above 9): nothing else the test process had open gets through.
+        for l in &lines[4..] {
+            let (left, target) = l.split_once(" -> ").unwrap();
+            let n: i32 = left.rsplit(' ').next().unwrap().parse().unwrap();
+            let ok = match n {
+                0 => target == "/dev/null",
+                1 => target == out.display().to_string(),
+                2 => target.ends_with("qemu.log"),
+                3 => target == dir.path().display().to_string(),
+                9 => target == disk.display().to_string(),
+                _ => n >= 10 && target == "/dev/null",
+            };
+            assert!(ok, "fd {n} -> {target} in {seen}");
+        }
     }
 
     #[test]

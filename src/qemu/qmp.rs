@@ -378,6 +378,59 @@ impl Qmp {
         args: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_passing(name, args, None, timeout).await
+    }
+
+    /// Executes `name` with `fd` attached to its line (SCM_RIGHTS), as QMP's `add-fd` and
+    /// `getfd` take a file: how a QEMU that may open no path gets a new one (hot-plugged disks,
+    /// screendumps).
+    pub async fn execute_with_fd(
+        &self,
+        name: &str,
+        args: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        let fd = fd
+            .try_clone_to_owned()
+            .map_err(|source| QmpError::Io { source })?;
+        self.execute_passing(name, args, Some(fd), timeout).await
+    }
+
+    /// Puts `fd` into QEMU's fd set `set` (QMP `add-fd`), after dropping whatever the set held,
+    /// so that `/dev/fdset/{set}` opens this file and no other.
+    pub async fn add_fd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        set: i32,
+        opaque: &str,
+    ) -> Result<(), QmpError> {
+        self.remove_fd(set).await;
+        let args = serde_json::json!({ "fdset-id": set, "opaque": opaque });
+        self.execute_with_fd("add-fd", Some(args), fd, DEFAULT_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    /// Drops fd set `set` (QMP `remove-fd`); QEMU closes its fds once nothing uses them. An
+    /// unknown set is no error.
+    pub async fn remove_fd(&self, set: i32) {
+        let args = serde_json::json!({ "fdset-id": set });
+        if let Err(e) = self
+            .execute_raw("remove-fd", Some(args), DEFAULT_TIMEOUT)
+            .await
+        {
+            tracing::debug!(set, error = %e, "remove-fd");
+        }
+    }
+
+    async fn execute_passing(
+        &self,
+        name: &str,
+        args: Option<Value>,
+        fd: Option<std::os::fd::OwnedFd>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let shared = &self.inner.shared;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let line = serde_json::to_string(&Request {
@@ -402,7 +455,7 @@ impl Qmp {
         let _guard = PendingGuard { shared, id };
 
         let exchange = async move {
-            self.send_line(line).await?;
+            self.send_line(line, fd).await?;
             match rx.await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(e)) => Err(QmpError::Command {
@@ -431,17 +484,28 @@ impl Qmp {
 
     /// Write one line. The write runs in its own task under the writer lock,
     /// so it always completes (or fails) as a whole even if the caller gives up.
-    async fn send_line(&self, line: String) -> Result<(), QmpError> {
+    /// With `fd`, the fd rides on the line's first bytes (one `sendmsg`), so QEMU hands it to
+    /// this command.
+    async fn send_line(
+        &self,
+        line: String,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), QmpError> {
         let writer = Arc::clone(&self.inner.writer);
         let shared = Arc::clone(&self.inner.shared);
         let task = tokio::spawn(async move {
             let mut writer = writer.lock().await;
             if let Some(t) = &shared.transcript {
-                t.record("->", &line);
+                let with = if fd.is_some() { " [+fd]" } else { "" };
+                t.record("->", &format!("{line}{with}"));
             }
             let mut bytes = line.into_bytes();
             bytes.push(b'\n');
-            writer.write_all(&bytes).await?;
+            let sent = match &fd {
+                Some(fd) => send_with_fd(writer.as_ref(), &bytes, fd).await?,
+                None => 0,
+            };
+            writer.write_all(&bytes[sent..]).await?;
             writer.flush().await
         });
         match task.await {
@@ -508,6 +572,31 @@ impl fmt::Debug for Qmp {
             .field("path", &self.inner.shared.path)
             .field("closed", &self.is_closed())
             .finish_non_exhaustive()
+    }
+}
+
+/// Sends (the start of) `bytes` with `fd` attached; returns how many bytes went.
+async fn send_with_fd(
+    sock: &UnixStream,
+    bytes: &[u8],
+    fd: &std::os::fd::OwnedFd,
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    loop {
+        sock.writable().await?;
+        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [io::IoSlice::new(bytes)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(io::Error::from)
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

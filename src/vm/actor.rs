@@ -391,43 +391,49 @@ impl Actor {
             run.join("qemu.argv.json"),
             serde_json::to_vec(&args).unwrap_or_default(),
         );
-        for s in [&spec.qmp_socket, &spec.qga_socket, &spec.pidfile] {
-            let _ = std::fs::remove_file(s);
-        }
+        let _ = std::fs::remove_file(&spec.pidfile);
+        // Everything QEMU uses, opened here as root and handed over as fds (qemu/jail.rs).
+        let files = crate::qemu::jail::open(&argv::passed(&spec))
+            .map_err(|e| StepError::Qemu(chain(&e)))?;
         let log = run.join("qemu.log");
-        let mut child =
-            process::spawn(&args, &tap, &log).map_err(|e| StepError::Qemu(chain(&e)))?;
+        let mut child = process::spawn(&args, &tap, &files, &log, &spec.pidfile)
+            .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(
             pid = child.id(),
             accel = %spec.accel,
             since_request_us = requested.map(|r| r.elapsed().as_micros() as u64),
             "QEMU spawned"
         );
-        // QEMU holds the tap now; dropping ours ties the tap's life to QEMU's.
+        // QEMU holds the tap and its files now; dropping ours ties the tap's life to QEMU's and
+        // leaves QEMU the only listener on its sockets (so its exit refuses connections).
         drop(tap);
+        drop(files);
         // The guest needs seconds to reach its first DHCP packet; admitting its tap now keeps
         // the nftables update off the request → spawn path.
         let net = self.node.net.clone();
         let nic = self.rec.nic.clone();
         let admitted = tokio::task::spawn_blocking(move || net.admit(&nic));
         self.rec.pid = child.id().map(|p| p as i32);
-        let waited =
-            process::wait_for_socket(&mut child, &spec.qmp_socket, &log, Duration::from_secs(20))
-                .await;
+        // The socket listens already (the daemon made it): QEMU answers once it is up.
+        let connected = Qmp::connect_with_retry(
+            &spec.qmp_socket,
+            Some(run.join("qmp.transcript")),
+            Duration::from_secs(30),
+        )
+        .await;
+        let early = match &connected {
+            Err(_) => process::exited(&mut child, &log, Duration::from_secs(2)).await,
+            Ok(_) => None,
+        };
         self.child = Some(child);
         admitted
             .await
             .map_err(|e| StepError::Tap(e.to_string()))?
             .map_err(|e| StepError::Tap(chain(&e)))?;
-        waited.map_err(|e| StepError::Qemu(chain(&e)))?;
-        // The socket file appears at bind(), a moment before QEMU listens: retry refusals.
-        let qmp = Qmp::connect_with_retry(
-            &spec.qmp_socket,
-            Some(run.join("qmp.transcript")),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| StepError::Qemu(chain(&e)))?;
+        if let Some(e) = early {
+            return Err(StepError::Qemu(chain(&e)));
+        }
+        let qmp = connected.map_err(|e| StepError::Qemu(chain(&e)))?;
         let status = qmp
             .execute(qapi::qmp::query_status {})
             .await
@@ -588,7 +594,10 @@ impl Actor {
     async fn adopt(&mut self) -> bool {
         let run = self.run_dir();
         let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
-        let alive = pid.filter(|p| process::pid_is_vm(*p, &self.rec.vm_id));
+        let alive = pid
+            .filter(|p| process::pid_is_vm(*p, &self.rec.vm_id))
+            // Killed between spawn and pidfile (the daemon writes it now): find QEMU by its UUID.
+            .or_else(|| process::find_vm(&self.rec.vm_id));
         let intent = matches!(
             self.node
                 .db

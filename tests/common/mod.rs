@@ -386,7 +386,9 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Pids of QEMU processes whose command line mentions `needle`.
+/// Pids of QEMU processes whose command line mentions `needle`, or which hold a file whose path
+/// does (QEMU gets its disks and logs as fds, so its command line names no path: a test's dir is
+/// found through `/proc/<pid>/fd`).
 pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -395,7 +397,9 @@ pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
         };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.starts_with("qemu-system") && cmd.contains(needle) {
+            if cmd.starts_with("qemu-system")
+                && (cmd.contains(needle) || holds_file_with(pid, needle))
+            {
                 out.push(pid);
             }
         }
@@ -417,6 +421,14 @@ impl Drop for Node {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+fn holds_file_with(pid: i32, needle: &str) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.to_string_lossy().contains(needle)))
 }
 
 /// Runs a command inside a guest through its qemu-guest-agent (`guest-exec` with captured

@@ -88,6 +88,70 @@ async fn query_status_typed_round_trip() {
     server.await.unwrap();
 }
 
+/// `add-fd` carries the file itself (SCM_RIGHTS) on its own line: the server receives an fd
+/// that reads the file the client passed.
+#[tokio::test]
+async fn add_fd_passes_the_file_with_its_command() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::Read as _;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (dir, path, listener) = fake_listener();
+    let file = dir.path().join("disk");
+    std::fs::write(&file, b"the disk").unwrap();
+    let server = tokio::spawn(async move {
+        let mut conn = FakeConn::accept(&listener).await;
+        // remove-fd first: the set is emptied before the new fd goes in.
+        let rm = conn.recv().await;
+        assert_eq!(rm["execute"], "remove-fd");
+        assert_eq!(rm["arguments"]["fdset-id"], 1001);
+        conn.reply(&rm, json!({})).await;
+        let sock: &tokio::net::UnixStream = conn.reader.get_ref().as_ref();
+        let (line, fd) = loop {
+            sock.readable().await.unwrap();
+            let r = sock.try_io(tokio::io::Interest::READABLE, || {
+                let mut buf = [0u8; 4096];
+                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let m = recvmsg::<()>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::empty(),
+                )
+                .map_err(std::io::Error::from)?;
+                let mut fd = None;
+                for c in m.cmsgs().unwrap() {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        fd = fds.first().copied();
+                    }
+                }
+                let n = m.bytes;
+                Ok((buf[..n].to_vec(), fd))
+            });
+            match r {
+                Ok(v) => break v,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let cmd: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(cmd["execute"], "add-fd");
+        assert_eq!(cmd["arguments"], json!({"fdset-id": 1001, "opaque": "dd1"}));
+        // SAFETY: the fd was just received and is owned by nothing else.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd.expect("an fd with add-fd")) };
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "the disk");
+        conn.reply(&cmd, json!({"fdset-id": 1001, "fd": 42})).await;
+        conn
+    });
+    let qmp = Qmp::connect(&path, None).await.unwrap();
+    let f = std::fs::File::open(&file).unwrap();
+    use std::os::fd::AsFd;
+    qmp.add_fd(f.as_fd(), 1001, "dd1").await.unwrap();
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn out_of_order_replies_matched_by_id() {
     let (_dir, path, listener) = fake_listener();
@@ -504,6 +568,31 @@ async fn real_qemu() {
     assert!(
         matches!(&err, QmpError::Command { class, .. } if class == "CommandNotFound"),
         "{err:?}"
+    );
+
+    // A file handed over with add-fd (SCM_RIGHTS) lands in the fd set, and remove-fd drops it.
+    let file = std::fs::File::create(dir.path().join("passed")).unwrap();
+    use std::os::fd::AsFd;
+    qmp.add_fd(file.as_fd(), 2000, "passed").await.unwrap();
+    let sets = qmp.execute_raw("query-fdsets", None, WAIT).await.unwrap();
+    let set = sets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["fdset-id"] == 2000)
+        .unwrap_or_else(|| panic!("{sets}"));
+    assert_eq!(set["fds"][0]["opaque"], "passed", "{sets}");
+    // QEMU closes a removed fd only while the machine runs (not in `-S`'s prelaunch).
+    qmp.execute_raw("cont", None, WAIT).await.unwrap();
+    qmp.remove_fd(2000).await;
+    let sets = qmp.execute_raw("query-fdsets", None, WAIT).await.unwrap();
+    assert!(
+        !sets
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["fdset-id"] == 2000),
+        "{sets}"
     );
 
     let mut events = qmp.events();

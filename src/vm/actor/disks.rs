@@ -1,7 +1,10 @@
 //! Data disks of a VM: empty sparse page blobs under the VM's lease, attached at boot or
 //! hot-plugged into a running guest (QMP blockdev-add + device_add on a PCIe root port) and
-//! hot-unplugged (device_del until the guest lets go).
+//! hot-unplugged (device_del until the guest lets go). QEMU opens no path (qemu/jail.rs): a
+//! hot-plugged disk's file goes to it over the QMP socket (`add-fd` into the LUN's fd set,
+//! [`argv::data_disk_set`]), and `blockdev-add` opens `/dev/fdset/N`; a detach drops the set.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use super::{chain, Actor};
@@ -105,18 +108,26 @@ impl Actor {
         let q = self.qmp.clone().ok_or("QMP is not connected")?;
         let t = Duration::from_secs(30);
         let direct = d.caching.eq_ignore_ascii_case("none");
+        let set = argv::data_disk_set(d.lun);
+        let f = crate::qemu::jail::open_one(&d.path, crate::qemu::jail::Access::ReadWrite)
+            .map_err(|e| chain(&e))?;
+        q.add_fd(f.as_fd(), set, &format!("dd{}", d.lun))
+            .await
+            .map_err(|e| format!("handing data disk {} to QEMU: {}", d.name, chain(&e)))?;
+        drop(f);
         let file = serde_json::json!({
             "driver": "file", "node-name": format!("dd{}-file", d.lun),
-            "filename": d.path, "discard": "unmap", "cache": { "direct": direct },
+            "filename": format!("/dev/fdset/{set}"), "discard": "unmap", "cache": { "direct": direct },
         });
         let raw = serde_json::json!({ "driver": "raw", "node-name": format!("dd{}", d.lun), "file": format!("dd{}-file", d.lun) });
         let dev = serde_json::json!({
             "driver": "virtio-blk-pci", "drive": format!("dd{}", d.lun), "id": format!("dd{}-dev", d.lun),
             "serial": format!("lun{}", d.lun), "bus": format!("rp{}", d.lun),
         });
-        q.execute_raw("blockdev-add", Some(file), t)
-            .await
-            .map_err(|e| chain(&e))?;
+        if let Err(e) = q.execute_raw("blockdev-add", Some(file), t).await {
+            q.remove_fd(set).await;
+            return Err(chain(&e));
+        }
         if let Err(e) = q.execute_raw("blockdev-add", Some(raw), t).await {
             let _ = q
                 .execute_raw(
@@ -125,6 +136,7 @@ impl Actor {
                     t,
                 )
                 .await;
+            q.remove_fd(set).await;
             return Err(chain(&e));
         }
         if let Err(e) = q.execute_raw("device_add", Some(dev), t).await {
@@ -137,6 +149,7 @@ impl Actor {
                     )
                     .await;
             }
+            q.remove_fd(set).await;
             return Err(chain(&e));
         }
         Ok(())
@@ -195,6 +208,8 @@ impl Actor {
                 )
                 .await;
         }
+        // QEMU closes the disk's last fd with its set.
+        q.remove_fd(argv::data_disk_set(d.lun)).await;
         Ok(())
     }
 }

@@ -45,18 +45,36 @@ impl Actor {
     }
 
     /// Captures the display through QMP `screendump`, stores it as BMP and PNG, reads its text
-    /// and adds it to the current boot's series.
+    /// and adds it to the current boot's series. QEMU may open no path (qemu/jail.rs): the
+    /// daemon opens the PPM file in the VM's run dir and hands it over (`add-fd`), QEMU writes
+    /// `/dev/fdset/N`, and the set is dropped again.
     pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, String> {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let started = std::time::Instant::now();
         let q = self.qmp.clone().ok_or("the VM is not running")?;
         let ppm = self.run_dir().join("screen.ppm");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&ppm)
+            .map_err(|e| format!("{}: {e}", ppm.display()))?;
+        let set = crate::qemu::argv::SCREENDUMP_SET;
+        q.add_fd(f.as_fd(), set, "screendump")
+            .await
+            .map_err(|e| chain(&e))?;
+        drop(f);
         let cmd = qapi::qmp::screendump {
-            filename: ppm.display().to_string(),
+            filename: format!("/dev/fdset/{set}"),
             device: None,
             head: None,
             format: None,
         };
-        q.execute(cmd).await.map_err(|e| chain(&e))?;
+        let dumped = q.execute(cmd).await.map_err(|e| chain(&e));
+        q.remove_fd(set).await;
+        dumped?;
         let dump_us = started.elapsed().as_micros() as u64;
         if self.kernel.is_none() {
             self.kernel = self.image().ok().map(|i| i.kernel());
