@@ -136,7 +136,11 @@ impl Actor {
     /// Screenshots during a boot: every few seconds until it has booted (then one more of the
     /// final screen), or for the first minutes of a boot that is stuck or failed.
     pub(super) async fn boot_shot(&mut self) {
-        if self.qmp.is_none() || !boot_shots_on() {
+        // A silent monitor would hold the actor for the screendump's whole timeout.
+        if self.qmp.is_none()
+            || !boot_shots_on()
+            || self.rec.power == crate::vm::model::PowerState::Unknown
+        {
             return;
         }
         let Some((n, age)) = self.diag.current() else {
@@ -158,6 +162,10 @@ impl Actor {
             }
             if let Err(e) = self.screenshot().await {
                 tracing::debug!(error = %e, "boot screenshot");
+                // A monitor that let a screendump time out is not answering (actor/health.rs).
+                if e.contains("timed out") {
+                    self.monitor_silent(&e);
+                }
             }
         }
     }
