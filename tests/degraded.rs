@@ -84,7 +84,9 @@ fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
 
     // 1. A monitor that does not answer.
     sh(&format!("kill -STOP {pid}"));
+    let t = Instant::now();
     wait_power(&node, "q", "VM status unknown");
+    eprintln!("SIGSTOP → unknown in {:?}", t.elapsed());
     let view = node.json(&["vm", "get-instance-view", "-g", "rg", "-n", "q"]);
     assert_eq!(view["statuses"][1]["code"], "PowerState/unknown", "{view}");
     assert_eq!(view["statuses"][1]["displayStatus"], "VM status unknown");
@@ -93,7 +95,9 @@ fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
     assert_eq!(power(&node, "q"), "VM status unknown");
     assert_eq!(proc_state(pid), Some('T'), "QEMU {pid} was killed");
     sh(&format!("kill -CONT {pid}"));
+    let t = Instant::now();
     wait_power(&node, "q", "VM running");
+    eprintln!("SIGCONT → running in {:?}", t.elapsed());
     assert_eq!(node.qemu_pid(&vm_id), pid);
 
     // 2. A monitor socket that cannot be reached (while the daemon restarts).
@@ -106,7 +110,9 @@ fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
     assert_eq!(power(&node, "q"), "VM status unknown");
     assert!(proc_state(pid).is_some(), "QEMU {pid} was killed");
     std::fs::rename(run.join("qmp.sock.away"), run.join("qmp.sock")).unwrap();
+    let t = Instant::now();
     wait_power(&node, "q", "VM running");
+    eprintln!("socket back → running in {:?}", t.elapsed());
     assert_eq!(node.qemu_pid(&vm_id), pid);
     assert!(node.daemon_log().contains("QMP reconnected"));
     // The monitor works again (a restart goes through QMP), and so does the guest.
@@ -213,6 +219,7 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     ]);
     assert!(err.contains("InsufficientStorage (507)"), "{err}");
     assert!(err.contains("free space"), "{err}");
+    eprintln!("create on a full state dir: {err}");
     // Nothing half-made: no file, no VM, no NIC, no address.
     assert_eq!(files(&node.state), before);
     let list = node.json(&["vm", "list", "-g", "rg"]);
@@ -262,6 +269,7 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     ]);
     assert!(err.contains("StateDirUnwritable (503)"), "{err}");
     assert!(err.contains("make it writable"), "{err}");
+    eprintln!("create on an unwritable state dir: {err}");
     let out = upload("refused2.bin");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("StateDirUnwritable"));
@@ -314,12 +322,13 @@ fn a_deleted_bridge_and_tap_are_rebuilt_and_the_guest_keeps_its_address() {
     eprintln!("links right after the deletes:\n{out}");
     assert!(!out.contains(&format!(" {tap}:")), "{out}");
 
+    let t = Instant::now();
     let deadline = Instant::now() + LIMIT;
     loop {
         let (_, link) = sh(&format!("ip -n {ns} -o link show {tap}"));
         let (_, addr) = sh(&format!("ip -n {ns} -o addr show vnbr0"));
         if link.contains("master vnbr0")
-            && link.contains("state UP")
+            && link.contains(",UP")
             && addr.contains("10.1.0.1/24")
             && addr.contains("168.63.129.16/32")
         {
@@ -332,11 +341,13 @@ fn a_deleted_bridge_and_tap_are_rebuilt_and_the_guest_keeps_its_address() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    eprintln!("bridge and tap rebuilt {:?} after the deletes", t.elapsed());
     let log = node.daemon_log();
     assert!(log.contains("rebuilding it"), "{log}");
     assert!(log.contains("re-made on QEMU's descriptor"), "{log}");
     // The same QEMU carries the guest's traffic again.
     wait_ping();
+    eprintln!("guest answers pings {:?} after the deletes", t.elapsed());
     assert_eq!(node.qemu_pid(&vm_id), pid);
     // The responder listens on the new bridge: a renewal now is answered, with the same address.
     let renewals = |log: &str| log.matches("dhcp-renew").count();
@@ -358,5 +369,6 @@ fn a_deleted_bridge_and_tap_are_rebuilt_and_the_guest_keeps_its_address() {
         .find(|l| l.contains("dhcp-renew"))
         .unwrap();
     assert!(last.contains(&format!("ip={ip} ")), "{last}");
+    eprintln!("renewal after the rebuild: {last}");
     wait_ping();
 }

@@ -9,6 +9,7 @@ mod books;
 pub mod nat;
 pub mod nic;
 pub mod vnet;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
