@@ -144,14 +144,18 @@ impl Drop for OnTmpfs {
     }
 }
 
-/// Every file under `dir` but the filler and SQLite's own files (which a refused request may
-/// touch only by reading).
-fn files(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir` but the filler, SQLite's own files (which a refused request may touch
+/// only by reading) and those of the running VM `keep` (its flight recorder goes on, or fails
+/// to, on its own).
+fn files(dir: &Path, keep: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = walk(dir)
         .into_iter()
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n != "filler" && !n.contains(".db") && !n.contains("sqlite")
+            n != "filler"
+                && !n.contains(".db")
+                && !n.contains("sqlite")
+                && !p.to_string_lossy().contains(keep)
         })
         .collect();
     v.sort();
@@ -204,7 +208,7 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
         while f.write_all(&chunk).is_ok() {}
         while f.write_all(&chunk[..4096]).is_ok() {}
     }
-    let before = files(&node.state);
+    let before = files(&node.state, &vm_id);
     let err = node.fails(&[
         "vm",
         "create",
@@ -221,7 +225,7 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     assert!(err.contains("free space"), "{err}");
     eprintln!("create on a full state dir: {err}");
     // Nothing half-made: no file, no VM, no NIC, no address.
-    assert_eq!(files(&node.state), before);
+    assert_eq!(files(&node.state, &vm_id), before);
     let list = node.json(&["vm", "list", "-g", "rg"]);
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     node.fails(&["network", "nic", "show", "-g", "rg", "-n", "moreVMNic"]);
@@ -229,7 +233,7 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(err.contains("InsufficientStorage"), "{err}");
-    assert_eq!(files(&node.state), before);
+    assert_eq!(files(&node.state, &vm_id), before);
     // The running VM runs on: same QEMU, and its guest answers.
     assert_eq!(power(node, "keep"), "VM running");
     assert!(proc_state(pid).is_some());

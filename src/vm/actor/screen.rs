@@ -49,6 +49,10 @@ impl Actor {
     pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, String> {
         let started = std::time::Instant::now();
         let q = self.qmp.clone().ok_or("the VM is not running")?;
+        // A silent monitor would hold the actor for the screendump's whole timeout again.
+        if self.rec.power == crate::vm::model::PowerState::Unknown {
+            return Err("QEMU's monitor does not answer (VM status unknown)".into());
+        }
         let ppm = self.run_dir().join("screen.ppm");
         let cmd = qapi::qmp::screendump {
             filename: ppm.display().to_string(),
@@ -56,7 +60,13 @@ impl Actor {
             head: None,
             format: None,
         };
-        q.execute(cmd).await.map_err(|e| chain(&e))?;
+        if let Err(e) = q.execute(cmd).await {
+            // A screendump that timed out is a monitor that does not answer (actor/health.rs).
+            if matches!(e, crate::qemu::qmp::QmpError::Timeout { .. }) {
+                self.monitor_silent(&chain(&e));
+            }
+            return Err(chain(&e));
+        }
         let dump_us = started.elapsed().as_micros() as u64;
         if self.kernel.is_none() {
             self.kernel = self.image().ok().map(|i| i.kernel());
@@ -136,11 +146,7 @@ impl Actor {
     /// Screenshots during a boot: every few seconds until it has booted (then one more of the
     /// final screen), or for the first minutes of a boot that is stuck or failed.
     pub(super) async fn boot_shot(&mut self) {
-        // A silent monitor would hold the actor for the screendump's whole timeout.
-        if self.qmp.is_none()
-            || !boot_shots_on()
-            || self.rec.power == crate::vm::model::PowerState::Unknown
-        {
+        if self.qmp.is_none() || !boot_shots_on() {
             return;
         }
         let Some((n, age)) = self.diag.current() else {
@@ -162,10 +168,6 @@ impl Actor {
             }
             if let Err(e) = self.screenshot().await {
                 tracing::debug!(error = %e, "boot screenshot");
-                // A monitor that let a screendump time out is not answering (actor/health.rs).
-                if e.contains("timed out") {
-                    self.monitor_silent(&e);
-                }
             }
         }
     }
