@@ -1,6 +1,7 @@
 //! Brings back what a host network restart takes away: every [`CHECK_EVERY`] the daemon's
 //! namespace is listed, and
-//! - a vnet whose bridge is gone gets it again, with its gateways and the platform address, and
+//! - a vnet whose bridge is gone (one this daemon brought up and is not tearing down) gets it
+//!   again, with its gateways and the platform address, and
 //!   new DHCP and DNS sockets (the old ones were bound to the deleted link, which no new link of
 //!   the same name revives); the host-access veth goes back on the default bridge;
 //! - a running VM whose tap is gone gets it re-made on QEMU's own descriptor
@@ -54,9 +55,21 @@ impl NodeNet {
             }
         };
         let mut rebuilt = Vec::new();
-        for v in vnets.iter().filter(|v| !links.contains(&v.bridge)) {
-            tracing::warn!(vnet = %v.name, bridge = %v.bridge, "the vnet's bridge is gone (a host network restart?): rebuilding it");
-            // Its DHCP and DNS sockets were bound to the old link: they go, new ones come.
+        // Bridges gone, and those whose last rebuild failed (an empty runtime).
+        let failed = |v: &&VnetRecord| {
+            self.inner
+                .runtimes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&super::vnet::key(&v.rg, &v.name))
+                .is_some_and(|rt| rt.tasks.is_empty())
+        };
+        for v in vnets
+            .iter()
+            .filter(|v| !links.contains(&v.bridge) || failed(v))
+        {
+            // Only a vnet this daemon brought up (and is not tearing down) is rebuilt.
+            let _rebuild = self.inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
             let key = super::vnet::key(&v.rg, &v.name);
             let old = self
                 .inner
@@ -64,7 +77,10 @@ impl NodeNet {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            for t in old.into_iter().flat_map(|rt| rt.tasks) {
+            let Some(old) = old else { continue };
+            tracing::warn!(vnet = %v.name, bridge = %v.bridge, "the vnet's bridge is gone (a host network restart?): rebuilding it");
+            // Its DHCP and DNS sockets were bound to the old link: they go, new ones come.
+            for t in old.tasks {
                 t.abort();
             }
             match self.bring_up(v) {
@@ -73,7 +89,13 @@ impl NodeNet {
                     rebuilt.push(v.bridge.clone());
                 }
                 Err(e) => {
-                    tracing::error!(bridge = %v.bridge, error = %crate::vm::actor::chain(&e), "cannot rebuild the bridge");
+                    tracing::error!(bridge = %v.bridge, error = %crate::vm::actor::chain(&e), "cannot rebuild the bridge (tried again at the next check)");
+                    // An empty runtime marks it as this daemon's, so the next check tries again.
+                    self.inner
+                        .runtimes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, super::Runtime { tasks: Vec::new() });
                 }
             }
         }
