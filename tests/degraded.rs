@@ -259,6 +259,8 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     let m = node.state.display();
     let (ok, out) = sh(&format!("chattr +i {m} {m}/blobs"));
     assert!(ok, "chattr: {out}");
+    // A successful probe write vouches for a directory for 1 s (storage::health::PROBE_TRUST).
+    std::thread::sleep(Duration::from_millis(1500));
     let err = node.fails(&[
         "vm",
         "create",
