@@ -201,13 +201,14 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     };
 
     // Full: fill the filesystem to the last block.
-    {
+    let fill = || {
         use std::io::Write;
         let mut f = std::fs::File::create(node.state.join("filler")).unwrap();
         let chunk = vec![0u8; 1 << 20];
         while f.write_all(&chunk).is_ok() {}
         while f.write_all(&chunk[..4096]).is_ok() {}
-    }
+    };
+    fill();
     let before = files(&node.state, &vm_id);
     let err = node.fails(&[
         "vm",
@@ -239,6 +240,49 @@ fn a_full_or_unwritable_state_dir_refuses_new_work_and_keeps_vms_running() {
     assert!(proc_state(pid).is_some());
     let (code, out) = guest_exec(node, &vm_id, &["/bin/echo", "still"]);
     assert_eq!((code, out.trim()), (0, "still"));
+    // A guest that writes its (sparse) resource disk now is paused by QEMU on ENOSPC; QEMU is
+    // kept, and the guest resumes once there is room again.
+    let (code, out) = guest_exec(
+        node,
+        &vm_id,
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/urandom of=/dev/vdb bs=1M count=16 conv=fsync >/dev/null 2>&1 &",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + LIMIT;
+    while !node.daemon_log().contains("paused by a failed disk write") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest was not paused: {}",
+            node.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(power(node, "keep"), "VM running");
+    assert!(proc_state(pid).is_some());
+    std::fs::remove_file(node.state.join("filler")).unwrap();
+    let t = Instant::now();
+    while !node
+        .daemon_log()
+        .contains("the guest paused by a failed disk write is resumed")
+    {
+        assert!(
+            Instant::now() < deadline + LIMIT,
+            "the guest was not resumed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, out) = guest_exec(node, &vm_id, &["/bin/sh", "-c", "sync; echo resumed"]);
+    assert_eq!((code, out.trim()), (0, "resumed"));
+    eprintln!(
+        "guest paused on ENOSPC resumed {:?} after space returned",
+        t.elapsed()
+    );
+    assert_eq!(node.qemu_pid(&vm_id), pid);
+    fill();
     // Stopping takes nothing and goes; starting needs room and is refused.
     node.ok(&["vm", "stop", "-g", "rg", "-n", "keep", "--skip-shutdown"]);
     let err = node.fails(&["vm", "start", "-g", "rg", "-n", "keep"]);

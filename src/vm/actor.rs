@@ -66,6 +66,8 @@ struct Actor {
     health_probing: bool,
     health_tx: mpsc::Sender<health::Health>,
     health_rx: mpsc::Receiver<health::Health>,
+    /// The guest is paused on a failed disk write (said once; resumed by actor/health.rs).
+    io_paused: bool,
 }
 
 pub fn spawn(
@@ -101,6 +103,7 @@ pub fn spawn(
         health_probing: false,
         health_tx,
         health_rx,
+        io_paused: false,
     };
     tokio::spawn(actor.run(start, rx).instrument(span));
 }

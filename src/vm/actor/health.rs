@@ -11,6 +11,10 @@
 //! becomes `unknown` and nothing is killed. Without a connection (it closed, or it could not be
 //! made when the daemon re-adopted the VM) the probe connects to the socket again, and the VM
 //! comes back as soon as QMP answers.
+//!
+//! A guest whose disk write failed for want of space is paused by QEMU (`io-error`: its default
+//! `werror=enospc`); it stays `running` here (its QEMU is there), the pause is logged once, and
+//! the probe resumes it (`cont`) as soon as the state dir has room again (`storage::health`).
 
 use std::time::Duration;
 
@@ -80,7 +84,12 @@ impl Actor {
             return;
         }
         match h {
-            Health::Answered(status) => self.monitor_back(&status, "QMP answers again"),
+            Health::Answered(status) => {
+                if status == "io-error" {
+                    self.io_error_pause();
+                }
+                self.monitor_back(&status, "QMP answers again")
+            }
             Health::Reconnected(q, status) => {
                 self.events = Some(q.events());
                 self.qmp = Some(q);
@@ -118,6 +127,38 @@ impl Actor {
             self.set_power(PowerState::Unknown);
         } else {
             tracing::debug!(error = %why, "QMP still unreachable");
+        }
+    }
+
+    /// The guest is paused on a failed disk write: resumed when the state dir has room again.
+    fn io_error_pause(&mut self) {
+        let Some(q) = self.qmp.clone() else { return };
+        match crate::storage::health::check(&self.node.cfg.paths.state) {
+            Err(e) => {
+                if !self.io_paused {
+                    tracing::warn!(error = %chain(&e), "the guest is paused by a failed disk write (io-error): it resumes when the state dir has room again");
+                    self.diag.event(
+                        Source::Qmp,
+                        Mark::Info,
+                        "guest paused by a failed disk write (io-error)".to_string(),
+                    );
+                    self.io_paused = true;
+                }
+            }
+            Ok(()) => {
+                tracing::info!("the state dir has room again: the guest paused by a failed disk write is resumed");
+                self.diag.event(
+                    Source::Qmp,
+                    Mark::Info,
+                    "guest resumed after a failed disk write (cont)".to_string(),
+                );
+                self.io_paused = false;
+                tokio::spawn(async move {
+                    if let Err(e) = q.execute(qapi::qmp::cont {}).await {
+                        tracing::warn!(error = %chain(&e), "cont after an io-error pause");
+                    }
+                });
+            }
         }
     }
 
