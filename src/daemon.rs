@@ -175,6 +175,22 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         account,
     );
     let adopted = node.load()?;
+    // A host network restart may take bridges and taps away: the watch rebuilds them.
+    let watched = node.clone();
+    tokio::spawn(crate::net::watch::watch(net.clone(), move || {
+        use crate::vm::model::PowerState;
+        watched
+            .list(None)
+            .into_iter()
+            .filter(|r| matches!(r.power, PowerState::Running | PowerState::Unknown))
+            .filter_map(|r| {
+                let pid = r
+                    .pid
+                    .filter(|p| crate::qemu::process::pid_is_vm(*p, &r.vm_id))?;
+                Some(crate::net::watch::Attached { nic: r.nic, pid })
+            })
+            .collect()
+    }));
 
     let tls =
         api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;

@@ -108,6 +108,7 @@ impl From<VmError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
             }
             VmError::Db(_) => Self::internal(&e),
+            VmError::StateDir(h) => Self::from(h),
         }
     }
 }
@@ -120,5 +121,22 @@ impl From<crate::storage::db::DbError> for ApiError {
             DbError::Exists(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             _ => Self::internal(&e),
         }
+    }
+}
+
+/// The state dir cannot take new work: 507 InsufficientStorage when it is full (RFC 4918: the
+/// server cannot store what the request needs), 503 StateDirUnwritable when it takes no writes
+/// (the node is unavailable for new work until its operator fixes the filesystem).
+impl From<&crate::storage::health::HealthError> for ApiError {
+    fn from(e: &crate::storage::health::HealthError) -> Self {
+        use crate::storage::health::HealthError;
+        let (status, code) = match e {
+            HealthError::Full { .. } => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
+            HealthError::Unwritable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "StateDirUnwritable")
+            }
+        };
+        tracing::warn!(error = %chain(e), "new work refused");
+        Self::new(status, code, chain(e))
     }
 }

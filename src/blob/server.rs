@@ -453,6 +453,11 @@ async fn dispatch(
         };
         authorize(&principal, op, level)?;
     }
+    if parts.method == Method::PUT && !matches!(op, Op::ContainerLease | Op::BlobLease) {
+        // A write the store cannot take is refused before a byte is stored (leases only change
+        // a little metadata and may be what frees a disk; reads and deletes always go on).
+        super::error::state_dir(&svc.store.root)?;
+    }
     let r = Req {
         store: svc.store.clone(),
         endpoint: svc.endpoint.clone(),

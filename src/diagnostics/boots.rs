@@ -179,8 +179,13 @@ impl Record {
             std::fs::create_dir_all(d)?;
         }
         let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
-        std::fs::rename(tmp, p)
+        // A full disk fails the write: no temp file is left behind.
+        let written = std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())
+            .and_then(|_| std::fs::rename(&tmp, p));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     pub fn current(&self) -> Option<&Boot> {

@@ -107,13 +107,18 @@ impl BootLog {
         };
         self.state.cut += kept_before - TAIL;
         let tmp = self.path.with_extension("log.tmp");
-        {
-            let mut out = File::create(&tmp)?;
-            out.write_all(&head)?;
-            out.write_all(marker(self.state.cut).as_bytes())?;
-            out.write_all(&tail)?;
+        let written = File::create(&tmp)
+            .and_then(|mut out| {
+                out.write_all(&head)?;
+                out.write_all(marker(self.state.cut).as_bytes())?;
+                out.write_all(&tail)
+            })
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            // A full disk fails the write: no temp file is left behind.
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, &self.path)
+        written
     }
 
     /// Up to `max` bytes of guest output from byte `cursor` of this boot's output (absolute,

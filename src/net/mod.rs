@@ -9,6 +9,7 @@ mod books;
 pub mod nat;
 pub mod nic;
 pub mod vnet;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
@@ -69,6 +70,9 @@ struct Inner {
     dns_forwarder: Option<std::net::SocketAddr>,
     db: Db,
     runtimes: Mutex<HashMap<String, Runtime>>,
+    /// Held by a bridge's rebuild (`watch`) and by `tear_down`, so a vnet being deleted is
+    /// never rebuilt.
+    rebuild: Mutex<()>,
     ledger: Mutex<HashMap<String, VecDeque<LedgerEntry>>>,
 }
 
@@ -129,6 +133,7 @@ impl NodeNet {
                 dns_forwarder,
                 db: db.clone(),
                 runtimes: Mutex::new(HashMap::new()),
+                rebuild: Mutex::new(()),
                 ledger: Mutex::new(HashMap::new()),
             }),
         };
@@ -240,6 +245,7 @@ impl NodeNet {
 
     /// Stops a vnet's servers and removes its bridge.
     pub fn tear_down(&self, v: &VnetRecord) -> Result<(), NetError> {
+        let _rebuild = self.inner.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let key = vnet::key(&v.rg, &v.name);
         if let Some(rt) = self
             .inner

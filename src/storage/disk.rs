@@ -123,7 +123,17 @@ fn clone_into(from: &File, to: &File) -> io::Result<CloneMethod> {
             // SAFETY: both offsets point to live i64s; fds are open; the kernel bounds the copy.
             let n = unsafe { libc::copy_file_range(ffd, &mut off_in, tfd, &mut off_out, want, 0) };
             if n < 0 {
-                return Err(io::Error::last_os_error());
+                let err = io::Error::last_os_error();
+                // Across filesystems of different types (the image cache on disk, a state dir
+                // on tmpfs) the kernel refuses: copy the extent through a buffer.
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                ) {
+                    copy_by_hand(from, to, off_in as u64, hole as u64)?;
+                    break;
+                }
+                return Err(err);
             }
             if n == 0 {
                 break;
@@ -132,6 +142,24 @@ fn clone_into(from: &File, to: &File) -> io::Result<CloneMethod> {
         pos = hole;
     }
     Ok(CloneMethod::SparseCopy)
+}
+
+/// Copies bytes `from..to` of one file into the same place of another, 1 MiB at a time.
+fn copy_by_hand(src: &File, dst: &File, mut at: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    while at < end {
+        let want = usize::try_from(end - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = src.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Bytes actually allocated on disk for a file (st_blocks × 512).

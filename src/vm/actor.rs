@@ -23,6 +23,7 @@ use crate::storage::db::Kind;
 
 mod agent;
 mod disks;
+mod health;
 mod screen;
 
 pub enum Start {
@@ -61,6 +62,12 @@ struct Actor {
     provisioning: bool,
     prov_tx: mpsc::UnboundedSender<super::provision::Progress>,
     prov_rx: mpsc::UnboundedReceiver<super::provision::Progress>,
+    /// A QMP health probe (actor/health.rs) is in flight.
+    health_probing: bool,
+    health_tx: mpsc::Sender<health::Health>,
+    health_rx: mpsc::Receiver<health::Health>,
+    /// The guest is paused on a failed disk write (said once; resumed by actor/health.rs).
+    io_paused: bool,
 }
 
 pub fn spawn(
@@ -74,6 +81,7 @@ pub fn spawn(
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
     let (agent_tx, agent_rx) = mpsc::channel(1);
     let (prov_tx, prov_rx) = mpsc::unbounded_channel();
+    let (health_tx, health_rx) = mpsc::channel(1);
     let actor = Actor {
         node,
         rec,
@@ -92,6 +100,10 @@ pub fn spawn(
         provisioning: false,
         prov_tx,
         prov_rx,
+        health_probing: false,
+        health_tx,
+        health_rx,
+        io_paused: false,
     };
     tokio::spawn(actor.run(start, rx).instrument(span));
 }
@@ -171,6 +183,8 @@ impl Actor {
         shots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut diag_tick = tokio::time::interval(DIAG_EVERY);
         diag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut health_tick = tokio::time::interval(health::PROBE_EVERY);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let qmp = self.qmp.clone();
             let qmp_closed = async move {
@@ -230,6 +244,8 @@ impl Actor {
                 _ = diag_tick.tick() => self.diag_tick().await,
                 Some(probe) = self.agent_rx.recv() => self.agent_answer(probe),
                 Some(p) = self.prov_rx.recv() => self.provision_progress(p),
+                _ = health_tick.tick() => self.health_tick(),
+                Some(h) = self.health_rx.recv() => self.health_answer(h),
                 ev = qmp_event => match ev {
                     Ok(ev) => self.qmp_event(ev),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -59,6 +59,9 @@ pub enum VmError {
     Capacity(String),
     #[error("state store")]
     Db(#[from] DbError),
+    /// The state dir cannot take new work (full or unwritable): nothing was made.
+    #[error(transparent)]
+    StateDir(#[from] crate::storage::health::HealthError),
 }
 
 /// What `PUT .../virtualMachines/{vm}` asks for, after parsing.
@@ -450,6 +453,8 @@ impl Node {
             return Err(VmError::Exists(req.name, req.rg));
         }
 
+        // Nothing is written before this: a full or read-only state dir refuses the create whole.
+        crate::storage::health::check(&self.cfg.paths.state)?;
         let vm_id = uuid::Uuid::new_v4().to_string();
         let local = self.cfg.paths.state.join("local").join(&vm_id);
         let seed = seed_input.as_ref().map(|_| local.join("cidata.iso"));
@@ -658,6 +663,11 @@ impl Node {
         let handle = self.handle(rg, name)?;
         let rec = handle.state.borrow().clone();
         lifecycle::check(op, rec.provisioning_state, rec.power).map_err(VmError::Conflict)?;
+        // A new QEMU needs a temp disk, a serial log and its records: refused up front when the
+        // state dir cannot take them (stopping needs nothing, and frees).
+        if matches!(op, lifecycle::PowerOp::Start | lifecycle::PowerOp::Redeploy) {
+            crate::storage::health::check(&self.cfg.paths.state)?;
+        }
         let id = self.ops.begin(op.name());
         let node = self.clone();
         let op_id = id.clone();

@@ -114,7 +114,8 @@ impl Node {
         node
     }
 
-    fn new(host_netns: &str, serve_args: &[&str]) -> Node {
+    /// A node whose daemon is not started yet (the test prepares its dirs first).
+    pub fn new(host_netns: &str, serve_args: &[&str]) -> Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new()
             .prefix("vmnode-test-")

@@ -36,11 +36,13 @@ use tracing::debug;
 use crate::addr::stable_hash;
 
 mod links;
+mod reattach;
 pub use links::{
     attach_to_bridge, delete_link, ensure_bridge, ensure_routed_veth, ensure_veth_between,
     ensure_veth_to_host, link_addrs, link_exists, link_exists_at, link_is_up, link_master,
     list_links, set_link_up,
 };
+pub use reattach::reattach_tap;
 
 /// Name of the daemon's namespace unless configured otherwise.
 pub const DEFAULT_NETNS: &str = "vmnode";

@@ -53,6 +53,10 @@ impl Actor {
         use std::os::unix::fs::OpenOptionsExt;
         let started = std::time::Instant::now();
         let q = self.qmp.clone().ok_or("the VM is not running")?;
+        // A silent monitor would hold the actor for the screendump's whole timeout again.
+        if self.rec.power == crate::vm::model::PowerState::Unknown {
+            return Err("QEMU's monitor does not answer (VM status unknown)".into());
+        }
         let ppm = self.run_dir().join("screen.ppm");
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -72,9 +76,18 @@ impl Actor {
             head: None,
             format: None,
         };
-        let dumped = q.execute(cmd).await.map_err(|e| chain(&e));
+        let dumped = q.execute(cmd).await;
+        if let Err(e) = dumped {
+            // A screendump that timed out is a monitor that does not answer (actor/health.rs);
+            // the fd set is left to QEMU rather than waiting on it again.
+            if matches!(e, crate::qemu::qmp::QmpError::Timeout { .. }) {
+                self.monitor_silent(&chain(&e));
+            } else {
+                q.remove_fd(set).await;
+            }
+            return Err(chain(&e));
+        }
         q.remove_fd(set).await;
-        dumped?;
         let dump_us = started.elapsed().as_micros() as u64;
         if self.kernel.is_none() {
             self.kernel = self.image().ok().map(|i| i.kernel());
