@@ -154,7 +154,11 @@ fn assert_only_passed(
         .to_string_lossy()
         .into_owned();
     held("temp disk", &|t| t == temp);
+    // A screendump in flight (a boot screenshot may be under way at any moment) holds the
+    // file the daemon handed over for it: the VM's own screen.ppm, passed with add-fd.
+    let screen = run_dir.join("screen.ppm").to_string_lossy().into_owned();
     let mut own: Vec<String> = vec![
+        screen,
         log.clone(),
         spool,
         kernel.into(),
