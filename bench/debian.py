@@ -14,7 +14,7 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libvirt  # noqa: E402
-from run import Node, cleanup, loadavg, serial_file, sh  # noqa: E402
+from run import Node, cleanup, loadavg, serial_file, sh, vmnode_argv  # noqa: E402
 
 URN = "vmnode:debian:12:latest"
 
@@ -110,11 +110,10 @@ def main():
             out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", URN,
                                       "--size", "Standard_B1s", "--ip-timeout", "0", "-o", "json"))
             run_dir = os.path.join(node.run, "vms", out["properties"]["vmId"])
-            argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+            argv, pid = vmnode_argv(run_dir)
             login, agent = boot(serial_file(argv), lambda s: qga_probe(os.path.join(run_dir, "qga.sock"), s))
             res["vmnode"].append((login - t0, agent - t0))
             # vmnode's QEMU goes (the VM and its NIC stay, so DHCP still knows the MAC).
-            pid = int(open(os.path.join(run_dir, "qemu.pid")).read())
             os.kill(pid, signal.SIGKILL)
             while os.path.exists(f"/proc/{pid}"):
                 time.sleep(0.01)

@@ -18,7 +18,7 @@ Prints a Markdown table; paste it into docs/BENCHMARKS.md.
 import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import Node, serial_file, wait_phases, wait_line, loadavg, procs_under  # noqa: E402
+from run import Node, serial_file, vmnode_argv, wait_phases, wait_line, loadavg, procs_under  # noqa: E402
 
 IMAGE = "vmnode:tiny:1:latest"
 
@@ -99,7 +99,7 @@ def main():
                                   "--size", "Standard_B1s", "--ip-timeout", "0", "-o", "json"))
         vm_id = out["properties"]["vmId"]
         run_dir = os.path.join(node.run, "vms", vm_id)
-        argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+        argv, _ = vmnode_argv(run_dir)
         return vm_id, run_dir, serial_file(argv)
 
     try:
@@ -217,7 +217,7 @@ def main():
             except ProcessLookupError:
                 pass
         subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.copy(log, "/tmp/diag-daemon.log") if os.path.exists(log) else None; shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

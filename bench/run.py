@@ -87,6 +87,50 @@ def serial_file(argv):
             return re.search(r"path=([^,]+)", a).group(1)
     raise SystemExit("no serial chardev in the VM's argv")
 
+def by_path(argv, pid, sock_dir):
+    """vmnode's QEMU argv names no file: every one is passed as an fd (src/qemu/jail.rs). This is
+    the same command with paths, for a QEMU started by hand: `-add-fd` sets and /proc/self/fd/N
+    resolved through /proc/PID/fd of vmnode's QEMU (call it while that one runs), the QMP and
+    guest-agent sockets as paths in `sock_dir` (`qmp.sock`, `qga.sock`). The tap stays `fd=3`
+    (callers give theirs by name)."""
+    path_of = lambda n: os.readlink(f"/proc/{pid}/fd/{n}")
+    # QEMU dups an fd set's file and closes the number it was passed at: each set is found among
+    # the files QEMU holds by what its `opaque` label says it is.
+    held = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+    looks = {"serial-spool": lambda t: t.endswith("/serial.spool"),
+             "osdisk": lambda t: "/vhds/" in t and "osdisk" in t,
+             "resdisk": lambda t: t.endswith("/resource.raw"),
+             "seed": lambda t: t.endswith("/cidata.iso")}
+    sets = {}
+    for flag, val in zip(argv, argv[1:]):
+        if flag == "-add-fd":
+            kv = dict(p.split("=", 1) for p in val.split(","))
+            hits = [t for t in held if looks.get(kv["opaque"], lambda t: False)(t)]
+            if not hits:
+                raise SystemExit(f"cannot find the file of fd set {val} among QEMU's: {held}")
+            sets[kv["set"]] = hits[0]
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "-add-fd":
+            skip = True
+            continue
+        a = re.sub(r"/dev/fdset/(\d+)", lambda m: sets[m.group(1)], a)
+        a = re.sub(r"/proc/self/fd/(\d+)", lambda m: path_of(m.group(1)), a)
+        m = re.match(r"socket,id=(qmp|qga)0,fd=\d+,(.*)", a)
+        if m:
+            a = f"socket,id={m.group(1)}0,path={os.path.join(sock_dir, m.group(1) + '.sock')},{m.group(2)}"
+        out.append(a)
+    return out
+
+def vmnode_argv(run_dir):
+    """The running VM's QEMU argv with paths (see `by_path`) and its pid."""
+    pid = int(open(os.path.join(run_dir, "qemu.pid")).read())
+    argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+    return by_path(argv, pid, run_dir), pid
+
 def serial_has(path, needle):
     try:
         with open(path, "rb") as f:
@@ -194,7 +238,7 @@ def main():
                                       "--size", "Standard_B1s", "--ip-timeout", "0", "-o", "json"))
             vm_id = out["properties"]["vmId"]
             run_dir = os.path.join(node.run, "vms", vm_id)
-            argv = json.load(open(os.path.join(run_dir, "qemu.argv.json")))
+            argv, pid = vmnode_argv(run_dir)
             serial = serial_file(argv)
             seen = wait_phases(serial, 0)
             lease_vmnode.append(seen[b"dhcp-bound"] - t0)
@@ -203,7 +247,6 @@ def main():
             spawn_us.append(int(m[-1]))
             # The peer: kill vmnode's QEMU, start the same argv by hand (tap by name, same bridge,
             # its own serial file).
-            pid = int(open(os.path.join(run_dir, "qemu.pid")).read())
             os.kill(pid, signal.SIGKILL)
             while os.path.exists(f"/proc/{pid}"):
                 time.sleep(0.01)
@@ -251,11 +294,10 @@ def main():
             out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", "vmnode:tiny:1:latest",
                                       "--size", "Standard_B1s", "-o", "json"))
             vm_id = out["properties"]["vmId"]
-            argv = json.load(open(os.path.join(node.run, "vms", vm_id, "qemu.argv.json")))
+            argv, pid = vmnode_argv(os.path.join(node.run, "vms", vm_id))
             serial = serial_file(argv)
             wait_line(serial, b"VMNODE-BOOT: ready", 0)
             tap = json.loads(node.cli("network", "nic", "show", "-g", "bench", "-n", f"{name}VMNic", "-o", "json"))["properties"]["tapName"]
-            pid = int(open(os.path.join(node.run, "vms", vm_id, "qemu.pid")).read())
             qga = os.path.join(node.run, "vms", vm_id, "qga.sock")
             c = socket.socket(socket.AF_UNIX); c.connect(qga)
             c.sendall(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":1}}\n')

@@ -95,11 +95,55 @@ impl Font {
         .as_ref()
     }
 
+    /// The kernel fonts read so far, by kernel path.
+    fn cache() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Option<Arc<Font>>>> {
+        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Font>>>>> = OnceLock::new();
+        CACHE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts reading a kernel's font on a thread of its own, unless it is read or being read
+    /// (finding it in a 30 MB kernel takes ~100 ms: a boot starts it, captures never wait).
+    pub fn warm(path: &Path) {
+        static LOADING: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+        if Self::cache().contains_key(path) {
+            return;
+        }
+        let loading = LOADING.get_or_init(Default::default);
+        if loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf())
+        {
+            let path = path.to_path_buf();
+            let _ = std::thread::Builder::new()
+                .name("font".into())
+                .spawn(move || {
+                    Font::for_kernel(&path);
+                });
+        }
+    }
+
+    /// The kernel's font if it has been read, else the VGA BIOS's alone (what the firmware, the
+    /// bootloader and the VGA text console draw with) while the kernel's is read in the
+    /// background for the captures after this one. Never waits on the kernel file.
+    pub fn for_kernel_now(path: &Path) -> Option<Arc<Font>> {
+        if let Some(f) = Self::cache().get(path) {
+            return f.clone();
+        }
+        Self::warm(path);
+        Font::vga_bios().map(|b| {
+            Arc::new(Font {
+                glyphs: b.glyphs.clone(),
+            })
+        })
+    }
+
     /// The font of a kernel file with the VGA BIOS's glyphs added, read once per path.
     pub fn for_kernel(path: &Path) -> Option<Arc<Font>> {
-        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Font>>>>> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        if let Some(f) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        if let Some(f) = Self::cache().get(path) {
             return f.clone();
         }
         let kernel = std::fs::read(path)
@@ -114,10 +158,7 @@ impl Font {
             (None, None) => None,
         }
         .map(Arc::new);
-        cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf(), font.clone());
+        Self::cache().insert(path.to_path_buf(), font.clone());
         font
     }
 }

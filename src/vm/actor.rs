@@ -375,6 +375,9 @@ impl Actor {
         self.diag.begin_boot(reason, true);
         self.agent_down();
         self.kernel = Some(image.kernel());
+        // Screens are read with the kernel's own font (diagnostics/screen_text.rs): it is
+        // found in the kernel file now, beside the boot, not inside a capture.
+        crate::diagnostics::screen_text::Font::warm(&image.kernel());
         let spec = argv::VmSpec {
             name: self.rec.name.clone(),
             vm_id: self.rec.vm_id.clone(),

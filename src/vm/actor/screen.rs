@@ -100,7 +100,7 @@ impl Actor {
             let img = crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)?;
             let store_us = t.elapsed().as_micros() as u64;
             let text = kernel
-                .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel(&k))
+                .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel_now(&k))
                 .map(|f| crate::diagnostics::screen_text::read(&img, &f))
                 .unwrap_or_default();
             // The same text is the same screen, whatever the cursor's blink did to the pixels.
