@@ -142,13 +142,20 @@ def loadavg():
     return open("/proc/loadavg").read().split()[0]
 
 def procs_under(root):
-    """Pids whose command line mentions this run's temp dir (QEMUs, libvirtd) — to end by id."""
+    """Pids whose command line mentions this run's temp dir (libvirtd, hand-started QEMUs) or
+    that hold a file in it (vmnode's QEMUs name no path: their files are passed as fds) — to end
+    by id."""
     pids = []
     for d in os.listdir("/proc"):
         if d.isdigit() and int(d) != os.getpid():
             try:
                 if root in open(f"/proc/{d}/cmdline").read():
                     pids.append(int(d))
+                    continue
+                for fd in os.listdir(f"/proc/{d}/fd"):
+                    if os.readlink(f"/proc/{d}/fd/{fd}").startswith(root):
+                        pids.append(int(d))
+                        break
             except OSError:
                 pass
     return pids
