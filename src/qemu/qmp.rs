@@ -66,6 +66,8 @@ const LOG_SNIPPET: usize = 200;
 pub fn timeout_for(command: &str) -> Duration {
     match command {
         "qmp_capabilities" => QUERY_TIMEOUT,
+        // fd bookkeeping does no I/O: a monitor that takes long over it is not answering.
+        "add-fd" | "remove-fd" | "getfd" | "closefd" => QUERY_TIMEOUT,
         c if c.starts_with("query-") || c.starts_with("x-query-") => QUERY_TIMEOUT,
         "device_add"
         | "device_del"
@@ -405,9 +407,10 @@ impl Qmp {
         set: i32,
         opaque: &str,
     ) -> Result<(), QmpError> {
-        self.remove_fd(set).await;
+        // A monitor that does not answer fails here, once, not again on the add.
+        self.try_remove_fd(set).await?;
         let args = serde_json::json!({ "fdset-id": set, "opaque": opaque });
-        self.execute_with_fd("add-fd", Some(args), fd, DEFAULT_TIMEOUT)
+        self.execute_with_fd("add-fd", Some(args), fd, timeout_for("add-fd"))
             .await
             .map(|_| ())
     }
@@ -415,12 +418,20 @@ impl Qmp {
     /// Drops fd set `set` (QMP `remove-fd`); QEMU closes its fds once nothing uses them. An
     /// unknown set is no error.
     pub async fn remove_fd(&self, set: i32) {
+        if let Err(e) = self.try_remove_fd(set).await {
+            tracing::debug!(set, error = %e, "remove-fd");
+        }
+    }
+
+    /// `remove-fd`, where an unknown set is no error but a silent or closed monitor is.
+    async fn try_remove_fd(&self, set: i32) -> Result<(), QmpError> {
         let args = serde_json::json!({ "fdset-id": set });
-        if let Err(e) = self
-            .execute_raw("remove-fd", Some(args), DEFAULT_TIMEOUT)
+        match self
+            .execute_raw("remove-fd", Some(args), timeout_for("remove-fd"))
             .await
         {
-            tracing::debug!(set, error = %e, "remove-fd");
+            Ok(_) | Err(QmpError::Command { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -152,6 +152,38 @@ async fn add_fd_passes_the_file_with_its_command() {
     server.await.unwrap();
 }
 
+/// A monitor that does not answer fails `add_fd` once, on its `remove-fd`, within the query
+/// timeout (fd bookkeeping does no I/O), and the `add-fd` is never sent after it.
+#[tokio::test]
+async fn add_fd_to_a_silent_monitor_times_out_once_and_sends_no_add() {
+    let (dir, path, listener) = fake_listener();
+    let server = tokio::spawn(async move {
+        let mut conn = FakeConn::accept(&listener).await;
+        let rm = conn.recv().await;
+        assert_eq!(rm["execute"], "remove-fd");
+        // No reply; whatever comes next (nothing should) is returned.
+        tokio::time::timeout(QUERY_TIMEOUT + Duration::from_secs(1), conn.recv())
+            .await
+            .ok()
+    });
+    let qmp = Qmp::connect(&path, None).await.unwrap();
+    let file = std::fs::File::create(dir.path().join("screen.ppm")).unwrap();
+    use std::os::fd::AsFd;
+    let err = qmp.add_fd(file.as_fd(), 1, "screendump").await.unwrap_err();
+    match &err {
+        QmpError::Timeout { command, after } => {
+            assert_eq!(command, "remove-fd");
+            assert_eq!(*after, QUERY_TIMEOUT);
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(
+        server.await.unwrap(),
+        None,
+        "add-fd was sent after the timeout"
+    );
+}
+
 #[tokio::test]
 async fn out_of_order_replies_matched_by_id() {
     let (_dir, path, listener) = fake_listener();

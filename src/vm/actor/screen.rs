@@ -70,9 +70,14 @@ impl Actor {
             .open(&ppm)
             .map_err(|e| format!("{}: {e}", ppm.display()))?;
         let set = crate::qemu::argv::SCREENDUMP_SET;
-        q.add_fd(f.as_fd(), set, "screendump")
-            .await
-            .map_err(|e| chain(&e))?;
+        if let Err(e) = q.add_fd(f.as_fd(), set, "screendump").await {
+            // Timed out: the monitor does not answer (actor/health.rs); say so now, so the next
+            // capture does not wait on it again.
+            if matches!(e, crate::qemu::qmp::QmpError::Timeout { .. }) {
+                self.monitor_silent(&chain(&e));
+            }
+            return Err(chain(&e));
+        }
         drop(f);
         let cmd = qapi::qmp::screendump {
             filename: format!("/dev/fdset/{set}"),
