@@ -67,11 +67,18 @@ async fn start_blob_service(
         vms.list::<serde_json::Value>(crate::storage::db::Kind::Vm)
             .unwrap_or_default()
             .iter()
-            .filter_map(|v| {
-                Some(crate::blob::AttachedDisk {
-                    path: v.get("os_disk_path")?.as_str()?.into(),
-                    vm_id: v.get("vm_id")?.as_str()?.to_string(),
-                })
+            .flat_map(|v| {
+                let vm_id = v.get("vm_id").and_then(|i| i.as_str()).unwrap_or_default();
+                let data = v.get("data_disks").and_then(|d| d.as_array());
+                let paths = std::iter::once(v.get("os_disk_path"))
+                    .chain(data.into_iter().flatten().map(|d| d.get("path")));
+                paths
+                    .filter_map(|p| p?.as_str())
+                    .map(|p| crate::blob::AttachedDisk {
+                        path: p.into(),
+                        vm_id: vm_id.to_string(),
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     });
@@ -93,6 +100,7 @@ async fn start_blob_service(
 
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    crate::failpoint::setup();
     let paths = cfg.paths.clone();
     for d in [&paths.state, &paths.run] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

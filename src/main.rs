@@ -11,6 +11,7 @@ mod deploy;
 mod diagnostics;
 mod doctor;
 mod extensions;
+mod failpoint;
 mod net;
 mod qemu;
 mod storage;

@@ -4,96 +4,10 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::consistency::consistent;
 use common::{qemu_pids_with, Node};
-
-/// Waits until no VM is in a transitional state; returns the VM list.
-fn settle(node: &Node) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let vms = node.json(&["vm", "list"]).as_array().cloned().unwrap();
-        let busy = vms.iter().any(|v| {
-            let p = v["properties"]["provisioningState"].as_str().unwrap_or("");
-            let s = v["powerState"].as_str().unwrap_or("");
-            matches!(p, "Creating" | "Deleting")
-                || s.ends_with("starting")
-                || s.ends_with("stopping")
-                || s.ends_with("deallocating")
-        });
-        if !busy {
-            return vms;
-        }
-        assert!(Instant::now() < deadline, "VMs never settled: {vms:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Everything on the host belongs to a VM the node knows, in the state the node shows.
-fn consistent(node: &Node) {
-    let vms = settle(node);
-    let root = node.dir.path().to_string_lossy().to_string();
-    let mut running = HashSet::new();
-    for v in &vms {
-        let id = v["properties"]["vmId"].as_str().unwrap();
-        let pids = qemu_pids_with(id);
-        match v["powerState"].as_str().unwrap() {
-            "VM running" => {
-                assert_eq!(
-                    pids.len(),
-                    1,
-                    "running VM {id} must have exactly one QEMU: {pids:?}"
-                );
-                running.insert(id.to_string());
-            }
-            other => assert!(
-                pids.is_empty(),
-                "VM {id} is '{other}' but QEMU runs: {pids:?}"
-            ),
-        }
-    }
-    // No QEMU of this node that no VM accounts for.
-    let ours: usize = vms
-        .iter()
-        .map(|v| qemu_pids_with(v["properties"]["vmId"].as_str().unwrap()).len())
-        .sum();
-    assert_eq!(qemu_pids_with(&root).len(), ours, "orphan QEMU processes");
-    // Taps only for running VMs' NICs.
-    let taps = node.links().lines().filter(|l| l.contains(": vt")).count();
-    assert_eq!(taps, running.len(), "orphan taps: {}", node.links());
-    // Disks only for VMs that exist (a VM whose create was cut short may have none).
-    let names: HashSet<String> = vms
-        .iter()
-        .map(|v| {
-            format!(
-                "{}.vhd",
-                v["properties"]["storageProfile"]["osDisk"]["name"]
-                    .as_str()
-                    .unwrap()
-            )
-        })
-        .collect();
-    for d in common::walk(&node.state.join("blobs"))
-        .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".vhd"))
-    {
-        let f = d.file_name().unwrap().to_string_lossy().to_string();
-        assert!(names.contains(&f), "orphan disk {f}");
-    }
-    // Leases only for NICs that exist.
-    let leases = node.json(&["network", "dhcp", "leases"]);
-    let macs: HashSet<String> = vms
-        .iter()
-        .map(|v| v["macAddresses"].as_str().unwrap().to_string())
-        .collect();
-    for l in leases.as_array().unwrap() {
-        assert!(
-            macs.contains(l["macAddress"].as_str().unwrap()),
-            "orphan lease {l}"
-        );
-    }
-}
 
 fn crash_and_restart(node: &mut Node, delay_ms: u64) {
     std::thread::sleep(Duration::from_millis(delay_ms));

@@ -28,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod pages;
+pub mod quarantine;
 pub mod server;
 pub mod store;
 mod wire;
@@ -247,7 +248,8 @@ pub fn delete_disk(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobEr
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
-    /// `DiskWithoutLease`, `DiskLeasedByOther`, `DiskMissing`, `OrphanLease`, `StaleMetadata`.
+    /// `DiskWithoutLease`, `DiskLeasedByOther`, `DiskMissing`, `UnreferencedDisk`,
+    /// `StaleMetadata`.
     pub kind: String,
     pub blob: String,
     pub detail: String,
@@ -344,17 +346,55 @@ pub fn check(store: &Store, repair: bool) -> Vec<Finding> {
                 {
                     continue;
                 }
-                let repaired = repair && release_disk_lease(store, &p.data, owner).is_ok();
-                out.push(Finding {
-                    kind: "OrphanLease".into(),
-                    blob: name,
-                    detail: format!("leased for VM {owner}, which does not have it attached"),
-                    repaired,
-                });
+                out.push(set_aside(
+                    store,
+                    (&acct.name, &c.name, &m.name),
+                    repair,
+                    format!("leased for VM {owner}, which does not have it attached"),
+                ));
+            }
+            // Unleased disk files the node made (no metadata) that no VM lists.
+            if c.name != "vhds" {
+                continue;
+            }
+            let dir = store.container_dir(&acct.name, &c.name);
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Some(b) = store::decode_name(&e.file_name().to_string_lossy()) else {
+                    continue;
+                };
+                let p = store.blob_paths(&acct.name, &c.name, &b);
+                if !b.ends_with(".vhd") || p.meta.exists() || !p.data.is_file() {
+                    continue;
+                }
+                if attached.iter().any(|d| d.path == p.data) {
+                    continue;
+                }
+                out.push(set_aside(
+                    store,
+                    (&acct.name, &c.name, &b),
+                    repair,
+                    "a disk file that no VM lists".into(),
+                ));
             }
         }
     }
     out
+}
+
+/// An unreferenced disk: moved into quarantine when repairing (never deleted).
+fn set_aside(store: &Store, (a, c, b): (&str, &str, &str), repair: bool, why: String) -> Finding {
+    let moved = repair.then(|| quarantine::quarantine(store, a, c, b));
+    let detail = match &moved {
+        Some(Ok(to)) => format!("{why}: moved to {a}/{}/{to}", quarantine::CONTAINER),
+        Some(Err(e)) => format!("{why}: cannot move it to quarantine: {e}"),
+        None => why,
+    };
+    Finding {
+        kind: "UnreferencedDisk".into(),
+        blob: format!("{a}/{c}/{b}"),
+        detail,
+        repaired: matches!(moved, Some(Ok(_))),
+    }
 }
 
 #[cfg(test)]
@@ -385,12 +425,55 @@ mod tests {
             .delete_blob("acct", "vhds", "vm1-osdisk-1.vhd", None, None, &none)
             .unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (412, "LeaseIdMissing"));
-        // No VM has it attached: an orphan lease, released on repair.
-        let f = check(&store, true);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!((f[0].kind.as_str(), f[0].repaired), ("OrphanLease", true));
-        assert!(check(&store, false).is_empty());
         delete_disk(&store, &disk, vm).unwrap();
         assert!(!disk.exists());
+    }
+
+    /// Disks no VM lists (a daemon killed inside an attach) are moved into the quarantine
+    /// container, unleased, bytes intact — never deleted; a second check finds nothing.
+    #[test]
+    fn unreferenced_disks_are_quarantined_never_deleted() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("blobs"));
+        store.add_account("acct", &[&new_account_key()]).unwrap();
+        let vhds = dir.path().join("blobs/acct/vhds");
+        std::fs::create_dir_all(&vhds).unwrap();
+        let make = |name: &str, byte: u8| {
+            let p = vhds.join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_len(1 << 20).unwrap();
+            f.write_all_at(&[byte; 512], 4096).unwrap();
+            p
+        };
+        // Leased for a VM that does not list it; and a bare disk file never leased.
+        let leased = make("vm1-dd0.vhd", 7);
+        acquire_disk_lease(&store, &leased, "0b7a2c1e-0000-4000-8000-000000000001").unwrap();
+        make("vm1-dd1.vhd", 9);
+        let dry = check(&store, false);
+        assert_eq!(dry.len(), 2, "{dry:?}");
+        assert!(dry
+            .iter()
+            .all(|f| f.kind == "UnreferencedDisk" && !f.repaired));
+        assert!(leased.exists(), "a check without repair moves nothing");
+
+        let f = check(&store, true);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().all(|f| f.repaired), "{f:?}");
+        assert!(!leased.exists() && !vhds.join("vm1-dd1.vhd").exists());
+        for (name, byte) in [("vhds/vm1-dd0.vhd", 7u8), ("vhds/vm1-dd1.vhd", 9)] {
+            let p = store.blob_paths("acct", quarantine::CONTAINER, name);
+            let m = store.load_blob(&p, name).unwrap().expect("quarantined");
+            assert_eq!(m.lease.state(now_ms()), lease::State::Available, "{name}");
+            assert!(m.disk_of.is_none());
+            let mut buf = [0u8; 512];
+            std::fs::File::open(&p.data)
+                .unwrap()
+                .read_exact_at(&mut buf, 4096)
+                .unwrap();
+            assert_eq!(buf, [byte; 512], "{name}: bytes kept");
+            assert_eq!(std::fs::metadata(&p.data).unwrap().len(), 1 << 20);
+        }
+        assert!(check(&store, true).is_empty());
     }
 }

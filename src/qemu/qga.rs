@@ -40,6 +40,8 @@ pub enum QgaError {
     Busy,
     #[error("guest command did not finish within {0:?}")]
     ExecTimeout(Duration),
+    #[error("the guest agent restarted while the command ran (the guest rebooted?): {0}")]
+    Restarted(String),
 }
 
 /// What a command run in the guest left behind.
@@ -216,7 +218,13 @@ impl Qga {
                     Some(json!({ "pid": pid })),
                     Duration::from_secs(10),
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // The agent no longer knows the pid it gave: it restarted (the guest
+                    // rebooted or powered off) while the command ran.
+                    QgaError::Agent(d) if d.contains("'pid'") => QgaError::Restarted(d),
+                    e => e,
+                })?;
             if st["exited"] == true {
                 return Ok(exec_output(&st));
             }
@@ -345,6 +353,48 @@ mod tests {
         let st = json!({"exited": true, "signal": 9, "err-truncated": true});
         let o = exec_output(&st);
         assert_eq!((o.exit_code, o.signal, o.truncated), (None, Some(9), true));
+    }
+
+    /// An agent that no longer knows the pid of a running command (it restarted with the
+    /// guest: QEMU's agent says "Invalid parameter 'pid'") is `Restarted`, not the command's
+    /// own failure, so provisioning retries it at the agent's next answer.
+    #[tokio::test]
+    async fn a_pid_the_agent_forgot_is_a_restart() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("qga.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let agent = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            loop {
+                let mut line = Vec::new();
+                if r.read_until(b'\n', &mut line).await.unwrap() == 0 {
+                    break;
+                }
+                line.retain(|b| *b != 0xff); // the sync sentinel
+                let v: Value = serde_json::from_slice(&line).unwrap();
+                let reply = match v["execute"].as_str().unwrap() {
+                    "guest-sync-delimited" => json!({"return": v["arguments"]["id"]}),
+                    "guest-exec" => json!({"return": {"pid": 412}}),
+                    "guest-exec-status" => json!({"error": {"class": "GenericError",
+                        "desc": "Invalid parameter 'pid'"}}),
+                    other => panic!("unexpected {other}"),
+                };
+                let mut out = serde_json::to_vec(&reply).unwrap();
+                out.push(b'\n');
+                w.write_all(&out).await.unwrap();
+            }
+        });
+        let mut q = Qga::connect(&sock, Duration::from_secs(5)).await.unwrap();
+        let e = q
+            .exec("/bin/true", &[], &[], None, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, QgaError::Restarted(_)), "{e:?}");
+        drop(q);
+        agent.await.unwrap();
     }
 
     #[tokio::test]

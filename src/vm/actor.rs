@@ -311,6 +311,7 @@ impl Actor {
                 .map_err(|e| StepError::Disk(e.to_string()))?
                 .map_err(|e| StepError::Disk(chain(&e)))?;
         tracing::info!(?method, disk = %self.rec.os_disk_path.display(), "OS disk created");
+        crate::failpoint::crash_point("create.disk_cloned");
         if self.rec.os_disk_gb > 0 {
             let want = self.rec.os_disk_gb << 30;
             let f = std::fs::OpenOptions::new()
@@ -329,6 +330,7 @@ impl Actor {
             crate::blob::acquire_disk_lease(&store, &self.rec.os_disk_path, &self.rec.vm_id)
                 .map_err(|e| StepError::Disk(format!("leasing the OS disk blob: {e}")))?;
         }
+        crate::failpoint::crash_point("create.disk_leased");
         // Data disks asked for at create: empty sparse blobs under the same lease, in the argv.
         for d in self.rec.data_disks.clone() {
             self.prepare_data_disk(&d).map_err(StepError::Disk)?;
@@ -339,6 +341,7 @@ impl Actor {
         self.boot(image, Some(requested), "create").await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);
+        crate::failpoint::crash_point("create.running");
         Ok(())
     }
 
@@ -363,6 +366,7 @@ impl Actor {
             }
         }
         let tap = self.make_tap().await?;
+        crate::failpoint::crash_point("boot.tap_made");
         let run = self.run_dir();
         std::fs::create_dir_all(&run)
             .map_err(|e| StepError::Qemu(format!("{}: {e}", run.display())))?;
@@ -423,6 +427,7 @@ impl Actor {
             since_request_us = requested.map(|r| r.elapsed().as_micros() as u64),
             "QEMU spawned"
         );
+        crate::failpoint::crash_point("boot.qemu_spawned");
         // QEMU holds the tap and its files now; dropping ours ties the tap's life to QEMU's and
         // leaves QEMU the only listener on its sockets (so its exit refuses connections).
         drop(tap);
@@ -458,6 +463,7 @@ impl Actor {
             .await
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
+        crate::failpoint::crash_point("boot.qmp_connected");
         self.events = Some(qmp.events());
         self.diag.event(
             crate::diagnostics::boots::Source::Qmp,
@@ -495,10 +501,12 @@ impl Actor {
         match op {
             PowerOp::Start => {
                 self.set_power(PowerState::Starting);
+                crate::failpoint::crash_point("start.starting");
                 self.boot_or_fail("start").await
             }
             PowerOp::PowerOff { skip_shutdown } => {
                 self.set_power(PowerState::Stopping);
+                crate::failpoint::crash_point("stop.stopping");
                 self.shutdown(!skip_shutdown).await;
                 self.set_power(PowerState::Stopped);
                 Ok(())
@@ -506,6 +514,7 @@ impl Actor {
             PowerOp::Deallocate => {
                 self.set_power(PowerState::Deallocating);
                 self.shutdown(true).await;
+                crate::failpoint::crash_point("deallocate.qemu_stopped");
                 self.drop_temp_disk();
                 self.set_power(PowerState::Deallocated);
                 Ok(())
@@ -650,6 +659,7 @@ impl Actor {
                         if self.diag.current().is_none() {
                             self.diag.begin_boot("re-adopted", false);
                         }
+                        self.plug_missing().await;
                     }
                     None => {
                         tracing::warn!(pid, "QEMU is alive but QMP is unreachable: state unknown");
@@ -702,6 +712,11 @@ impl Actor {
         self.events = None;
         if let Some(q) = self.qmp.take() {
             let _ = q.execute(qapi::qmp::quit {}).await;
+            if self.rec.power == PowerState::Stopping
+                && self.rec.provisioning_state != ProvisioningState::Deleting
+            {
+                crate::failpoint::crash_point("stop.qemu_quit");
+            }
         }
         let pid = self
             .rec
@@ -730,7 +745,9 @@ impl Actor {
         self.rec.provisioning_state = ProvisioningState::Deleting;
         self.rec.power = PowerState::Stopping;
         self.publish();
+        crate::failpoint::crash_point("delete.marked");
         self.stop_qemu().await;
+        crate::failpoint::crash_point("delete.qemu_stopped");
         let net = self.node.net.clone();
         let tap = self.rec.nic.tap.clone();
         let tap_left = tokio::task::spawn_blocking(move || net.remove_tap(&tap)).await;
@@ -741,6 +758,7 @@ impl Actor {
                 chain(&e)
             ));
         }
+        crate::failpoint::crash_point("delete.tap_removed");
         let db = &self.node.db;
         let nic_key = self.rec.nic.key();
         // A NIC made for the VM goes with it (lease and address too); one the user made is
@@ -761,6 +779,7 @@ impl Actor {
         if let Err(e) = steps {
             return Err(format!("cannot release the NIC: {}", chain(&e)));
         }
+        crate::failpoint::crash_point("delete.nic_released");
         // The OS and data disk blobs go with the VM's lease id (the blob service refuses others).
         let keep_os_disk = self
             .rec
@@ -787,6 +806,7 @@ impl Actor {
                 }
             }
         }
+        crate::failpoint::crash_point("delete.disks_deleted");
         disks.push(self.rec.temp_disk.clone());
         disks.extend(self.rec.cloud_init_seed.clone());
         for path in &disks {
@@ -812,6 +832,7 @@ impl Actor {
         if let Err(e) = db.delete(Kind::Vm, &self.rec.key()) {
             return Err(format!("cannot remove the VM record: {}", chain(&e)));
         }
+        crate::failpoint::crash_point("delete.record_removed");
         let _ = db.delete(Kind::DeleteIntent, &self.rec.key());
         self.node.forget(&self.rec.key());
         tracing::info!("deleted");

@@ -631,6 +631,7 @@ impl Node {
                 e => e.into(),
             });
         }
+        crate::failpoint::crash_point("create.recorded");
         self.spawn_actor(
             rec.clone(),
             actor::Start::Create(Box::new(image), requested),

@@ -362,6 +362,11 @@ mod tests {
             source: QgaError::Timeout(Duration::from_secs(1)),
         };
         assert!(lost.retryable());
+        let rebooted = ProvisionError::Agent {
+            step: "probe",
+            source: QgaError::Restarted("Invalid parameter 'pid'".into()),
+        };
+        assert!(rebooted.retryable());
         let failed = ProvisionError::Step {
             step: "admin user",
             detail: "exit 1".into(),

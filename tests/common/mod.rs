@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod consistency;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -135,6 +137,11 @@ impl Node {
     }
 
     pub fn spawn_daemon(&mut self) {
+        self.spawn_daemon_with_env(&[]);
+    }
+
+    /// Like [`Node::spawn_daemon`], with more environment (e.g. `FAILPOINTS`).
+    pub fn spawn_daemon_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,6 +163,7 @@ impl Node {
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env("VMNODE_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -175,6 +183,20 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("daemon did not come up: {}", self.daemon_log());
+    }
+
+    /// Waits up to `limit` for the daemon to end on its own (a crash point); whether it did,
+    /// and by which signal.
+    pub fn daemon_died(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(st) = self.daemon.as_mut()?.try_wait().unwrap() {
+                self.daemon = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn kill_daemon(&mut self) {

@@ -71,10 +71,12 @@ impl Actor {
         {
             if running {
                 self.unplug(&d).await?;
+                crate::failpoint::crash_point("detach.unplugged");
             }
             if let Some(s) = &store {
                 let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
             }
+            crate::failpoint::crash_point("detach.released");
             tracing::info!(lun = d.lun, disk = %d.name, "data disk detached");
             self.rec.data_disks.retain(|x| x != &d);
             self.publish();
@@ -85,8 +87,18 @@ impl Actor {
             .collect();
         for d in new {
             let created = self.prepare_data_disk(&d)?;
+            crate::failpoint::crash_point("attach.disk_leased");
+            // In the record before QEMU gets it: a daemon killed in between finds the disk
+            // listed and plugs it when it re-adopts the VM (`plug_missing`); never a disk in
+            // QEMU that the record does not list.
+            self.rec.data_disks.push(d.clone());
+            self.rec.data_disks.sort_by_key(|d| d.lun);
+            self.publish();
+            crate::failpoint::crash_point("attach.recorded");
             if running {
                 if let Err(e) = self.plug(&d).await {
+                    self.rec.data_disks.retain(|x| x != &d);
+                    self.publish();
                     if let Some(s) = &store {
                         let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
                     }
@@ -95,13 +107,50 @@ impl Actor {
                     }
                     return Err(e);
                 }
+                crate::failpoint::crash_point("attach.plugged");
             }
             tracing::info!(lun = d.lun, disk = %d.name, hotplug = running, "data disk attached");
-            self.rec.data_disks.push(d);
-            self.rec.data_disks.sort_by_key(|d| d.lun);
-            self.publish();
         }
         Ok(())
+    }
+
+    /// After a re-adoption: plugs every data disk the record lists that QEMU lacks (an attach
+    /// the daemon was killed in, between record and hot-plug).
+    pub(super) async fn plug_missing(&mut self) {
+        let Some(q) = self.qmp.clone() else { return };
+        if self.rec.data_disks.is_empty() {
+            return;
+        }
+        let args = serde_json::json!({ "path": "/machine/peripheral" });
+        let have = match q
+            .execute_raw("qom-list", Some(args), Duration::from_secs(5))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot list QEMU's devices");
+                return;
+            }
+        };
+        let ids: Vec<&str> = have
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        for d in self.rec.data_disks.clone() {
+            if ids.contains(&format!("dd{}-dev", d.lun).as_str()) {
+                continue;
+            }
+            match self.plug(&d).await {
+                Ok(()) => {
+                    tracing::info!(lun = d.lun, disk = %d.name, "data disk the record lists plugged at re-adoption")
+                }
+                Err(e) => {
+                    tracing::error!(lun = d.lun, disk = %d.name, error = %e, "cannot plug a data disk the record lists")
+                }
+            }
+        }
     }
 
     async fn plug(&self, d: &DataDisk) -> Result<(), String> {
