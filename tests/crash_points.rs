@@ -182,6 +182,9 @@ fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op) {
         assert_eq!(qemu_pids_with(id), vec![*pid], "{point}: not the same QEMU");
     }
     match op {
+        // An interrupted stop or deallocate is finished by the restarted daemon.
+        Op::Stop => assert_eq!(shown.as_deref(), Some("VM stopped"), "{point}"),
+        Op::Deallocate => assert_eq!(shown.as_deref(), Some("VM deallocated"), "{point}"),
         // The delete is finished by the restarted daemon.
         Op::Delete => {
             let deadline = Instant::now() + Duration::from_secs(60);

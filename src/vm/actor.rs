@@ -131,6 +131,13 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What a re-adoption found interrupted.
+enum Resume {
+    Nothing,
+    Delete,
+    Power(PowerOp),
+}
+
 impl Actor {
     fn run_dir(&self) -> std::path::PathBuf {
         self.node.cfg.paths.vm_run(&self.rec.vm_id)
@@ -167,8 +174,9 @@ impl Actor {
                     self.publish();
                 }
             }
-            Start::Adopt => {
-                if self.adopt().await {
+            Start::Adopt => match self.adopt().await {
+                Resume::Nothing => {}
+                Resume::Delete => {
                     // An interrupted delete: finish it.
                     let r = self.delete().await;
                     if let Err(e) = r {
@@ -177,7 +185,15 @@ impl Actor {
                         return;
                     }
                 }
-            }
+                // An interrupted stop or deallocate (the guest may have been asked to power
+                // off already): finish it, gracefully.
+                Resume::Power(op) => {
+                    tracing::info!(?op, "resuming an interrupted power operation");
+                    if let Err(e) = self.power(op).await {
+                        tracing::error!(error = %e, "resuming the power operation failed");
+                    }
+                }
+            },
         }
         let mut shots = tokio::time::interval(BOOT_SHOT_EVERY);
         shots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -617,9 +633,9 @@ impl Actor {
         false
     }
 
-    /// Rebuilds the VM's state from the live system after a daemon restart. Returns true if an
-    /// interrupted delete must be finished.
-    async fn adopt(&mut self) -> bool {
+    /// Rebuilds the VM's state from the live system after a daemon restart. Returns what was
+    /// interrupted and must be finished.
+    async fn adopt(&mut self) -> Resume {
         let run = self.run_dir();
         let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
         let alive = pid
@@ -635,14 +651,22 @@ impl Actor {
         if self.rec.provisioning_state == ProvisioningState::Deleting || intent {
             tracing::info!("resuming an interrupted delete");
             self.rec.pid = alive;
-            return true;
+            return Resume::Delete;
         }
+        let mut resume = Resume::Nothing;
         match alive {
             Some(pid) => {
                 self.rec.pid = Some(pid);
                 match self.connect_qmp(&run).await {
                     Some((qmp, status)) => {
                         tracing::info!(pid, %status, "re-adopted running QEMU");
+                        resume = match self.rec.power {
+                            PowerState::Stopping => Resume::Power(PowerOp::PowerOff {
+                                skip_shutdown: false,
+                            }),
+                            PowerState::Deallocating => Resume::Power(PowerOp::Deallocate),
+                            _ => Resume::Nothing,
+                        };
                         // A crash between spawn and admit would leave the tap shut: re-admit.
                         let (net, nic) = (self.node.net.clone(), self.rec.nic.clone());
                         if let Ok(Err(e)) =
@@ -687,7 +711,7 @@ impl Actor {
             }
         }
         self.publish();
-        false
+        resume
     }
 
     async fn connect_qmp(&self, run: &std::path::Path) -> Option<(Qmp, String)> {

@@ -211,15 +211,19 @@ impl Node {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
+        self.cli_command(args).output().unwrap()
+    }
+
+    /// The `vmnode args…` command against this node, not started.
+    pub fn cli_command<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env_remove("VMNODE_URL")
             .env_remove("VMNODE_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
     }
 
     /// Runs the CLI, asserting success; returns stdout.
@@ -254,36 +258,12 @@ impl Node {
     }
 
     pub fn create_vm(&self, rg: &str, name: &str, extra: &[&str]) -> Value {
-        let mut a = vec![
-            "vm",
-            "create",
-            "-g",
-            rg,
-            "-n",
-            name,
-            "--image",
-            "vmnode:tiny:1:latest",
-            "--size",
-            "Standard_B1s",
-        ];
-        a.extend(extra);
-        self.json(&a)
+        self.create_vm_from("vmnode:tiny:1:latest", rg, name, extra)
     }
 
     /// Like [`Node::create_vm`], from image `urn`.
     pub fn create_vm_from(&self, urn: &str, rg: &str, name: &str, extra: &[&str]) -> Value {
-        let mut a = vec![
-            "vm",
-            "create",
-            "-g",
-            rg,
-            "-n",
-            name,
-            "--image",
-            urn,
-            "--size",
-            "Standard_B1s",
-        ];
+        let mut a = create_args(urn, rg, name);
         a.extend(extra);
         self.json(&a)
     }
@@ -428,6 +408,22 @@ pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
         }
     }
     out
+}
+
+/// `vm create` of a Standard_B1s VM `name` in `rg` from image `urn`.
+pub fn create_args<'a>(urn: &'a str, rg: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "vm",
+        "create",
+        "-g",
+        rg,
+        "-n",
+        name,
+        "--image",
+        urn,
+        "--size",
+        "Standard_B1s",
+    ]
 }
 
 impl Drop for Node {
