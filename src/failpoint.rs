@@ -13,6 +13,7 @@ pub const POINTS: &[&str] = &[
     "create.disk_cloned",
     "create.disk_leased",
     "boot.tap_made",
+    "boot.qemu_forked",
     "boot.qemu_spawned",
     "boot.qmp_connected",
     "create.running",

@@ -102,6 +102,9 @@ fn kill_9_at_random_moments_during_a_churn_of_vms() {
     }
 
     for k in 0..kills {
+        if k % 10 == 0 {
+            eprintln!("churn: kill {k} of {kills}, {:?}", started.elapsed());
+        }
         let vms = consistent(&node);
         // Top the node up to its size.
         let mut children = Vec::new();

@@ -249,6 +249,7 @@ const CREATE: &[(&str, Pre, Op)] = &[
     ("create.disk_cloned", Pre::Nothing, Op::Create),
     ("create.disk_leased", Pre::Nothing, Op::Create),
     ("boot.tap_made", Pre::Nothing, Op::Create),
+    ("boot.qemu_forked", Pre::Nothing, Op::Create),
     ("boot.qemu_spawned", Pre::Nothing, Op::Create),
     ("boot.qmp_connected", Pre::Nothing, Op::Create),
     ("create.running", Pre::Nothing, Op::Create),

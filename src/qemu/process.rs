@@ -203,6 +203,7 @@ pub fn spawn(
     let creds = jail::host().map_err(ProcessError::NoUser)?;
     let child = spawn_placed(Placement::host(), argv, tap, files, creds, log)?;
     let mut child = child;
+    crate::failpoint::crash_point("boot.qemu_forked");
     if let Some(pid) = child.id() {
         let written =
             crate::storage::fsutil::write_atomic(pidfile, format!("{pid}\n").as_bytes(), 0o600);

@@ -657,6 +657,17 @@ impl Actor {
         match alive {
             Some(pid) => {
                 self.rec.pid = Some(pid);
+                // Found by its UUID (the daemon was killed before writing the pidfile): write
+                // it now, so the next restart finds it the quick way.
+                if process::read_pidfile(&run.join("qemu.pid")) != Some(pid) {
+                    if let Err(e) = crate::storage::fsutil::write_atomic(
+                        &run.join("qemu.pid"),
+                        format!("{pid}\n").as_bytes(),
+                        0o600,
+                    ) {
+                        tracing::warn!(error = %e, "cannot write the re-adopted QEMU's pidfile");
+                    }
+                }
                 match self.connect_qmp(&run).await {
                     Some((qmp, status)) => {
                         tracing::info!(pid, %status, "re-adopted running QEMU");

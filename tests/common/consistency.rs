@@ -86,6 +86,16 @@ fn problems(node: &Node, vms: &[Value]) -> Vec<String> {
                         "running VM {id} must have exactly one QEMU: {pids:?}"
                     ));
                 }
+                // Its pidfile names it (what the next restart reads first).
+                let pidfile = node.run.join("vms").join(id).join("qemu.pid");
+                let named = std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok());
+                if pids.len() == 1 && named != Some(pids[0]) {
+                    out.push(format!(
+                        "running VM {id}: pidfile says {named:?}, QEMU is {pids:?}"
+                    ));
+                }
                 running.insert(id.to_string());
             }
             other => {
