@@ -148,8 +148,7 @@ fn problems(node: &Node, vms: &[Value]) -> Vec<String> {
     if taps != running.len() {
         out.push(format!("{taps} taps for {} running VMs", running.len()));
     }
-    // Disk files only for VMs that exist (a VM whose create was cut short may have none);
-    // anything else is in quarantine.
+    // OS disk files only for VMs that exist (a VM whose create was cut short may have none).
     let names: HashSet<String> = vms.iter().flat_map(disk_files).collect();
     for d in walk(&node.state.join("blobs"))
         .into_iter()
@@ -158,7 +157,10 @@ fn problems(node: &Node, vms: &[Value]) -> Vec<String> {
         .filter(|p| !p.to_string_lossy().contains("/."))
     {
         let f = d.file_name().unwrap().to_string_lossy().to_string();
-        if !names.contains(&f) {
+        // A data disk detached from its VM stays in the store by design (unleased, with its
+        // metadata: `storage check` below finds one that is leased or has none); an OS disk
+        // outlives its VM only in quarantine.
+        if !names.contains(&f) && f.contains("-osdisk-") {
             out.push(format!("orphan disk {f} (not quarantined)"));
         }
     }
