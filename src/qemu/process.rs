@@ -205,8 +205,7 @@ pub fn spawn(
     let mut child = child;
     crate::failpoint::crash_point("boot.qemu_forked");
     if let Some(pid) = child.id() {
-        let written =
-            crate::storage::fsutil::write_atomic(pidfile, format!("{pid}\n").as_bytes(), 0o600);
+        let written = write_pidfile(pidfile, pid as i32);
         if let Err(source) = written {
             // Without its pidfile a restarted daemon could not re-adopt it: do not keep it.
             let _ = child.start_kill();
@@ -329,6 +328,11 @@ pub fn find_vm(vm_id: &str) -> Option<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .find(|pid| pid_is_vm(*pid, vm_id) && !is_gone(*pid))
+}
+
+/// Writes QEMU's pidfile (atomically, 0600): what a restarted daemon reads first.
+pub fn write_pidfile(path: &Path, pid: i32) -> std::io::Result<()> {
+    crate::storage::fsutil::write_atomic(path, format!("{pid}\n").as_bytes(), 0o600)
 }
 
 pub fn read_pidfile(path: &Path) -> Option<i32> {

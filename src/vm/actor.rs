@@ -659,12 +659,9 @@ impl Actor {
                 self.rec.pid = Some(pid);
                 // Found by its UUID (the daemon was killed before writing the pidfile): write
                 // it now, so the next restart finds it the quick way.
-                if process::read_pidfile(&run.join("qemu.pid")) != Some(pid) {
-                    if let Err(e) = crate::storage::fsutil::write_atomic(
-                        &run.join("qemu.pid"),
-                        format!("{pid}\n").as_bytes(),
-                        0o600,
-                    ) {
+                let pidfile = run.join("qemu.pid");
+                if process::read_pidfile(&pidfile) != Some(pid) {
+                    if let Err(e) = process::write_pidfile(&pidfile, pid) {
                         tracing::warn!(error = %e, "cannot write the re-adopted QEMU's pidfile");
                     }
                 }

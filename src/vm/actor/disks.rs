@@ -123,7 +123,11 @@ impl Actor {
         }
         let args = serde_json::json!({ "path": "/machine/peripheral" });
         let have = match q
-            .execute_raw("qom-list", Some(args), Duration::from_secs(5))
+            .execute_raw(
+                "qom-list",
+                Some(args),
+                crate::qemu::qmp::timeout_for("qom-list"),
+            )
             .await
         {
             Ok(v) => v,
