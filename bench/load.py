@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--bin", default="target/release/vmnode")
     ap.add_argument("--daemon-nice", type=int, help="`vmnode serve --nice` (default: the daemon's own, -5)")
+    ap.add_argument("--keep-log", help="copy the daemon's log here at the end (with VMNODE_LOG="
+                    "info,vmnode::blob::server=debug it holds each blob request's time in the service)")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="vmnode-bench-load-")
     node = Node(os.path.abspath(args.bin), root)
@@ -175,6 +177,8 @@ def main():
             log = node.cli("vm", "boot-diagnostics", "get-boot-log", "-g", "load", "-n", f"v{i}")
             print("  serial log tail:\n    " + "\n    ".join(log.strip().splitlines()[-15:]))
     finally:
+        if args.keep_log:
+            shutil.copy(os.path.join(root, "daemon.log"), args.keep_log)
         cleanup(node, root)
 
 
