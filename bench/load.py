@@ -29,36 +29,47 @@ def blob_port(node):
     return hostport, account
 
 
-def drive(hostport, account, sas, seconds, threads, stop_early=None):
+def drive(hostport, account, sas, seconds, threads, rate=0, stop_early=None):
+    """`threads` clients; with `rate` > 0 they offer that many requests a second in all, each on
+    a fixed schedule, and a request's latency counts from when it was due (so a stalled client
+    or server is charged for the requests it delayed); with 0 each sends as fast as answered."""
     host, port = hostport.split(":")
-    lat, errors, kinds = [], [], {"GET": [], "PUT": []}
+    lat, errors, kinds, slow = [], [], {"GET": [], "PUT": []}, []
     lock = threading.Lock()
     end = time.perf_counter() + seconds
     body = os.urandom(4096)
 
     def worker(n):
         c = http.client.HTTPConnection(host, int(port), timeout=10)
-        mine, bad, kind = [], 0, {"GET": [], "PUT": []}
+        mine, bad, kind, when = [], 0, {"GET": [], "PUT": []}, []
         i = 0
+        interval = threads / rate if rate else 0
+        due = time.perf_counter() + interval * n / threads
         while time.perf_counter() < end and not (stop_early and stop_early.is_set()):
             i += 1
+            if rate:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
             op = "PUT" if random.random() < 0.2 else "GET"
+            t0 = due if rate else time.perf_counter()
+            due += interval
             if op == "PUT":
                 path = f"/{account}/load/w{n}-{i % 50}?{sas}"
                 hdr = {"x-ms-blob-type": "BlockBlob", "Content-Length": "4096", "x-ms-version": "2023-11-03"}
-                t0 = time.perf_counter()
                 c.request("PUT", path, body=body, headers=hdr)
             else:
-                t0 = time.perf_counter()
                 c.request("GET", f"/{account}/load/hot?{sas}", headers={"x-ms-version": "2023-11-03"})
             r = c.getresponse()
             r.read()
             mine.append(time.perf_counter() - t0)
+            when.append((time.time() - (time.perf_counter() - t0), mine[-1]))
             kind[op].append(mine[-1])
             if r.status >= 300:
                 bad += 1
         with lock:
             lat.extend(mine)
+            slow.extend(w for w in when if w[1] > 0.05)
             errors.append(bad)
             for k in kind:
                 kinds[k].extend(kind[k])
@@ -76,7 +87,13 @@ def drive(hostport, account, sas, seconds, threads, stop_early=None):
         v.sort()
         if v:
             split[k] = (v[len(v) // 2] * 1000, v[min(len(v) - 1, int(0.99 * len(v)))] * 1000)
-    return {"n": len(lat), "rps": len(lat) / wall, "p50": p(0.5), "p99": p(0.99), "max": lat[-1] * 1000,
+    # When slow answers (over 50 ms) were asked for, by second (wall clock), to set beside the
+    # daemon's log.
+    by_second = {}
+    for t, l in slow:
+        k = time.strftime("%H:%M:%S", time.gmtime(t))
+        by_second[k] = max(by_second.get(k, (0, 0))[0], l), by_second.get(k, (0, 0))[1] + 1
+    return {"slow": sorted(by_second.items()), "n": len(lat), "rps": len(lat) / wall, "p50": p(0.5), "p99": p(0.99), "max": lat[-1] * 1000,
             "errors": sum(errors), "split": split}
 
 
@@ -108,13 +125,20 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--bin", default="target/release/vmnode")
     ap.add_argument("--daemon-nice", type=int, help="`vmnode serve --nice` (default: the daemon's own, -5)")
+    ap.add_argument("--rate", type=float, default=600,
+                    help="requests a second offered while the VMs boot (0: each client as fast as answered); "
+                    "the idle node is always driven as fast as it answers")
+    ap.add_argument("--guest-nice", type=int, help="`vmnode serve --guest-nice` (default: the daemon's own)")
+    ap.add_argument("--guest-cpu-weight", type=int, help="`vmnode serve --guest-cpu-weight` (default: the daemon's own)")
     ap.add_argument("--keep-log", help="copy the daemon's log here at the end (with VMNODE_LOG="
                     "info,vmnode::blob::server=debug it holds each blob request's time in the service)")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="vmnode-bench-load-")
     node = Node(os.path.abspath(args.bin), root)
     if args.daemon_nice is not None:
-        node.serve_extra = [f"--nice={args.daemon_nice}"]
+        node.serve_extra.append(f"--nice={args.daemon_nice}")
+    if args.guest_nice is not None:
+        node.serve_extra.append(f"--guest-nice={args.guest_nice}")
     loads = [loadavg()]
     try:
         node.cli("image", "build", "tiny")
@@ -140,7 +164,7 @@ def main():
                                env=node.env, capture_output=True, text=True)
             results[i] = (r.returncode, time.perf_counter() - t0, r.stderr.strip()[-300:])
         creators = [threading.Thread(target=create, args=(i,)) for i in range(args.vms)]
-        loader = drive_apart(hostport, account, sas, 600, args.threads, stop_early=done)
+        loader = drive_apart(hostport, account, sas, 600, args.threads, args.rate, stop_early=done)
         for t in creators:
             t.start()
         for t in creators:
@@ -154,18 +178,23 @@ def main():
         ok = [r for r in results.values() if r[0] == 0]
         failures = [r[2] for r in results.values() if r[0] != 0]
         print(f"\nRun {time.strftime('%Y-%m-%d %H:%M')} UTC; {os.cpu_count()} cores, TCG; binary {args.bin}; "
-              f"daemon niceness {args.daemon_nice if args.daemon_nice is not None else -5}; "
+              f"daemon niceness {args.daemon_nice if args.daemon_nice is not None else -5}, QEMU {args.guest_nice if args.guest_nice is not None else 'default'}; "
               f"1-minute load average: {', '.join(loads)}\n")
         print("| measure | result | goal |")
         print("|---|---|---|")
         print(f"| {args.vms} concurrent `vm create` (each waits for the guest's DHCP lease) | "
               f"{len(ok)}/{args.vms} succeeded, {len(running)}/{args.vms} running with a DIP; last done after "
               f"{all_created:.1f} s (per create median {statistics.median([r[1] for r in ok]) if ok else 0:.1f} s) | all reach running |")
-        for label, m in [("blob service while the VMs boot", busy), ("blob service, idle node (same run)", idle)]:
+        offered = f"{args.rate:.0f} req/s offered" if args.rate else "closed loop"
+        for label, m in [(f"blob service while the VMs boot ({offered})", busy),
+                         ("blob service, idle node (same run, closed loop)", idle)]:
             print(f"| {label}: {args.threads} clients, 80 % GET / 20 % PUT of 4 KiB | {m['rps']:.0f} req/s, "
                   f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, max {m['max']:.0f} ms, {m['n']} requests, "
                   f"{m['errors']} errors; p50/p99 GET {m['split']['GET'][0]:.1f}/{m['split']['GET'][1]:.1f} ms, "
                   f"PUT {m['split']['PUT'][0]:.1f}/{m['split']['PUT'][1]:.1f} ms | ≥ 500 req/s, p99 ≤ 50 ms |")
+        if busy["slow"]:
+            print("\n- answers over 50 ms while booting, by second (UTC, worst ms, count): " +
+                  ", ".join(f"{k} {w * 1000:.0f} ms ×{n}" for k, (w, n) in busy["slow"]))
         for f in failures:
             print(f"\n- create failed: {f}")
         # Why a VM did not make it: its verdict (with evidence) and the end of its serial log.

@@ -1,6 +1,7 @@
 //! The daemon runs above its guests: every daemon thread (API, blob service, DHCP workers,
 //! blocking pool) has `serve --nice`'s niceness (-5 by default), and every thread of a guest's
-//! QEMU has the default 0, so booting guests cannot starve the services the node answers with.
+//! QEMU has the default 0, so booting guests cannot starve the services the node answers with;
+//! and without systemd every QEMU is in the guests' cpu cgroup, so twenty of them weigh as one.
 
 mod common;
 
@@ -39,4 +40,62 @@ fn the_daemon_runs_above_its_guests_and_qemu_at_the_default_priority() {
     let qemu = thread_nices(node.qemu_pid(id) as u32);
     assert!(qemu.len() > 1, "{qemu:?}");
     assert!(qemu.iter().all(|(_, n)| *n == 0), "{qemu:?}");
+
+    // Without systemd, QEMU is in the guests' cpu cgroup (every thread: it joined before exec)
+    // and the daemon is not; the group has the default weight (100, or 1024 v1 shares).
+    let qemu_pid = node.qemu_pid(id) as u32;
+    let daemon_pid = node.daemon.as_ref().unwrap().id();
+    let (qemu_cg, dir) = cpu_cgroup(qemu_pid);
+    assert!(qemu_cg.ends_with("/vmnode-guests"), "{qemu_cg}");
+    assert!(!cpu_cgroup(daemon_pid).0.ends_with("/vmnode-guests"));
+    for t in std::fs::read_dir(format!("/proc/{qemu_pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let tid: u32 = t.file_name().to_str().unwrap().parse().unwrap();
+        let tasks = std::fs::read_to_string(dir.join("tasks"))
+            .or_else(|_| std::fs::read_to_string(dir.join("cgroup.threads")))
+            .unwrap();
+        assert!(
+            tasks.lines().any(|l| l == tid.to_string()),
+            "thread {tid} outside the group"
+        );
+    }
+    let weight = std::fs::read_to_string(dir.join("cpu.shares"))
+        .or_else(|_| std::fs::read_to_string(dir.join("cpu.weight")))
+        .unwrap();
+    assert!(["1024", "100"].contains(&weight.trim()), "{weight}");
+}
+
+/// The cgroup path of `pid` for the cpu controller (v1 `cpu` line, else v2's `0::`) and the
+/// directory it is under /sys/fs/cgroup.
+fn cpu_cgroup(pid: u32) -> (String, std::path::PathBuf) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == "cpu")
+            .then(|| path.to_string())
+    });
+    match v1 {
+        Some(path) => {
+            let mount = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
+                .into_iter()
+                .find(|m| std::path::Path::new(m).join("cgroup.procs").exists())
+                .unwrap();
+            let dir = std::path::Path::new(mount).join(path.trim_start_matches('/'));
+            (path, dir)
+        }
+        None => {
+            let path = text
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap()
+                .to_string();
+            let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+            (path, dir)
+        }
+    }
 }

@@ -170,7 +170,7 @@ pub async fn body_to_file(body: Incoming, path: &Path) -> Result<u64> {
         let path = path.to_path_buf();
         return tokio::task::spawn_blocking(move || {
             if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
+                crate::blob::store::ensure_dir(d)?;
             }
             std::fs::write(&path, &data)?;
             Ok(data.len() as u64)
@@ -179,7 +179,7 @@ pub async fn body_to_file(body: Incoming, path: &Path) -> Result<u64> {
         .map_err(BlobError::internal)?;
     }
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
+        crate::blob::store::ensure_dir(d)?;
     }
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut n = 0u64;

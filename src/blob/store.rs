@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -291,16 +291,46 @@ pub fn decode_name(file: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// Striped locks: one stripe per (account, container, blob) hash. An operation holds at most
-/// one stripe, so there is no lock order to get wrong.
-static STRIPES: [Mutex<()>; 64] = [const { Mutex::new(()) }; 64];
+/// One lock per (account, container, blob) key, held by the operation on it. Only operations on
+/// the same blob wait for each other: a write stuck on the filesystem (a rename waiting for the
+/// journal while twenty guests write their disks) delays no other blob's readers, as a shared
+/// stripe of a fixed lock table did. An operation holds at most one key, so there is no lock
+/// order to get wrong.
+static HELD: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
-pub fn lock(key: &str) -> MutexGuard<'static, ()> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    let i = (h.finish() % STRIPES.len() as u64) as usize;
-    STRIPES[i].lock().unwrap_or_else(|p| p.into_inner())
+/// The lock on one key; released when dropped.
+pub struct KeyGuard(String);
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = held.as_mut() {
+            h.remove(&self.0);
+        }
+        drop(held);
+        RELEASED.notify_all();
+    }
+}
+
+pub fn lock(key: &str) -> KeyGuard {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let h = held.get_or_insert_with(Default::default);
+        if h.insert(key.to_string()) {
+            return KeyGuard(key.to_string());
+        }
+        held = RELEASED.wait(held).unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+/// Makes `dir` (and its parents) unless it is there. The look comes first because `mkdir` of an
+/// existing directory still takes its parent's lock, and waits behind any rename in it.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)
 }
 
 /// Writes JSON. A new file is made via temp + rename; an existing one is overwritten in place
@@ -319,7 +349,7 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> io::Result<()> {
         return f.write_all_at(&body, 0);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    ensure_dir(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("meta")
@@ -697,6 +727,32 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_key_blocks_only_its_own_key() {
+        use std::sync::mpsc;
+        let held = lock("acct/c/slow");
+        // Another key is free at once, however long the first is held.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _g = lock("acct/c/hot");
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("another key must not wait");
+        // The same key waits until the holder lets go.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _g = lock("acct/c/slow");
+            tx.send(()).unwrap();
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("released key must be taken");
+    }
 
     #[test]
     fn names_round_trip_and_never_collide_with_ours() {

@@ -28,6 +28,9 @@ pub enum BuildError {
     },
     #[error("bad embedded catalog")]
     Catalog(#[source] serde_json::Error),
+    /// The files just published do not hash to their manifest.
+    #[error(transparent)]
+    Verify(Box<super::CatalogError>),
 }
 
 const CATALOG: &str = include_str!("../../images/catalog.json");
@@ -332,6 +335,14 @@ fn publish(
             });
         }
     }
+    let published = ImageVersion {
+        manifest,
+        dir: dest,
+    };
+    // Hashed once here, so that no VM create pays for it (the stamp then vouches for the files).
+    progress("verifying the published files");
+    super::verify::verify(&published).map_err(|e| BuildError::Verify(Box::new(e)))?;
+    let (manifest, dest) = (published.manifest, published.dir);
     progress(&format!(
         "published {}:{}:{}:{} at {}",
         manifest.publisher,

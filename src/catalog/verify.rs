@@ -69,7 +69,18 @@ pub fn verify_full(image: &ImageVersion) -> Result<Outcome, CatalogError> {
     check(image, false)
 }
 
+/// One lock per version folder: twenty creates from a new image hash it once between them, the
+/// others then find the stamp (hashing it twenty times over took every core for seconds).
+fn folder_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::sync::{Arc, Mutex};
+    static LOCKS: Mutex<BTreeMap<std::path::PathBuf, Arc<Mutex<()>>>> = Mutex::new(BTreeMap::new());
+    let mut all = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    all.entry(dir.to_path_buf()).or_default().clone()
+}
+
 fn check(image: &ImageVersion, use_stamp: bool) -> Result<Outcome, CatalogError> {
+    let lock = folder_lock(&image.dir);
+    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     let stamp_path = image.dir.join(STAMP);
     let old: Stamp = std::fs::read(&stamp_path)
         .ok()
@@ -232,6 +243,28 @@ fn next_extent(f: &std::fs::File, pos: u64, len: u64) -> std::io::Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_verifies_of_one_image_hash_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = std::sync::Arc::new(image(dir.path()));
+        let outcomes: Vec<Outcome> = (0..8)
+            .map(|_| {
+                let img = img.clone();
+                std::thread::spawn(move || verify(&img).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let hashing: Vec<_> = outcomes.iter().filter(|o| !o.hashed.is_empty()).collect();
+        assert_eq!(hashing.len(), 1, "{outcomes:?}");
+        assert_eq!(hashing[0].hashed.len(), 3);
+        assert!(outcomes
+            .iter()
+            .filter(|o| o.hashed.is_empty())
+            .all(|o| o.cached.len() == 3));
+    }
     use crate::catalog::{FileEntry, Manifest};
     use std::io::{Seek, SeekFrom, Write};
 

@@ -131,6 +131,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = -5, allow_hyphen_values = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     pub nice: i32,
+    /// The CPU weight of all guests together (cgroup v2 units, 1..10000; 100 is one ordinary
+    /// process's worth; v1 shares are scaled from it). Without systemd every QEMU joins one cpu
+    /// cgroup, `vmnode-guests`, so guests compete with the node's services as one entity, not
+    /// one per vCPU: the API, blob service and DHCP keep their latency while guests use every
+    /// core, and CPU the host does not use is still all the guests'. Under systemd QEMU goes
+    /// to machine.slice instead. 0 leaves guests ungrouped.
+    #[arg(long, default_value_t = crate::qemu::cgroup::DEFAULT_WEIGHT,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub guest_cpu_weight: u32,
 }
 
 fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -161,6 +170,7 @@ pub fn main() -> ExitCode {
         if a.nice != 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) } != 0 {
             nice_error = Some(std::io::Error::last_os_error());
         }
+        crate::qemu::cgroup::set_weight(a.guest_cpu_weight);
         // The daemon runs many threads (DHCP workers, blocking I/O); one malloc arena per
         // thread would multiply its resident memory for nothing. Two arenas serve it well.
         // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.

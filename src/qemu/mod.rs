@@ -2,6 +2,7 @@
 //! (`process`), and the QMP client (`qmp`).
 
 pub mod argv;
+pub mod cgroup;
 pub mod jail;
 pub mod process;
 pub mod qga;

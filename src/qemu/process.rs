@@ -249,6 +249,14 @@ fn spawn_placed(
         .map(|c| c.groups.clone())
         .unwrap_or_default();
     let (program, args) = placement.command(vm_id_of(argv), argv, creds.filter(|_| !direct));
+    // A direct QEMU joins the guests' cpu cgroup (a scope's is in machine.slice).
+    let join = match super::cgroup::host().filter(|_| direct) {
+        Some(g) => Some(g.open_procs().map_err(|source| ProcessError::Io {
+            path: g.dir.join("cgroup.procs"),
+            source,
+        })?),
+        None => None,
+    };
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .stdin(std::process::Stdio::null())
@@ -256,7 +264,7 @@ fn spawn_placed(
         .stderr(logf2)
         .kill_on_drop(false);
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, setpriority, fcntl, dup2, prctl, set*id) on fds and data prepared
+    // functions (setsid, setpriority, write, fcntl, dup2, prctl, set*id) on fds and data prepared
     // before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -266,6 +274,13 @@ fn spawn_placed(
             // The daemon runs above its guests (`serve --nice`); QEMU gets the default priority.
             if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writer: this child, before it has a second thread.
+            if let Some(fd) = &join {
+                use std::os::fd::AsRawFd;
+                if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             jail::install(&mut plan)?;
             if let Some(c) = &drop_to {

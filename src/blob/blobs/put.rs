@@ -11,7 +11,9 @@ use hyper::StatusCode;
 use super::{block_file, succeed, wrong_type, Access, BlockRef, NewBlob};
 use crate::blob::error::{BlobError, Result};
 use crate::blob::lease;
-use crate::blob::store::{lock, now_ms, now_ns, BlobMeta, BlobType, Block, HttpProps, Store};
+use crate::blob::store::{
+    ensure_dir, lock, now_ms, now_ns, BlobMeta, BlobType, Block, HttpProps, Store,
+};
 
 /// Copies `len` bytes of `from` at `off` to the end of `to`.
 fn copy_range(from: &mut File, off: u64, len: u64, to: &mut File) -> io::Result<()> {
@@ -55,7 +57,7 @@ impl Store {
             NewBlob::Block(tmp) => fs::rename(tmp, &p.data)?,
             // A page blob is a sparse file of its size; an append blob starts empty.
             NewBlob::Page { .. } | NewBlob::Append => {
-                fs::create_dir_all(&p.tmp)?;
+                ensure_dir(&p.tmp)?;
                 let tmp = p.tmp.join(format!("new-{}", now_ns()));
                 File::create(&tmp)?.set_len(size)?;
                 fs::rename(&tmp, &p.data)?;
@@ -92,7 +94,7 @@ impl Store {
                 false,
             ));
         }
-        fs::create_dir_all(&p.blocks)?;
+        ensure_dir(&p.blocks)?;
         fs::rename(tmp, &dst)?;
         Ok(())
     }
@@ -128,7 +130,7 @@ impl Store {
                 "The specified block list is invalid.",
             )
         };
-        fs::create_dir_all(&p.tmp)?;
+        ensure_dir(&p.tmp)?;
         let tmp = p.tmp.join(format!("commit-{}", now_ns()));
         let mut out = File::create(&tmp)?;
         let mut current = old.as_ref().and_then(|_| File::open(&p.data).ok());
