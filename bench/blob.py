@@ -3,12 +3,15 @@
 
     sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
         [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick] [--rounds 3]
-        [--only vmnode|Azurite] [--perf FILE] [--json]
+        [--only vmnode|Azurite] [--perf FILE] [--json] [--sdk python|js]
 
 Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) and an Azurite
 blob server (its own temp dir), both at once; runs the workload against each in alternating
 rounds and prints the medians as a Markdown table, with vmnode's own time per operation
 (request head to response head, from its debug log).
+`--sdk js` drives the same workload through the JavaScript SDK (bench/blob_js.mjs; install it
+with `npm install --prefix /var/cache/vmnode/npm-sdk @azure/storage-blob`), whose client costs
+less per request, so the ratio says more about the servers.
 Workload: 4 MiB page writes, page-range listing of a fragmented page blob, lease operations
 (acquire/renew/change/release), block upload and download (4 MiB blocks, 4 in flight).
 """
@@ -161,6 +164,16 @@ def workload(conn, quick):
     return out
 
 
+def workload_js(conn, quick):
+    """The same workload through the JavaScript SDK (bench/blob_js.mjs, one node process)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(["node", os.path.join(here, "blob_js.mjs"), conn] + (["quick"] if quick else []),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"the JavaScript workload failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def server_side(log):
     """Time inside vmnode (request head to response head) per operation, from its debug log."""
     by_op = {}
@@ -190,6 +203,9 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", choices=["vmnode", "Azurite"], help="run against one server only")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server")
+    ap.add_argument("--sdk", choices=["python", "js"], default="python",
+                    help="the client: azure-storage-blob (Python) or @azure/storage-blob (JavaScript, "
+                    "from $VMNODE_JS_SDK, default /var/cache/vmnode/npm-sdk/node_modules)")
     ap.add_argument("--perf", metavar="FILE",
                     help="record a perf profile of vmnode during its first measured round")
     a = ap.parse_args()
@@ -205,7 +221,8 @@ def main():
             tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
             conn, stop, pid = start(binary, tmp)
             running[name] = (conn, stop, pid, tmp)
-            workload(conn, a.quick)  # warm-up: connections, caches, JIT
+            work = workload_js if a.sdk == "js" else workload
+            work(conn, a.quick)  # warm-up: connections, caches, JIT
         names = [n for n, _, _ in servers]
         for r in range(a.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
@@ -214,7 +231,7 @@ def main():
                 if a.perf and name == "vmnode" and r == 0:
                     perf = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(pid)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                rounds.setdefault(name, []).append(workload(conn, a.quick))
+                rounds.setdefault(name, []).append(work(conn, a.quick))
                 if perf:
                     perf.send_signal(2)
                     perf.wait()

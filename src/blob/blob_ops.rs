@@ -162,7 +162,11 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
                     md,
                     &r.access,
                 );
-                let _ = std::fs::remove_file(&tmp);
+                // Renamed into place on success; only a failed write leaves it behind. (An
+                // unlink that finds nothing still takes the directory's lock.)
+                if res.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
                 let m = res?;
                 let mut b = with_etag(empty(StatusCode::CREATED), m.modified_ns)
                     .header("x-ms-request-server-encrypted", "true");

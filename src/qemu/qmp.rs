@@ -339,7 +339,9 @@ impl Qmp {
                 version,
             }),
         };
-        qmp.execute_raw("qmp_capabilities", None, timeout_for("qmp_capabilities"))
+        // Bounded by the caller's handshake timeout: a QEMU that has just started on a host
+        // busy booting twenty guests can take more than a query's 5 s to get here.
+        qmp.execute_raw("qmp_capabilities", None, SLOW_TIMEOUT)
             .await?;
         Ok(qmp)
     }

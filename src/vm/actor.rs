@@ -474,8 +474,10 @@ impl Actor {
             return Err(StepError::Qemu(chain(&e)));
         }
         let qmp = connected.map_err(|e| StepError::Qemu(chain(&e)))?;
+        // As patient as the handshake: a fresh QEMU on a busy host is slow, not broken (under
+        // 20 concurrent creates a 5 s limit failed one VM in a run).
         let status = qmp
-            .execute(qapi::qmp::query_status {})
+            .execute_timeout(qapi::qmp::query_status {}, crate::qemu::qmp::SLOW_TIMEOUT)
             .await
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
