@@ -350,7 +350,10 @@ def main():
         for d in os.listdir("/proc"):
             if d.isdigit():
                 try:
-                    if root in open(f"/proc/{d}/cmdline").read() and "qemu-system" in open(f"/proc/{d}/cmdline").read():
+                    # The daemon's QEMU children (their argv names no path of the run any more:
+                    # files are handed over as fds, and their command name is vmnode-<vm>).
+                    ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                    if ppid == node.proc.pid and "qemu-system" in open(f"/proc/{d}/cmdline").read():
                         qemu_rss += int([l for l in open(f"/proc/{d}/status") if l.startswith("VmRSS")][0].split()[1])
                 except OSError:
                     pass
