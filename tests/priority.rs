@@ -48,14 +48,14 @@ fn the_daemon_runs_above_its_guests_and_qemu_at_the_default_priority() {
     let (qemu_cg, dir) = cpu_cgroup(qemu_pid);
     assert!(qemu_cg.ends_with("/vmnode-guests"), "{qemu_cg}");
     assert!(!cpu_cgroup(daemon_pid).0.ends_with("/vmnode-guests"));
+    let tasks = std::fs::read_to_string(dir.join("tasks"))
+        .or_else(|_| std::fs::read_to_string(dir.join("cgroup.threads")))
+        .unwrap();
     for t in std::fs::read_dir(format!("/proc/{qemu_pid}/task"))
         .unwrap()
         .flatten()
     {
         let tid: u32 = t.file_name().to_str().unwrap().parse().unwrap();
-        let tasks = std::fs::read_to_string(dir.join("tasks"))
-            .or_else(|_| std::fs::read_to_string(dir.join("cgroup.threads")))
-            .unwrap();
         assert!(
             tasks.lines().any(|l| l == tid.to_string()),
             "thread {tid} outside the group"

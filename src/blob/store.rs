@@ -296,7 +296,8 @@ pub fn decode_name(file: &str) -> Option<String> {
 /// journal while twenty guests write their disks) delays no other blob's readers, as a shared
 /// stripe of a fixed lock table did. An operation holds at most one key, so there is no lock
 /// order to get wrong.
-static HELD: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+static HELD: Mutex<std::collections::BTreeSet<String>> =
+    Mutex::new(std::collections::BTreeSet::new());
 static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
 /// The lock on one key; released when dropped.
@@ -304,24 +305,20 @@ pub struct KeyGuard(String);
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = held.as_mut() {
-            h.remove(&self.0);
-        }
-        drop(held);
+        HELD.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
         RELEASED.notify_all();
     }
 }
 
 pub fn lock(key: &str) -> KeyGuard {
     let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let h = held.get_or_insert_with(Default::default);
-        if h.insert(key.to_string()) {
-            return KeyGuard(key.to_string());
-        }
+    while held.contains(key) {
         held = RELEASED.wait(held).unwrap_or_else(|p| p.into_inner());
     }
+    held.insert(key.to_string());
+    KeyGuard(key.to_string())
 }
 
 /// Makes `dir` (and its parents) unless it is there. The look comes first because `mkdir` of an

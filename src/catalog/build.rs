@@ -342,17 +342,14 @@ fn publish(
     // Hashed once here, so that no VM create pays for it (the stamp then vouches for the files).
     progress("verifying the published files");
     super::verify::verify(&published).map_err(|e| BuildError::Verify(Box::new(e)))?;
-    let (manifest, dest) = (published.manifest, published.dir);
+    let m = &published.manifest;
     progress(&format!(
         "published {}:{}:{}:{} at {}",
-        manifest.publisher,
-        manifest.offer,
-        manifest.sku,
-        manifest.version,
-        dest.display()
+        m.publisher,
+        m.offer,
+        m.sku,
+        m.version,
+        published.dir.display()
     ));
-    Ok(ImageVersion {
-        manifest,
-        dir: dest,
-    })
+    Ok(published)
 }

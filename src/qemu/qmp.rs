@@ -65,7 +65,9 @@ const LOG_SNIPPET: usize = 200;
 /// The per-command timeout table, keyed by QMP command name.
 pub fn timeout_for(command: &str) -> Duration {
     match command {
-        "qmp_capabilities" => QUERY_TIMEOUT,
+        // Bounded by the caller's handshake timeout: a QEMU that has just started on a host
+        // busy booting twenty guests can take more than a query's 5 s to get here.
+        "qmp_capabilities" => SLOW_TIMEOUT,
         // fd bookkeeping does no I/O: a monitor that takes long over it is not answering.
         "add-fd" | "remove-fd" | "getfd" | "closefd" => QUERY_TIMEOUT,
         c if c.starts_with("query-") || c.starts_with("x-query-") => QUERY_TIMEOUT,
@@ -339,9 +341,7 @@ impl Qmp {
                 version,
             }),
         };
-        // Bounded by the caller's handshake timeout: a QEMU that has just started on a host
-        // busy booting twenty guests can take more than a query's 5 s to get here.
-        qmp.execute_raw("qmp_capabilities", None, SLOW_TIMEOUT)
+        qmp.execute_raw("qmp_capabilities", None, timeout_for("qmp_capabilities"))
             .await?;
         Ok(qmp)
     }
