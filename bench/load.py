@@ -5,9 +5,11 @@ are measured during the boots and, for reference, on an idle node in the same ru
 
   sudo python3 bench/load.py [--vms 20] [--seconds 30] [--threads 8] [--bin target/release/vmnode]
 
-The blob clients run in a process of their own at niceness -10 (they stand in for remote clients,
-which would not share the node's cores with its guests); the daemon runs at its default
-`serve --nice -5`, QEMU at 0.
+The blob clients run in a process of their own at niceness -10 and in a cpu cgroup of their own,
+`vmnode-bench-clients`, of weight `--client-cpu-weight` (they stand in for remote clients, which
+would not share the node's cores with its guests; without the group they would share their
+session's autogroup, whatever their niceness); the daemon runs at its defaults (`serve --nice -5`,
+its own `vmnode-daemon` group), QEMU at 0 in `vmnode-guests`.
 
 The blob load: `--threads` client threads, each with its own keep-alive HTTP connection, doing
 80 % GETs of a 4 KiB block blob and 20 % PUTs of 4 KiB block blobs (service SAS with racwd on the
@@ -97,17 +99,39 @@ def drive(hostport, account, sas, seconds, threads, rate=0, stop_early=None):
             "errors": sum(errors), "split": split}
 
 
-def _drive_in(q, stop_early, a):
+CLIENT_GROUP = "vmnode-bench-clients"
+
+
+def client_group_dir():
+    v1 = "/sys/fs/cgroup/cpu"
+    return os.path.join(v1 if os.path.exists(os.path.join(v1, "cgroup.procs")) else "/sys/fs/cgroup", CLIENT_GROUP)
+
+
+def join_client_group(weight):
+    """Moves this process into its own cpu cgroup of `weight` (v2 units; v1 shares scaled)."""
+    d = client_group_dir()
+    os.makedirs(d, exist_ok=True)
+    v1 = os.path.exists(os.path.join(d, "cpu.shares"))
+    with open(os.path.join(d, "cpu.shares" if v1 else "cpu.weight"), "w") as f:
+        f.write(str(weight * 1024 // 100 if v1 else weight))
+    with open(os.path.join(d, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def _drive_in(q, stop_early, a, weight):
     # The load stands in for clients elsewhere, which would not share the node's two cores with
     # 20 booting guests: its own process (no GIL shared with the create threads) runs above them.
     os.setpriority(os.PRIO_PROCESS, 0, -10)
+    if weight:
+        join_client_group(weight)
     q.put(drive(*a, stop_early=stop_early))
 
 
-def drive_apart(*a, stop_early=None):
-    """`drive` in a process of its own at niceness -10; returns a handle whose .result() waits."""
+def drive_apart(*a, stop_early=None, weight=1000):
+    """`drive` in a process of its own at niceness -10, in its own cpu cgroup of `weight` (0: none);
+    returns a handle whose .result() waits."""
     q, p = multiprocessing.Queue(), None
-    p = multiprocessing.Process(target=_drive_in, args=(q, stop_early, a))
+    p = multiprocessing.Process(target=_drive_in, args=(q, stop_early, a, weight))
     p.start()
 
     class H:
@@ -130,6 +154,9 @@ def main():
                     "the idle node is always driven as fast as it answers")
     ap.add_argument("--guest-nice", type=int, help="`vmnode serve --guest-nice` (default: the daemon's own)")
     ap.add_argument("--guest-cpu-weight", type=int, help="`vmnode serve --guest-cpu-weight` (default: the daemon's own)")
+    ap.add_argument("--client-cpu-weight", type=int, default=1000,
+                    help="cpu cgroup weight of the blob clients' own group (v2 units; 0: no group, they share their session's autogroup)")
+    ap.add_argument("--daemon-cpu-weight", type=int, help="`vmnode serve --daemon-cpu-weight` (default: the daemon's own)")
     ap.add_argument("--keep-log", help="copy the daemon's log here at the end (with VMNODE_LOG="
                     "info,vmnode::blob::server=debug it holds each blob request's time in the service)")
     args = ap.parse_args()
@@ -139,6 +166,10 @@ def main():
         node.serve_extra.append(f"--nice={args.daemon_nice}")
     if args.guest_nice is not None:
         node.serve_extra.append(f"--guest-nice={args.guest_nice}")
+    if args.guest_cpu_weight is not None:
+        node.serve_extra.append(f"--guest-cpu-weight={args.guest_cpu_weight}")
+    if args.daemon_cpu_weight is not None:
+        node.serve_extra.append(f"--daemon-cpu-weight={args.daemon_cpu_weight}")
     loads = [loadavg()]
     try:
         node.cli("image", "build", "tiny")
@@ -150,7 +181,8 @@ def main():
         node.cli("storage", "blob", "upload", "-c", "load", "-n", "hot", "-f", hot)
         sas = node.cli("storage", "blob", "generate-sas", "-c", "load", "--permissions", "racwd").strip()
         hostport, account = blob_port(node)
-        idle = drive_apart(hostport, account, sas, min(10, args.seconds), args.threads).result()
+        idle = drive_apart(hostport, account, sas, min(10, args.seconds), args.threads,
+                           weight=args.client_cpu_weight).result()
         loads.append(loadavg())
         # 20 creates at once (each a CLI call in its own thread, as 20 users would), the blob
         # load running from the first create until the last VM holds its lease.
@@ -164,7 +196,8 @@ def main():
                                env=node.env, capture_output=True, text=True)
             results[i] = (r.returncode, time.perf_counter() - t0, r.stderr.strip()[-300:])
         creators = [threading.Thread(target=create, args=(i,)) for i in range(args.vms)]
-        loader = drive_apart(hostport, account, sas, 600, args.threads, args.rate, stop_early=done)
+        loader = drive_apart(hostport, account, sas, 600, args.threads, args.rate, stop_early=done,
+                             weight=args.client_cpu_weight)
         for t in creators:
             t.start()
         for t in creators:
@@ -206,6 +239,10 @@ def main():
             log = node.cli("vm", "boot-diagnostics", "get-boot-log", "-g", "load", "-n", f"v{i}")
             print("  serial log tail:\n    " + "\n    ".join(log.strip().splitlines()[-15:]))
     finally:
+        try:
+            os.rmdir(client_group_dir())
+        except OSError:
+            pass
         if args.keep_log:
             shutil.copy(os.path.join(root, "daemon.log"), args.keep_log)
         cleanup(node, root)

@@ -1,7 +1,9 @@
 //! The daemon runs above its guests: every daemon thread (API, blob service, DHCP workers,
 //! blocking pool) has `serve --nice`'s niceness (-5 by default), and every thread of a guest's
 //! QEMU has the default 0, so booting guests cannot starve the services the node answers with;
-//! and without systemd every QEMU is in the guests' cpu cgroup, so twenty of them weigh as one.
+//! and without systemd every QEMU is in the guests' cpu cgroup, so twenty of them weigh as one,
+//! while the daemon, started from the root cgroup, is in its own group beside it with ten times
+//! the weight (not in its session's autogroup, shared with whatever else the session runs).
 
 mod common;
 
@@ -48,23 +50,65 @@ fn the_daemon_runs_above_its_guests_and_qemu_at_the_default_priority() {
     let (qemu_cg, dir) = cpu_cgroup(qemu_pid);
     assert!(qemu_cg.ends_with("/vmnode-guests"), "{qemu_cg}");
     assert!(!cpu_cgroup(daemon_pid).0.ends_with("/vmnode-guests"));
+    all_threads_in(qemu_pid, &dir);
+    let weight = weight_of(&dir);
+    assert!(["1024", "100"].contains(&weight.as_str()), "{weight}");
+
+    // Started from the root cgroup (as here without systemd), the daemon (every thread) is in
+    // `vmnode-daemon`, beside the guests' group, at ten times its weight; started elsewhere it
+    // stays where it was put.
+    let (daemon_cg, ddir) = cpu_cgroup(daemon_pid);
+    let (mine, _) = cpu_cgroup(std::process::id());
+    if mine == "/" {
+        assert_eq!(daemon_cg, "/vmnode-daemon");
+        assert_eq!(ddir.parent(), dir.parent(), "the two groups are siblings");
+        let weight = std::fs::read_to_string(ddir.join("cpu.shares"))
+            .or_else(|_| std::fs::read_to_string(ddir.join("cpu.weight")))
+            .unwrap();
+        assert!(["10240", "1000"].contains(&weight.trim()), "{weight}");
+        let tasks = std::fs::read_to_string(ddir.join("tasks"))
+            .or_else(|_| std::fs::read_to_string(ddir.join("cgroup.threads")))
+            .unwrap();
+        for t in std::fs::read_dir(format!("/proc/{daemon_pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let tid = t.file_name().to_str().unwrap().to_string();
+            assert!(
+                tasks.lines().any(|l| l == tid),
+                "daemon thread {tid} outside its group"
+            );
+        }
+    } else {
+        assert_eq!(daemon_cg, mine, "a daemon placed by someone else stays");
+    }
+}
+
+/// Asserts every thread of `pid` is in the cgroup at `dir` (v1 `tasks`, v2 `cgroup.threads`).
+fn all_threads_in(pid: u32, dir: &std::path::Path) {
     let tasks = std::fs::read_to_string(dir.join("tasks"))
         .or_else(|_| std::fs::read_to_string(dir.join("cgroup.threads")))
         .unwrap();
-    for t in std::fs::read_dir(format!("/proc/{qemu_pid}/task"))
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
-        let tid: u32 = t.file_name().to_str().unwrap().parse().unwrap();
+        let tid = t.file_name().to_str().unwrap().to_string();
         assert!(
-            tasks.lines().any(|l| l == tid.to_string()),
-            "thread {tid} outside the group"
+            tasks.lines().any(|l| l == tid),
+            "thread {tid} of {pid} outside {}",
+            dir.display()
         );
     }
-    let weight = std::fs::read_to_string(dir.join("cpu.shares"))
+}
+
+/// The cgroup's cpu weight as written (v1 `cpu.shares` or v2 `cpu.weight`).
+fn weight_of(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("cpu.shares"))
         .or_else(|_| std::fs::read_to_string(dir.join("cpu.weight")))
-        .unwrap();
-    assert!(["1024", "100"].contains(&weight.trim()), "{weight}");
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// The cgroup path of `pid` for the cpu controller (v1 `cpu` line, else v2's `0::`) and the

@@ -140,6 +140,33 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::qemu::cgroup::DEFAULT_WEIGHT,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub guest_cpu_weight: u32,
+    /// The daemon's own CPU weight (same units). Started in the root cgroup (no service manager
+    /// placed it), the daemon moves into `vmnode-daemon`, beside the guests' group: there it
+    /// does not share its login session's autogroup, one process's worth of CPU, with whatever
+    /// else that session runs. Under systemd the unit's cgroup is kept. 0 leaves it where it
+    /// started.
+    #[arg(long, default_value_t = crate::qemu::cgroup::DEFAULT_DAEMON_WEIGHT,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub daemon_cpu_weight: u32,
+}
+
+/// Places the guests' group from where the daemon started, then moves the daemon into its own
+/// (see `qemu::cgroup`); failing that it runs on where it is, with a warning.
+fn join_daemon_group(weight: u32) {
+    use crate::qemu::cgroup;
+    cgroup::host();
+    if weight == 0 {
+        return;
+    }
+    match cgroup::join_daemon_group(weight) {
+        Ok(Some(dir)) => {
+            tracing::info!(dir = %dir.display(), weight, "the daemon has a cpu cgroup of its own")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "the daemon stays in its cpu cgroup: with no group of its own it shares its session's CPU share with everything else started there")
+        }
+    }
 }
 
 fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -197,6 +224,7 @@ pub fn main() -> ExitCode {
                 if let Some(e) = nice_error {
                     tracing::warn!(nice = a.nice, error = %e, "cannot set the daemon's niceness (needs CAP_SYS_NICE); it runs at the guests' priority");
                 }
+                join_daemon_group(a.daemon_cpu_weight);
                 let cfg = config::DaemonConfig {
                     paths: cli.global.paths(),
                     listen: a.listen,

@@ -7,6 +7,12 @@
 //! themselves guests share fairly, as before. Each QEMU joins in its forked child, before exec,
 //! so it is never scheduled outside the group. cgroup v2 (`cpu.weight`) and v1 (`cpu.shares`)
 //! are both handled; where neither can be used the guests run ungrouped, with a warning.
+//!
+//! The daemon itself, when started in the root cgroup (no service manager placed it), moves to
+//! `vmnode-daemon`, a sibling of the guests' group with ten times its weight. In the root it
+//! would be in its login session's autogroup, sharing one process's worth of CPU with every
+//! other program started from that session (a shell, a benchmark's clients), whatever their
+//! niceness: while guests booted, its blob threads then waited seconds to run.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -18,6 +24,12 @@ pub const NAME: &str = "vmnode-guests";
 
 /// The group's weight in cgroup v2 units (1..10000; 100 is one ordinary process's worth).
 pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// The daemon's group, beside the guests' (made only when the daemon starts in the root).
+pub const DAEMON_NAME: &str = "vmnode-daemon";
+
+/// The daemon group's weight: ten times all guests together.
+pub const DEFAULT_DAEMON_WEIGHT: u32 = 1000;
 
 static WEIGHT: AtomicU32 = AtomicU32::new(DEFAULT_WEIGHT);
 
@@ -97,15 +109,42 @@ fn io_err<'a>(
     }
 }
 
-fn make(weight: u32) -> Result<GuestGroup, CgroupError> {
+/// This process's cgroup files: (`/proc/self/mountinfo`, `/proc/self/cgroup`).
+fn own_cgroup() -> Result<(String, String), CgroupError> {
     let read = |p: &str| std::fs::read_to_string(p).map_err(io_err("read", Path::new(p)));
-    let mounts = read("/proc/self/mountinfo")?;
-    let own = read("/proc/self/cgroup")?;
-    let v2_has_cpu = |mount: &Path, at: &Path| {
-        std::fs::read_to_string(mount.join(rel(at)).join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
-    };
+    Ok((read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?))
+}
+
+fn v2_has_cpu(mount: &Path, at: &Path) -> bool {
+    std::fs::read_to_string(mount.join(rel(at)).join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
+}
+
+fn make(weight: u32) -> Result<GuestGroup, CgroupError> {
+    let (mounts, own) = own_cgroup()?;
     let g = locate(&mounts, &own, v2_has_cpu).ok_or(CgroupError::NoCpuController)?;
+    create(&g, weight)?;
+    Ok(g)
+}
+
+/// Moves the whole daemon (every thread) into `vmnode-daemon` with `weight` (v2 units) when it
+/// runs in the root cpu cgroup; elsewhere its service manager placed it, and it stays. Returns
+/// the group joined. Call after [`host`], so the guests' group is placed from where the daemon
+/// started.
+pub fn join_daemon_group(weight: u32) -> Result<Option<PathBuf>, CgroupError> {
+    let (mounts, own) = own_cgroup()?;
+    let Some(g) = locate_daemon(&mounts, &own, v2_has_cpu) else {
+        return Ok(None);
+    };
+    create(&g, weight)?;
+    let procs = g.dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(io_err("join the daemon to", &procs))?;
+    Ok(Some(g.dir))
+}
+
+/// Makes the group (and, under v2, hands the cpu controller down to it) with `weight`.
+fn create(g: &GuestGroup, weight: u32) -> Result<(), CgroupError> {
     if g.version == Version::V2 {
         // The parent must hand the cpu controller down to its children.
         let parent = g.dir.parent().unwrap_or(Path::new("/"));
@@ -127,7 +166,7 @@ fn make(weight: u32) -> Result<GuestGroup, CgroupError> {
     };
     let path = g.dir.join(file);
     std::fs::write(&path, value.to_string()).map_err(io_err("write", &path))?;
-    Ok(g)
+    Ok(())
 }
 
 fn rel(p: &Path) -> &Path {
@@ -138,12 +177,42 @@ fn rel(p: &Path) -> &Path {
 /// hierarchy wins (on hybrid hosts it owns the controller); else cgroup v2 if it offers `cpu`
 /// (asked through `v2_has_cpu(mount, cgroup)`). Under v1 the group is a child of the daemon's
 /// own cgroup; under v2 a sibling (a v2 cgroup with processes cannot share out to children),
-/// or a child of the root when the daemon is in the root.
+/// or a child of the root when the daemon is in the root. A daemon already in `vmnode-daemon`
+/// counts as being in that group's parent.
 pub fn locate(
     mountinfo: &str,
     own: &str,
     v2_has_cpu: impl Fn(&Path, &Path) -> bool,
 ) -> Option<GuestGroup> {
+    let (mount, version, at) = own_cpu_cgroup(mountinfo, own)?;
+    let parent = match version {
+        Version::V1 => at,
+        Version::V2 => at.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    };
+    (version == Version::V1 || v2_has_cpu(&mount, &parent)).then(|| GuestGroup {
+        dir: mount.join(rel(&parent)).join(NAME),
+        version,
+    })
+}
+
+/// Where the daemon's own group goes: `vmnode-daemon` in the root, beside the guests' group,
+/// and only when the daemon is in the root cpu cgroup (else `None`: it stays where it is).
+pub fn locate_daemon(
+    mountinfo: &str,
+    own: &str,
+    v2_has_cpu: impl Fn(&Path, &Path) -> bool,
+) -> Option<GuestGroup> {
+    let (mount, version, at) = own_cpu_cgroup(mountinfo, own)?;
+    let root = Path::new("/");
+    (at == root && (version == Version::V1 || v2_has_cpu(&mount, root))).then(|| GuestGroup {
+        dir: mount.join(DAEMON_NAME),
+        version,
+    })
+}
+
+/// The cpu controller's mount, its version, and this process's cgroup in it (with a trailing
+/// `vmnode-daemon` taken off).
+fn own_cpu_cgroup(mountinfo: &str, own: &str) -> Option<(PathBuf, Version, PathBuf)> {
     let mut v1 = None;
     let mut v2 = None;
     let fields = |line: &str| {
@@ -168,20 +237,23 @@ pub fn locate(
             pred(id, ctrls).then(|| PathBuf::from(path))
         })
     };
-    if let Some(m) = v1 {
-        let at = own_path(&|_, c| c.split(',').any(|x| x == "cpu"))?;
-        return Some(GuestGroup {
-            dir: m.join(rel(&at)).join(NAME),
-            version: Version::V1,
-        });
-    }
-    let m = v2?;
-    let at = own_path(&|id, c| id == "0" && c.is_empty())?;
-    let parent = at.parent().unwrap_or(Path::new("/")).to_path_buf();
-    v2_has_cpu(&m, &parent).then(|| GuestGroup {
-        dir: m.join(rel(&parent)).join(NAME),
-        version: Version::V2,
-    })
+    let (mount, version, at) = match v1 {
+        Some(m) => (
+            m,
+            Version::V1,
+            own_path(&|_, c| c.split(',').any(|x| x == "cpu"))?,
+        ),
+        None => (
+            v2?,
+            Version::V2,
+            own_path(&|id, c| id == "0" && c.is_empty())?,
+        ),
+    };
+    let at = match at.file_name() {
+        Some(n) if n == DAEMON_NAME => at.parent().unwrap_or(Path::new("/")).to_path_buf(),
+        _ => at,
+    };
+    Some((mount, version, at))
 }
 
 #[cfg(test)]
@@ -239,5 +311,37 @@ mod tests {
         );
         assert_eq!(locate(UNIFIED, "0::/\n", |_, _| false), None);
         assert_eq!(locate("", "0::/\n", |_, _| true), None);
+    }
+
+    #[test]
+    fn the_daemon_gets_its_own_group_only_from_the_root_and_the_guests_stay_beside_it() {
+        let own = "4:memory:/x\n1:cpu:/\n0::/\n";
+        let d = locate_daemon(HYBRID, own, |_, _| true).unwrap();
+        assert_eq!(d.dir, Path::new("/sys/fs/cgroup/cpu/vmnode-daemon"));
+        assert_eq!(d.version, Version::V1);
+        let d = locate_daemon(UNIFIED, "0::/\n", |_, _| true).unwrap();
+        assert_eq!(d.dir, Path::new("/sys/fs/cgroup/vmnode-daemon"));
+        assert_eq!(locate_daemon(UNIFIED, "0::/\n", |_, _| false), None);
+        // Placed by a service manager: it stays.
+        assert_eq!(locate_daemon(HYBRID, "1:cpu:/lab\n", |_, _| true), None);
+        let svc = "0::/system.slice/vmnode.service\n";
+        assert_eq!(locate_daemon(UNIFIED, svc, |_, _| true), None);
+        // Already in vmnode-daemon (a restart from inside it): it is where it belongs, and the
+        // guests' group is still in the root, not under the daemon's.
+        let moved = "1:cpu:/vmnode-daemon\n";
+        assert_eq!(
+            locate_daemon(HYBRID, moved, |_, _| true).unwrap().dir,
+            Path::new("/sys/fs/cgroup/cpu/vmnode-daemon")
+        );
+        assert_eq!(
+            locate(HYBRID, moved, |_, _| true).unwrap().dir,
+            Path::new("/sys/fs/cgroup/cpu/vmnode-guests")
+        );
+        assert_eq!(
+            locate(UNIFIED, "0::/vmnode-daemon\n", |_, _| true)
+                .unwrap()
+                .dir,
+            Path::new("/sys/fs/cgroup/vmnode-guests")
+        );
     }
 }
