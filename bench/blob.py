@@ -280,6 +280,9 @@ def main():
         for r in range(a.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 conn, _, pid, _ = running[name]
+                # Each round starts with nothing dirty in the page cache: the previous round's
+                # hundreds of MiB, flushed while this one writes, would slow whichever came next.
+                os.sync()
                 perf = None
                 if a.perf and name == "vmnode" and r == 0:
                     perf = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(pid)],
