@@ -210,6 +210,24 @@ def wait_phases(path, offset, limit=120):
         time.sleep(0.005)
     raise SystemExit(f"timeout waiting for dhcp-bound in {path}")
 
+def settle(quiet=0.5, limit=5.0):
+    """Waits until the host has been idle for `quiet` seconds (at most `limit`): each boot is
+    timed from a quiet machine, not in the tail of the previous peer's teardown (a killed QEMU's
+    clean-up, a deleted VM's disk, libvirt's daemons)."""
+    def busy():
+        f = open("/proc/stat").readline().split()[1:]
+        return sum(int(x) for i, x in enumerate(f) if i not in (3, 4)), sum(int(x) for x in f)
+    deadline, since = time.time() + limit, time.time()
+    b0, t0 = busy()
+    while time.time() < deadline:
+        time.sleep(0.1)
+        b1, t1 = busy()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) > 0.2:
+            since = time.time()
+        b0, t0 = b1, t1
+        if time.time() - since >= quiet:
+            return
+
 def phases(t0, seen):
     """(t0 -> init, init -> dhcp-start, dhcp-start -> dhcp-bound) in seconds."""
     ts = [t0] + [seen.get(p, seen[b"dhcp-bound"]) for p in PHASES]
@@ -240,6 +258,7 @@ def main():
         split = {"vmnode": [], "raw QEMU": [], "libvirt": []}
         for i in range(args.runs if "lease" in only else 0):
             name = f"b{i}"
+            settle()
             t0 = time.perf_counter()
             out = json.loads(node.cli("vm", "create", "-g", "bench", "-n", name, "--image", "vmnode:tiny:1:latest",
                                       "--size", "Standard_B1s", "--ip-timeout", "0", "-o", "json"))
@@ -265,6 +284,7 @@ def main():
             argv = [a.replace(run_dir, run_dir + "-raw").replace(f"path={serial},", f"path={raw_serial},")
                     for a in argv]
             os.makedirs(run_dir + "-raw", exist_ok=True)
+            settle()
             t0 = time.perf_counter()
             raw = subprocess.Popen(["ip", "netns", "exec", node.netns, "qemu-system-x86_64", *argv],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -279,6 +299,7 @@ def main():
                 xml = os.path.join(root, f"lv-{name}.xml")
                 with open(xml, "w") as f:
                     f.write(libvirt.domain_xml(f"lv-{name}", libvirt.parse_argv(argv), lv_serial, "vnbr0"))
+                settle()
                 t0 = time.perf_counter()
                 lv.virsh("create", xml)
                 seen = wait_phases(lv_serial, 0)
