@@ -237,6 +237,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bin", default="target/release/vmnode")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="one more `vmnode serve` argument (repeatable), e.g. --serve-arg=--daemon-cpu-weight=0")
     ap.add_argument("--no-libvirt", action="store_true", help="skip the libvirt peer")
     ap.add_argument("--only", default="lease,poweroff,many,cold",
                     help="comma-separated sections: lease, poweroff, many, cold")
@@ -245,6 +247,7 @@ def main():
     binary = os.path.abspath(args.bin)
     root = tempfile.mkdtemp(prefix="vmnode-bench-")
     node = Node(binary, root)
+    node.serve_extra += args.serve_arg
     lv = None
     loads = [loadavg()]
     try:

@@ -151,21 +151,31 @@ pub struct ServeArgs {
 }
 
 /// Places the guests' group from where the daemon started, then moves the daemon into its own
-/// (see `qemu::cgroup`); failing that it runs on where it is, with a warning.
+/// (see `qemu::cgroup`); failing that it runs on where it is, with a warning. Done on a thread
+/// of its own: moving a process between cgroups waits for an RCU grace period (about 10 ms
+/// here), which the API need not wait for.
 fn join_daemon_group(weight: u32) {
     use crate::qemu::cgroup;
-    cgroup::host();
-    if weight == 0 {
-        return;
-    }
-    match cgroup::join_daemon_group(weight) {
-        Ok(Some(dir)) => {
-            tracing::info!(dir = %dir.display(), weight, "the daemon has a cpu cgroup of its own")
+    let join = move || {
+        cgroup::host();
+        if weight == 0 {
+            return;
         }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "the daemon stays in its cpu cgroup: with no group of its own it shares its session's CPU share with everything else started there")
+        match cgroup::join_daemon_group(weight) {
+            Ok(Some(dir)) => {
+                tracing::info!(dir = %dir.display(), weight, "the daemon has a cpu cgroup of its own")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the daemon stays in its cpu cgroup: with no group of its own it shares its session's CPU share with everything else started there")
+            }
         }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("cgroup".into())
+        .spawn(join)
+    {
+        tracing::warn!(error = %e, "cannot start the thread that places the daemon's cpu cgroup");
     }
 }
 
