@@ -4,11 +4,14 @@
     sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
         [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick] [--rounds 3]
         [--only vmnode|Azurite] [--perf FILE] [--json] [--sdk python|js|rust] [--rust-client PATH]
+        [--apart] [--each]
 
 Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) and an Azurite
-blob server (its own temp dir), both at once; runs the workload against each in alternating
-rounds and prints the medians as a Markdown table, with vmnode's own time per operation
-(request head to response head, from its debug log).
+blob server (its own temp dir), both at once, or with `--apart` only the one being measured
+(each round then starts its server, warms it up, measures and stops it); runs the workload
+against each in alternating rounds and prints the medians as a Markdown table, with vmnode's
+own time per operation (request head to response head, from its debug log); `--each` prints
+every round's figures to stderr as well.
 `--sdk js` drives the same workload through the JavaScript SDK (bench/blob_js.mjs; install it
 with `npm install --prefix /var/cache/vmnode/npm-sdk @azure/storage-blob`), whose client costs
 less per request, so the ratio says more about the servers.
@@ -229,7 +232,8 @@ def server_side(log):
             continue
         f = dict(x.split("=", 1) for x in line.split() if "=" in x)
         op = {"lease": "lease op", "pagelist": "get page ranges", "page": "put page",
-              "block": "put block", "": "get blob" if f.get("method") == "GET" else None
+              "block": "put block", "blocklist": "put block list" if f.get("method") == "PUT" else None,
+              "": "get blob" if f.get("method") == "GET" else None
               }.get(f.get("comp"))
         if op and "us" in f:
             by_op.setdefault(op, []).append(int(f["us"]) / 1000)
@@ -250,6 +254,10 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", choices=["vmnode", "Azurite"], help="run against one server only")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server")
+    ap.add_argument("--each", action="store_true", help="print every round's figures to stderr too")
+    ap.add_argument("--apart", action="store_true",
+                    help="only one server alive at a time: each round starts its server, warms it up, "
+                    "measures and stops it (else both run throughout)")
     ap.add_argument("--sdk", choices=["python", "js", "rust"], default="python",
                     help="the client: azure-storage-blob (Python), @azure/storage-blob (JavaScript, "
                     "from $VMNODE_JS_SDK, default /var/cache/vmnode/npm-sdk/node_modules) or "
@@ -263,22 +271,37 @@ def main():
     servers = [(n, st, b) for n, st, b in [("vmnode", start_vmnode, a.vmnode),
                                            ("Azurite", start_azurite, a.azurite)]
                if not a.only or a.only == n]
-    # Both servers run at once and the rounds alternate between them (A B B A ...), so a
-    # change in the machine's load (other builds) falls on both alike; each figure is the
-    # median over the rounds.
-    running, rounds = {}, {}
+    # The rounds alternate between the servers (A B B A ...), so a change in the machine's load
+    # (other builds) falls on both alike; each figure is the median over the rounds. Both
+    # servers run throughout, or with --apart only the one being measured (started, warmed up
+    # and stopped for each round), so neither's memory or caches weigh on the other's rounds.
+    running, rounds, logs = {}, {}, []
     work = {"python": workload, "js": workload_js}.get(a.sdk)
     if a.sdk == "rust":
         work = functools.partial(workload_rust, client=rust_client(a.rust_client))
+    starts = {n: (st, b) for n, st, b in servers}
+
+    def up(name):
+        tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
+        conn, stop, pid = starts[name][0](starts[name][1], tmp)
+        running[name] = (conn, stop, pid, tmp)
+        work(conn, a.quick)  # warm-up: connections, caches, JIT
+
+    def down(name):
+        conn, stop, pid, tmp = running.pop(name)
+        stop()
+        if name == "vmnode":
+            logs.append(open(f"{tmp}/vmnode.log").read())
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for name, start, binary in servers:
-            tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
-            conn, stop, pid = start(binary, tmp)
-            running[name] = (conn, stop, pid, tmp)
-            work(conn, a.quick)  # warm-up: connections, caches, JIT
         names = [n for n, _, _ in servers]
+        if not a.apart:
+            for name in names:
+                up(name)
         for r in range(a.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
+                if a.apart:
+                    up(name)
                 conn, _, pid, _ = running[name]
                 # Each round starts with nothing dirty in the page cache: the previous round's
                 # hundreds of MiB, flushed while this one writes, would slow whichever came next.
@@ -288,18 +311,26 @@ def main():
                     perf = subprocess.Popen(["perf", "record", "-g", "-o", a.perf, "-p", str(pid)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 rounds.setdefault(name, []).append(work(conn, a.quick))
+                if a.each:
+                    print(f"round {r} {name}: " + "; ".join(f"{k} {v:.2f}" for k, v in rounds[name][-1].items()),
+                          file=sys.stderr)
                 if perf:
                     perf.send_signal(2)
                     perf.wait()
-        if "vmnode" in running:
-            in_service = server_side(f"{running['vmnode'][3]}/vmnode.log")
+                if a.apart:
+                    down(name)
     finally:
-        for conn, stop, pid, tmp in running.values():
-            stop()
-            shutil.rmtree(tmp, ignore_errors=True)
+        for name in list(running):
+            down(name)
+    if logs:
+        joined = os.path.join(tempfile.mkdtemp(prefix="bench-vmnode-log-"), "vmnode.log")
+        with open(joined, "w") as f:
+            f.write("".join(logs))
+        in_service = server_side(joined)
+        shutil.rmtree(os.path.dirname(joined), ignore_errors=True)
     results = {n: {k: statistics.median(rd[k] for rd in rs) for k in rs[0]}
                for n, rs in rounds.items()}
-    if "vmnode" in results:
+    if "vmnode" in results and logs:
         results["vmnode"].update(in_service)
     if a.json:
         print(json.dumps(results, indent=2))
