@@ -1,0 +1,374 @@
+//! Template expressions evaluated against parameters, variables and the scope.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::expr::{parse, Expr};
+use super::{invalid, resource_id, Scope};
+use crate::deploy::DeployError;
+
+/// Evaluates template expressions against parameters, variables and the scope.
+pub struct Evaluator {
+    params: BTreeMap<String, Value>,
+    variables: Map<String, Value>,
+    scope: Scope,
+}
+
+impl Evaluator {
+    pub fn new(template: &Value, given: &Value, scope: &Scope) -> Result<Evaluator, DeployError> {
+        let declared = template
+            .get("parameters")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let given = given.as_object().cloned().unwrap_or_default();
+        for k in given.keys() {
+            if !declared.keys().any(|d| d.eq_ignore_ascii_case(k)) {
+                return Err(invalid(format!(
+                    "the parameter '{k}' is given but the template does not declare it (declared: {})",
+                    declared.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let mut ev = Evaluator {
+            params: BTreeMap::new(),
+            variables: template
+                .get("variables")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            scope: scope.clone(),
+        };
+        for (name, decl) in &declared {
+            let supplied = given
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| match v.get("value") {
+                    Some(x) => Ok(x.clone()),
+                    None => Err(invalid(format!(
+                        "the parameter '{name}' must be given as {{\"value\": …}}"
+                    ))),
+                })
+                .transpose()?;
+            let value = match supplied {
+                Some(v) => v,
+                None => match decl.get("defaultValue") {
+                    // Defaults may themselves be expressions over earlier parameters.
+                    Some(d) => ev.eval(d)?,
+                    None => {
+                        return Err(invalid(format!(
+                            "the value for the template parameter '{name}' is not provided"
+                        )))
+                    }
+                },
+            };
+            if let Some(allowed) = decl.get("allowedValues").and_then(Value::as_array) {
+                if !allowed.contains(&value) {
+                    return Err(invalid(format!(
+                        "the provided value {value} for the template parameter '{name}' is not valid; allowed values: {}",
+                        Value::Array(allowed.clone())
+                    )));
+                }
+            }
+            check_type(name, decl.get("type").and_then(Value::as_str), &value)?;
+            ev.params.insert(name.to_lowercase(), value);
+        }
+        Ok(ev)
+    }
+
+    /// Evaluates every string that is an expression (`[...]`, not `[[...`) inside `v`.
+    pub fn eval(&self, v: &Value) -> Result<Value, DeployError> {
+        self.eval_depth(v, 0)
+    }
+
+    fn eval_depth(&self, v: &Value, depth: u32) -> Result<Value, DeployError> {
+        if depth > 32 {
+            return Err(invalid(
+                "expressions nest too deeply (variables referring to each other in a loop?)",
+            ));
+        }
+        Ok(match v {
+            Value::String(s) => {
+                if let Some(lit) = s.strip_prefix("[[") {
+                    Value::String(format!("[{lit}"))
+                } else if s.starts_with('[') && s.ends_with(']') && s.len() >= 2 {
+                    let e = parse(s)?;
+                    self.apply(&e, depth)?
+                } else {
+                    v.clone()
+                }
+            }
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.eval_depth(x, depth))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(o) => {
+                let mut m = Map::new();
+                for (k, x) in o {
+                    m.insert(k.clone(), self.eval_depth(x, depth)?);
+                }
+                Value::Object(m)
+            }
+            other => other.clone(),
+        })
+    }
+
+    fn apply(&self, e: &Expr, depth: u32) -> Result<Value, DeployError> {
+        match e {
+            Expr::Str(s) => Ok(Value::String(s.clone())),
+            Expr::Num(n) => Ok(json!(n)),
+            Expr::Member(base, key) => {
+                let b = self.apply(base, depth)?;
+                b.get(key.as_str())
+                    .or_else(|| {
+                        b.as_object().and_then(|o| {
+                            o.iter()
+                                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                                .map(|(_, v)| v)
+                        })
+                    })
+                    .cloned()
+                    .ok_or_else(|| invalid(format!("the value {b} has no property '{key}'")))
+            }
+            Expr::Index(base, idx) => {
+                let b = self.apply(base, depth)?;
+                let i = self.apply(idx, depth)?;
+                match (&b, &i) {
+                    (Value::Array(a), Value::Number(n)) => n
+                        .as_u64()
+                        .and_then(|n| a.get(n as usize))
+                        .cloned()
+                        .ok_or_else(|| invalid(format!("index {n} is outside the array {b}"))),
+                    (Value::Object(_), Value::String(k)) => b
+                        .get(k)
+                        .cloned()
+                        .ok_or_else(|| invalid(format!("the value {b} has no property '{k}'"))),
+                    _ => Err(invalid(format!("cannot index {b} with {i}"))),
+                }
+            }
+            Expr::Call(name, args) => {
+                let vals = args
+                    .iter()
+                    .map(|a| self.apply(a, depth))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.call(name, &vals, depth)
+            }
+        }
+    }
+
+    fn call(&self, name: &str, a: &[Value], depth: u32) -> Result<Value, DeployError> {
+        let s = |i: usize| -> Result<String, DeployError> {
+            match a.get(i) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(Value::Number(n)) => Ok(n.to_string()),
+                Some(Value::Bool(b)) => Ok(b.to_string()),
+                Some(other) => Err(invalid(format!(
+                    "{name}(): argument {} is {other}, not a string",
+                    i + 1
+                ))),
+                None => Err(invalid(format!("{name}(): missing argument {}", i + 1))),
+            }
+        };
+        let arity = |lo: usize, hi: usize| -> Result<(), DeployError> {
+            if a.len() < lo || a.len() > hi {
+                return Err(invalid(format!(
+                    "{name}() takes {lo}..{hi} arguments, {} given",
+                    a.len()
+                )));
+            }
+            Ok(())
+        };
+        let lname = name.to_ascii_lowercase();
+        match lname.as_str() {
+            "parameters" => {
+                arity(1, 1)?;
+                let k = s(0)?;
+                self.params
+                    .get(&k.to_lowercase())
+                    .cloned()
+                    .ok_or_else(|| invalid(format!("the template parameter '{k}' is not found")))
+            }
+            "variables" => {
+                arity(1, 1)?;
+                let k = s(0)?;
+                let raw = self
+                    .variables
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&k))
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| invalid(format!("the template variable '{k}' is not found")))?;
+                self.eval_depth(raw, depth + 1)
+            }
+            "concat" => {
+                if a.iter().all(Value::is_array) && !a.is_empty() {
+                    Ok(Value::Array(
+                        a.iter()
+                            .flat_map(|x| x.as_array().cloned().unwrap_or_default())
+                            .collect(),
+                    ))
+                } else {
+                    let mut out = String::new();
+                    for i in 0..a.len() {
+                        out.push_str(&s(i)?);
+                    }
+                    Ok(Value::String(out))
+                }
+            }
+            "format" => {
+                arity(1, 64)?;
+                let f = s(0)?;
+                let mut out = f.clone();
+                for i in 1..a.len() {
+                    out = out.replace(&format!("{{{}}}", i - 1), &s(i)?);
+                }
+                Ok(Value::String(out))
+            }
+            "tolower" => Ok(Value::String(s(0)?.to_lowercase())),
+            "toupper" => Ok(Value::String(s(0)?.to_uppercase())),
+            "string" => {
+                arity(1, 1)?;
+                Ok(Value::String(match &a[0] {
+                    Value::String(x) => x.clone(),
+                    other => other.to_string(),
+                }))
+            }
+            "int" => {
+                arity(1, 1)?;
+                let v = s(0)?;
+                v.trim()
+                    .parse::<i64>()
+                    .map(|n| json!(n))
+                    .map_err(|_| invalid(format!("int(): '{v}' is not an integer")))
+            }
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            "equals" => {
+                arity(2, 2)?;
+                Ok(Value::Bool(a[0] == a[1]))
+            }
+            "not" => match a {
+                [Value::Bool(b)] => Ok(Value::Bool(!b)),
+                _ => Err(invalid("not() takes one boolean")),
+            },
+            "and" | "or" => {
+                let bools: Option<Vec<bool>> = a.iter().map(Value::as_bool).collect();
+                let b = bools.ok_or_else(|| invalid(format!("{name}() takes booleans")))?;
+                Ok(Value::Bool(if lname == "and" {
+                    b.iter().all(|x| *x)
+                } else {
+                    b.iter().any(|x| *x)
+                }))
+            }
+            "if" => match a {
+                [Value::Bool(c), t, f] => Ok(if *c { t.clone() } else { f.clone() }),
+                _ => Err(invalid("if() takes a boolean and two values")),
+            },
+            "empty" => {
+                arity(1, 1)?;
+                Ok(Value::Bool(match &a[0] {
+                    Value::Null => true,
+                    Value::String(x) => x.is_empty(),
+                    Value::Array(x) => x.is_empty(),
+                    Value::Object(x) => x.is_empty(),
+                    _ => false,
+                }))
+            }
+            "length" => {
+                arity(1, 1)?;
+                match &a[0] {
+                    Value::String(x) => Ok(json!(x.chars().count())),
+                    Value::Array(x) => Ok(json!(x.len())),
+                    Value::Object(x) => Ok(json!(x.len())),
+                    other => Err(invalid(format!("length() of {other}"))),
+                }
+            }
+            "base64" => {
+                use base64::Engine as _;
+                Ok(Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(s(0)?),
+                ))
+            }
+            "uniquestring" => {
+                arity(1, 64)?;
+                let mut h = Sha256::new();
+                for i in 0..a.len() {
+                    h.update(s(i)?.as_bytes());
+                    h.update([0]);
+                }
+                // 13 characters of base-32, lower case, like the cloud's.
+                const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+                let d = h.finalize();
+                let v = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
+                Ok(Value::String(
+                    (0..13)
+                        .map(|i| ALPHA[((v >> (i * 5)) & 31) as usize] as char)
+                        .collect(),
+                ))
+            }
+            "resourcegroup" => Ok(json!({
+                "id": format!("/subscriptions/{}/resourceGroups/{}", self.scope.subscription, self.scope.resource_group),
+                "name": self.scope.resource_group,
+                "location": self.scope.location,
+                "type": "Microsoft.Resources/resourceGroups",
+                "properties": {"provisioningState": "Succeeded"},
+            })),
+            "subscription" => Ok(json!({
+                "id": format!("/subscriptions/{}", self.scope.subscription),
+                "subscriptionId": self.scope.subscription,
+                "displayName": "vmnode",
+            })),
+            "deployment" => Ok(json!({
+                "name": self.scope.deployment,
+                "properties": {},
+            })),
+            "resourceid" => {
+                // resourceId([subscriptionId], [resourceGroup], type, name1, name2 …)
+                let all: Vec<String> = (0..a.len()).map(s).collect::<Result<_, _>>()?;
+                let t = all
+                    .iter()
+                    .position(|x| x.contains('/') && x.contains('.'))
+                    .ok_or_else(|| invalid("resourceId() needs a resource type such as 'Microsoft.Network/virtualNetworks'"))?;
+                let mut scope = self.scope.clone();
+                match t {
+                    0 => {}
+                    1 => scope.resource_group = all[0].clone(),
+                    2 => {
+                        scope.subscription = all[0].clone();
+                        scope.resource_group = all[1].clone();
+                    }
+                    _ => return Err(invalid("resourceId(): too many arguments before the type")),
+                }
+                let names = all[t + 1..].join("/");
+                Ok(Value::String(resource_id(&scope, &all[t], &names)?))
+            }
+            "reference" | "list" | "listkeys" | "reference2" => Err(invalid(format!(
+                "{name}() is not supported by vmnode's template engine (runtime values of other resources); pass the value as a parameter"
+            ))),
+            _ => Err(invalid(format!(
+                "the template function '{name}' is not known to vmnode's template engine"
+            ))),
+        }
+    }
+}
+
+fn check_type(name: &str, ty: Option<&str>, v: &Value) -> Result<(), DeployError> {
+    let ok = match ty.map(str::to_ascii_lowercase).as_deref() {
+        Some("string") | Some("securestring") => v.is_string(),
+        Some("int") => v.is_i64() || v.is_u64(),
+        Some("bool") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        Some("object") | Some("secureobject") => v.is_object(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "the template parameter '{name}' is declared {} but was given {v}",
+            ty.unwrap_or("?")
+        )))
+    }
+}
