@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod deployment;
 mod extension;
+mod image;
 mod network;
 mod output;
 mod quickstart;
@@ -84,7 +85,7 @@ pub enum Cmd {
     Network(network::NetworkCmd),
     /// Build, list, publish and unpublish guest images.
     #[command(subcommand)]
-    Image(commands::ImageCmd),
+    Image(image::ImageCmd),
     /// ARM template deployments (vnets, NICs, VMs, extensions from one JSON template).
     #[command(subcommand)]
     Deployment(deployment::DeploymentCmd),
@@ -258,7 +259,7 @@ pub fn main() -> ExitCode {
             Cmd::Group(c) => commands::group(&cli.global, c).await,
             Cmd::Vm(c) => commands::vm(&cli.global, c).await,
             Cmd::Network(c) => network::run(&cli.global, c).await,
-            Cmd::Image(c) => commands::image(&cli.global, c).await,
+            Cmd::Image(c) => image::run(&cli.global, c).await,
             Cmd::Deployment(c) => deployment::run(&cli.global, c).await,
             Cmd::Storage(c) => storage::run(&cli.global, c).await,
             Cmd::Viewer(c) => viewer::run(&cli.global, c).await,
