@@ -1,3 +1,4 @@
+use super::transcript::{civil_from_days, format_timestamp};
 use super::*;
 use serde_json::json;
 use tokio::net::UnixListener;
