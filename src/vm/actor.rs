@@ -190,6 +190,8 @@ impl Actor {
                 // off already): finish it, gracefully.
                 Resume::Power(op) => {
                     tracing::info!(?op, "resuming an interrupted power operation");
+                    // QEMU is live (adopt shows the operation as under way): start it over.
+                    self.rec.power = PowerState::Running;
                     if let Err(e) = self.power(op).await {
                         tracing::error!(error = %e, "resuming the power operation failed");
                     }

@@ -89,6 +89,15 @@ impl Actor {
                 self.rec.pid = None;
             }
         }
+        // An interrupted stop or deallocate is still under way: show it so, not `running` for
+        // the moment before the actor resumes it (a client polling then would read a VM it
+        // asked to stop as running). The actor starts the operation over from running.
+        if let Resume::Power(op) = &resume {
+            self.rec.power = match op {
+                PowerOp::Deallocate => PowerState::Deallocating,
+                _ => PowerState::Stopping,
+            };
+        }
         self.publish();
         resume
     }
