@@ -52,9 +52,9 @@ pub enum Version {
     V2,
 }
 
-/// Where the group is (or would be) made.
+/// A cpu cgroup of the node's (the guests' or the daemon's): where it is (or would be) made.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuestGroup {
+pub struct CpuGroup {
     pub dir: PathBuf,
     pub version: Version,
 }
@@ -66,8 +66,8 @@ pub fn set_weight(w: u32) {
 }
 
 /// The group for this host, made once per process; `None` when turned off or impossible.
-pub fn host() -> Option<&'static GuestGroup> {
-    static HOST: OnceLock<Option<GuestGroup>> = OnceLock::new();
+pub fn host() -> Option<&'static CpuGroup> {
+    static HOST: OnceLock<Option<CpuGroup>> = OnceLock::new();
     HOST.get_or_init(|| {
         let weight = WEIGHT.load(Ordering::Relaxed);
         if weight == 0 {
@@ -88,7 +88,7 @@ pub fn host() -> Option<&'static GuestGroup> {
     .as_ref()
 }
 
-impl GuestGroup {
+impl CpuGroup {
     /// The group's `cgroup.procs`, opened for the child to join through (write "0").
     pub fn open_procs(&self) -> std::io::Result<OwnedFd> {
         let f = std::fs::OpenOptions::new()
@@ -120,7 +120,7 @@ fn v2_has_cpu(mount: &Path, at: &Path) -> bool {
         .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu"))
 }
 
-fn make(weight: u32) -> Result<GuestGroup, CgroupError> {
+fn make(weight: u32) -> Result<CpuGroup, CgroupError> {
     let (mounts, own) = own_cgroup()?;
     let g = locate(&mounts, &own, v2_has_cpu).ok_or(CgroupError::NoCpuController)?;
     create(&g, weight)?;
@@ -144,7 +144,7 @@ pub fn join_daemon_group(weight: u32) -> Result<Option<PathBuf>, CgroupError> {
 }
 
 /// Makes the group (and, under v2, hands the cpu controller down to it) with `weight`.
-fn create(g: &GuestGroup, weight: u32) -> Result<(), CgroupError> {
+fn create(g: &CpuGroup, weight: u32) -> Result<(), CgroupError> {
     if g.version == Version::V2 {
         // The parent must hand the cpu controller down to its children.
         let parent = g.dir.parent().unwrap_or(Path::new("/"));
@@ -183,13 +183,13 @@ pub fn locate(
     mountinfo: &str,
     own: &str,
     v2_has_cpu: impl Fn(&Path, &Path) -> bool,
-) -> Option<GuestGroup> {
+) -> Option<CpuGroup> {
     let (mount, version, at) = own_cpu_cgroup(mountinfo, own)?;
     let parent = match version {
         Version::V1 => at,
         Version::V2 => at.parent().unwrap_or(Path::new("/")).to_path_buf(),
     };
-    (version == Version::V1 || v2_has_cpu(&mount, &parent)).then(|| GuestGroup {
+    (version == Version::V1 || v2_has_cpu(&mount, &parent)).then(|| CpuGroup {
         dir: mount.join(rel(&parent)).join(NAME),
         version,
     })
@@ -201,10 +201,10 @@ pub fn locate_daemon(
     mountinfo: &str,
     own: &str,
     v2_has_cpu: impl Fn(&Path, &Path) -> bool,
-) -> Option<GuestGroup> {
+) -> Option<CpuGroup> {
     let (mount, version, at) = own_cpu_cgroup(mountinfo, own)?;
     let root = Path::new("/");
-    (at == root && (version == Version::V1 || v2_has_cpu(&mount, root))).then(|| GuestGroup {
+    (at == root && (version == Version::V1 || v2_has_cpu(&mount, root))).then(|| CpuGroup {
         dir: mount.join(DAEMON_NAME),
         version,
     })
