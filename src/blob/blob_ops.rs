@@ -151,7 +151,7 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
             }
             let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
             let tmp = p.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            http::body_to_file(body, &tmp).await?;
+            http::body_to_file(body, &tmp, &r.store).await?;
             blocking(move || {
                 let res = r.store.put_blob(
                     &r.account,
@@ -371,7 +371,7 @@ pub(super) async fn put_block(r: Req, body: Incoming) -> Result<Response<Body>> 
     }
     let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
     let tmp = p.tmp.join(format!("block-{}", uuid::Uuid::new_v4()));
-    http::body_to_file(body, &tmp).await?;
+    http::body_to_file(body, &tmp, &r.store).await?;
     blocking(move || {
         let res = r
             .store

@@ -403,7 +403,7 @@ impl Store {
                 fs::remove_file(&p.data)?;
                 let _ = fs::remove_file(&p.meta);
                 let _ = fs::remove_dir_all(&p.snapshots);
-                let _ = fs::remove_dir_all(&p.blocks);
+                self.pool.recycle_dir(&p.blocks);
                 Ok(())
             }
         }

@@ -160,19 +160,25 @@ pub async fn body_bytes(body: Incoming, limit: usize) -> Result<Bytes> {
 }
 
 /// Writes the request body to a new file at `path`; returns its length. A body of up to
-/// 8 MiB (an SDK's block) is received into memory and written by a blocking thread in one go;
-/// a larger one is streamed to the file as it comes.
-pub async fn body_to_file(body: Incoming, path: &Path) -> Result<u64> {
+/// 8 MiB (an SDK's block) is received into memory and written by a blocking thread in one go,
+/// over a recycled file from the store's pool when there is one; a larger one is streamed to
+/// a new file as it comes.
+pub async fn body_to_file(
+    body: Incoming,
+    path: &Path,
+    store: &std::sync::Arc<crate::blob::Store>,
+) -> Result<u64> {
     use hyper::body::Body as _;
-    const IN_MEMORY: u64 = 8 << 20;
+    const IN_MEMORY: u64 = crate::blob::pool::MAX_FILE;
     if body.size_hint().upper().is_some_and(|n| n <= IN_MEMORY) {
         let data = body_bytes(body, IN_MEMORY as usize).await?;
         let path = path.to_path_buf();
+        let store = store.clone();
         return tokio::task::spawn_blocking(move || {
             if let Some(d) = path.parent() {
                 crate::blob::store::ensure_dir(d)?;
             }
-            std::fs::write(&path, &data)?;
+            store.pool.write(&path, &data)?;
             Ok(data.len() as u64)
         })
         .await

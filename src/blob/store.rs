@@ -395,6 +395,8 @@ pub fn content_type_of(name: &str) -> &'static str {
 pub struct Store {
     pub root: PathBuf,
     accounts: RwLock<BTreeMap<String, Account>>,
+    /// Recycled staging files, in `{root}/.pool` (no account name starts with a dot).
+    pub pool: crate::blob::pool::Pool,
 }
 
 /// Where one blob's files are.
@@ -420,6 +422,7 @@ impl BlobPaths {
 impl Store {
     pub fn new(root: PathBuf) -> Store {
         Store {
+            pool: crate::blob::pool::Pool::open(root.join(".pool")),
             root,
             accounts: RwLock::new(BTreeMap::new()),
         }

@@ -63,7 +63,7 @@ impl Store {
                 fs::rename(&tmp, &p.data)?;
             }
         }
-        let _ = fs::remove_dir_all(&p.blocks);
+        self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
     }
@@ -170,7 +170,7 @@ impl Store {
         m.blocks = blocks;
         succeed(&mut m, old.as_ref());
         fs::rename(&tmp, &p.data)?;
-        let _ = fs::remove_dir_all(&p.blocks);
+        self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
     }

@@ -240,3 +240,72 @@ fn put_blob_and_put_block_list_share_the_overwrite_rules() {
         }
     }
 }
+
+#[test]
+fn staged_blocks_are_recycled_and_never_show_in_another_blob() {
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, s) = store();
+    fs::create_dir_all(s.root.join("acct/c")).unwrap();
+    let stage = |blob: &str, id: &str, data: &[u8]| -> u64 {
+        let tmp = s.root.join(format!("acct/c/.tmp/{blob}-{id}"));
+        fs::create_dir_all(tmp.parent().unwrap()).unwrap();
+        s.pool.write(&tmp, data).unwrap();
+        let ino = fs::metadata(&tmp).unwrap().ino();
+        s.put_block("acct", "c", blob, id, &tmp, &Access::default())
+            .unwrap();
+        ino
+    };
+    let commit = |blob: &str, list: &[(BlockRef, &str)]| {
+        let list: Vec<_> = list.iter().map(|(k, i)| (*k, i.to_string())).collect();
+        s.put_block_list(
+            "acct",
+            "c",
+            blob,
+            &list,
+            HttpProps::default(),
+            Default::default(),
+            &Access::default(),
+        )
+        .unwrap();
+        fs::read(s.blob_paths("acct", "c", blob).data).unwrap()
+    };
+    let (a, b) = ("QUFB", "QkJC");
+    let first = [stage("one", a, &[1u8; 8192]), stage("one", b, &[2u8; 4096])];
+    let one = commit(
+        "one",
+        &[(BlockRef::Uncommitted, b), (BlockRef::Uncommitted, a)],
+    );
+    assert_eq!(one, [vec![2u8; 4096], vec![1u8; 8192]].concat());
+    assert_eq!(
+        s.pool.held(),
+        8192 + 4096,
+        "both block files kept for reuse"
+    );
+
+    // The next blob's blocks are written over the same files; shorter ones leave no tail.
+    let second = [stage("two", a, &[3u8; 100]), stage("two", b, &[4u8; 5000])];
+    assert_eq!(s.pool.held(), 0);
+    let mut reused = second.to_vec();
+    reused.sort();
+    let mut was = first.to_vec();
+    was.sort();
+    assert_eq!(reused, was, "the recycled inodes");
+    let two = commit(
+        "two",
+        &[(BlockRef::Uncommitted, a), (BlockRef::Uncommitted, b)],
+    );
+    assert_eq!(two, [vec![3u8; 100], vec![4u8; 5000]].concat());
+    // The committed blob is a copy: reusing its blocks' files changed nothing in it.
+    assert_eq!(
+        fs::read(s.blob_paths("acct", "c", "one").data).unwrap(),
+        one
+    );
+
+    // Recommitting the first blob from its committed blocks still reads its own content.
+    stage("one", "Q0ND", &[5u8; 10]);
+    let again = commit(
+        "one",
+        &[(BlockRef::Committed, a), (BlockRef::Uncommitted, "Q0ND")],
+    );
+    assert_eq!(again, [vec![1u8; 8192], vec![5u8; 10]].concat());
+}
