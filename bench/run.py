@@ -210,6 +210,8 @@ def wait_phases(path, offset, limit=120):
         time.sleep(0.005)
     raise SystemExit(f"timeout waiting for dhcp-bound in {path}")
 
+REST = 4.0  # --rest
+
 def settle(quiet=0.5, limit=5.0):
     """Waits until the host has been idle for `quiet` seconds (at most `limit`): each boot is
     timed from a quiet machine, not in the tail of the previous peer's teardown (a killed QEMU's
@@ -226,7 +228,13 @@ def settle(quiet=0.5, limit=5.0):
             since = time.time()
         b0, t0 = b1, t1
         if time.time() - since >= quiet:
-            return
+            break
+    # The same memory for every peer: on a host that hands free memory back to its hypervisor
+    # (virtio-balloon free page reporting, 2 s after it is freed), a QEMU started right after
+    # another one died gets that one's still-mapped pages, and one started later gets pages
+    # the hypervisor must fault in again (~2.5 us a page here). Without the rest, whichever
+    # peer boots right after a kill boots faster.
+    time.sleep(REST)
 
 def phases(t0, seen):
     """(t0 -> init, init -> dhcp-start, dhcp-start -> dhcp-bound) in seconds."""
@@ -239,10 +247,15 @@ def main():
     ap.add_argument("--bin", default="target/release/vmnode")
     ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                     help="one more `vmnode serve` argument (repeatable), e.g. --serve-arg=--daemon-cpu-weight=0")
+    ap.add_argument("--rest", type=float, default=REST,
+                    help="seconds of rest before each boot, after the host is quiet (default 4: "
+                         "freed memory has gone back to the hypervisor, the same for every peer)")
     ap.add_argument("--no-libvirt", action="store_true", help="skip the libvirt peer")
     ap.add_argument("--only", default="lease,poweroff,many,cold",
                     help="comma-separated sections: lease, poweroff, many, cold")
     args = ap.parse_args()
+    global REST
+    REST = args.rest
     only = set(args.only.split(","))
     binary = os.path.abspath(args.bin)
     root = tempfile.mkdtemp(prefix="vmnode-bench-")
