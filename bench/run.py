@@ -242,19 +242,19 @@ def phases(t0, seen):
     return tuple(b - a for a, b in zip(ts, ts[1:]))
 
 def main():
+    global REST
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bin", default="target/release/vmnode")
     ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                     help="one more `vmnode serve` argument (repeatable), e.g. --serve-arg=--daemon-cpu-weight=0")
-    ap.add_argument("--rest", type=float, default=REST,
+    ap.add_argument("--rest", type=float, default=4.0,
                     help="seconds of rest before each boot, after the host is quiet (default 4: "
                          "freed memory has gone back to the hypervisor, the same for every peer)")
     ap.add_argument("--no-libvirt", action="store_true", help="skip the libvirt peer")
     ap.add_argument("--only", default="lease,poweroff,many,cold",
                     help="comma-separated sections: lease, poweroff, many, cold")
     args = ap.parse_args()
-    global REST
     REST = args.rest
     only = set(args.only.split(","))
     binary = os.path.abspath(args.bin)
