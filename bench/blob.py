@@ -4,12 +4,13 @@
     sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
         [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick] [--rounds 3]
         [--only vmnode|Azurite] [--perf FILE] [--json] [--sdk python|js|rust] [--rust-client PATH]
-        [--apart] [--each]
+        [--together] [--each]
 
-Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) and an Azurite
-blob server (its own temp dir), both at once, or with `--apart` only the one being measured
-(each round then starts its server, warms it up, measures and stops it); runs the workload
-against each in alternating rounds and prints the medians as a Markdown table, with vmnode's
+Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) or an Azurite
+blob server (its own temp dir), only the one being measured: each round starts its server, warms
+it up, measures and stops it (`--together`: both run throughout, and on a host that hands freed
+memory back to its hypervisor, each server's round then starts on memory the other one's round
+left cold); runs the workload against each in alternating rounds and prints the medians as a Markdown table, with vmnode's
 own time per operation (request head to response head, from its debug log); `--each` prints
 every round's figures to stderr as well.
 `--sdk js` drives the same workload through the JavaScript SDK (bench/blob_js.mjs; install it
@@ -255,9 +256,10 @@ def main():
     ap.add_argument("--only", choices=["vmnode", "Azurite"], help="run against one server only")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server")
     ap.add_argument("--each", action="store_true", help="print every round's figures to stderr too")
-    ap.add_argument("--apart", action="store_true",
-                    help="only one server alive at a time: each round starts its server, warms it up, "
-                    "measures and stops it (else both run throughout)")
+    ap.add_argument("--together", action="store_true",
+                    help="both servers alive throughout (default: only the one being measured; each "
+                    "round starts its server, warms it up, measures and stops it)")
+    ap.add_argument("--apart", action="store_true", help="the default; kept for old command lines")
     ap.add_argument("--sdk", choices=["python", "js", "rust"], default="python",
                     help="the client: azure-storage-blob (Python), @azure/storage-blob (JavaScript, "
                     "from $VMNODE_JS_SDK, default /var/cache/vmnode/npm-sdk/node_modules) or "
@@ -268,12 +270,13 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="record a perf profile of vmnode during its first measured round")
     a = ap.parse_args()
+    a.apart = not a.together
     servers = [(n, st, b) for n, st, b in [("vmnode", start_vmnode, a.vmnode),
                                            ("Azurite", start_azurite, a.azurite)]
                if not a.only or a.only == n]
     # The rounds alternate between the servers (A B B A ...), so a change in the machine's load
     # (other builds) falls on both alike; each figure is the median over the rounds. Both
-    # servers run throughout, or with --apart only the one being measured (started, warmed up
+    # servers run throughout (--together), or only the one being measured (started, warmed up
     # and stopped for each round), so neither's memory or caches weigh on the other's rounds.
     running, rounds, logs = {}, {}, []
     work = {"python": workload, "js": workload_js}.get(a.sdk)
