@@ -20,6 +20,9 @@ use std::sync::Mutex;
 pub const CAP_BYTES: u64 = 256 << 20;
 /// The largest file kept: an SDK's block (bodies up to this size are received in memory).
 pub const MAX_FILE: u64 = 8 << 20;
+/// Free space the filesystem must keep for the pool to hold a file: below it, the pool gives
+/// all its files back, so that it never takes the room the node's own health check asks for.
+pub const KEEP_FREE: u64 = 4 * CAP_BYTES;
 
 /// The pool: files in `dir`, named by number, with their sizes.
 #[derive(Debug)]
@@ -27,11 +30,13 @@ pub struct Pool {
     dir: PathBuf,
     files: Mutex<Vec<(PathBuf, u64)>>,
     next: AtomicU64,
+    keep_free: u64,
 }
 
 impl Pool {
     /// The pool in `dir`, with the files an earlier run left there (their pages may still be
-    /// cached). Files over the cap or of the wrong kind are removed.
+    /// cached). Files over the cap or of the wrong kind are removed, and all of them on a
+    /// filesystem short of space.
     pub fn open(dir: PathBuf) -> Pool {
         let mut files = Vec::new();
         let mut held = 0;
@@ -47,11 +52,18 @@ impl Pool {
                 }
             }
         }
-        Pool {
+        let pool = Pool {
             dir,
             files: Mutex::new(files),
             next: AtomicU64::new(crate::blob::store::now_ns()),
+            keep_free: KEEP_FREE,
+        };
+        if !pool.lock().is_empty() && !pool.room(&pool.dir) {
+            for (f, _) in pool.lock().drain(..) {
+                let _ = fs::remove_file(f);
+            }
         }
+        pool
     }
 
     /// Bytes held now.
@@ -93,7 +105,8 @@ impl Pool {
         fs::write(dst, data)
     }
 
-    /// Keeps `file` for reuse if it fits, else deletes it.
+    /// Keeps `file` for reuse if it fits, else deletes it. On a filesystem short of space
+    /// (under [`KEEP_FREE`] free), deletes it and every file the pool holds.
     pub fn recycle(&self, file: &Path) {
         let len = match fs::symlink_metadata(file) {
             Ok(m) if m.is_file() => m.len(),
@@ -101,6 +114,14 @@ impl Pool {
             Err(_) => return,
         };
         let mut files = self.lock();
+        if !self.room(file) {
+            for (f, _) in files.drain(..) {
+                let _ = fs::remove_file(f);
+            }
+            drop(files);
+            let _ = fs::remove_file(file);
+            return;
+        }
         let held: u64 = files.iter().map(|f| f.1).sum();
         if len <= MAX_FILE && held + len <= CAP_BYTES && ensure(&self.dir) {
             let to = self
@@ -113,6 +134,13 @@ impl Pool {
         }
         drop(files);
         let _ = fs::remove_file(file);
+    }
+
+    /// Whether the filesystem of `file` has [`KEEP_FREE`] free (a `statvfs`, microseconds).
+    fn room(&self, file: &Path) -> bool {
+        nix::sys::statvfs::statvfs(file).is_ok_and(|st| {
+            st.blocks_available().saturating_mul(st.fragment_size()) >= self.keep_free
+        })
     }
 
     /// Recycles every file in `dir`, then removes it.
@@ -213,5 +241,24 @@ mod tests {
             "none holds it: the largest"
         );
         assert_eq!(fs::read(&y).unwrap(), vec![3u8; 4 << 20]);
+    }
+
+    #[test]
+    fn short_of_space_the_pool_gives_back_every_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut pool = Pool::open(d.path().join("pool"));
+        for i in 0..3 {
+            let f = d.path().join(format!("f{i}"));
+            fs::write(&f, [1u8; 4096]).unwrap();
+            pool.recycle(&f);
+        }
+        assert_eq!(pool.held(), 3 * 4096);
+        pool.keep_free = u64::MAX;
+        let f = d.path().join("last");
+        fs::write(&f, [1u8; 4096]).unwrap();
+        pool.recycle(&f);
+        assert!(!f.exists());
+        assert_eq!(pool.held(), 0);
+        assert_eq!(fs::read_dir(d.path().join("pool")).unwrap().count(), 0);
     }
 }
