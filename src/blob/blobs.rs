@@ -15,6 +15,7 @@ use hyper::StatusCode;
 use super::error::{BlobError, Result};
 use super::lease::{self, Lease};
 use super::pages::{self, RangeSet};
+use super::reaper;
 use super::store::{lock, now_ms, now_ns, snapshot_time, BlobMeta, BlobPaths, BlobType, Store};
 
 /// Conditional headers (`If-Match`, `If-None-Match`, `If-Modified-Since`,
@@ -400,7 +401,9 @@ impl Store {
                 Ok(())
             }
             _ => {
+                let old_file = reaper::hold(&p.data);
                 fs::remove_file(&p.data)?;
+                reaper::release(old_file);
                 let _ = fs::remove_file(&p.meta);
                 let _ = fs::remove_dir_all(&p.snapshots);
                 self.pool.recycle_dir(&p.blocks);

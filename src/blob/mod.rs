@@ -11,6 +11,7 @@
 //! | `blobs.rs`, `blobs/{put,page}.rs` | blob operations: reads, the overwrite and lease checks, snapshots, leases, listing; whole-blob writes (Put Blob, blocks, append); page blob operations |
 //! | `wire.rs` | the case of `x-ms-meta-*` names on the wire (hyper lower-cases them) |
 //! | `pool.rs` | recycled staging files: a committed block's file is written over by the next block |
+//! | `reaper.rs` | the last close of a replaced or deleted blob's file, on a thread of its own (frees and discards off the request path) |
 //! | `pages.rs` | the 512-byte page map; data extents of files written by QEMU |
 //! | `lease.rs` | the lease state machine (pure) |
 //! | `xml.rs`, `error.rs` | XML in and out; the cloud's error codes |
@@ -31,6 +32,7 @@ pub mod lease;
 pub mod pages;
 pub mod pool;
 pub mod quarantine;
+pub mod reaper;
 pub mod server;
 pub mod store;
 mod wire;

@@ -10,10 +10,10 @@ use hyper::StatusCode;
 
 use super::{block_file, succeed, wrong_type, Access, BlockRef, NewBlob};
 use crate::blob::error::{BlobError, Result};
-use crate::blob::lease;
 use crate::blob::store::{
     ensure_dir, lock, now_ms, now_ns, BlobMeta, BlobType, Block, HttpProps, Store,
 };
+use crate::blob::{lease, reaper};
 
 /// Copies `len` bytes of `from` at `off` to the end of `to`.
 fn copy_range(from: &mut File, off: u64, len: u64, to: &mut File) -> io::Result<()> {
@@ -53,6 +53,8 @@ impl Store {
         if let NewBlob::Page { sequence, .. } = new {
             m.sequence_number = sequence;
         }
+        // The old file, if any, is closed (and its blocks freed) off the request path.
+        let old_file = reaper::hold(&p.data);
         match new {
             NewBlob::Block(tmp) => fs::rename(tmp, &p.data)?,
             // A page blob is a sparse file of its size; an append blob starts empty.
@@ -63,6 +65,7 @@ impl Store {
                 fs::rename(&tmp, &p.data)?;
             }
         }
+        reaper::release(old_file);
         self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
@@ -170,6 +173,8 @@ impl Store {
         m.blocks = blocks;
         succeed(&mut m, old.as_ref());
         fs::rename(&tmp, &p.data)?;
+        // `current` is the replaced file: its last close frees its blocks, off the request path.
+        reaper::release(current);
         self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
