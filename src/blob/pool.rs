@@ -58,9 +58,10 @@ impl Pool {
             next: AtomicU64::new(crate::blob::store::now_ns()),
             keep_free: KEEP_FREE,
         };
-        if !pool.lock().is_empty() && !pool.room(&pool.dir) {
-            for (f, _) in pool.lock().drain(..) {
-                let _ = fs::remove_file(f);
+        {
+            let mut files = pool.lock();
+            if !files.is_empty() && !pool.room(&pool.dir) {
+                give_back(&mut files);
             }
         }
         pool
@@ -69,7 +70,7 @@ impl Pool {
     /// Bytes held now.
     #[cfg(test)]
     pub fn held(&self) -> u64 {
-        self.lock().iter().map(|f| f.1).sum()
+        bytes(&self.lock())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PathBuf, u64)>> {
@@ -105,35 +106,44 @@ impl Pool {
         fs::write(dst, data)
     }
 
-    /// Keeps `file` for reuse if it fits, else deletes it. On a filesystem short of space
-    /// (under [`KEEP_FREE`] free), deletes it and every file the pool holds.
+    /// Keeps `file` for reuse if it fits, else deletes it (see [`Pool::recycle_all`]).
+    #[cfg(test)]
     pub fn recycle(&self, file: &Path) {
-        let len = match fs::symlink_metadata(file) {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => return,
-            Err(_) => return,
+        self.recycle_all(&[file.to_path_buf()]);
+    }
+
+    /// Keeps each of `paths` (regular files) for reuse while they fit, and deletes the rest. On a
+    /// filesystem short of space (under [`KEEP_FREE`] free), deletes them and every file the pool
+    /// holds. One `statvfs` for the lot.
+    fn recycle_all(&self, paths: &[PathBuf]) {
+        let Some(first) = paths.first() else {
+            return;
         };
         let mut files = self.lock();
-        if !self.room(file) {
-            for (f, _) in files.drain(..) {
-                let _ = fs::remove_file(f);
+        let keep = if self.room(first) {
+            ensure(&self.dir)
+        } else {
+            give_back(&mut files);
+            false
+        };
+        let mut held = bytes(&files);
+        for path in paths {
+            let len = match fs::symlink_metadata(path) {
+                Ok(m) if m.is_file() => m.len(),
+                _ => continue,
+            };
+            if keep && len <= MAX_FILE && held + len <= CAP_BYTES {
+                let to = self
+                    .dir
+                    .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+                if fs::rename(path, &to).is_ok() {
+                    files.push((to, len));
+                    held += len;
+                    continue;
+                }
             }
-            drop(files);
-            let _ = fs::remove_file(file);
-            return;
+            let _ = fs::remove_file(path);
         }
-        let held: u64 = files.iter().map(|f| f.1).sum();
-        if len <= MAX_FILE && held + len <= CAP_BYTES && ensure(&self.dir) {
-            let to = self
-                .dir
-                .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
-            if fs::rename(file, &to).is_ok() {
-                files.push((to, len));
-                return;
-            }
-        }
-        drop(files);
-        let _ = fs::remove_file(file);
     }
 
     /// Whether the filesystem of `file` has [`KEEP_FREE`] free (a `statvfs`, microseconds).
@@ -145,10 +155,26 @@ impl Pool {
 
     /// Recycles every file in `dir`, then removes it.
     pub fn recycle_dir(&self, dir: &Path) {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            self.recycle(&e.path());
-        }
+        let paths: Vec<PathBuf> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        self.recycle_all(&paths);
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Bytes in `files`.
+fn bytes(files: &[(PathBuf, u64)]) -> u64 {
+    files.iter().map(|f| f.1).sum()
+}
+
+/// Deletes every file the pool holds.
+fn give_back(files: &mut Vec<(PathBuf, u64)>) {
+    for (f, _) in files.drain(..) {
+        let _ = fs::remove_file(f);
     }
 }
 

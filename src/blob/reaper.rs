@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 enum Msg {
     Close(File),
@@ -16,8 +16,8 @@ enum Msg {
     Flush(Sender<()>),
 }
 
-fn queue() -> &'static Mutex<Sender<Msg>> {
-    static TX: OnceLock<Mutex<Sender<Msg>>> = OnceLock::new();
+fn queue() -> &'static Sender<Msg> {
+    static TX: OnceLock<Sender<Msg>> = OnceLock::new();
     TX.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Msg>();
         let spawned = std::thread::Builder::new()
@@ -37,7 +37,7 @@ fn queue() -> &'static Mutex<Sender<Msg>> {
             // Without the thread, the send fails and the file is closed where it is.
             tracing::warn!(error = %e, "cannot start the blob reaper thread; old files are closed on the request path");
         }
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -49,8 +49,7 @@ pub fn hold(path: &Path) -> Option<File> {
 /// Closes `file` on the reaper thread (or here, if that thread is gone).
 pub fn release(file: Option<File>) {
     if let Some(f) = file {
-        let tx = queue().lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(mpsc::SendError(Msg::Close(f))) = tx.send(Msg::Close(f)) {
+        if let Err(mpsc::SendError(Msg::Close(f))) = queue().send(Msg::Close(f)) {
             drop(f);
         }
     }
@@ -60,11 +59,7 @@ pub fn release(file: Option<File>) {
 #[cfg(test)]
 pub fn flush() {
     let (tx, rx) = mpsc::channel();
-    let sent = queue()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(Msg::Flush(tx));
-    if sent.is_ok() {
+    if queue().send(Msg::Flush(tx)).is_ok() {
         let _ = rx.recv();
     }
 }
