@@ -4,7 +4,9 @@
   sudo python3 bench/run.py [--runs N] [--bin target/release/vmnode]
 
 1. create request -> guest holds its DHCP lease, vs the same QEMU argv started by hand
-   (same kernel, initrd, disk, MAC, tap on the same bridge, same DHCP responder).
+   (same kernel, initrd, disk, MAC, tap on the same bridge, same DHCP responder). vmnode's VMs
+   resume the shape's boot snapshot (made in a warm-up first); the peers boot cold, as they
+   would (`--serve-arg=--boot-snapshots=off` boots vmnode's cold too).
    "Holds its lease" = the guest's udhcpc script printed `dhcp-bound` on the serial console.
 2. create request -> QEMU spawned (the daemon's own measure, `since_request_us`), vs the cost
    of fork+exec of the same QEMU binary by hand (the floor any manager pays).
@@ -124,6 +126,39 @@ def by_path(argv, pid, sock_dir):
             a = f"socket,id={m.group(1)}0,path={os.path.join(sock_dir, m.group(1) + '.sock')},{m.group(2)}"
         out.append(a)
     return out
+
+def without_incoming(argv):
+    """The argv without `-incoming fd:N` (a VM resumed from a boot snapshot)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "-incoming":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+def snapshot_files(node):
+    d = os.path.join(node.state, "snapshots")
+    if not os.path.isdir(d):
+        return []
+    return [os.path.join(d, k, "state.bin") for k in os.listdir(d)
+            if not k.startswith(".") and os.path.isfile(os.path.join(d, k, "state.bin"))]
+
+def warm_up(node, limit=400):
+    """Creates one VM of the bench's shape and waits for the node to make its boot snapshot
+    (vmnode does so after the first VM of a shape has booted); deletes the VM. Seconds taken."""
+    t0 = time.perf_counter()
+    node.cli("vm", "create", "-g", "bench", "-n", "warmup", "--image", "vmnode:tiny:1:latest",
+             "--size", "Standard_B1s", "-o", "json")
+    while not snapshot_files(node):
+        if time.perf_counter() - t0 > limit:
+            raise SystemExit("no boot snapshot was made: see daemon.log")
+        time.sleep(0.2)
+    took = time.perf_counter() - t0
+    node.cli("vm", "delete", "-g", "bench", "-n", "warmup", "--yes")
+    return took
 
 def vmnode_argv(run_dir):
     """The running VM's QEMU argv with paths (see `by_path`) and its pid."""
@@ -272,6 +307,10 @@ def main():
             lv.start()
         lease_vmnode, lease_raw, lease_lv, spawn_us, fork_exec = [], [], [], [], []
         split = {"vmnode": [], "raw QEMU": [], "libvirt": []}
+        resumed = []
+        if "lease" in only and not any("boot-snapshots" in a and "off" in a for a in node.serve_extra):
+            print(f"boot snapshot of the bench's shape: {warm_up(node):.1f} s (a first VM boots, then the node makes it)",
+                  file=sys.stderr)
         for i in range(args.runs if "lease" in only else 0):
             name = f"b{i}"
             settle()
@@ -284,6 +323,9 @@ def main():
             serial = serial_file(argv)
             seen = wait_phases(serial, 0)
             lease_vmnode.append(seen[b"dhcp-bound"] - t0)
+            # The peers boot what vmnode's QEMU would boot without its boot snapshot.
+            resumed.append("-incoming" in argv)
+            argv = without_incoming(argv)
             split["vmnode"].append(phases(t0, seen))
             m = re.findall(r"since_request_us=(\d+)", open(os.path.join(root, "daemon.log")).read())
             spawn_us.append(int(m[-1]))
@@ -415,6 +457,9 @@ def main():
         print("|---|---|---|---|---|")
         rng = lambda xs, f=1: f"{med(xs)*f:.3g} ({min(xs)*f:.3g}-{max(xs)*f:.3g})" if xs else "–"
         if lease_vmnode:
+            how = ("resumed from its boot snapshot" if all(resumed) else
+                   "booted cold" if not any(resumed) else f"{sum(resumed)}/{len(resumed)} resumed")
+            print(f"vmnode's VMs in the lease rows: {how}; the peers boot the same argv cold\n")
             print(f"| create request → guest holds DHCP lease (s) | {rng(lease_vmnode)} | raw QEMU, same argv: {rng(lease_raw)} | "
                   f"{med(lease_vmnode)/med(lease_raw):.3f}× | ≤ 1.05× |")
             if lease_lv:

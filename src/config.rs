@@ -82,4 +82,6 @@ pub struct DaemonConfig {
     pub nat_via: Option<String>,
     /// `--dns-forwarder`: where the internal DNS sends names outside the vnets (none: REFUSED).
     pub dns_forwarder: Option<SocketAddr>,
+    /// `--boot-snapshots`: new VMs of a shape seen before resume a saved boot (`vm/snapshot.rs`).
+    pub boot_snapshots: bool,
 }

@@ -98,6 +98,13 @@ pub struct Recipe {
     /// How VMs of this image are provisioned (absent: through the guest agent).
     #[serde(default, skip_serializing_if = "super::Provisioning::is_agent")]
     pub provisioning: super::Provisioning,
+    /// Its init knows the boot snapshot protocol (see `Manifest::boot_snapshot`).
+    #[serde(
+        default,
+        rename = "bootSnapshot",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub boot_snapshot: bool,
 }
 
 pub fn recipes() -> Result<std::collections::BTreeMap<String, Recipe>, BuildError> {
@@ -242,6 +249,7 @@ fn run_recipe(
         files,
         built_at: crate::api::time_now(),
         provisioning: recipe.provisioning,
+        boot_snapshot: recipe.boot_snapshot,
     };
     let mpath = out.path().join("manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Catalog)?;

@@ -455,6 +455,7 @@ pub fn import(
         } else {
             Provisioning::None
         },
+        boot_snapshot: false,
     };
     let mpath = tmp.path().join("manifest.json");
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| ImportError::Io {

@@ -105,6 +105,10 @@ pub struct Manifest {
     /// How the image's OS is provisioned from `osProfile` (absent: `agent`).
     #[serde(default, skip_serializing_if = "Provisioning::is_agent")]
     pub provisioning: Provisioning,
+    /// The image's init can wait at a boot snapshot point and take a VM's identity from the
+    /// guest agent there (`vm/snapshot.rs`), so new VMs of it may resume instead of boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub boot_snapshot: bool,
 }
 
 /// How an image takes its `osProfile` (host name, admin user, keys, customData): what the image
@@ -331,6 +335,7 @@ mod tests {
             files: Default::default(),
             built_at: String::new(),
             provisioning: Default::default(),
+            boot_snapshot: false,
         };
         std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     }

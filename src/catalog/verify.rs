@@ -296,6 +296,7 @@ mod tests {
                 files,
                 built_at: String::new(),
                 provisioning: Default::default(),
+                boot_snapshot: false,
             },
             dir: dir.to_path_buf(),
         }

@@ -149,6 +149,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::qemu::cgroup::DEFAULT_DAEMON_WEIGHT,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub daemon_cpu_weight: u32,
+    /// Boot snapshots. The first VM of a shape (image, size, disk sizes) boots cold; the node
+    /// then boots one more guest of that shape in the background, at the lowest CPU priority,
+    /// and saves it at the point in its init where nothing of a VM's own is used yet. Later
+    /// creates of the shape resume that state and hand the guest its MAC, clock and entropy
+    /// through its agent, skipping the kernel's boot (seconds under TCG). Only images that
+    /// declare it (`bootSnapshot` in the manifest: the tiny image) and only at create; start,
+    /// restart and redeploy always boot. Snapshots are kept in `state/snapshots`, at most 8.
+    #[arg(long, value_enum, default_value = "on")]
+    pub boot_snapshots: OnOff,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Places the guests' group from where the daemon started, then moves the daemon into its own
@@ -250,6 +265,7 @@ pub fn main() -> ExitCode {
                     },
                     nat_via: a.nat_via,
                     dns_forwarder: a.dns_forwarder,
+                    boot_snapshots: a.boot_snapshots == OnOff::On,
                 };
                 crate::daemon::run(cfg).await
             }

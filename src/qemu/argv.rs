@@ -109,6 +109,18 @@ pub struct VmSpec {
     pub boot: Boot,
     /// The cloud-init NoCloud seed (`cidata`), attached read-only.
     pub seed: Option<PathBuf>,
+    /// A boot snapshot this QEMU makes or resumes (`vm/snapshot.rs`).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// What a QEMU does with a boot snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Boots the snapshot's guest: `vmnode.template` on the kernel command line makes its init
+    /// wait at the snapshot point, and its NIC is on no network (a hub port of its own).
+    Make,
+    /// Resumes the state saved in this file (`-incoming fd:N`) instead of booting.
+    Resume(PathBuf),
 }
 
 fn cache_mode(caching: &str) -> &'static str {
@@ -131,6 +143,7 @@ enum Role {
     ResDisk,
     Seed,
     Data(u32),
+    Snapshot,
 }
 
 fn files(s: &VmSpec) -> Vec<(Role, Passed)> {
@@ -162,6 +175,9 @@ fn files(s: &VmSpec) -> Vec<(Role, Passed)> {
     }
     for d in &s.data_disks {
         add(Role::Data(d.lun), &d.path, Access::ReadWrite);
+    }
+    if let Some(Snapshot::Resume(state)) = &s.snapshot {
+        add(Role::Snapshot, state, Access::Read);
     }
     out.into_iter()
         .map(|(r, fd, path, access)| (r, Passed { fd, path, access }))
@@ -204,7 +220,7 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         let set = match role {
             Role::Data(lun) => data_disk_set(*lun),
             Role::Serial | Role::OsDisk | Role::ResDisk | Role::Seed => p.fd,
-            Role::Qmp | Role::Qga | Role::Kernel | Role::Initrd => continue,
+            Role::Qmp | Role::Qga | Role::Kernel | Role::Initrd | Role::Snapshot => continue,
         };
         push(&[
             "-add-fd",
@@ -293,9 +309,13 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         let (file, raw, dev) = data_disk_blockdev(d);
         push(&["-blockdev", &file, "-blockdev", &raw, "-device", &dev]);
     }
+    let netdev = match s.snapshot {
+        Some(Snapshot::Make) => "hubport,id=net0,hubid=0".to_string(),
+        _ => format!("tap,id=net0,fd={TAP_FD}"),
+    };
     push(&[
         "-netdev",
-        &format!("tap,id=net0,fd={TAP_FD}"),
+        &netdev,
         "-device",
         &format!(
             "virtio-net-pci,netdev=net0,mac={},id=nic0",
@@ -329,6 +349,12 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         "-mon",
         "chardev=qmp0,mode=control",
     ]);
+    // A new generation ID at every QEMU start: a guest resumed from a boot snapshot is told it
+    // is a copy and reseeds its random number generator (Linux's vmgenid driver).
+    push(&["-device", "vmgenid,id=vmgenid0"]);
+    if let Some(Snapshot::Resume(_)) = &s.snapshot {
+        push(&["-incoming", &format!("fd:{}", fd(Role::Snapshot))]);
+    }
     a
 }
 
@@ -338,10 +364,14 @@ pub fn build(s: &VmSpec) -> Vec<String> {
 /// in bench/load.py). Cloud images pass the same flag for the same reason.
 fn kernel_cmdline(s: &VmSpec) -> String {
     let has = s.cmdline.split_whitespace().any(|w| w == "no_timer_check");
-    if s.accel == Accel::Tcg && !has {
+    let line = if s.accel == Accel::Tcg && !has {
         format!("{} no_timer_check", s.cmdline).trim().to_string()
     } else {
         s.cmdline.clone()
+    };
+    match s.snapshot {
+        Some(Snapshot::Make) => format!("{line} vmnode.template"),
+        _ => line,
     }
 }
 
@@ -357,6 +387,7 @@ fn opaque(role: Role) -> String {
         Role::Qga => "qga".into(),
         Role::Kernel => "kernel".into(),
         Role::Initrd => "initrd".into(),
+        Role::Snapshot => "snapshot".into(),
     }
 }
 
@@ -390,7 +421,37 @@ mod tests {
             pidfile: "/run/qemu.pid".into(),
             boot: Boot::Kernel,
             seed: None,
+            snapshot: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_made_off_the_network_and_resumed_from_its_fd() {
+        let mut s = spec();
+        s.snapshot = Some(Snapshot::Make);
+        let a = build(&s);
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[i + 1], "console=ttyS0 no_timer_check vmnode.template");
+        let t = a.join(" ");
+        assert!(t.contains("-netdev hubport,id=net0,hubid=0"), "{t}");
+        assert!(!t.contains("fd=3") && !t.contains("-incoming"), "{t}");
+        s.snapshot = Some(Snapshot::Resume("/state/snapshots/k/state.bin".into()));
+        let a = build(&s);
+        let t = a.join(" ");
+        // The state file comes after every other file, read-only.
+        assert!(t.ends_with("-incoming fd:12"), "{t}");
+        assert!(
+            t.contains("tap,id=net0,fd=3") && !t.contains("vmnode.template"),
+            "{t}"
+        );
+        let p = passed(&s).into_iter().find(|p| p.fd == 12).unwrap();
+        assert_eq!(
+            (p.path.to_str().unwrap(), p.access),
+            ("/state/snapshots/k/state.bin", Access::Read)
+        );
+        assert!(build(&spec())
+            .join(" ")
+            .contains("-device vmgenid,id=vmgenid0"));
     }
 
     #[test]

@@ -240,6 +240,23 @@ impl Qga {
     /// Writes `data` to `path` in the guest (created or truncated), then sets its mode.
     pub async fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<(), QgaError> {
         let t = Duration::from_secs(10);
+        self.put_file(path, data).await?;
+        let mode = format!("{mode:o}");
+        let out = self
+            .exec("/bin/chmod", &[&mode, path], &[], None, t)
+            .await?;
+        if out.exit_code != Some(0) {
+            return Err(QgaError::Agent(format!(
+                "chmod {mode} {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to `path` in the guest (created or truncated, the agent's default mode).
+    pub async fn put_file(&mut self, path: &str, data: &[u8]) -> Result<(), QgaError> {
+        let t = Duration::from_secs(10);
         let h = self
             .execute(
                 "guest-file-open",
@@ -276,16 +293,6 @@ impl Qga {
             .await;
         result?;
         closed?;
-        let mode = format!("{mode:o}");
-        let out = self
-            .exec("/bin/chmod", &[&mode, path], &[], None, t)
-            .await?;
-        if out.exit_code != Some(0) {
-            return Err(QgaError::Agent(format!(
-                "chmod {mode} {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
         Ok(())
     }
 

@@ -25,6 +25,7 @@ mod adopt;
 mod agent;
 mod disks;
 mod health;
+mod resume;
 mod screen;
 
 pub enum Start {
@@ -364,12 +365,51 @@ impl Actor {
         Ok(())
     }
 
-    /// Makes the temp disk if missing, a tap, and starts QEMU; connects QMP.
+    /// Makes the temp disk if missing, a tap, and starts QEMU; connects QMP. A create resumes
+    /// its shape's boot snapshot when there is one, and boots cold if that fails.
     async fn boot(
         &mut self,
         image: &ImageVersion,
         requested: Option<std::time::Instant>,
         reason: &str,
+    ) -> Result<(), StepError> {
+        let first = self
+            .boot_with(image, requested, reason, reason == "create")
+            .await;
+        match first {
+            Err((Some(saved), e)) => {
+                // The snapshot is gone now: this boots cold and makes it again.
+                self.resume_failed(&saved, &e);
+                self.boot_with(image, requested, reason, true)
+                    .await
+                    .map_err(|(_, e)| e)
+            }
+            other => other.map_err(|(_, e)| e),
+        }
+    }
+
+    /// One boot; a failure says which snapshot it was resuming, if any.
+    async fn boot_with(
+        &mut self,
+        image: &ImageVersion,
+        requested: Option<std::time::Instant>,
+        reason: &str,
+        may_resume: bool,
+    ) -> Result<(), (Option<crate::vm::snapshot::Saved>, StepError)> {
+        let mut resumed = None;
+        let r = self
+            .boot_inner(image, requested, reason, may_resume, &mut resumed)
+            .await;
+        r.map_err(|e| (resumed, e))
+    }
+
+    async fn boot_inner(
+        &mut self,
+        image: &ImageVersion,
+        requested: Option<std::time::Instant>,
+        reason: &str,
+        may_resume: bool,
+        resumed: &mut Option<crate::vm::snapshot::Saved>,
     ) -> Result<(), StepError> {
         let size = super::sizes::find(&self.rec.size);
         if let (Some(s), false) = (size, self.rec.temp_disk.as_os_str().is_empty()) {
@@ -427,7 +467,17 @@ impl Actor {
                 argv::Boot::Kernel
             },
             seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
+            snapshot: None,
         };
+        let mut spec = spec;
+        let plan = if may_resume {
+            self.snapshot_plan(&mut spec, image)
+        } else {
+            resume::Plan::Cold
+        };
+        if let resume::Plan::Resume(saved) = &plan {
+            *resumed = Some(saved.clone());
+        }
         let args = argv::build(&spec);
         let _ = std::fs::write(
             run.join("qemu.argv.json"),
@@ -484,6 +534,9 @@ impl Actor {
             .await
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
+        if let resume::Plan::Resume(saved) = &plan {
+            self.continue_resumed(&qmp, saved, &spec.qga_socket).await?;
+        }
         crate::failpoint::crash_point("boot.qmp_connected");
         self.events = Some(qmp.events());
         self.diag.event(
@@ -493,6 +546,9 @@ impl Actor {
         );
         self.qmp = Some(qmp);
         self.rec.last_boot = Some(std::time::SystemTime::now());
+        if let resume::Plan::Make(key) = plan {
+            self.make_snapshot_later(&spec, image, key);
+        }
         Ok(())
     }
 

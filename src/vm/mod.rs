@@ -21,6 +21,7 @@ pub mod ops;
 pub mod osprofile;
 pub mod provision;
 pub mod sizes;
+pub mod snapshot;
 mod validate;
 
 pub use validate::{capacity, validate_computer_name, validate_rg_name, validate_vm_name};
@@ -135,6 +136,7 @@ pub struct Node {
     pub net: NodeNet,
     pub account: String,
     pub ops: ops::Operations,
+    pub snapshots: Arc<snapshot::Snapshots>,
     vms: Mutex<HashMap<String, VmHandle>>,
 }
 
@@ -147,7 +149,10 @@ impl Node {
         net: NodeNet,
         account: String,
     ) -> Arc<Node> {
+        let snapshots =
+            snapshot::Snapshots::new(&cfg.paths.state, &cfg.paths.run, cfg.boot_snapshots);
         Arc::new(Node {
+            snapshots,
             cfg,
             db,
             subscription,

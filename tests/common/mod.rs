@@ -160,6 +160,14 @@ impl Node {
             // Tests never touch the host's namespace: no veth to it (see tests/host_access.rs).
             .args(["--host-netns", &self.host_netns])
             .args(&self.serve_args)
+            // Boot snapshots (on by default) only where a test asks: every other test's first
+            // VM of a shape would start a second guest in the background (tests/boot_snapshot.rs).
+            .args(
+                (!self.serve_args.iter().any(|a| a == "--boot-snapshots"))
+                    .then_some(["--boot-snapshots", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env("VMNODE_LOG", "debug")

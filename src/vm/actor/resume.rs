@@ -1,0 +1,171 @@
+//! A create that resumes a boot snapshot (`vm/snapshot.rs`): which snapshot, the VM's console
+//! started with the snapshot's boot, the resumed QEMU continued, and the guest handed its
+//! identity; or, for a shape seen the first time, the snapshot made after the VM has booted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::{Actor, StepError};
+use crate::catalog::ImageVersion;
+use crate::diagnostics::boots::{Mark, Source};
+use crate::qemu::argv::{Snapshot, VmSpec};
+use crate::qemu::qmp::Qmp;
+use crate::vm::snapshot::{self, Saved};
+
+/// What a create does about boot snapshots.
+pub(super) enum Plan {
+    /// None: not eligible, or snapshots are off.
+    Cold,
+    /// No snapshot of this shape yet: boot cold, then make one.
+    Make(String),
+    /// Resume this one.
+    Resume(Saved),
+}
+
+impl Actor {
+    /// Picks the plan for a VM about to boot; for a resume, points `spec` at the state and
+    /// starts the VM's console with the snapshot's.
+    pub(super) fn snapshot_plan(&self, spec: &mut VmSpec, image: &ImageVersion) -> Plan {
+        let Some(key) = self.node.snapshots.key_for(spec, image) else {
+            return Plan::Cold;
+        };
+        let Some(saved) = self.node.snapshots.find(&key) else {
+            return Plan::Make(key);
+        };
+        if let Err(e) = start_console(&saved, &spec.serial_log) {
+            tracing::warn!(error = %e, "cannot copy the snapshot's console; booting cold");
+            return Plan::Cold;
+        }
+        spec.snapshot = Some(Snapshot::Resume(saved.state()));
+        tracing::info!(key = %saved.key, "resuming a boot snapshot");
+        self.diag.event(
+            Source::Vmnode,
+            Mark::Info,
+            format!("resuming boot snapshot {}", saved.key),
+        );
+        Plan::Resume(saved)
+    }
+
+    /// After QMP is up on a resumed QEMU: waits for the state to load, continues the guest and
+    /// hands it its identity on a task of its own. If the guest does not take it, the snapshot
+    /// is deleted and the guest reset: it then boots its kernel with its own command line.
+    pub(super) async fn continue_resumed(
+        &self,
+        qmp: &Qmp,
+        saved: &Saved,
+        qga_socket: &Path,
+    ) -> Result<(), StepError> {
+        let t = Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = qmp
+                .execute_raw("query-status", None, t)
+                .await
+                .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {e}")))?;
+            match s["status"].as_str() {
+                Some("inmigrate") if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
+                Some("running") => {
+                    self.hand_identity_later(qmp, saved, qga_socket);
+                    return Ok(());
+                }
+                other => {
+                    return Err(StepError::Qemu(format!(
+                        "resuming the boot snapshot: QEMU is {other:?}"
+                    )))
+                }
+            }
+        }
+        qmp.execute_raw("cont", None, t)
+            .await
+            .map_err(|e| StepError::Qemu(format!("continuing the resumed guest: {e}")))?;
+        self.hand_identity_later(qmp, saved, qga_socket);
+        Ok(())
+    }
+
+    fn hand_identity_later(&self, qmp: &Qmp, saved: &Saved, qga_socket: &Path) {
+        let qmp = qmp.clone();
+        let qga = qga_socket.to_path_buf();
+        let mac = self.rec.nic.mac.clone();
+        let snaps = self.node.snapshots.clone();
+        let key = saved.key.clone();
+        let diag = self.diag.clone();
+        let task = async move {
+            let started = std::time::Instant::now();
+            match snapshot::hand_identity(&qga, &mac).await {
+                Ok(()) => {
+                    tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "identity handed to the resumed guest"
+                    );
+                    diag.event(
+                        Source::Vmnode,
+                        Mark::Info,
+                        format!("resumed guest given its identity (MAC {mac})"),
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the resumed guest did not take its identity; resetting it");
+                    diag.event(Source::Vmnode, Mark::Info, format!("the resumed guest did not take its identity ({e}): snapshot {key} deleted, guest reset to boot cold"));
+                    snaps.discard(&key);
+                    let _ = qmp
+                        .execute_raw("system_reset", None, Duration::from_secs(10))
+                        .await;
+                }
+            }
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()));
+    }
+
+    /// A resume that failed: the snapshot is deleted and said so; the caller boots cold.
+    pub(super) fn resume_failed(&mut self, saved: &Saved, e: &StepError) {
+        tracing::warn!(key = %saved.key, error = %e, "resuming the boot snapshot failed; booting cold");
+        self.diag.event(
+            Source::Vmnode,
+            Mark::Info,
+            format!(
+                "resuming boot snapshot {} failed ({e}); it is deleted and the VM boots cold",
+                saved.key
+            ),
+        );
+        self.node.snapshots.discard(&saved.key);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+        }
+        self.qmp = None;
+        self.events = None;
+    }
+
+    /// A VM of a new shape has booted: make its shape's snapshot in the background.
+    pub(super) fn make_snapshot_later(&self, spec: &VmSpec, image: &ImageVersion, key: String) {
+        self.node
+            .snapshots
+            .make_later(spec.clone(), image.clone(), key);
+    }
+}
+
+/// The VM's console begins with the snapshot guest's boot, then a line saying where it resumed.
+fn start_console(saved: &Saved, spool: &Path) -> std::io::Result<()> {
+    let mut text = std::fs::read(saved.console())?;
+    if !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(
+        format!(
+            "vmnode: resumed from boot snapshot {}: the lines above are its guest's boot, up to its snapshot point\n",
+            saved.key
+        )
+        .as_bytes(),
+    );
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(spool)?;
+    std::io::Write::write_all(&mut f, &text)
+}
