@@ -237,7 +237,7 @@ def wait_phases(path, offset, limit=120):
         except FileNotFoundError:
             text = b""
         now = time.perf_counter()
-        for p in PHASES:
+        for p in PHASES + [b"resumed"]:
             if p not in seen and b"VMNODE-BOOT: " + p in text:
                 seen[p] = now
         if b"dhcp-bound" in seen:
@@ -272,8 +272,11 @@ def settle(quiet=0.5, limit=5.0):
     time.sleep(REST)
 
 def phases(t0, seen):
-    """(t0 -> init, init -> dhcp-start, dhcp-start -> dhcp-bound) in seconds."""
-    ts = [t0] + [seen.get(p, seen[b"dhcp-bound"]) for p in PHASES]
+    """(t0 -> init, init -> dhcp-start, dhcp-start -> dhcp-bound) in seconds; for a guest
+    resumed from a boot snapshot, whose log begins with the snapshot's boot, `resumed` takes
+    `init`'s place."""
+    marks = [b"resumed" if b"resumed" in seen else b"init", *PHASES[1:]]
+    ts = [t0] + [seen.get(p, seen[b"dhcp-bound"]) for p in marks]
     return tuple(b - a for a, b in zip(ts, ts[1:]))
 
 def main():
@@ -453,13 +456,14 @@ def main():
         print(f"\nRun {time.strftime('%Y-%m-%d %H:%M')} UTC, {args.runs} runs each, median (min-max); {qemu}; "
               f"{os.cpu_count()} cores; 1-minute load average at each section's start/end: {', '.join(loads)}"
               + (f"; libvirt: {lv_version}" if lv_version else "") + "\n")
+        if lease_vmnode:
+            how = ("resumed from its boot snapshot" if all(resumed) else
+                   "booted cold" if not any(resumed) else f"{sum(resumed)}/{len(resumed)} resumed")
+            print(f"vmnode's VMs in the lease rows: {how}; the peers boot the same argv cold.\n")
         print("| measure | vmnode | peer (same run) | ratio | goal |")
         print("|---|---|---|---|---|")
         rng = lambda xs, f=1: f"{med(xs)*f:.3g} ({min(xs)*f:.3g}-{max(xs)*f:.3g})" if xs else "–"
         if lease_vmnode:
-            how = ("resumed from its boot snapshot" if all(resumed) else
-                   "booted cold" if not any(resumed) else f"{sum(resumed)}/{len(resumed)} resumed")
-            print(f"vmnode's VMs in the lease rows: {how}; the peers boot the same argv cold\n")
             print(f"| create request → guest holds DHCP lease (s) | {rng(lease_vmnode)} | raw QEMU, same argv: {rng(lease_raw)} | "
                   f"{med(lease_vmnode)/med(lease_raw):.3f}× | ≤ 1.05× |")
             if lease_lv:
@@ -486,7 +490,7 @@ def main():
             print(f"| {many} tiny VMs running at once: daemon RSS (MiB) | {rss_kib/1024:.1f} ({running}/{many} running; created in {create_all:.1f} s; all QEMUs {qemu_rss/1024:.0f} MiB) | – | – | ≤ 40 MiB |")
         if lease_vmnode:
             print("\ncreate → lease, split by the guest's serial milestones (median s): "
-                  "start → `init` (manager + QEMU + kernel) / `init` → `dhcp-start` (guest userland) / "
+                  "start → `init` (manager + QEMU + kernel; for a resumed guest `resumed`: manager + QEMU + state load + identity) / `init` → `dhcp-start` (guest userland) / "
                   "`dhcp-start` → `dhcp-bound` (DHCP exchange)\n")
             for who, xs in split.items():
                 if xs:

@@ -258,6 +258,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down; VMs keep running");
+    // A boot snapshot being made is not a VM: its QEMU goes, and its half-made files.
+    node.snapshots.stop_makers();
     if let Err(e) = net.stop_nat() {
         tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "removing outbound NAT");
     }

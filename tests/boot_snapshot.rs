@@ -84,7 +84,7 @@ fn create(node: &Node, name: &str) -> Vm {
 
 #[test]
 fn new_vms_resume_their_shapes_snapshot_with_their_own_identity() {
-    let node = Node::start_with("off", &["--boot-snapshots", "on"]);
+    let mut node = Node::start_with("off", &["--boot-snapshots", "on"]);
     node.ok(&["group", "create", "-n", "rg"]);
 
     // The first VM of the shape boots cold; the snapshot is made after it.
@@ -169,6 +169,39 @@ fn new_vms_resume_their_shapes_snapshot_with_their_own_identity() {
             vm.mac
         );
     }
+
+    // The daemon killed right after it spawned a resuming QEMU, before it continued the guest
+    // or handed it its identity: the restarted daemon re-adopts that QEMU and finishes both.
+    node.kill_daemon();
+    node.spawn_daemon_with_env(&[("FAILPOINTS", "boot.qemu_spawned=return")]);
+    let _ = node.cli(&common::create_args("vmnode:tiny:1:latest", "rg", "snap-e"));
+    let died = node.daemon_died(Duration::from_secs(120));
+    assert_eq!(
+        died.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        Some(9),
+        "the daemon did not reach its crash point: {}",
+        node.daemon_log()
+    );
+    node.spawn_daemon();
+    let show = node.json(&["vm", "show", "-g", "rg", "-n", "snap-e"]);
+    let e_id = show["properties"]["vmId"].as_str().unwrap().to_string();
+    let e_mac = show["macAddresses"]
+        .as_str()
+        .unwrap()
+        .replace('-', ":")
+        .to_lowercase();
+    let pid = node.qemu_pid(&e_id);
+    assert!(cmdline(pid).contains("-incoming fd:"));
+    let log = node.wait_for_log("rg", "snap-e", "VMNODE-BOOT: network ", BOOT);
+    assert_eq!(field(&log, "resumed", "mac"), e_mac, "{log}");
+    // The address the node's DHCP gave this VM's NIC (shown once the guest holds it).
+    let ip = node.json(&["vm", "show", "-g", "rg", "-n", "snap-e"])["privateIps"].clone();
+    assert_eq!(
+        format!("{}/24", ip.as_str().unwrap()),
+        field(&log, "network", "address"),
+        "{log}"
+    );
+    assert_eq!(node.qemu_pid(&e_id), pid, "not the same QEMU");
 
     // A restart resets the resumed guest, which then boots its kernel with its own command line
     // (the same QEMU): the same address comes back.

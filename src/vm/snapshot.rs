@@ -65,6 +65,12 @@ pub enum SnapshotError {
     NotReady(Duration),
     #[error("saving the snapshot's state failed: {0}")]
     Save(String),
+    #[error("{free_mb} MiB free in {}: a snapshot of a {memory_mb} MiB guest is made only with its memory's size and 1 GiB to spare", dir.display())]
+    NoRoom {
+        dir: PathBuf,
+        free_mb: u64,
+        memory_mb: u64,
+    },
     #[error("the resumed guest's agent: {0}")]
     Agent(#[from] QgaError),
 }
@@ -114,11 +120,13 @@ impl Snapshots {
             enabled,
             busy: Mutex::new(HashSet::new()),
         };
-        s.clean_up();
+        s.stop_makers();
         Arc::new(s)
     }
 
-    fn clean_up(&self) {
+    /// Kills any QEMU making a snapshot (found by its run dir's pidfile and vmId) and removes
+    /// what it was making: at start for a killed daemon's, at shutdown for our own.
+    pub fn stop_makers(&self) {
         if let Ok(rd) = std::fs::read_dir(&self.run) {
             for e in rd.flatten() {
                 let d = e.path();
@@ -222,6 +230,17 @@ impl Snapshots {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         std::fs::create_dir_all(&self.dir).map_err(io("cannot create", &self.dir))?;
+        // The state file is at most the guest's memory; the VMs need the room more.
+        let st = nix::sys::statvfs::statvfs(&self.dir)
+            .map_err(|e| io("cannot statvfs", &self.dir)(e.into()))?;
+        let free_mb = (st.blocks_available() as u64 * st.fragment_size() as u64) >> 20;
+        if free_mb < vm.memory_mb + 1024 {
+            return Err(SnapshotError::NoRoom {
+                dir: self.dir.clone(),
+                free_mb,
+                memory_mb: vm.memory_mb,
+            });
+        }
         let tmp = self.dir.join(format!(".making-{key}-{nanos}"));
         let run = self.run.join(key);
         std::fs::create_dir_all(&tmp).map_err(io("cannot create", &tmp))?;

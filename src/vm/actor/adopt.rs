@@ -57,6 +57,7 @@ impl Actor {
                         if self.rec.provisioning_state == ProvisioningState::Creating {
                             self.rec.provisioning_state = ProvisioningState::Succeeded;
                         }
+                        self.adopt_resumed(&qmp, pid).await;
                         self.events = Some(qmp.events());
                         self.qmp = Some(qmp);
                         if self.diag.current().is_none() {

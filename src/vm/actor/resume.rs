@@ -57,42 +57,35 @@ impl Actor {
         saved: &Saved,
         qga_socket: &Path,
     ) -> Result<(), StepError> {
-        let t = Duration::from_secs(10);
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = qmp
-                .execute_raw("query-status", None, t)
-                .await
-                .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {e}")))?;
-            match s["status"].as_str() {
-                Some("inmigrate") if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
-                Some("running") => {
-                    self.hand_identity_later(qmp, saved, qga_socket);
-                    return Ok(());
-                }
-                other => {
-                    return Err(StepError::Qemu(format!(
-                        "resuming the boot snapshot: QEMU is {other:?}"
-                    )))
-                }
-            }
-        }
-        qmp.execute_raw("cont", None, t)
+        loaded_then_continue(qmp)
             .await
-            .map_err(|e| StepError::Qemu(format!("continuing the resumed guest: {e}")))?;
-        self.hand_identity_later(qmp, saved, qga_socket);
+            .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {e}")))?;
+        self.hand_identity_later(qmp, Some(saved.key.clone()), qga_socket);
         Ok(())
     }
 
-    fn hand_identity_later(&self, qmp: &Qmp, saved: &Saved, qga_socket: &Path) {
+    /// Re-adoption of a resumed QEMU (`-incoming` in its command line): the daemon may have
+    /// been killed before it continued the guest or handed it its identity, so both are done
+    /// again. A guest that took its identity already never reads the file again.
+    pub(super) async fn adopt_resumed(&self, qmp: &Qmp, pid: i32) {
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !argv.split(|b| *b == 0).any(|a| a == b"-incoming") {
+            return;
+        }
+        if let Err(e) = loaded_then_continue(qmp).await {
+            tracing::warn!(error = %e, "cannot continue the re-adopted resumed guest");
+            return;
+        }
+        self.hand_identity_later(qmp, None, &self.run_dir().join("qga.sock"));
+    }
+
+    /// Hands the guest its identity on a task of its own; for a fresh resume (`key`), a guest
+    /// that does not take it costs its snapshot and is reset.
+    fn hand_identity_later(&self, qmp: &Qmp, key: Option<String>, qga_socket: &Path) {
         let qmp = qmp.clone();
         let qga = qga_socket.to_path_buf();
         let mac = self.rec.nic.mac.clone();
         let snaps = self.node.snapshots.clone();
-        let key = saved.key.clone();
         let diag = self.diag.clone();
         let task = async move {
             let started = std::time::Instant::now();
@@ -108,7 +101,11 @@ impl Actor {
                         format!("resumed guest given its identity (MAC {mac})"),
                     );
                 }
+                Err(e) if key.is_none() => {
+                    tracing::warn!(error = %e, "the re-adopted resumed guest's agent did not take its identity again");
+                }
                 Err(e) => {
+                    let key = key.unwrap_or_default();
                     tracing::error!(error = %e, "the resumed guest did not take its identity; resetting it");
                     diag.event(Source::Vmnode, Mark::Info, format!("the resumed guest did not take its identity ({e}): snapshot {key} deleted, guest reset to boot cold"));
                     snaps.discard(&key);
@@ -146,6 +143,30 @@ impl Actor {
             .snapshots
             .make_later(spec.clone(), image.clone(), key);
     }
+}
+
+/// Waits until QEMU has loaded the incoming state, then continues the guest if it is paused.
+async fn loaded_then_continue(qmp: &Qmp) -> Result<(), String> {
+    let t = Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = qmp
+            .execute_raw("query-status", None, t)
+            .await
+            .map_err(|e| e.to_string())?;
+        match s["status"].as_str() {
+            Some("inmigrate") if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Some("paused") | Some("prelaunch") => break,
+            Some("running") => return Ok(()),
+            other => return Err(format!("QEMU is {other:?}")),
+        }
+    }
+    qmp.execute_raw("cont", None, t)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("continuing the guest: {e}"))
 }
 
 /// The VM's console begins with the snapshot guest's boot, then a line saying where it resumed.
