@@ -199,10 +199,18 @@ impl Snapshots {
         {
             return;
         }
+        // The disks' sizes now, while the VM's disks exist (it may be deleted before this is done).
+        let sizes = match disk_sizes(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot make a boot snapshot");
+                return;
+            }
+        };
         let me = self.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match me.make(&spec, &image, &key).await {
+            match me.make(&spec, sizes, &image, &key).await {
                 Ok(()) => {
                     tracing::info!(key, image = %image.urn(), secs = started.elapsed().as_secs_f64(), "boot snapshot made");
                     me.busy
@@ -222,6 +230,7 @@ impl Snapshots {
     async fn make(
         &self,
         vm: &VmSpec,
+        sizes: (u64, Option<u64>),
         image: &ImageVersion,
         key: &str,
     ) -> Result<(), SnapshotError> {
@@ -247,7 +256,7 @@ impl Snapshots {
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(&run).map_err(io("cannot create", &run))?;
         let _ = std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        let made = self.make_in(vm, image, key, &tmp, &run).await;
+        let made = self.make_in(vm, sizes, image, key, &tmp, &run).await;
         let _ = std::fs::remove_dir_all(&run);
         match made {
             Ok(()) => {
@@ -269,6 +278,7 @@ impl Snapshots {
     async fn make_in(
         &self,
         vm: &VmSpec,
+        (size, temp_len): (u64, Option<u64>),
         image: &ImageVersion,
         key: &str,
         tmp: &Path,
@@ -276,9 +286,6 @@ impl Snapshots {
     ) -> Result<(), SnapshotError> {
         // The guest's own disks: the image's disk at the VM's size, an empty temp disk.
         let disk = tmp.join("os.raw");
-        let size = std::fs::metadata(&vm.disk)
-            .map_err(io("cannot stat", &vm.disk))?
-            .len();
         crate::storage::disk::sparse_clone(&image.disk(), &disk)
             .map_err(|e| SnapshotError::Qemu(format!("cloning the image's disk: {e}")))?;
         let f = std::fs::OpenOptions::new()
@@ -286,9 +293,8 @@ impl Snapshots {
             .open(&disk)
             .map_err(io("cannot open", &disk))?;
         f.set_len(size).map_err(io("cannot resize", &disk))?;
-        let temp = match &vm.temp_disk {
-            Some(t) => {
-                let len = std::fs::metadata(t).map_err(io("cannot stat", t))?.len();
+        let temp = match temp_len {
+            Some(len) => {
                 let p = tmp.join("resource.raw");
                 let f = std::fs::File::create(&p).map_err(io("cannot create", &p))?;
                 f.set_len(len).map_err(io("cannot size", &p))?;
@@ -461,6 +467,19 @@ pub fn key(spec: &VmSpec, image: &ImageVersion) -> String {
     }
     h.update(qemu_identity().as_bytes());
     hex::encode(&h.finalize()[..16])
+}
+
+/// The sizes of a VM's OS disk and temp disk.
+fn disk_sizes(vm: &VmSpec) -> Result<(u64, Option<u64>), SnapshotError> {
+    let len = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(io("cannot stat", p))
+    };
+    Ok((
+        len(&vm.disk)?,
+        vm.temp_disk.as_deref().map(len).transpose()?,
+    ))
 }
 
 /// The QEMU binary as found on PATH: its path, size and change time.
