@@ -157,7 +157,9 @@ impl Snapshots {
             && image.manifest.boot_snapshot
             && spec.boot == Boot::Kernel
             && spec.data_disks.is_empty()
-            && spec.seed.is_none();
+            && spec.seed.is_none()
+            // A guest started without its agent (a test switch) could never take its identity.
+            && !spec.cmdline.split_whitespace().any(|w| w == "vmnode.noagent");
         eligible.then(|| key(spec, image))
     }
 
@@ -646,6 +648,9 @@ mod tests {
         let mut fw = s.clone();
         fw.boot = Boot::Firmware;
         assert!(on.key_for(&fw, &image("aa")).is_none());
+        let mut mute = s.clone();
+        mute.cmdline = "console=ttyS0 vmnode.noagent".into();
+        assert!(on.key_for(&mute, &image("aa")).is_none());
         // A half-made snapshot is never found, and a killed daemon's is cleared at start.
         let k = on.key_for(&s, &image("aa")).unwrap();
         std::fs::create_dir_all(d.path().join("snapshots").join(&k)).unwrap();
