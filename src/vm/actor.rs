@@ -365,44 +365,8 @@ impl Actor {
         Ok(())
     }
 
-    /// Makes the temp disk if missing, a tap, and starts QEMU; connects QMP. A create resumes
-    /// its shape's boot snapshot when there is one, and boots cold if that fails.
-    async fn boot(
-        &mut self,
-        image: &ImageVersion,
-        requested: Option<std::time::Instant>,
-        reason: &str,
-    ) -> Result<(), StepError> {
-        let first = self
-            .boot_with(image, requested, reason, reason == "create")
-            .await;
-        match first {
-            Err((Some(saved), e)) => {
-                // The snapshot is gone now: this boots cold and makes it again.
-                self.resume_failed(&saved, &e);
-                self.boot_with(image, requested, reason, true)
-                    .await
-                    .map_err(|(_, e)| e)
-            }
-            other => other.map_err(|(_, e)| e),
-        }
-    }
-
-    /// One boot; a failure says which snapshot it was resuming, if any.
-    async fn boot_with(
-        &mut self,
-        image: &ImageVersion,
-        requested: Option<std::time::Instant>,
-        reason: &str,
-        may_resume: bool,
-    ) -> Result<(), (Option<crate::vm::snapshot::Saved>, StepError)> {
-        let mut resumed = None;
-        let r = self
-            .boot_inner(image, requested, reason, may_resume, &mut resumed)
-            .await;
-        r.map_err(|e| (resumed, e))
-    }
-
+    /// Makes the temp disk if missing, a tap, and starts QEMU (resuming `may_resume`'s boot
+    /// snapshot when there is one, noted in `resumed`); connects QMP. See `boot` in resume.rs.
     async fn boot_inner(
         &mut self,
         image: &ImageVersion,

@@ -26,6 +26,7 @@
 
 use std::collections::HashSet;
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -383,7 +384,7 @@ impl Snapshots {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode_0600()
+            .mode(0o600)
             .open(&state)
             .map_err(io("cannot create", &state))?;
         let t = Duration::from_secs(10);
@@ -546,16 +547,6 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
 fn touch(dir: &Path) -> std::io::Result<()> {
     let f = std::fs::File::open(dir)?;
     f.set_modified(std::time::SystemTime::now())
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
-    }
 }
 
 #[cfg(test)]

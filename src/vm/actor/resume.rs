@@ -25,6 +25,28 @@ pub(super) enum Plan {
 }
 
 impl Actor {
+    /// Boots the VM. A create resumes its shape's boot snapshot when there is one; if that
+    /// fails, the snapshot is deleted and the VM boots cold (which makes the snapshot again).
+    pub(super) async fn boot(
+        &mut self,
+        image: &ImageVersion,
+        requested: Option<std::time::Instant>,
+        reason: &str,
+    ) -> Result<(), StepError> {
+        let mut resumed = None;
+        let first = self
+            .boot_inner(image, requested, reason, reason == "create", &mut resumed)
+            .await;
+        match (first, resumed) {
+            (Err(e), Some(saved)) => {
+                self.resume_failed(&saved, &e);
+                self.boot_inner(image, requested, reason, true, &mut None)
+                    .await
+            }
+            (r, _) => r,
+        }
+    }
+
     /// Picks the plan for a VM about to boot; for a resume, points `spec` at the state and
     /// starts the VM's console with the snapshot's.
     pub(super) fn snapshot_plan(&self, spec: &mut VmSpec, image: &ImageVersion) -> Plan {
