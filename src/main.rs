@@ -1,22 +1,5 @@
-//! vmnode: a host node manager. `vmnode serve` is the daemon; every other verb is a client.
-//! See docs/DESIGN.md for what lives where.
-
-mod api;
-mod blob;
-mod catalog;
-mod cli;
-mod config;
-mod daemon;
-mod deploy;
-mod diagnostics;
-mod doctor;
-mod extensions;
-mod failpoint;
-mod net;
-mod qemu;
-mod storage;
-mod vm;
+//! The `vmnode` binary: everything lives in the library (`src/lib.rs`).
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    vmnode::main()
 }
