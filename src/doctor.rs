@@ -112,6 +112,31 @@ pub fn decide(choice: AccelChoice) -> AccelDecision {
 
 pub const QEMU_BIN: &str = "qemu-system-x86_64";
 
+/// What every missing-package check says to run.
+const FIX: &str = "vmnode doctor --fix";
+
+/// The installer's plan for quickstart's packages: empty when all are in.
+fn packages_check() -> Check {
+    let (ok, detail) = match crate::install::plan_for(crate::install::Purpose::Quickstart) {
+        Ok(p) if p.is_empty() => (true, "quickstart's Debian packages installed".to_string()),
+        Ok(p) => (
+            false,
+            format!(
+                "missing or mismatched: {} (fix runs: {})",
+                p.packages().join(" "),
+                p.command_line()
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    Check {
+        name: "packages",
+        ok,
+        detail,
+        fix: Some(FIX.into()),
+    }
+}
+
 /// One line of the doctor's report.
 pub struct Check {
     pub name: &'static str,
@@ -138,8 +163,9 @@ pub fn checks() -> Vec<Check> {
         name: "qemu",
         ok: qemu.is_some(),
         detail: qemu.unwrap_or_else(|| format!("{QEMU_BIN} not found")),
-        fix: Some("apt-get install -y qemu-system-x86 qemu-utils".into()),
+        fix: Some(FIX.into()),
     });
+    out.push(packages_check());
     let d = decide(AccelChoice::Auto);
     out.push(Check {
         name: "accel",
@@ -164,7 +190,7 @@ pub fn checks() -> Vec<Check> {
         name: "iproute2",
         ok: ip.is_some(),
         detail: ip.unwrap_or_else(|| "ip not found".into()),
-        fix: Some("apt-get install -y iproute2".into()),
+        fix: Some(FIX.into()),
     });
     let netns = Path::new("/proc/self/ns/net").exists();
     out.push(Check {
@@ -190,7 +216,7 @@ pub fn checks() -> Vec<Check> {
             name: "image-tools",
             ok,
             detail: format!("{tool} {}", if ok { "present" } else { "missing" }),
-            fix: Some(format!("apt-get install -y {pkg}")),
+            fix: Some(format!("{FIX} (or apt-get install -y {pkg})")),
         });
     }
     let root = nix::unistd::geteuid().is_root();

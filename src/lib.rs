@@ -16,6 +16,7 @@ mod diagnostics;
 mod doctor;
 mod extensions;
 mod failpoint;
+mod install;
 mod net;
 mod qemu;
 mod storage;

@@ -230,7 +230,39 @@ pub enum VmImageCmd {
     },
 }
 
-pub fn doctor() -> anyhow::Result<()> {
+/// `vmnode doctor [--fix]`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vmnode doctor                  what is missing, and the command that fixes it\n  \
+    vmnode doctor --fix            install what quickstart and serve need (as root)\n  \
+    vmnode doctor --fix --for tests --dry-run   print the exact apt line for the test suite's needs\n\n\
+QEMU's packages are pinned to the version qemu-system-x86 has or will have, so a newer qemu-utils \
+already on the host (a backport) is brought to the same release instead of blocking the install."
+)]
+pub struct DoctorArgs {
+    /// Install the missing Debian packages (apt-get update, then the exact apt line, printed first).
+    #[arg(long)]
+    pub fix: bool,
+    /// What the packages are for; each includes the ones before it.
+    #[arg(
+        long = "for",
+        value_enum,
+        default_value = "quickstart",
+        requires = "fix"
+    )]
+    pub purpose: crate::install::Purpose,
+    /// With --fix: print the apt line and install nothing.
+    #[arg(long, requires = "fix")]
+    pub dry_run: bool,
+}
+
+pub fn doctor(a: DoctorArgs) -> anyhow::Result<()> {
+    if a.fix {
+        crate::install::fix(a.purpose, a.dry_run)?;
+        if a.dry_run {
+            return Ok(());
+        }
+    }
     let mut missing = Vec::new();
     for c in crate::doctor::checks() {
         println!(
@@ -240,7 +272,7 @@ pub fn doctor() -> anyhow::Result<()> {
             c.detail
         );
         if !c.ok {
-            if let Some(f) = c.fix {
+            if let Some(f) = c.fix.filter(|f| !missing.contains(f)) {
                 missing.push(f);
             }
         }

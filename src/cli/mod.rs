@@ -28,6 +28,7 @@ use crate::doctor::AccelChoice;
     long_about = "vmnode runs QEMU guests on this Linux host the way a public cloud's node stack runs an IaaS VM.\n\n\
         Start here:\n  vmnode quickstart            install what is missing, build the tiny image, boot a VM\n  \
         vmnode doctor                check this host (QEMU, KVM or TCG, tun, bridge, netns)\n  \
+        vmnode doctor --fix          install the Debian packages it lacks (QEMU pinned to one release)\n  \
         vmnode serve                 run the daemon (every other verb talks to it)\n\n\
         Then, az-style:\n  vmnode group create -n rg1\n  \
         vmnode vm create -g rg1 -n vm1 --image vmnode:tiny:1:latest --size Standard_DS1_v2\n  \
@@ -67,8 +68,8 @@ impl Global {
 pub enum Cmd {
     /// Run the daemon.
     Serve(ServeArgs),
-    /// Check this host and say what to install.
-    Doctor,
+    /// Check this host and say what to install; `--fix` installs it.
+    Doctor(commands::DoctorArgs),
     /// On a fresh host: install what is missing, build the tiny image, start the daemon, boot a VM.
     Quickstart(quickstart::QuickstartArgs),
     /// Access tokens and the node's subscription.
@@ -269,7 +270,7 @@ pub fn main() -> ExitCode {
                 };
                 crate::daemon::run(cfg).await
             }
-            Cmd::Doctor => commands::doctor(),
+            Cmd::Doctor(a) => commands::doctor(a),
             Cmd::Quickstart(a) => quickstart::run(&cli.global, a).await,
             Cmd::Account(c) => commands::account(&cli.global, c).await,
             Cmd::Group(c) => commands::group(&cli.global, c).await,

@@ -43,65 +43,19 @@ pub struct QuickstartArgs {
     pub cache_dir: std::path::PathBuf,
 }
 
-/// Debian packages the host needs, with a binary that shows each is there.
-const NEEDS: &[(&str, &str)] = &[
-    ("qemu-system-x86", "qemu-system-x86_64"),
-    ("qemu-utils", "qemu-img"),
-    ("iproute2", "ip"),
-    ("xz-utils", "xz"),
-    ("cpio", "cpio"),
-];
-
 fn say(s: &str) {
     eprintln!("==> {s}");
 }
 
+/// The installer `vmnode doctor --fix` runs (src/install): the same path CI takes.
 fn install_missing(no_install: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = NEEDS
-        .iter()
-        .filter(|(_, bin)| !crate::doctor::which(bin))
-        .map(|(p, _)| *p)
-        .collect();
-    if missing.is_empty() {
-        say("host packages: all present");
-        return Ok(());
-    }
-    // qemu-system-x86 and qemu-utils must come from the same release: install them together.
-    let mut pkgs = missing.clone();
-    if pkgs.contains(&"qemu-system-x86") && !pkgs.contains(&"qemu-utils") {
-        pkgs.push("qemu-utils");
-    }
-    let line = format!("apt-get install -y --allow-downgrades {}", pkgs.join(" "));
-    if no_install {
+    let p = crate::install::fix(crate::install::Purpose::Quickstart, no_install)?;
+    if no_install && !p.is_empty() {
         bail!(
-            "missing packages: {}; install them with: {line}",
-            missing.join(" ")
+            "missing packages: {}; install them with: vmnode doctor --fix (runs: {})",
+            p.packages().join(" "),
+            p.command_line()
         );
-    }
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "missing packages: {}; run as root, or install them with: sudo {line}",
-            missing.join(" ")
-        );
-    }
-    say("apt-get update");
-    let ok = Command::new("apt-get")
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?
-        .success();
-    if !ok {
-        bail!("apt-get update failed");
-    }
-    say(&line);
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--allow-downgrades"])
-        .args(&pkgs)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()?
-        .success();
-    if !ok {
-        bail!("`{line}` failed");
     }
     Ok(())
 }

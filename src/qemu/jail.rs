@@ -384,7 +384,10 @@ pub fn check() -> Check {
             let groups = nix::unistd::getgrouplist(&name, u.gid).unwrap_or_default();
             let kvm = kvm_gid();
             let in_kvm = kvm.is_some_and(|k| groups.iter().any(|g| g.as_raw() == k));
-            let needs_kvm = Path::new("/dev/kvm").exists() && kvm.is_some();
+            // Only a host whose guests run under KVM needs it (not kvm_pvm's, which run TCG).
+            let needs_kvm = kvm.is_some()
+                && crate::doctor::decide(crate::doctor::AccelChoice::Auto).accel
+                    == crate::doctor::Accel::Kvm;
             Check {
                 name: "qemu-user",
                 ok: !u.uid.is_root() && (in_kvm || !needs_kvm),
