@@ -2,10 +2,12 @@
 """The same azure-storage-blob workload against vmnode's blob service and Azurite, in one run.
 
     sudo /var/cache/vmnode/venv/bin/python bench/blob.py [--vmnode target/release/vmnode]
-        [--azurite /tmp/azurite/node_modules/.bin/azurite-blob] [--quick] [--rounds 3]
+        [--azurite PATH] [--quick] [--rounds 3]
         [--only vmnode|Azurite] [--perf FILE] [--json] [--sdk python|js|rust] [--rust-client PATH]
         [--together] [--each]
 
+`--azurite` defaults to `azurite-blob` found on PATH (`npm install azurite` puts it in
+`node_modules/.bin`; add that to PATH or pass the path).
 Starts a throwaway vmnode daemon (own state dir, ports and netns; needs root) or an Azurite
 blob server (its own temp dir), only the one being measured: each round starts its server, warms
 it up, measures and stops it (`--together`: both run throughout, and on a host that hands freed
@@ -17,9 +19,9 @@ every round's figures to stderr as well.
 with `npm install --prefix /var/cache/vmnode/npm-sdk @azure/storage-blob`), whose client costs
 less per request, so the ratio says more about the servers.
 `--sdk rust` drives it through the official Azure SDK for Rust (azure_storage_blob, bench/blob_rs,
-its own cargo project), cheaper still per request. It is built when missing into
-/work/target-bench (`nice -n 19 cargo build --release -j1`; `--rust-client PATH` runs another
-build). That SDK has no SharedKey auth, so this script makes the container and hands the client
+its own cargo project), cheaper still per request. It is built when missing into its own
+target dir, `bench/blob_rs/target` or `$VMNODE_BENCH_RUST_TARGET` (`nice -n 19 cargo build
+--release -j1`; `--rust-client PATH` runs another build). That SDK has no SharedKey auth, so this script makes the container and hands the client
 its URL with a service SAS.
 Workload: 4 MiB page writes, page-range listing of a fragmented page blob, lease operations
 (acquire/renew/change/release), block upload and download (4 MiB blocks, 4 in flight).
@@ -185,7 +187,10 @@ def workload_js(conn, quick):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-RUST_TARGET = "/work/target-bench"  # its own target dir, outside the repo and vmnode's
+# The Rust client's own target dir (it is a workspace of its own, so it shares no build with
+# vmnode's): bench/blob_rs/target unless $VMNODE_BENCH_RUST_TARGET names another.
+RUST_TARGET = os.environ.get("VMNODE_BENCH_RUST_TARGET") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "blob_rs", "target")
 
 
 def rust_client(path):
@@ -249,8 +254,8 @@ def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--vmnode", default=os.path.join(here, "..", "target", "release", "vmnode"))
-    ap.add_argument("--azurite", default=shutil.which("azurite-blob")
-                    or "/tmp/azurite/node_modules/.bin/azurite-blob")
+    ap.add_argument("--azurite", default=shutil.which("azurite-blob"),
+                    help="Azurite's azurite-blob (default: the one on PATH)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", choices=["vmnode", "Azurite"], help="run against one server only")
@@ -271,6 +276,9 @@ def main():
                     help="record a perf profile of vmnode during its first measured round")
     a = ap.parse_args()
     a.apart = not a.together
+    if a.only != "vmnode" and not a.azurite:
+        sys.exit("no azurite-blob on PATH: `npm install azurite` and pass --azurite "
+                 "node_modules/.bin/azurite-blob, or --only vmnode")
     servers = [(n, st, b) for n, st, b in [("vmnode", start_vmnode, a.vmnode),
                                            ("Azurite", start_azurite, a.azurite)]
                if not a.only or a.only == n]

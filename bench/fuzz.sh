@@ -2,8 +2,10 @@
 # R4's long job: mutated DHCP packets and DNS queries through the responders' pure cores
 # (network/tests/robustness.rs), 10^7 of each by default, with a fresh random seed each run.
 # Prints, per parser: inputs, seed, replies, 0 panics, the per-input time distribution and the
-# slowest input; exits non-zero on a panic, a broken invariant or an input over 10 ms (timed
-# again alone). Needs no root and no network.
+# slowest input; exits non-zero on a panic, a broken invariant, an input over 10 ms (timed again
+# alone, the fastest of up to 20 tries) or more than 1 input in 1,000 (at least 10) that needed a
+# re-time. CI runs the same tests with 10^6 inputs and only reports the times: the bound is
+# asserted here, through VMNODE_FUZZ_STRICT_TIME=1. Needs no root and no network.
 #
 #   bench/fuzz.sh                     # 10^7 each, seed from the clock
 #   bench/fuzz.sh --runs 100000000    # 10^8 each
@@ -21,5 +23,5 @@ while [ $# -gt 0 ]; do
 done
 echo "fuzz: $runs inputs per parser, seed $seed, $(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 # The test profile already optimises the network crate and its packet crates (Cargo.toml).
-VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed \
+VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed VMNODE_FUZZ_STRICT_TIME=1 \
     cargo test --locked -p vmnode-network --test robustness -- --nocapture --test-threads 1

@@ -1,18 +1,27 @@
 //! Robustness of the packet cores on stable Rust: 10^6 randomized and mutated
 //! packets through `dhcp::handle` and 10^6 through `dns::handle`, on all
-//! cores. Asserts no panic, no DHCP reply to a MAC the book does not know,
-//! and no input slower than 10 ms. The seeds are built here and read from the
-//! fuzz corpus (`network/fuzz/corpus/{dhcp,dns}`: hand-made seeds and what a
-//! libFuzzer run of the cargo-fuzz targets in `network/fuzz/` kept, minimised
-//! with `cargo fuzz cmin`), which those targets use for runs on nightly.
+//! cores. Asserts no panic and no DHCP reply to a MAC the book does not know.
+//! The seeds are built here and read from the fuzz corpus
+//! (`network/fuzz/corpus/{dhcp,dns}`: hand-made seeds and what a libFuzzer run
+//! of the cargo-fuzz targets in `network/fuzz/` kept, minimised with
+//! `cargo fuzz cmin`), which those targets use for runs on nightly. Besides the
+//! corpus, seeds are crafted here for what a hostile guest would try: option
+//! overload, huge `hlen`, options that run past the end, compression pointer
+//! loops and chains, labels and names over their limits, EDNS with options,
+//! many questions.
 //!
 //! Every input is timed; the distribution (median, tail percentiles, the
-//! slowest input) is printed, and an input over 10 ms is timed again alone,
-//! up to 20 times (the 2 cores are shared, a descheduled thread is no slow
-//! path), and must then be under 10 ms once. Besides the corpus, seeds are crafted here for what a
-//! hostile guest would try: option overload, huge `hlen`, options that run
-//! past the end, compression pointer loops and chains, labels and names over
-//! their limits, EDNS with options, many questions.
+//! slowest input) is printed. An input over 10 ms as run is timed again alone,
+//! up to [`RETIMES`] (20) times after a 2 ms pause each, and the fastest of
+//! those counts (the 2 cores are shared: a descheduled thread is no slow path,
+//! a slow path is slow every time). The speed bound is the project's rule for
+//! benchmarks, not for tests: by default (CI) the run only *reports* the
+//! slowest input, how many went over 10 ms as run and how many were still over
+//! alone. With `VMNODE_FUZZ_STRICT_TIME=1`, which `bench/fuzz.sh` sets, it also
+//! asserts that every input was under 10 ms alone and that at most one input in
+//! [`RETIMED_ONE_IN`] (and no more than [`RETIMED_FLOOR`] in a short run)
+//! needed a re-time, so an intermittently slow path cannot hide behind the
+//! fastest of 20 tries.
 //!
 //! `VMNODE_FUZZ_ITERS` changes the count and `VMNODE_FUZZ_SEED` the random
 //! stream: `bench/fuzz.sh` runs 10^7 of each with a fresh seed.
@@ -34,8 +43,25 @@ use vmnode_network::dns::{self, StaticNames};
 use vmnode_network::{Mac, PLATFORM_ADDR};
 
 const KNOWN: Mac = Mac::new([0x00, 0x0d, 0x3a, 0x01, 0x02, 0x03]);
-/// The slowest any one input may be.
+/// The slowest any one input may be (timed alone); asserted only in strict mode.
 const MAX_PER_INPUT: Duration = Duration::from_millis(10);
+/// How many times an input over [`MAX_PER_INPUT`] as run is timed again alone.
+const RETIMES: usize = 20;
+/// Strict mode: at most one input in this many may have needed a re-time.
+/// Scheduling alone put 1-2 inputs in 10,000 over 10 ms as run here (2
+/// shared cores, two tests at once, other builds); a slow path that more
+/// than 0.1% of inputs reach shows above it even when it is fast now and then.
+const RETIMED_ONE_IN: u64 = 1_000;
+/// Strict mode: the re-times allowed however short the run (a handful of
+/// descheduled inputs is the shared machine, not the parser).
+const RETIMED_FLOOR: u64 = 10;
+
+/// Whether the 10 ms bound is asserted (`VMNODE_FUZZ_STRICT_TIME=1`, set by
+/// `bench/fuzz.sh`) or only reported (the default, as in CI): speed targets are
+/// met in benchmarks, never as timed asserts in tests.
+fn strict_time() -> bool {
+    std::env::var("VMNODE_FUZZ_STRICT_TIME").is_ok_and(|v| v == "1")
+}
 
 fn iterations() -> u64 {
     std::env::var("VMNODE_FUZZ_ITERS")
@@ -642,10 +668,63 @@ impl Times {
     }
 }
 
+/// An input that took over [`MAX_PER_INPUT`] as run, and its fastest time alone.
+struct Slow {
+    index: u64,
+    alone: Duration,
+    packet: Vec<u8>,
+}
+
+/// Times `check` on `packet` alone up to [`RETIMES`] times, each after a pause
+/// for a fresh time slice, until once is under [`MAX_PER_INPUT`]; the fastest.
+fn time_alone(check: &(dyn Fn(&[u8]) -> bool + Sync), packet: &[u8], as_run: Duration) -> Duration {
+    let mut fastest = as_run;
+    for _ in 0..RETIMES {
+        std::thread::sleep(Duration::from_millis(2));
+        let t0 = Instant::now();
+        check(packet);
+        fastest = fastest.min(t0.elapsed());
+        if fastest <= MAX_PER_INPUT {
+            break;
+        }
+    }
+    fastest
+}
+
+/// Prints how many inputs went over [`MAX_PER_INPUT`] as run and alone and, in
+/// strict mode only, asserts the bound and the cap on re-times.
+fn judge_times(tag: &str, total: u64, times: &Times, slow: &[Slow]) {
+    let still_slow: Vec<&Slow> = slow.iter().filter(|s| s.alone > MAX_PER_INPUT).collect();
+    let allowed = (total / RETIMED_ONE_IN).max(RETIMED_FLOOR);
+    eprintln!(
+        "{tag}: max per input as run {:?}; {} inputs over {MAX_PER_INPUT:?} as run (cap {allowed} when strict), \
+         each timed again alone up to {RETIMES} times: slowest alone {:?}, {} still over",
+        times.max,
+        slow.len(),
+        slow.iter().map(|s| s.alone).max().unwrap_or_default(),
+        still_slow.len(),
+    );
+    if !strict_time() {
+        eprintln!("{tag}: times reported, not asserted (bench/fuzz.sh asserts the {MAX_PER_INPUT:?} bound)");
+        return;
+    }
+    if let Some(s) = still_slow.first() {
+        panic!(
+            "{tag}: input {} took {:?} alone (best of {RETIMES}): {:02x?}",
+            s.index, s.alone, s.packet
+        );
+    }
+    assert!(
+        slow.len() as u64 <= allowed,
+        "{tag}: {} of {total} inputs needed a re-time (at most {allowed}): a path that is slow now and then",
+        slow.len()
+    );
+}
+
 /// Runs `check` on `iterations()` inputs spread over all cores; returns how
 /// many got a reply. `check` returns whether there was a reply and panics on
-/// a broken invariant. Every input is timed; one over [`MAX_PER_INPUT`] is
-/// timed again alone, up to 20 times, and must be under it once.
+/// a broken invariant. Every input is timed; see the module doc for what is
+/// done with the times.
 fn run(
     tag: &str,
     seeds: &[Vec<u8>],
@@ -656,11 +735,11 @@ fn run(
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let replies = AtomicU64::new(0);
     let times = std::sync::Mutex::new(Times::default());
-    let retimed = std::sync::Mutex::new(Vec::<Duration>::new());
+    let slow = std::sync::Mutex::new(Vec::<Slow>::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (replies, times, retimed) = (&replies, &times, &retimed);
+            let (replies, times, slow) = (&replies, &times, &slow);
             s.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed() + t);
                 let mut mine = 0;
@@ -675,25 +754,12 @@ fn run(
                     };
                     my_times.add(took, &packet);
                     if took > MAX_PER_INPUT {
-                        // Maybe the thread was descheduled: time it again, alone,
-                        // up to 20 times (each after a pause, for a fresh time
-                        // slice), until once is under the bound. A slow path is
-                        // slow every time.
-                        let mut again = took;
-                        for _ in 0..20 {
-                            std::thread::sleep(Duration::from_millis(2));
-                            let t0 = Instant::now();
-                            check(&packet);
-                            again = again.min(t0.elapsed());
-                            if again <= MAX_PER_INPUT {
-                                break;
-                            }
-                        }
-                        assert!(
-                            again <= MAX_PER_INPUT,
-                            "{tag}: input {i} took {again:?}: {packet:02x?}"
-                        );
-                        retimed.lock().unwrap().push(again);
+                        let alone = time_alone(check, &packet, took);
+                        slow.lock().unwrap().push(Slow {
+                            index: i,
+                            alone,
+                            packet,
+                        });
                     }
                     mine += u64::from(replied);
                 }
@@ -704,22 +770,19 @@ fn run(
     });
     let replies = replies.into_inner();
     let times = times.into_inner().unwrap();
-    let retimed = retimed.into_inner().unwrap();
+    let slow = slow.into_inner().unwrap();
+    // "0 panics" is a literal: a panic or a broken invariant has already failed the run.
     eprintln!(
         "{tag}: {total} inputs (seed {:#x}) on {threads} threads in {:?}, {replies} replies, 0 panics",
         seed(),
         started.elapsed()
     );
     eprintln!("{tag}: {}", times.report());
-    eprintln!(
-        "{tag}: {} inputs over {MAX_PER_INPUT:?} as run, each timed again alone: slowest {:?}",
-        retimed.len(),
-        retimed.iter().max().copied().unwrap_or_default()
-    );
     if times.max <= MAX_PER_INPUT {
         eprintln!("{tag}: the slowest input as run: {:02x?}", times.slowest);
     }
     assert_eq!(times.count, total);
+    judge_times(tag, total, &times, &slow);
     replies
 }
 
