@@ -9,6 +9,7 @@
 
 /// Every crash point, in the order an operation reaches them. The test walks this list.
 pub const POINTS: &[&str] = &[
+    "create.addr_allocated",
     "create.recorded",
     "create.disk_cloned",
     "create.disk_leased",
@@ -24,6 +25,7 @@ pub const POINTS: &[&str] = &[
     "delete.marked",
     "delete.qemu_stopped",
     "delete.tap_removed",
+    "nic.addr_freed",
     "delete.nic_released",
     "delete.disks_deleted",
     "delete.record_removed",

@@ -245,6 +245,7 @@ fn run(points: &[(&str, Pre, Op)]) {
 }
 
 const CREATE: &[(&str, Pre, Op)] = &[
+    ("create.addr_allocated", Pre::Nothing, Op::Create),
     ("create.recorded", Pre::Nothing, Op::Create),
     ("create.disk_cloned", Pre::Nothing, Op::Create),
     ("create.disk_leased", Pre::Nothing, Op::Create),
@@ -264,6 +265,7 @@ const DELETE: &[(&str, Pre, Op)] = &[
     ("delete.marked", Pre::Running, Op::Delete),
     ("delete.qemu_stopped", Pre::Running, Op::Delete),
     ("delete.tap_removed", Pre::Running, Op::Delete),
+    ("nic.addr_freed", Pre::Running, Op::Delete),
     ("delete.nic_released", Pre::Running, Op::Delete),
     ("delete.disks_deleted", Pre::Running, Op::Delete),
     ("delete.record_removed", Pre::Running, Op::Delete),

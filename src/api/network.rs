@@ -537,10 +537,14 @@ pub async fn delete_nic(
             ),
         ));
     }
-    state.node.db.lease_delete(&n.mac)?;
-    state.node.db.free_addr(&n.subnet, n.ip)?;
-    state.node.db.delete(Kind::Nic, &key)?;
+    crate::net::addresses::release_nic(&state.node.db, &n)?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// The address table against the NICs (`vmnode network dhcp check`): `{"value": [findings]}`.
+pub async fn address_check(State(state): State<AppState>) -> Result<Json<Value>> {
+    let f = crate::net::addresses::check(&state.node.db)?;
+    Ok(Json(json!({ "value": f })))
 }
 
 /// vmnode's DHCP ledger view: every NIC's exchanges, for `vmnode network dhcp ledger`.

@@ -201,6 +201,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(network::delete_nic),
         )
         .route("/vmnode/v1/dhcp/ledger", get(network::ledger))
+        .route("/vmnode/v1/network/check", get(network::address_check))
         .route(&format!("{STG}/storageAccounts"), get(storage::list))
         .route(
             &format!("{STG}/storageAccounts/{{account}}"),

@@ -103,6 +103,9 @@ pub enum DhcpCmd {
     Leases,
     /// Every NIC's DHCP exchanges, timestamped (DISCOVER/OFFER/REQUEST/ACK/NAK/...).
     Ledger,
+    /// Consistency of the NICs and the reserved addresses: no address held for a NIC that does
+    /// not exist, every NIC holding its own, none held twice (empty: consistent).
+    Check,
 }
 
 const VNET_COLS: &[(&str, &str)] = &[
@@ -289,6 +292,24 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                     ("CommittedAt", "committedAt"),
                 ],
             );
+        }
+        NetworkCmd::Dhcp(DhcpCmd::Check) => {
+            let r = cl.get("/vmnode/v1/network/check").await?.ok()?;
+            let v = &r.body["value"];
+            if g.output == Format::Table && v.as_array().is_some_and(|a| a.is_empty()) {
+                println!("NICs and addresses are consistent");
+            } else {
+                print(
+                    g.output,
+                    v,
+                    &[
+                        ("Kind", "kind"),
+                        ("Subnet", "subnet"),
+                        ("Ip", "ip"),
+                        ("Detail", "detail"),
+                    ],
+                );
+            }
         }
         NetworkCmd::Dhcp(DhcpCmd::Ledger) => {
             let r = cl.get("/vmnode/v1/dhcp/ledger").await?.ok()?;

@@ -5,6 +5,7 @@
 //! subnet `default` 10.1.0.0/24) lives in resource group `vmnode`, made at first start.
 //! The mechanisms (netns, bridge, tap, DHCP and DNS packets, nftables) live in `vmnode-network`.
 
+pub mod addresses;
 mod books;
 pub mod nat;
 pub mod nic;
@@ -276,6 +277,20 @@ impl NodeNet {
         subnet: &str,
         wanted: Option<Ipv4Addr>,
     ) -> Result<(Ipv4Addr, String), NetError> {
+        self.inner
+            .db
+            .transaction(|tx| Self::allocate_ip_in(tx, owner, v, subnet, wanted))
+    }
+
+    /// [`NodeNet::allocate_ip`] inside the caller's transaction, so the address is reserved
+    /// only if what holds it (the NIC, the VM) is stored with it.
+    pub fn allocate_ip_in(
+        tx: &crate::storage::db::Ops<'_>,
+        owner: &str,
+        v: &VnetRecord,
+        subnet: &str,
+        wanted: Option<Ipv4Addr>,
+    ) -> Result<(Ipv4Addr, String), NetError> {
         let (s, net) = v.subnet(subnet).ok_or_else(|| NetError::NoSubnet {
             vnet: v.name.clone(),
             subnet: subnet.into(),
@@ -285,9 +300,7 @@ impl NodeNet {
             Some(ip) => (net.contains_allocatable(ip) && !used.contains(&ip)).then_some(ip),
             None => net.allocate(used),
         };
-        let ip = self
-            .inner
-            .db
+        let ip = tx
             .allocate_addr(&skey, owner, pick)
             .map_err(|e| match (e, wanted) {
                 (crate::storage::db::DbError::Exhausted(_), Some(ip)) => {

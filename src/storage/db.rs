@@ -110,111 +110,66 @@ impl Db {
         Ok(())
     }
 
+    /// Runs `f`'s statements as one transaction: all of them are on disk when this returns `Ok`,
+    /// none if `f` fails, panics or the process dies first.
+    pub fn transaction<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&Ops<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(DbError::from)?;
+        let out = f(&Ops { conn: &tx })?;
+        tx.commit().map_err(DbError::from)?;
+        Ok(out)
+    }
+
+    /// One statement on its own (SQLite's autocommit).
+    fn one<T>(&self, f: impl FnOnce(&Ops<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
+        f(&Ops { conn: &self.lock() })
+    }
+
     /// Inserts a new document; `DbError::Exists` if the key is taken.
     pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
-        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
-            key: key.into(),
-            source: e,
-        })?;
-        let n = self.lock().execute(
-            "INSERT OR IGNORE INTO docs (kind, key, body) VALUES (?1, ?2, ?3)",
-            params![kind.as_str(), key.to_lowercase(), body],
-        )?;
-        if n == 0 {
-            return Err(DbError::Exists(key.into()));
-        }
-        Ok(())
+        self.one(|o| o.insert(kind, key, doc))
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
-        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
-            key: key.into(),
-            source: e,
-        })?;
-        self.lock().execute(
-            "INSERT INTO docs (kind, key, body) VALUES (?1, ?2, ?3)
-             ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body",
-            params![kind.as_str(), key.to_lowercase(), body],
-        )?;
-        Ok(())
+        self.one(|o| o.put(kind, key, doc))
     }
 
     pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>, DbError> {
-        let body: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT body FROM docs WHERE kind = ?1 AND key = ?2",
-                params![kind.as_str(), key.to_lowercase()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        body.map(|b| {
-            serde_json::from_str(&b).map_err(|e| DbError::Corrupt {
-                key: key.into(),
-                source: e,
-            })
-        })
-        .transpose()
+        self.one(|o| o.get(kind, key))
     }
 
     /// All documents of a kind. A corrupt one is logged and skipped, never fatal.
     pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, DbError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT key, body FROM docs WHERE kind = ?1 ORDER BY key")?;
-        let rows = stmt.query_map([kind.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (key, body) = row?;
-            match serde_json::from_str(&body) {
-                Ok(doc) => out.push(doc),
-                Err(e) => tracing::error!(%key, error = %e, "skipping corrupt stored record"),
-            }
-        }
-        Ok(out)
+        self.one(|o| o.list(kind))
     }
 
     pub fn delete(&self, kind: Kind, key: &str) -> Result<bool, DbError> {
-        let n = self.lock().execute(
-            "DELETE FROM docs WHERE kind = ?1 AND key = ?2",
-            params![kind.as_str(), key.to_lowercase()],
-        )?;
-        Ok(n > 0)
+        self.one(|o| o.delete(kind, key))
     }
 
     /// Reserves the lowest address `pick` returns given the addresses already taken in `subnet`,
     /// in one transaction, for `owner`.
+    #[cfg(test)]
     pub fn allocate_addr(
         &self,
         subnet: &str,
         owner: &str,
         pick: impl Fn(&std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, DbError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let used: std::collections::HashSet<Ipv4Addr> = {
-            let mut stmt = tx.prepare("SELECT ip FROM addrs WHERE subnet = ?1")?;
-            let rows = stmt.query_map([subnet], |r| r.get::<_, String>(0))?;
-            rows.filter_map(|r| r.ok())
-                .filter_map(|s| s.parse().ok())
-                .collect()
-        };
-        let ip = pick(&used).ok_or_else(|| DbError::Exhausted(subnet.into()))?;
-        tx.execute(
-            "INSERT INTO addrs (subnet, ip, owner) VALUES (?1, ?2, ?3)",
-            params![subnet, ip.to_string(), owner],
-        )?;
-        tx.commit()?;
-        Ok(ip)
+        self.transaction(|o| o.allocate_addr(subnet, owner, pick))
     }
 
     pub fn free_addr(&self, subnet: &str, ip: Ipv4Addr) -> Result<(), DbError> {
-        self.lock().execute(
-            "DELETE FROM addrs WHERE subnet = ?1 AND ip = ?2",
-            params![subnet, ip.to_string()],
-        )?;
-        Ok(())
+        self.one(|o| o.free_addr(subnet, ip))
+    }
+
+    /// Every reserved address: (subnet, ip, owner), for the consistency check.
+    #[cfg(test)]
+    pub fn addrs(&self) -> Result<Vec<Addr>, DbError> {
+        self.one(|o| o.addrs())
     }
 
     #[cfg(test)]
@@ -271,9 +226,7 @@ impl Db {
     }
 
     pub fn lease_delete(&self, mac: &str) -> Result<(), DbError> {
-        self.lock()
-            .execute("DELETE FROM leases WHERE mac = ?1", [mac.to_lowercase()])?;
-        Ok(())
+        self.one(|o| o.lease_delete(mac))
     }
 
     /// All leases; a row with an unparsable address is logged and skipped.
@@ -300,6 +253,155 @@ impl Db {
                     committed_at,
                 }),
                 Err(_) => tracing::error!(%mac, %ip, "skipping corrupt stored lease"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A reserved address, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addr {
+    pub subnet: String,
+    pub ip: Ipv4Addr,
+    /// The NIC's key (`{rg}/{name}`, lower-cased).
+    pub owner: String,
+}
+
+/// The statements, on a connection in autocommit or inside [`Db::transaction`].
+pub struct Ops<'c> {
+    conn: &'c Connection,
+}
+
+impl Ops<'_> {
+    /// Inserts a new document; `DbError::Exists` if the key is taken.
+    pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
+        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
+            key: key.into(),
+            source: e,
+        })?;
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO docs (kind, key, body) VALUES (?1, ?2, ?3)",
+            params![kind.as_str(), key.to_lowercase(), body],
+        )?;
+        if n == 0 {
+            return Err(DbError::Exists(key.into()));
+        }
+        Ok(())
+    }
+
+    pub fn put<T: Serialize>(&self, kind: Kind, key: &str, doc: &T) -> Result<(), DbError> {
+        let body = serde_json::to_string(doc).map_err(|e| DbError::Corrupt {
+            key: key.into(),
+            source: e,
+        })?;
+        self.conn.execute(
+            "INSERT INTO docs (kind, key, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body",
+            params![kind.as_str(), key.to_lowercase(), body],
+        )?;
+        Ok(())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>, DbError> {
+        let body: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT body FROM docs WHERE kind = ?1 AND key = ?2",
+                params![kind.as_str(), key.to_lowercase()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| DbError::Corrupt {
+                key: key.into(),
+                source: e,
+            })
+        })
+        .transpose()
+    }
+
+    /// All documents of a kind. A corrupt one is logged and skipped, never fatal.
+    pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>, DbError> {
+        let conn = self.conn;
+        let mut stmt = conn.prepare("SELECT key, body FROM docs WHERE kind = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([kind.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, body) = row?;
+            match serde_json::from_str(&body) {
+                Ok(doc) => out.push(doc),
+                Err(e) => tracing::error!(%key, error = %e, "skipping corrupt stored record"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete(&self, kind: Kind, key: &str) -> Result<bool, DbError> {
+        let n = self.conn.execute(
+            "DELETE FROM docs WHERE kind = ?1 AND key = ?2",
+            params![kind.as_str(), key.to_lowercase()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Reserves the lowest address `pick` returns given the addresses already taken in `subnet`,
+    /// for `owner`. Atomic only inside [`Db::transaction`] (which [`Db::allocate_addr`] opens).
+    pub fn allocate_addr(
+        &self,
+        subnet: &str,
+        owner: &str,
+        pick: impl Fn(&std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, DbError> {
+        let tx = self.conn;
+        let used: std::collections::HashSet<Ipv4Addr> = {
+            let mut stmt = tx.prepare("SELECT ip FROM addrs WHERE subnet = ?1")?;
+            let rows = stmt.query_map([subnet], |r| r.get::<_, String>(0))?;
+            rows.filter_map(|r| r.ok())
+                .filter_map(|s| s.parse().ok())
+                .collect()
+        };
+        let ip = pick(&used).ok_or_else(|| DbError::Exhausted(subnet.into()))?;
+        tx.execute(
+            "INSERT INTO addrs (subnet, ip, owner) VALUES (?1, ?2, ?3)",
+            params![subnet, ip.to_string(), owner],
+        )?;
+        Ok(ip)
+    }
+
+    pub fn free_addr(&self, subnet: &str, ip: Ipv4Addr) -> Result<(), DbError> {
+        self.conn.execute(
+            "DELETE FROM addrs WHERE subnet = ?1 AND ip = ?2",
+            params![subnet, ip.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn lease_delete(&self, mac: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("DELETE FROM leases WHERE mac = ?1", [mac.to_lowercase()])?;
+        Ok(())
+    }
+
+    pub fn addrs(&self) -> Result<Vec<Addr>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT subnet, ip, owner FROM addrs ORDER BY subnet, ip")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (subnet, ip, owner) = row?;
+            match ip.parse() {
+                Ok(ip) => out.push(Addr { subnet, ip, owner }),
+                Err(_) => tracing::error!(%subnet, %ip, "skipping corrupt stored address"),
             }
         }
         Ok(out)

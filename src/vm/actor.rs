@@ -715,9 +715,7 @@ impl Actor {
         // A NIC made for the VM goes with it (lease and address too); one the user made is
         // detached and keeps its address.
         let steps = if self.rec.nic.delete_with_vm {
-            db.lease_delete(&self.rec.nic.mac)
-                .and_then(|_| db.free_addr(&self.rec.nic.subnet, self.rec.nic.ip))
-                .and_then(|_| db.delete(Kind::Nic, &nic_key).map(|_| ()))
+            crate::net::addresses::release_nic(db, &self.rec.nic)
         } else {
             match db.get::<super::model::NicRecord>(Kind::Nic, &nic_key) {
                 Ok(Some(mut n)) => {

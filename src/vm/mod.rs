@@ -397,6 +397,9 @@ impl Node {
             }
             None => None,
         };
+        // A new NIC's address is reserved in the transaction that stores the VM and the NIC
+        // (below): `new_nic_vnet` is its vnet, the record's address a placeholder until then.
+        let mut new_nic_vnet = None;
         let nic = match existing_nic {
             Some(n) => n,
             None => {
@@ -413,15 +416,12 @@ impl Node {
                         req.rg
                     )));
                 }
-                let (ip, skey) = self
-                    .net
-                    .allocate_ip(&nkey, &v, crate::net::SUBNET_NAME, None)
-                    .map_err(|e| VmError::Conflict(e.to_string()))?;
-                NicRecord {
+                let skey = crate::net::vnet::subnet_key(&v.rg, &v.name, crate::net::SUBNET_NAME);
+                let n = NicRecord {
                     rg: req.rg.clone(),
                     name: nic_name,
                     mac: self.net.random_mac(),
-                    ip,
+                    ip: std::net::Ipv4Addr::UNSPECIFIED,
                     subnet: skey,
                     tap: vmnode_network::plumbing::tap_name_for(&vm_id),
                     vm: req.name.clone(),
@@ -431,10 +431,11 @@ impl Node {
                     subnet_name: crate::net::SUBNET_NAME.into(),
                     allocation: "Dynamic".into(),
                     delete_with_vm: true,
-                }
+                };
+                new_nic_vnet = Some(v);
+                n
             }
         };
-        let created_nic = req.nic.is_none();
         let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
         let disk_path = self
             .cfg
@@ -453,7 +454,7 @@ impl Node {
             .blobs()
             .join(&diag_account)
             .join(crate::diagnostics::container_name(&req.name, &vm_id));
-        let rec = VmRecord {
+        let mut rec = VmRecord {
             rg: req.rg.clone(),
             name: req.name.clone(),
             vm_id: vm_id.clone(),
@@ -523,28 +524,35 @@ impl Node {
         };
         if let Err(e) = seeded {
             let _ = std::fs::remove_dir_all(&local);
-            if created_nic {
-                let _ = self.db.free_addr(&nic.subnet, nic.ip);
-            }
             return Err(e);
         }
-        let stored = self
-            .db
-            .insert(Kind::Vm, &key, &rec)
-            .and_then(|_| self.db.put(Kind::Nic, &nic_key, &rec.nic));
+        // The address, the VM and its NIC: one transaction, so a kill anywhere in it leaves
+        // none of them (no address reserved for a NIC that was never stored).
+        let stored = self.db.transaction(|tx| {
+            if let Some(v) = &new_nic_vnet {
+                let (ip, _) = crate::net::NodeNet::allocate_ip_in(
+                    tx,
+                    &nic_key,
+                    v,
+                    crate::net::SUBNET_NAME,
+                    None,
+                )
+                .map_err(|e| VmError::Conflict(e.to_string()))?;
+                rec.nic.ip = ip;
+            }
+            tx.insert(Kind::Vm, &key, &rec).map_err(|e| match e {
+                DbError::Exists(_) => VmError::Exists(req.name.clone(), req.rg.clone()),
+                e => e.into(),
+            })?;
+            crate::failpoint::crash_point("create.addr_allocated");
+            tx.put(Kind::Nic, &nic_key, &rec.nic)?;
+            Ok::<_, VmError>(())
+        });
         if let Err(e) = stored {
             if seed.is_some() {
                 let _ = std::fs::remove_dir_all(&local);
             }
-            let _ = self.db.delete(Kind::Vm, &key);
-            if created_nic {
-                let _ = self.db.delete(Kind::Nic, &nic_key);
-                let _ = self.db.free_addr(&nic.subnet, nic.ip);
-            }
-            return Err(match e {
-                DbError::Exists(_) => VmError::Exists(req.name, req.rg),
-                e => e.into(),
-            });
+            return Err(e);
         }
         crate::failpoint::crash_point("create.recorded");
         self.spawn_actor(

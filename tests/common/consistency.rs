@@ -175,6 +175,11 @@ fn problems(node: &Node, vms: &[Value]) -> Vec<String> {
             out.push(format!("orphan lease {l}"));
         }
     }
+    // Addresses: none held for a NIC that does not exist, every NIC holding its own, none twice
+    // (the daemon's own check of its address table against its NICs).
+    for f in node.json(&["network", "dhcp", "check"]).as_array().unwrap() {
+        out.push(format!("address finding {f}"));
+    }
     // Blob leases: every disk under its VM's lease, no lease for a disk no VM lists.
     // (A VM whose create was cut before its disk was made is Failed and has none.)
     let failed: Vec<&str> = vms
