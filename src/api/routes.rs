@@ -50,15 +50,51 @@ const KEYWORDS: &[&str] = &[
     "runCommands",
 ];
 
-/// Re-cases known keywords in a path; everything else is left as sent.
+/// Keywords followed by a name the client chose (`virtualMachines/{vm}`): that next segment is
+/// never re-cased, whatever it spells.
+const COLLECTIONS: &[&str] = &[
+    "subscriptions",
+    "resourceGroups",
+    "virtualMachines",
+    "locations",
+    "publishers",
+    "offers",
+    "skus",
+    "versions",
+    "networkInterfaces",
+    "virtualNetworks",
+    "subnets",
+    "storageAccounts",
+    "deployments",
+    "operations",
+    "operationStatuses",
+    "extensions",
+    "runCommands",
+    "boots",
+];
+
+/// Re-cases known keywords in keyword positions of an ARM path (`/subscriptions/…`,
+/// `/providers/…`); a name after a collection keyword, and every other path, is left as sent
+/// (a VM PUT as `…/virtualMachines/Start` is named `Start`).
 pub fn canonical_path(path: &str) -> String {
+    let arm = ["/subscriptions", "/providers"].iter().any(|p| {
+        path.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    });
+    if !arm {
+        return path.to_string();
+    }
+    let mut name_next = false;
     path.split('/')
         .map(|seg| {
-            KEYWORDS
-                .iter()
-                .find(|k| k.eq_ignore_ascii_case(seg))
-                .map(|k| k.to_string())
-                .unwrap_or_else(|| seg.to_string())
+            if std::mem::take(&mut name_next) {
+                return seg.to_string();
+            }
+            let Some(k) = KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(seg)) else {
+                return seg.to_string();
+            };
+            name_next = COLLECTIONS.contains(k);
+            k.to_string()
         })
         .collect::<Vec<_>>()
         .join("/")
@@ -263,5 +299,37 @@ mod tests {
             super::canonical_path("/subscriptions/S/resourcegroups/MyRG/providers/microsoft.compute/VIRTUALMACHINES/Vm1"),
             "/subscriptions/S/resourceGroups/MyRG/providers/Microsoft.Compute/virtualMachines/Vm1"
         );
+    }
+
+    /// A name that spells a keyword is a name: only keyword positions are re-cased.
+    #[test]
+    fn names_that_spell_keywords_keep_their_case() {
+        let c = super::canonical_path;
+        assert_eq!(
+            c("/subscriptions/S/resourcegroups/Boots/providers/Microsoft.Compute/virtualmachines/Start/START"),
+            "/subscriptions/S/resourceGroups/Boots/providers/Microsoft.Compute/virtualMachines/Start/start"
+        );
+        assert_eq!(
+            c("/subscriptions/S/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm/extensions/Extensions"),
+            "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm/extensions/Extensions"
+        );
+        assert_eq!(
+            c("/SUBSCRIPTIONS/S/providers/microsoft.compute/locations/WestUS/publishers/P/artifacttypes/VMImage/offers/Offers/skus/Skus/versions/Versions"),
+            "/subscriptions/S/providers/Microsoft.Compute/locations/WestUS/publishers/P/artifacttypes/vmimage/offers/Offers/skus/Skus/versions/Versions"
+        );
+        // Not an ARM path: the viewer's /vmnode/v1/viewer/{rg}/{vm} is left as sent.
+        assert_eq!(
+            c("/vmnode/v1/viewer/Boots/Start"),
+            "/vmnode/v1/viewer/Boots/Start"
+        );
+        // Any bytes: never a panic on a short or multi-byte path.
+        for p in [
+            "",
+            "/",
+            "/subé",
+            "/\u{10ffff}\u{10ffff}\u{10ffff}\u{10ffff}",
+        ] {
+            assert_eq!(c(p), p);
+        }
     }
 }
