@@ -109,6 +109,14 @@ impl From<VmError> for ApiError {
             }
             VmError::Db(_) => Self::internal(&e),
             VmError::StateDir(h) => Self::from(h),
+            VmError::Actor(a) => {
+                let status =
+                    StatusCode::from_u16(a.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                if status.is_server_error() {
+                    tracing::error!(error = %chain(&e), "the VM's actor failed");
+                }
+                Self::new(status, a.code(), chain(&e))
+            }
         }
     }
 }

@@ -20,10 +20,12 @@ use crate::catalog::{self, ImageRef, ImageVersion};
 use crate::diagnostics::recorder::Recorder;
 use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
 use crate::storage::db::Kind;
+pub use error::{ActorError, StepError};
 
 mod adopt;
 mod agent;
 mod disks;
+mod error;
 mod health;
 mod resume;
 mod screen;
@@ -108,18 +110,6 @@ pub fn spawn(
         io_paused: false,
     };
     tokio::spawn(actor.run(start, rx).instrument(span));
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StepError {
-    #[error("creating the OS disk: {0}")]
-    Disk(String),
-    #[error("creating the NIC's tap: {0}")]
-    Tap(String),
-    #[error("starting QEMU: {0}")]
-    Qemu(String),
-    #[error("the image {0} is no longer in the catalog")]
-    Image(String),
 }
 
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
@@ -353,7 +343,8 @@ impl Actor {
         crate::failpoint::crash_point("create.disk_leased");
         // Data disks asked for at create: empty sparse blobs under the same lease, in the argv.
         for d in self.rec.data_disks.clone() {
-            self.prepare_data_disk(&d).map_err(StepError::Disk)?;
+            self.prepare_data_disk(&d)
+                .map_err(|e| StepError::Disk(chain(&e)))?;
         }
         if self.rec.os_provisioning == super::model::OsProvisioning::Pending {
             self.rec.os_provisioning_since = Some(std::time::SystemTime::now());
@@ -533,7 +524,7 @@ impl Actor {
     }
 
     /// A power operation, checked against the lifecycle rules first.
-    async fn power(&mut self, op: PowerOp) -> Result<(), String> {
+    async fn power(&mut self, op: PowerOp) -> Result<(), ActorError> {
         let effective = lifecycle::check(op, self.rec.provisioning_state, self.rec.power)?;
         if !effective {
             return Ok(());
@@ -561,10 +552,13 @@ impl Actor {
                 Ok(())
             }
             PowerOp::Restart => {
-                let q = self.qmp.clone().ok_or("QMP is not connected")?;
+                let q = self
+                    .qmp
+                    .clone()
+                    .ok_or(ActorError::NoMonitor("QMP is not connected"))?;
                 q.execute(qapi::qmp::system_reset {})
                     .await
-                    .map_err(|e| chain(&e))?;
+                    .map_err(|e| ActorError::qmp("resetting the guest", e))?;
                 tracing::info!("guest reset");
                 Ok(())
             }
@@ -578,7 +572,7 @@ impl Actor {
         }
     }
 
-    async fn boot_or_fail(&mut self, reason: &str) -> Result<(), String> {
+    async fn boot_or_fail(&mut self, reason: &str) -> Result<(), ActorError> {
         let r = match self.image() {
             Ok(img) => self.boot(&img, None, reason).await,
             Err(e) => Err(e),
@@ -592,7 +586,7 @@ impl Actor {
                 tracing::error!(error = %e, "start failed");
                 self.stop_qemu().await;
                 self.set_power(PowerState::Stopped);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -691,7 +685,7 @@ impl Actor {
 
     /// Removes the VM and everything it owns. Each step tolerates a missing piece, so an
     /// interrupted delete can be run again.
-    async fn delete(&mut self) -> Result<(), String> {
+    async fn delete(&mut self) -> Result<(), ActorError> {
         tracing::info!("deleting");
         self.rec.provisioning_state = ProvisioningState::Deleting;
         self.rec.power = PowerState::Stopping;
@@ -702,12 +696,15 @@ impl Actor {
         let net = self.node.net.clone();
         let tap = self.rec.nic.tap.clone();
         let tap_left = tokio::task::spawn_blocking(move || net.remove_tap(&tap)).await;
-        if let Ok(Err(e)) = tap_left {
-            return Err(format!(
-                "cannot remove tap {}: {}",
-                self.rec.nic.tap,
-                chain(&e)
-            ));
+        match tap_left {
+            Ok(Err(source)) => {
+                return Err(ActorError::Net {
+                    what: format!("cannot remove tap {}", self.rec.nic.tap),
+                    source: Box::new(source),
+                })
+            }
+            Err(e) => return Err(ActorError::Join(e)),
+            Ok(Ok(())) => {}
         }
         crate::failpoint::crash_point("delete.tap_removed");
         let db = &self.node.db;
@@ -725,9 +722,10 @@ impl Actor {
                 other => other.map(|_| ()),
             }
         };
-        if let Err(e) = steps {
-            return Err(format!("cannot release the NIC: {}", chain(&e)));
-        }
+        steps.map_err(|source| ActorError::Store {
+            what: "cannot release the NIC",
+            source,
+        })?;
         crate::failpoint::crash_point("delete.nic_released");
         // The OS and data disk blobs go with the VM's lease id (the blob service refuses others).
         let keep_os_disk = self
@@ -764,7 +762,10 @@ impl Actor {
             }
             if let Err(e) = std::fs::remove_file(path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(format!("cannot delete {}: {e}", path.display()));
+                    return Err(ActorError::io(
+                        format!("cannot delete {}", path.display()),
+                        e,
+                    ));
                 }
             }
         }
@@ -775,12 +776,17 @@ impl Actor {
         if let Some(d) = self.rec.serial_log.parent() {
             let _ = std::fs::remove_dir_all(d);
         }
-        if let Err(e) = crate::extensions::delete_for_vm(db, &self.rec.rg, &self.rec.name) {
-            return Err(format!("cannot remove the VM's extensions: {}", chain(&e)));
-        }
-        if let Err(e) = db.delete(Kind::Vm, &self.rec.key()) {
-            return Err(format!("cannot remove the VM record: {}", chain(&e)));
-        }
+        crate::extensions::delete_for_vm(db, &self.rec.rg, &self.rec.name).map_err(|source| {
+            ActorError::Store {
+                what: "cannot remove the VM's extensions",
+                source,
+            }
+        })?;
+        db.delete(Kind::Vm, &self.rec.key())
+            .map_err(|source| ActorError::Store {
+                what: "cannot remove the VM record",
+                source,
+            })?;
         crate::failpoint::crash_point("delete.record_removed");
         let _ = db.delete(Kind::DeleteIntent, &self.rec.key());
         self.node.forget(&self.rec.key());

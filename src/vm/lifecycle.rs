@@ -23,10 +23,23 @@ impl PowerOp {
     }
 }
 
+/// An operation the VM's state does not allow now (the cloud's 409 OperationNotAllowed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("Operation '{op}' is not allowed: {why}.")]
+pub struct Refusal {
+    pub op: &'static str,
+    pub why: String,
+}
+
 /// `Ok(true)`: do it; `Ok(false)`: already there, nothing to do; `Err`: refused (409) with why.
-pub fn check(op: PowerOp, prov: ProvisioningState, power: PowerState) -> Result<bool, String> {
+pub fn check(op: PowerOp, prov: ProvisioningState, power: PowerState) -> Result<bool, Refusal> {
     use PowerState::*;
-    let refuse = |why: &str| Err(format!("Operation '{}' is not allowed: {why}.", op.name()));
+    let refuse = |why: &str| {
+        Err(Refusal {
+            op: op.name(),
+            why: why.into(),
+        })
+    };
     match prov {
         ProvisioningState::Creating | ProvisioningState::Updating => {
             return refuse("the VM is still being provisioned")
@@ -126,7 +139,10 @@ mod tests {
                             assert_ne!(power, Running);
                         }
                     }
-                    assert!(r.as_ref().err().is_none_or(|e| e.contains(op.name())));
+                    assert!(r
+                        .as_ref()
+                        .err()
+                        .is_none_or(|e| e.to_string().contains(op.name())));
                 }
             }
         }

@@ -38,6 +38,7 @@ use crate::diagnostics::recorder::Recorder;
 use crate::doctor::AccelDecision;
 use crate::net::NodeNet;
 use crate::storage::db::{Db, DbError, Kind};
+pub use actor::ActorError;
 use model::{NicRecord, PowerState, ProvisioningState, VmRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,15 @@ pub enum VmError {
     /// The state dir cannot take new work (full or unwritable): nothing was made.
     #[error(transparent)]
     StateDir(#[from] crate::storage::health::HealthError),
+    /// What the VM's actor answered (a lifecycle refusal is a 409, host trouble a 5xx).
+    #[error(transparent)]
+    Actor(Box<ActorError>),
+}
+
+impl From<ActorError> for VmError {
+    fn from(e: ActorError) -> Self {
+        VmError::Actor(Box::new(e))
+    }
 }
 
 /// What `PUT .../virtualMachines/{vm}` asks for, after parsing.
@@ -97,17 +107,20 @@ pub struct CreateVm {
 
 /// Commands a VM actor accepts.
 pub enum Command {
-    Delete(oneshot::Sender<Result<(), String>>),
-    Power(lifecycle::PowerOp, oneshot::Sender<Result<(), String>>),
+    Delete(oneshot::Sender<Result<(), ActorError>>),
+    Power(lifecycle::PowerOp, oneshot::Sender<Result<(), ActorError>>),
     /// Replace the VM's tags.
     Tags(
         serde_json::Map<String, serde_json::Value>,
         oneshot::Sender<()>,
     ),
     /// Capture the screen now; replies with the PNG's path.
-    Screenshot(oneshot::Sender<Result<std::path::PathBuf, String>>),
+    Screenshot(oneshot::Sender<Result<std::path::PathBuf, ActorError>>),
     /// Make the VM's data disks these (attach new ones, detach missing ones).
-    DataDisks(Vec<model::DataDisk>, oneshot::Sender<Result<(), String>>),
+    DataDisks(
+        Vec<model::DataDisk>,
+        oneshot::Sender<Result<(), ActorError>>,
+    ),
 }
 
 /// A data disk as a request asks for it (`storageProfile.dataDisks[]`).
@@ -572,8 +585,8 @@ impl Node {
             .await
             .map_err(|_| VmError::Conflict(format!("VM '{name}' is already being deleted.")))?;
         rx.await
-            .map_err(|_| VmError::Conflict(format!("VM '{name}' is already being deleted.")))?
-            .map_err(VmError::Conflict)
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is already being deleted.")))??;
+        Ok(())
     }
 
     /// Checks a power operation against the VM's current state (409 if illegal), then starts it
@@ -586,7 +599,7 @@ impl Node {
     ) -> Result<String, VmError> {
         let handle = self.handle(rg, name)?;
         let rec = handle.state.borrow().clone();
-        lifecycle::check(op, rec.provisioning_state, rec.power).map_err(VmError::Conflict)?;
+        lifecycle::check(op, rec.provisioning_state, rec.power).map_err(ActorError::from)?;
         // A new QEMU needs a temp disk, a serial log and its records: refused up front when the
         // state dir cannot take them (stopping needs nothing, and frees).
         if matches!(op, lifecycle::PowerOp::Start | lifecycle::PowerOp::Redeploy) {
@@ -598,12 +611,11 @@ impl Node {
         tokio::spawn(async move {
             let (tx, rx) = oneshot::channel();
             let r = match handle.tx.send(Command::Power(op, tx)).await {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err("the VM was deleted".into())),
-                Err(_) => Err("the VM was deleted".into()),
+                Ok(()) => rx.await.unwrap_or(Err(ActorError::Gone)),
+                Err(_) => Err(ActorError::Gone),
             };
-            node.ops.finish(&op_id, r);
+            node.ops
+                .finish(&op_id, r.map_err(|e| ops::failure(&VmError::from(e))));
         });
         Ok(id)
     }
@@ -710,8 +722,7 @@ impl Node {
             .await
             .map_err(|_| VmError::Conflict(format!("VM '{name}' is being deleted.")))?;
         rx.await
-            .map_err(|_| VmError::Conflict(format!("VM '{name}' is being deleted.")))?
-            .map_err(VmError::Conflict)?;
+            .map_err(|_| VmError::Conflict(format!("VM '{name}' is being deleted.")))??;
         self.get(rg, name)
             .ok_or_else(|| VmError::NotFound(name.into(), rg.into()))
     }
@@ -742,9 +753,9 @@ impl Node {
             .send(Command::Screenshot(tx))
             .await
             .map_err(|_| VmError::Conflict("the VM is being deleted".into()))?;
-        rx.await
-            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))?
-            .map_err(VmError::Conflict)
+        Ok(rx
+            .await
+            .map_err(|_| VmError::Conflict("the VM is being deleted".into()))??)
     }
 
     /// Starts deletion and returns at once (the API's 202) with the operation's id.
@@ -766,7 +777,7 @@ impl Node {
             if let Err(e) = &r {
                 tracing::warn!(vm = %name, error = %e, "delete failed");
             }
-            node.ops.finish(&op_id, r.map_err(|e| e.to_string()));
+            node.ops.finish(&op_id, r.map_err(|e| ops::failure(&e)));
         });
         Ok(id)
     }

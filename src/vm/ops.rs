@@ -8,6 +8,22 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 
 use super::model::ErrorBody;
+use super::VmError;
+
+/// How a failed operation is reported: the actor's own code (409 OperationNotAllowed only for a
+/// lifecycle refusal, InternalServerError or InsufficientStorage for host trouble) and the
+/// error with its causes.
+pub fn failure(e: &VmError) -> ErrorBody {
+    let code = match e {
+        VmError::Actor(a) => a.code(),
+        _ => "OperationNotAllowed",
+    };
+    ErrorBody {
+        code: code.into(),
+        message: super::actor::chain(e),
+        details: vec![],
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Op {
@@ -48,15 +64,9 @@ impl Operations {
         id
     }
 
-    pub fn finish(&self, id: &str, result: Result<(), String>) {
-        self.finish_with(
-            id,
-            result.map(|()| None).map_err(|e| ErrorBody {
-                code: "OperationNotAllowed".into(),
-                message: e,
-                details: vec![],
-            }),
-        );
+    /// Ends an operation with no output document: `Err` is what [`failure`] made of its error.
+    pub fn finish(&self, id: &str, result: Result<(), ErrorBody>) {
+        self.finish_with(id, result.map(|()| None));
     }
 
     /// Ends an operation with its output document or the cloud-shaped error to report.

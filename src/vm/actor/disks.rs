@@ -7,8 +7,9 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use super::{chain, Actor};
+use super::{chain, Actor, ActorError};
 use crate::qemu::argv;
+use crate::vm::lifecycle::Refusal;
 use crate::vm::model::{DataDisk, PowerState, ProvisioningState};
 
 pub(super) fn spec_of(d: &DataDisk) -> argv::DataDiskSpec {
@@ -22,7 +23,7 @@ pub(super) fn spec_of(d: &DataDisk) -> argv::DataDiskSpec {
 impl Actor {
     /// Makes the disk's file (sparse, its full size) if it is missing and puts it under the
     /// VM's lease. Returns whether the file was made here; on failure nothing made is left.
-    pub(super) fn prepare_data_disk(&self, d: &DataDisk) -> Result<bool, String> {
+    pub(super) fn prepare_data_disk(&self, d: &DataDisk) -> Result<bool, ActorError> {
         let created = !d.path.exists();
         if created {
             let made = d
@@ -37,14 +38,16 @@ impl Actor {
                         .open(&d.path)
                 })
                 .and_then(|f| f.set_len(d.size_gb << 30));
-            made.map_err(|e| format!("creating data disk {}: {e}", d.path.display()))?;
+            made.map_err(|e| {
+                ActorError::io(format!("creating data disk {}", d.path.display()), e)
+            })?;
         }
         if let Some(s) = crate::blob::node_store() {
             if let Err(e) = crate::blob::acquire_disk_lease(&s, &d.path, &self.rec.vm_id) {
                 if created {
                     let _ = std::fs::remove_file(&d.path);
                 }
-                return Err(format!("leasing data disk {}: {e}", d.name));
+                return Err(ActorError::blob(format!("leasing data disk {}", d.name), e));
             }
         }
         Ok(created)
@@ -53,12 +56,15 @@ impl Actor {
     /// Attaches and detaches data disks so that the VM has exactly `wanted`. A running guest
     /// gets them hot-plugged (QMP blockdev-add + device_add on a PCIe root port) and unplugged
     /// (device_del, waiting for the guest to let go). Detached blobs stay in the store.
-    pub(super) async fn set_data_disks(&mut self, wanted: Vec<DataDisk>) -> Result<(), String> {
+    pub(super) async fn set_data_disks(&mut self, wanted: Vec<DataDisk>) -> Result<(), ActorError> {
         if matches!(
             self.rec.provisioning_state,
             ProvisioningState::Creating | ProvisioningState::Deleting
         ) {
-            return Err("the VM is being created or deleted".into());
+            return Err(ActorError::Refused(Refusal {
+                op: "dataDisks",
+                why: "the VM is being created or deleted".into(),
+            }));
         }
         let running = self.rec.power == PowerState::Running && self.qmp.is_some();
         let store = crate::blob::node_store();
@@ -157,16 +163,22 @@ impl Actor {
         }
     }
 
-    async fn plug(&self, d: &DataDisk) -> Result<(), String> {
-        let q = self.qmp.clone().ok_or("QMP is not connected")?;
+    async fn plug(&self, d: &DataDisk) -> Result<(), ActorError> {
+        let q = self
+            .qmp
+            .clone()
+            .ok_or(ActorError::NoMonitor("QMP is not connected"))?;
         let t = Duration::from_secs(30);
         let direct = d.caching.eq_ignore_ascii_case("none");
         let set = argv::data_disk_set(d.lun);
         let f = crate::qemu::jail::open_one(&d.path, crate::qemu::jail::Access::ReadWrite)
-            .map_err(|e| chain(&e))?;
+            .map_err(|source| ActorError::Jail {
+                what: format!("opening data disk {}", d.name),
+                source,
+            })?;
         q.add_fd(f.as_fd(), set, &format!("dd{}", d.lun))
             .await
-            .map_err(|e| format!("handing data disk {} to QEMU: {}", d.name, chain(&e)))?;
+            .map_err(|e| ActorError::qmp(format!("handing data disk {} to QEMU", d.name), e))?;
         drop(f);
         let file = serde_json::json!({
             "driver": "file", "node-name": format!("dd{}-file", d.lun),
@@ -179,7 +191,7 @@ impl Actor {
         });
         if let Err(e) = q.execute_raw("blockdev-add", Some(file), t).await {
             q.remove_fd(set).await;
-            return Err(chain(&e));
+            return Err(ActorError::qmp(format!("plugging data disk {}", d.name), e));
         }
         if let Err(e) = q.execute_raw("blockdev-add", Some(raw), t).await {
             let _ = q
@@ -190,7 +202,7 @@ impl Actor {
                 )
                 .await;
             q.remove_fd(set).await;
-            return Err(chain(&e));
+            return Err(ActorError::qmp(format!("plugging data disk {}", d.name), e));
         }
         if let Err(e) = q.execute_raw("device_add", Some(dev), t).await {
             for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
@@ -203,13 +215,16 @@ impl Actor {
                     .await;
             }
             q.remove_fd(set).await;
-            return Err(chain(&e));
+            return Err(ActorError::qmp(format!("plugging data disk {}", d.name), e));
         }
         Ok(())
     }
 
-    async fn unplug(&self, d: &DataDisk) -> Result<(), String> {
-        let q = self.qmp.clone().ok_or("QMP is not connected")?;
+    async fn unplug(&self, d: &DataDisk) -> Result<(), ActorError> {
+        let q = self
+            .qmp
+            .clone()
+            .ok_or(ActorError::NoMonitor("QMP is not connected"))?;
         let id = format!("dd{}-dev", d.lun);
         let mut events = q.events();
         // The guest must release the device (PCIe hot-unplug); that ends in DEVICE_DELETED. A
@@ -247,10 +262,10 @@ impl Actor {
                 .unwrap_or(false);
         }
         if !deleted {
-            return Err(format!(
+            return Err(ActorError::GuestTimeout(format!(
                 "the guest did not release data disk LUN {} within 60 s",
                 d.lun
-            ));
+            )));
         }
         for n in [format!("dd{}", d.lun), format!("dd{}-file", d.lun)] {
             let _ = q

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::agent::{AgentProbe, Answer};
-use super::{chain, Actor};
+use super::{chain, Actor, ActorError};
 use crate::diagnostics::boots::{Mark, Source};
 use crate::diagnostics::verdict::Outcome;
 use crate::qemu::qga::{Qga, QgaError};
@@ -52,14 +52,19 @@ impl Actor {
     /// and adds it to the current boot's series. QEMU may open no path (qemu/jail.rs): the
     /// daemon opens the PPM file in the VM's run dir and hands it over (`add-fd`), QEMU writes
     /// `/dev/fdset/N`, and the set is dropped again.
-    pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, String> {
+    pub(super) async fn screenshot(&mut self) -> Result<std::path::PathBuf, ActorError> {
         use std::os::fd::AsFd;
         use std::os::unix::fs::OpenOptionsExt;
         let started = std::time::Instant::now();
-        let q = self.qmp.clone().ok_or("the VM is not running")?;
+        let q = self
+            .qmp
+            .clone()
+            .ok_or(ActorError::NoMonitor("the VM is not running"))?;
         // A silent monitor would hold the actor for the screendump's whole timeout again.
         if self.rec.power == crate::vm::model::PowerState::Unknown {
-            return Err("QEMU's monitor does not answer (VM status unknown)".into());
+            return Err(ActorError::NoMonitor(
+                "QEMU's monitor does not answer (VM status unknown)",
+            ));
         }
         let ppm = self.run_dir().join("screen.ppm");
         let f = std::fs::OpenOptions::new()
@@ -68,7 +73,7 @@ impl Actor {
             .truncate(true)
             .mode(0o600)
             .open(&ppm)
-            .map_err(|e| format!("{}: {e}", ppm.display()))?;
+            .map_err(|e| ActorError::io(ppm.display().to_string(), e))?;
         let set = crate::qemu::argv::SCREENDUMP_SET;
         if let Err(e) = q.add_fd(f.as_fd(), set, "screendump").await {
             // Timed out: the monitor does not answer (actor/health.rs); say so now, so the next
@@ -76,7 +81,7 @@ impl Actor {
             if matches!(e, crate::qemu::qmp::QmpError::Timeout { .. }) {
                 self.monitor_silent(&chain(&e));
             }
-            return Err(chain(&e));
+            return Err(ActorError::qmp("handing the screendump file to QEMU", e));
         }
         drop(f);
         let cmd = qapi::qmp::screendump {
@@ -94,7 +99,7 @@ impl Actor {
             } else {
                 q.remove_fd(set).await;
             }
-            return Err(chain(&e));
+            return Err(ActorError::qmp("screendump", e));
         }
         q.remove_fd(set).await;
         let dump_us = started.elapsed().as_micros() as u64;
@@ -127,8 +132,8 @@ impl Actor {
             ))
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| chain(&e))?;
+        .map_err(ActorError::Join)?
+        .map_err(ActorError::Shot)?;
         let _ = std::fs::remove_file(&ppm);
         self.diag.frame(img_hash, w, h, &png, &text);
         let elapsed_us = started.elapsed().as_micros() as u64;
