@@ -24,6 +24,7 @@
 pub mod auth;
 mod blob_ops;
 pub mod blobs;
+pub mod bodies;
 pub mod client;
 mod containers;
 pub mod error;
