@@ -36,7 +36,7 @@ pub mod quarantine;
 pub mod reaper;
 pub mod server;
 pub mod store;
-mod wire;
+pub(crate) mod wire;
 pub mod xml;
 
 use std::path::{Path, PathBuf};
