@@ -196,8 +196,9 @@ fn canonical_headers(h: &HeaderMap, service_order: bool) -> String {
     out
 }
 
-/// The SharedKey string-to-sign candidates for this request.
-fn shared_key_candidates(r: &Request<'_>, account: &str) -> Vec<String> {
+/// The SharedKey string-to-sign candidates for this request (the first is what the SDKs sign;
+/// the fuzz loops sign their seeds with it).
+pub(crate) fn shared_key_candidates(r: &Request<'_>, account: &str) -> Vec<String> {
     let h = r.headers;
     let len = match header(h, "content-length") {
         "0" => "",

@@ -5,7 +5,7 @@ use std::ops::Range;
 use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 
-use super::blobs::{BlockRef, DeleteSnapshots, Entry, NewBlob};
+use super::blobs::{DeleteSnapshots, Entry, NewBlob};
 use super::containers::{lease_op, lease_response};
 use super::error::{BlobError, Result};
 use super::http::{self, Body};
@@ -384,21 +384,7 @@ pub(super) async fn put_block(r: Req, body: Incoming) -> Result<Response<Body>> 
 }
 
 pub(super) fn put_block_list(r: &Req, body: &[u8]) -> Result<Response<Body>> {
-    let text = std::str::from_utf8(body).map_err(|_| BlobError::invalid_xml())?;
-    let doc = xml::parse(text).ok_or_else(BlobError::invalid_xml)?;
-    if doc.name != "BlockList" {
-        return Err(BlobError::invalid_xml());
-    }
-    let mut list = Vec::with_capacity(doc.children.len());
-    for c in &doc.children {
-        let kind = match c.name.as_str() {
-            "Committed" => BlockRef::Committed,
-            "Uncommitted" => BlockRef::Uncommitted,
-            "Latest" => BlockRef::Latest,
-            _ => return Err(BlobError::invalid_xml()),
-        };
-        list.push((kind, c.text.trim().to_string()));
-    }
+    let list = super::bodies::block_list(body)?;
     let props = http::http_props(&r.h, false).unwrap_or_default();
     let m = r.store.put_block_list(
         &r.account,

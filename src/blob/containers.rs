@@ -6,7 +6,7 @@ use super::error::{BlobError, Result};
 use super::http::Body;
 use super::lease;
 use super::server::*;
-use super::store::{etag, http_date, now_ms, AccessPolicy, ContainerMeta, PublicAccess};
+use super::store::{etag, http_date, now_ms, ContainerMeta, PublicAccess};
 use super::xml;
 
 pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
@@ -173,28 +173,7 @@ pub(super) fn set_acl(r: &Req, body: &[u8]) -> Result<Response<Body>> {
         Some(v) => PublicAccess::parse(v)
             .ok_or_else(|| BlobError::invalid_header("x-ms-blob-public-access", v))?,
     };
-    let text = std::str::from_utf8(body).map_err(|_| BlobError::invalid_xml())?;
-    let mut ids = Vec::new();
-    if !text.trim().is_empty() {
-        let doc = xml::parse(text).ok_or_else(BlobError::invalid_xml)?;
-        for si in doc.children.iter().filter(|c| c.name == "SignedIdentifier") {
-            let ap = si.child("AccessPolicy");
-            let f = |n: &str| {
-                ap.and_then(|a| a.child_text(n))
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-            };
-            ids.push(AccessPolicy {
-                id: si.child_text("Id").unwrap_or("").to_string(),
-                start: f("Start"),
-                expiry: f("Expiry"),
-                permission: f("Permission"),
-            });
-        }
-        if ids.len() > 5 || ids.iter().any(|p| p.id.is_empty() || p.id.len() > 64) {
-            return Err(BlobError::invalid_xml());
-        }
-    }
+    let ids = super::bodies::signed_identifiers(body)?;
     let m = r.store.update_container(&r.account, &r.container, |m| {
         check_container_lease(m, r, false)?;
         r.access.cond.check(m.modified_ns, false)?;

@@ -98,6 +98,31 @@ impl BlobError {
             "XML specified is not syntactically valid.",
         )
     }
+    /// A well-formed body with a value the operation cannot take (a block id that is not
+    /// base64 of 1 to 64 bytes, a signed identifier's id that is empty or too long).
+    pub fn invalid_xml_node(name: &str, value: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidXmlNodeValue",
+            "The value for one of the XML nodes is not in the correct format.",
+        )
+        .with_detail("XmlNodeName", name)
+        .with_detail("XmlNodeValue", value)
+    }
+    pub fn block_list_too_long(max: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "BlockListTooLong",
+            format!("The block list may not contain more than {max} blocks."),
+        )
+    }
+    pub fn body_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            "The request body is too large and exceeds the maximum permissible limit.",
+        )
+    }
     pub fn invalid_input(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidInput", msg)
     }

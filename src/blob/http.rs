@@ -147,11 +147,7 @@ pub async fn body_bytes(body: Incoming, limit: usize) -> Result<Bytes> {
             frame.map_err(|e| BlobError::invalid_input(format!("reading the body: {e}")))?;
         if let Ok(d) = frame.into_data() {
             if out.len() + d.len() > limit {
-                return Err(BlobError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestBodyTooLarge",
-                    "The request body is too large and exceeds the maximum permissible limit.",
-                ));
+                return Err(BlobError::body_too_large());
             }
             out.extend_from_slice(&d);
         }

@@ -24,6 +24,7 @@
 pub mod auth;
 mod blob_ops;
 pub mod blobs;
+pub mod bodies;
 pub mod client;
 mod containers;
 pub mod error;
@@ -35,7 +36,7 @@ pub mod quarantine;
 pub mod reaper;
 pub mod server;
 pub mod store;
-mod wire;
+pub(crate) mod wire;
 pub mod xml;
 
 use std::path::{Path, PathBuf};

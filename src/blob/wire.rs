@@ -237,7 +237,7 @@ impl Framer {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// What we need of a head.
@@ -495,6 +495,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CaseIo<T> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// Its invariants under any bytes, for [`crate::fuzzing`].
+pub(crate) mod fuzz;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! Just enough XML: a writer for the service's response bodies and a small tree reader for the
-//! request bodies clients send (block lists, signed identifiers). Attributes are ignored.
+//! Just enough XML: a writer for the service's response bodies and a bounded tree reader for the
+//! request bodies clients send (block lists, signed identifiers), the service's own list results
+//! (the CLI) and remote error bodies (the extension downloader). Attributes are ignored.
 
 /// Escapes text for element content.
 pub fn escape(s: &str) -> String {
@@ -73,7 +74,8 @@ impl Writer {
     }
 }
 
-/// An element of a parsed document.
+/// An element of a parsed document. Documents are at most [`Limits::depth`] deep, so the
+/// derived (recursive) `Drop`, `Clone` and `PartialEq` are bounded too.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
@@ -90,104 +92,141 @@ impl Node {
     }
 }
 
-fn unescape(s: &str) -> Option<String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let end = rest[i..].find(';')? + i;
-        let ent = &rest[i + 1..end];
-        let c = match ent {
-            "lt" => '<',
-            "gt" => '>',
-            "amp" => '&',
-            "quot" => '"',
-            "apos" => '\'',
-            _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                char::from_u32(u32::from_str_radix(&ent[2..], 16).ok()?)?
-            }
-            _ if ent.starts_with('#') => char::from_u32(ent[1..].parse().ok()?)?,
-            _ => return None,
-        };
-        out.push(c);
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    Some(out)
+/// How much of a document a reader takes before it refuses it: what a request body may hold is
+/// bounded before a single node of it is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of the document.
+    pub bytes: usize,
+    /// Nesting: the root is at depth 1.
+    pub depth: usize,
+    /// Elements in all, the root included.
+    pub elements: usize,
 }
 
-/// Parses a document into its root element; `None` if it is not well formed.
+impl Limits {
+    /// For documents from elsewhere (the service's list results, remote error bodies): deeper and
+    /// larger than any the storage service sends, far from what could hurt.
+    pub const ANY: Limits = Limits {
+        bytes: 64 << 20,
+        depth: 32,
+        elements: 1 << 20,
+    };
+}
+
+/// Why a document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XmlError {
+    #[error("not well-formed XML: {0}")]
+    Malformed(String),
+    #[error("the document is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("elements are nested more than {0} deep")]
+    TooDeep(usize),
+    #[error("the document has more than {0} elements")]
+    TooManyElements(usize),
+}
+
+fn malformed(e: impl std::fmt::Display) -> XmlError {
+    XmlError::Malformed(e.to_string())
+}
+
+/// Parses a document into its root element; `None` if it is not well formed or is beyond
+/// [`Limits::ANY`].
 pub fn parse(doc: &str) -> Option<Node> {
-    let mut stack: Vec<Node> = vec![Node::default()];
-    let mut rest = doc.trim_start_matches('\u{feff}');
-    while !rest.is_empty() {
-        let Some(lt) = rest.find('<') else {
-            if !rest.trim().is_empty() {
-                stack.last_mut()?.text.push_str(&unescape(rest)?);
-            }
-            break;
-        };
-        if lt > 0 {
-            let t = unescape(&rest[..lt])?;
-            stack.last_mut()?.text.push_str(&t);
-        }
-        rest = &rest[lt..];
-        if let Some(r) = rest.strip_prefix("<?") {
-            rest = &r[r.find("?>")? + 2..];
-        } else if let Some(r) = rest.strip_prefix("<!--") {
-            rest = &r[r.find("-->")? + 3..];
-        } else if let Some(r) = rest.strip_prefix("<![CDATA[") {
-            let end = r.find("]]>")?;
-            stack.last_mut()?.text.push_str(&r[..end]);
-            rest = &r[end + 3..];
-        } else if let Some(r) = rest.strip_prefix("</") {
-            let end = r.find('>')?;
-            let name = r[..end].trim();
-            let node = stack.pop()?;
-            if node.name != name || stack.is_empty() {
-                return None;
-            }
-            stack.last_mut()?.children.push(node);
-            rest = &r[end + 1..];
-        } else {
-            let end = rest.find('>')?;
-            let inner = &rest[1..end];
-            let (inner, empty) = match inner.strip_suffix('/') {
-                Some(i) => (i, true),
-                None => (inner, false),
-            };
-            let name = inner.split_whitespace().next()?.to_string();
-            let node = Node {
-                name,
-                ..Node::default()
-            };
-            if empty {
-                stack.last_mut()?.children.push(node);
-            } else {
-                stack.push(node);
-            }
-            rest = &rest[end + 1..];
-        }
-    }
-    if stack.len() != 1 {
-        return None;
-    }
-    let mut root = stack.pop()?;
-    if root.children.len() != 1 {
-        return None;
-    }
-    let mut el = root.children.pop()?;
-    trim_text(&mut el);
-    Some(el)
+    parse_limited(doc, &Limits::ANY).ok()
 }
 
-fn trim_text(n: &mut Node) {
-    if !n.children.is_empty() {
-        n.text = n.text.trim().to_string();
+/// Parses a document into its root element, refusing it as soon as it goes past `limits`. The
+/// reader (quick-xml) is a loop over events and our stack of open elements is a `Vec`: nothing
+/// recurses, and a document type declaration (and so any entity of its own) is refused.
+/// Attributes are ignored; the text of an element with children is trimmed.
+pub fn parse_limited(doc: &str, limits: &Limits) -> Result<Node, XmlError> {
+    use quick_xml::events::Event;
+    if doc.len() > limits.bytes {
+        return Err(XmlError::TooLarge(limits.bytes));
     }
-    for c in &mut n.children {
-        trim_text(c);
+    let mut reader = quick_xml::Reader::from_str(doc.trim_start_matches('\u{feff}'));
+    reader.config_mut().check_comments = true;
+    let mut open: Vec<Node> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut elements = 0;
+    loop {
+        let event = reader.read_event().map_err(malformed)?;
+        match event {
+            Event::Start(e) => {
+                let node = new_node(&e, &mut elements, open.len(), root.is_some(), limits)?;
+                open.push(node);
+            }
+            Event::Empty(e) => {
+                let node = new_node(&e, &mut elements, open.len(), root.is_some(), limits)?;
+                match open.last_mut() {
+                    Some(parent) => parent.children.push(node),
+                    None => root = Some(node),
+                }
+            }
+            Event::End(_) => {
+                // quick-xml has checked the name matches the open element.
+                let mut node = open
+                    .pop()
+                    .ok_or_else(|| malformed("an unmatched end tag"))?;
+                if !node.children.is_empty() {
+                    node.text = node.text.trim().to_string();
+                }
+                match open.last_mut() {
+                    Some(parent) => parent.children.push(node),
+                    None => root = Some(node),
+                }
+            }
+            Event::Text(t) => {
+                let text = t.unescape().map_err(malformed)?;
+                match open.last_mut() {
+                    Some(n) => n.text.push_str(&text),
+                    None if text.trim().is_empty() => {}
+                    None => return Err(malformed("text outside the root element")),
+                }
+            }
+            Event::CData(t) => {
+                let text = std::str::from_utf8(&t).map_err(malformed)?;
+                match open.last_mut() {
+                    Some(n) => n.text.push_str(text),
+                    None => return Err(malformed("CDATA outside the root element")),
+                }
+            }
+            Event::DocType(_) => return Err(malformed("a document type declaration")),
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
+            Event::Eof => break,
+        }
     }
+    if !open.is_empty() {
+        return Err(malformed("an element is not closed"));
+    }
+    root.ok_or_else(|| malformed("no root element"))
+}
+
+/// The element a start tag opens, if the limits let it in.
+fn new_node(
+    e: &quick_xml::events::BytesStart<'_>,
+    elements: &mut usize,
+    depth: usize,
+    have_root: bool,
+    limits: &Limits,
+) -> Result<Node, XmlError> {
+    *elements += 1;
+    if *elements > limits.elements {
+        return Err(XmlError::TooManyElements(limits.elements));
+    }
+    if depth >= limits.depth {
+        return Err(XmlError::TooDeep(limits.depth));
+    }
+    if have_root {
+        return Err(malformed("a second root element"));
+    }
+    let name = std::str::from_utf8(e.name().into_inner()).map_err(malformed)?;
+    Ok(Node {
+        name: name.to_string(),
+        ..Node::default()
+    })
 }
 
 #[cfg(test)]
@@ -215,6 +254,44 @@ mod tests {
         );
         assert!(parse("<a><b></a>").is_none());
         assert!(parse("<a></a><b></b>").is_none());
+    }
+
+    #[test]
+    fn limits_are_kept_while_reading() {
+        let deep = format!("{}{}", "<a>".repeat(35_000), "</a>".repeat(35_000));
+        assert_eq!(
+            parse_limited(&deep, &Limits::ANY),
+            Err(XmlError::TooDeep(32))
+        );
+        assert!(parse(&deep).is_none());
+        let ok = format!("{}{}", "<a>".repeat(32), "</a>".repeat(32));
+        assert!(parse(&ok).is_some());
+        let small = Limits {
+            bytes: 100,
+            depth: 4,
+            elements: 3,
+        };
+        assert_eq!(
+            parse_limited("<a><b/><c/><d/></a>", &small),
+            Err(XmlError::TooManyElements(3))
+        );
+        assert_eq!(
+            parse_limited(&" ".repeat(101), &small),
+            Err(XmlError::TooLarge(100))
+        );
+    }
+
+    #[test]
+    fn an_error_body_reads_as_before() {
+        // What the extension downloader and the CLI read: the storage service's error shape.
+        let doc = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>\
+                   <Message>Server failed.\nRequestId:x</Message><!-- c --><![CDATA[<raw>]]></Error>";
+        let n = parse(doc).unwrap();
+        assert_eq!(n.child_text("Code"), Some("AuthenticationFailed"));
+        assert_eq!(n.child_text("Message"), Some("Server failed.\nRequestId:x"));
+        assert_eq!(n.text, "<raw>");
+        assert!(parse("<html><body>502 Bad Gateway").is_none());
+        assert!(parse("Bad Gateway").is_none());
     }
 
     #[test]
