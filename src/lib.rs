@@ -18,6 +18,7 @@ mod extensions;
 mod failpoint;
 mod net;
 mod qemu;
+mod serve;
 mod storage;
 mod vm;
 
