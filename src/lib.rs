@@ -16,6 +16,7 @@ mod diagnostics;
 mod doctor;
 mod extensions;
 mod failpoint;
+pub mod fuzzing;
 mod net;
 mod qemu;
 mod serve;
