@@ -68,6 +68,7 @@ struct Tally {
     inputs: AtomicU64,
     accepted: AtomicU64,
     slow: AtomicU64,
+    panics: AtomicU64,
     max_ns: AtomicU64,
     panicked: Mutex<Vec<(Vec<u8>, String)>>,
     slowest: Mutex<Vec<Vec<u8>>>,
@@ -120,7 +121,10 @@ fn run(
                             tally.accepted.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(false) => {}
-                        Err(p) => keep(&tally.panicked, (input, message(p.as_ref()))),
+                        Err(p) => {
+                            tally.panics.fetch_add(1, Ordering::Relaxed);
+                            keep(&tally.panicked, (input, message(p.as_ref())));
+                        }
                     }
                 }
             });
@@ -133,7 +137,7 @@ fn run(
         tally.inputs.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
         tally.accepted.load(Ordering::Relaxed),
-        panicked.len(),
+        tally.panics.load(Ordering::Relaxed),
         tally.max_ns.load(Ordering::Relaxed) as f64 / 1e6,
         tally.slow.load(Ordering::Relaxed),
         SLOW.as_millis(),
@@ -146,7 +150,8 @@ fn run(
     }
     assert!(
         panicked.is_empty(),
-        "{name}: {} inputs panicked (above)",
+        "{name}: {} inputs panicked (the first {} above)",
+        tally.panics.load(Ordering::Relaxed),
         panicked.len()
     );
     // The slow ones again, each alone, best of 20: a thread descheduled on the shared cores
