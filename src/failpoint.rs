@@ -37,7 +37,7 @@ pub const POINTS: &[&str] = &[
 /// Panic points: where a test can make one request's handler panic (tests/panic_safety.rs), to
 /// prove the panic stays in that request (src/serve.rs). Armed with `FAILPOINTS=<name>=panic`, the
 /// point panics every time a request reaches it; nothing else is affected.
-/// * `api.panic`: `GET /subscriptions/{sub}` (the management API);
+/// * `api.panic`: a storage account's PUT (the management API, and so a deployment's resource);
 /// * `blob.panic`: Get Account Information (`GET /{account}?restype=account&comp=properties`),
 ///   before authentication, so an anonymous request reaches it.
 pub const PANIC_POINTS: &[&str] = &["api.panic", "blob.panic"];

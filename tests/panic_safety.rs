@@ -4,6 +4,7 @@
 //!   `FAILPOINTS=api.panic=panic;blob.panic=panic`) is answered 500 in the cloud's error shape —
 //!   the management API's JSON `InternalServerError`, the blob service's XML `InternalError` —
 //!   and logged with its method and path; the next request is served by the same daemon process;
+//!   a deployment whose resource's PUT panics fails with that error;
 //! * with its RLIMIT_NOFILE lowered (`prlimit(2)`) until its accepts fail, the daemon backs off
 //!   instead of spinning (under 10% of one core over 5 s) and serves again once descriptors are
 //!   free.
@@ -16,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::Node;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// One HTTP/1.1 exchange with `Connection: close` over `s`: (status, head, body).
 fn exchange<S: Read + Write>(
@@ -24,12 +25,21 @@ fn exchange<S: Read + Write>(
     method: &str,
     target: &str,
     auth: &str,
+    body: &[u8],
 ) -> (u16, String, String) {
+    let length = match method {
+        "GET" => String::new(),
+        _ => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ),
+    };
     write!(
         s,
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\n{auth}{length}Connection: close\r\n\r\n"
     )
     .unwrap();
+    s.write_all(body).unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -39,12 +49,13 @@ fn exchange<S: Read + Write>(
 }
 
 /// A management API request over the daemon's unix socket, with its bearer token.
-fn api(node: &Node, method: &str, target: &str) -> (u16, Value) {
+fn api(node: &Node, method: &str, target: &str, body: Option<Value>) -> (u16, Value) {
     let s = UnixStream::connect(node.run.join("vmnode.sock")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let token = std::fs::read_to_string(node.state.join("token")).unwrap();
     let auth = format!("Authorization: Bearer {}\r\n", token.trim());
-    let (status, _, body) = exchange(s, method, target, &auth);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, _, body) = exchange(s, method, target, &auth, body.as_bytes());
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -52,7 +63,7 @@ fn api(node: &Node, method: &str, target: &str) -> (u16, Value) {
 fn blob(node: &Node, target: &str) -> (u16, String, String) {
     let s = TcpStream::connect(("127.0.0.1", node.blob_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let (status, head, body) = exchange(s, "GET", target, "");
+    let (status, head, body) = exchange(s, "GET", target, "", b"");
     let code = head
         .lines()
         .find_map(|l| l.strip_prefix("x-ms-error-code: "))
@@ -88,26 +99,67 @@ fn a_panicking_handler_is_a_500_and_the_daemon_serves_on() {
     node.spawn_daemon_with_env(&[("FAILPOINTS", "api.panic=panic;blob.panic=panic")]);
     let pid = alive(&mut node);
 
-    // The management API: GET /subscriptions/{sub} panics (every time), others are served.
-    let (status, subs) = api(&node, "GET", "/subscriptions?api-version=2022-12-01");
+    // The management API: a storage account's PUT panics (every time), others are served.
+    let (status, subs) = api(&node, "GET", "/subscriptions?api-version=2022-12-01", None);
     assert_eq!(status, 200, "{subs}");
     let sub = subs["value"][0]["subscriptionId"]
         .as_str()
         .unwrap()
         .to_string();
-    let target = format!("/subscriptions/{sub}?api-version=2022-12-01");
+    let rg = format!("/subscriptions/{sub}/resourceGroups/rg1");
+    let (status, body) = api(
+        &node,
+        "PUT",
+        &format!("{rg}?api-version=2022-09-01"),
+        Some(json!({"location": "local"})),
+    );
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let account = format!("{rg}/providers/Microsoft.Storage/storageAccounts/acct1");
+    let sku = json!({"location": "local", "sku": {"name": "Standard_LRS"}, "kind": "StorageV2"});
     for _ in 0..2 {
-        let (status, body) = api(&node, "GET", &target);
+        let target = format!("{account}?api-version=2023-01-01");
+        let (status, body) = api(&node, "PUT", &target, Some(sku.clone()));
         assert_eq!(status, 500, "{body}");
         assert_eq!(body["error"]["code"], "InternalServerError", "{body}");
         let message = body["error"]["message"].as_str().unwrap();
         assert!(message.contains("failpoint api.panic panic"), "{message}");
     }
-    let (status, again) = api(&node, "GET", "/subscriptions?api-version=2022-12-01");
+    let (status, again) = api(&node, "GET", "/subscriptions?api-version=2022-12-01", None);
+    assert_eq!(status, 200, "{again}");
     assert_eq!(
-        (status, &again["value"][0]["subscriptionId"]),
-        (200, &Value::from(sub.clone()))
+        again["value"][0]["subscriptionId"],
+        Value::from(sub.clone())
     );
+    assert_eq!(alive(&mut node), pid);
+
+    // A deployment whose resource's PUT panics fails with that 500, not "Running" forever.
+    let mut resource = sku.clone();
+    resource["type"] = json!("Microsoft.Storage/storageAccounts");
+    resource["apiVersion"] = json!("2023-01-01");
+    resource["name"] = json!("acct2");
+    let deployment = format!("{rg}/providers/Microsoft.Resources/deployments/dep1");
+    let target = format!("{deployment}?api-version=2022-09-01");
+    let template = json!({"properties": {"mode": "Incremental", "template": {
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0", "resources": [resource]}}});
+    let (status, body) = api(&node, "PUT", &target, Some(template));
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, d) = api(&node, "GET", &target, None);
+        let state = d["properties"]["provisioningState"].as_str().unwrap_or("");
+        if state == "Failed" || state == "Succeeded" {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deployment is still {state}: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["properties"]["provisioningState"], "Failed", "{done}");
+    let error = done["properties"]["error"].to_string();
+    assert!(error.contains("InternalServerError"), "{error}");
     assert_eq!(alive(&mut node), pid);
 
     // The blob service: Get Account Information panics, the next request is answered.
@@ -130,9 +182,10 @@ fn a_panicking_handler_is_a_500_and_the_daemon_serves_on() {
         .lines()
         .filter(|l| l.contains("request handler panicked"))
         .collect();
-    assert_eq!(lines.len(), 4, "{log}");
-    assert!(lines[0].contains(&format!("/subscriptions/{sub}")) && lines[0].contains("GET"));
-    assert!(lines[3].contains(&format!("/{acct}")) && lines[3].contains("blob.panic"));
+    assert_eq!(lines.len(), 5, "{log}");
+    assert!(lines[0].contains("/storageAccounts/acct1") && lines[0].contains("PUT"));
+    assert!(lines[2].contains("/storageAccounts/acct2"), "{}", lines[2]);
+    assert!(lines[4].contains(&format!("/{acct}")) && lines[4].contains("blob.panic"));
 }
 
 // ---------------------------------------------------------------------------------------------

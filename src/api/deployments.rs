@@ -228,7 +228,8 @@ pub async fn put(
     };
     state.deployments.begin(d.clone())?;
     tracing::info!(rg = %rg, name = %name, resources = plan.len(), "deployment accepted");
-    let api = super::routes::router(state.clone());
+    let api = super::routes::router(state.clone())
+        .layer(axum::middleware::from_fn(super::server::catch_panic));
     let span = tracing::info_span!("deployment", rg = %rg, name = %name);
     tokio::spawn(
         crate::deploy::engine::run(

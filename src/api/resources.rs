@@ -34,7 +34,6 @@ pub async fn get_subscription(
     State(state): State<AppState>,
     Path(sub): Path<String>,
 ) -> Result<Json<Value>> {
-    crate::failpoint::panic_point("api.panic");
     check_sub(&state, &sub)?;
     Ok(Json(subscription(&state)))
 }

@@ -128,8 +128,9 @@ async fn cloud_errors(req: Request<Body>, next: Next) -> Response {
 }
 
 /// A handler that panics answers 500 in the cloud's shape, logged with its method and path; the
-/// connection, the other requests and the daemon go on (src/serve.rs).
-async fn catch_panic(req: Request<Body>, next: Next) -> Response {
+/// connection, the other requests and the daemon go on (src/serve.rs). Also around the router a
+/// deployment's engine calls, so a resource whose PUT panics fails its deployment.
+pub async fn catch_panic(req: Request<Body>, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     match crate::serve::unwinding(&method, &path, next.run(req)).await {
         Ok(res) => res,
