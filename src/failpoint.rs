@@ -36,6 +36,23 @@ pub const POINTS: &[&str] = &[
     "detach.released",
 ];
 
+/// Panic points: where a test can make one request's handler panic (tests/panic_safety.rs), to
+/// prove the panic stays in that request (src/serve.rs). Armed with `FAILPOINTS=<name>=panic`, the
+/// point panics every time a request reaches it; nothing else is affected.
+/// * `api.panic`: a storage account's PUT (the management API, and so a deployment's resource);
+/// * `blob.panic`: Get Account Information (`GET /{account}?restype=account&comp=properties`),
+///   before authentication, so an anonymous request reaches it.
+pub const PANIC_POINTS: &[&str] = &["api.panic", "blob.panic"];
+
+/// Panics here if a test armed this point (`<name>=panic`); a no-op in a release build.
+pub fn panic_point(name: &'static str) {
+    debug_assert!(
+        PANIC_POINTS.contains(&name),
+        "panic point {name} is not in PANIC_POINTS"
+    );
+    fail::fail_point!(name);
+}
+
 /// Reads `FAILPOINTS` (a no-op without the feature). Called once, as the daemon starts.
 pub fn setup() {
     if fail::has_failpoints() {

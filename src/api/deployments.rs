@@ -146,15 +146,9 @@ fn shown_parameters(template: &Value, given: &Value) -> Value {
     Value::Object(out)
 }
 
-pub async fn put(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((sub, rg, name)): Path<(String, String, String)>,
-    body: Option<Json<Value>>,
-) -> Result<Response> {
-    check_rg(&state, &sub, &rg)?;
-    check_name(&name)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
+/// A deployment's PUT body: its inline template and its parameters (pure: the fuzz loops call
+/// it with [`template::plan`], tests/fuzz_api.rs).
+pub fn parse_put(body: &Value) -> Result<(&Value, Value)> {
     let props = &body["properties"];
     if props.get("templateLink").is_some() {
         return Err(ApiError::bad_request(
@@ -176,6 +170,19 @@ pub async fn put(
         .get("parameters")
         .cloned()
         .unwrap_or_else(|| json!({}));
+    Ok((tpl, given))
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    body: Option<Json<Value>>,
+) -> Result<Response> {
+    check_rg(&state, &sub, &rg)?;
+    check_name(&name)?;
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let (tpl, given) = parse_put(&body)?;
     let scope = Scope {
         subscription: state.node.subscription.clone(),
         resource_group: rg.clone(),
@@ -221,7 +228,8 @@ pub async fn put(
     };
     state.deployments.begin(d.clone())?;
     tracing::info!(rg = %rg, name = %name, resources = plan.len(), "deployment accepted");
-    let api = super::routes::router(state.clone());
+    let api = super::routes::router(state.clone())
+        .layer(axum::middleware::from_fn(super::server::catch_panic));
     let span = tracing::info_span!("deployment", rg = %rg, name = %name);
     tokio::spawn(
         crate::deploy::engine::run(

@@ -126,7 +126,8 @@ fn with_operation(
     r
 }
 
-fn parse_put(body: &Value) -> Result<PutExtension> {
+/// Reads an extension's PUT body (pure: the fuzz loops call it, tests/fuzz_api.rs).
+pub fn parse_put(body: &Value) -> Result<PutExtension> {
     let p = body
         .get("properties")
         .and_then(Value::as_object)

@@ -83,6 +83,86 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
     ))
 }
 
+/// What a virtual network's PUT body says; checked further by [`vnet::validate`].
+#[derive(Debug)]
+pub struct VnetBody {
+    pub prefixes: Vec<String>,
+    pub subnets: Vec<SubnetRecord>,
+    pub tags: serde_json::Map<String, Value>,
+}
+
+/// Reads a virtual network's PUT body (pure: the fuzz loops call it, tests/fuzz_api.rs).
+pub fn parse_vnet(body: &Value) -> Result<VnetBody> {
+    if let Some(loc) = body["location"].as_str() {
+        if !loc.eq_ignore_ascii_case(LOCATION) {
+            return Err(bad(format!(
+                "The location '{loc}' is not available on this node; its location is '{LOCATION}'."
+            )));
+        }
+    }
+    let prefixes: Vec<String> = body["properties"]["addressSpace"]["addressPrefixes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(VnetBody {
+        prefixes,
+        subnets: parse_subnets(body["properties"].get("subnets"))?,
+        tags: body["tags"].as_object().cloned().unwrap_or_default(),
+    })
+}
+
+/// What a network interface's PUT body says: its subnet (resource group, vnet, subnet) and the
+/// address asked for (Static), if any.
+#[derive(Debug)]
+pub struct NicBody {
+    pub vnet_rg: String,
+    pub vnet: String,
+    pub subnet: String,
+    pub wanted: Option<Ipv4Addr>,
+}
+
+/// Reads a network interface's PUT body (pure: the fuzz loops call it, tests/fuzz_api.rs).
+pub fn parse_nic(body: &Value) -> Result<NicBody> {
+    let cfg = &body["properties"]["ipConfigurations"][0]["properties"];
+    let subnet_id = cfg["subnet"]["id"].as_str().ok_or_else(|| {
+        bad("Required parameter 'properties.ipConfigurations[0].properties.subnet.id' is missing.")
+    })?;
+    let (vnet_rg, vnet, subnet) = parse_subnet_id(subnet_id)
+        .ok_or_else(|| bad(format!("'{subnet_id}' is not a subnet id.")))?;
+    let method = cfg["privateIPAllocationMethod"]
+        .as_str()
+        .unwrap_or("Dynamic");
+    let wanted: Option<Ipv4Addr> = match (
+        method.to_ascii_lowercase().as_str(),
+        cfg["privateIPAddress"].as_str(),
+    ) {
+        ("static", Some(ip)) => Some(
+            ip.parse()
+                .map_err(|_| bad(format!("'{ip}' is not an IPv4 address.")))?,
+        ),
+        ("static", None) => return Err(bad(
+            "A Static allocation needs properties.ipConfigurations[0].properties.privateIPAddress.",
+        )),
+        ("dynamic", _) => None,
+        (m, _) => {
+            return Err(bad(format!(
+                "privateIPAllocationMethod '{m}' is invalid: use Dynamic or Static."
+            )))
+        }
+    };
+    Ok(NicBody {
+        vnet_rg,
+        vnet,
+        subnet,
+        wanted,
+    })
+}
+
 fn parse_subnets(list: Option<&Value>) -> Result<Vec<SubnetRecord>> {
     let mut out = Vec::new();
     for s in list.and_then(Value::as_array).into_iter().flatten() {
@@ -143,14 +223,6 @@ pub async fn put_vnet(
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
     let _one = writes();
-    let body = body.map(|b| b.0).unwrap_or_default();
-    if let Some(loc) = body["location"].as_str() {
-        if !loc.eq_ignore_ascii_case(LOCATION) {
-            return Err(bad(format!(
-                "The location '{loc}' is not available on this node; its location is '{LOCATION}'."
-            )));
-        }
-    }
     let ok_name = !name.is_empty()
         && name.len() <= 64
         && name
@@ -159,16 +231,11 @@ pub async fn put_vnet(
     if !ok_name {
         return Err(bad(format!("The virtual network name '{name}' is invalid: use 2-64 letters, digits, '-', '_' or '.'.")));
     }
-    let prefixes: Vec<String> = body["properties"]["addressSpace"]["addressPrefixes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    let subnets = parse_subnets(body["properties"].get("subnets"))?;
+    let VnetBody {
+        prefixes,
+        subnets,
+        tags,
+    } = parse_vnet(&body.map(|b| b.0).unwrap_or_default())?;
     let existing = state
         .node
         .net
@@ -180,7 +247,7 @@ pub async fn put_vnet(
             VnetRecord {
                 address_prefixes: prefixes,
                 subnets,
-                tags: body["tags"].as_object().cloned().unwrap_or_default(),
+                tags,
                 ..old.clone()
             }
         }
@@ -192,7 +259,7 @@ pub async fn put_vnet(
             subnets,
             bridge: crate::net::bridge_name(&rg, &name),
             domain: crate::net::new_domain(),
-            tags: body["tags"].as_object().cloned().unwrap_or_default(),
+            tags,
         },
     };
     store_vnet(&state, &rec)?;
@@ -408,34 +475,12 @@ pub async fn put_nic(
     check(&state, &sub, &rg)?;
     let _one = writes();
     check_name("network interface", &name)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
-    let cfg = &body["properties"]["ipConfigurations"][0]["properties"];
-    let subnet_id = cfg["subnet"]["id"].as_str().ok_or_else(|| {
-        bad("Required parameter 'properties.ipConfigurations[0].properties.subnet.id' is missing.")
-    })?;
-    let (vrg, vname, sname) = parse_subnet_id(subnet_id)
-        .ok_or_else(|| bad(format!("'{subnet_id}' is not a subnet id.")))?;
-    let method = cfg["privateIPAllocationMethod"]
-        .as_str()
-        .unwrap_or("Dynamic");
-    let wanted: Option<Ipv4Addr> = match (
-        method.to_ascii_lowercase().as_str(),
-        cfg["privateIPAddress"].as_str(),
-    ) {
-        ("static", Some(ip)) => Some(
-            ip.parse()
-                .map_err(|_| bad(format!("'{ip}' is not an IPv4 address.")))?,
-        ),
-        ("static", None) => return Err(bad(
-            "A Static allocation needs properties.ipConfigurations[0].properties.privateIPAddress.",
-        )),
-        ("dynamic", _) => None,
-        (m, _) => {
-            return Err(bad(format!(
-                "privateIPAllocationMethod '{m}' is invalid: use Dynamic or Static."
-            )))
-        }
-    };
+    let NicBody {
+        vnet_rg: vrg,
+        vnet: vname,
+        subnet: sname,
+        wanted,
+    } = parse_nic(&body.map(|b| b.0).unwrap_or_default())?;
     let key = nic::nic_key(&rg, &name);
     if let Some(old) = state.node.db.get::<NicRecord>(Kind::Nic, &key)? {
         let same = old.subnet_name.eq_ignore_ascii_case(&sname)

@@ -127,6 +127,22 @@ async fn cloud_errors(req: Request<Body>, next: Next) -> Response {
     out
 }
 
+/// A handler that panics answers 500 in the cloud's shape, logged with its method and path; the
+/// connection, the other requests and the daemon go on (src/serve.rs). Also around the router a
+/// deployment's engine calls, so a resource whose PUT panics fails its deployment.
+pub async fn catch_panic(req: Request<Body>, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    match crate::serve::unwinding(&method, &path, next.run(req)).await {
+        Ok(res) => res,
+        Err(panic) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            format!("The server failed while serving {method} '{path}' ({panic}). Please retry the request."),
+        )
+        .into_response(),
+    }
+}
+
 async fn log_request(req: Request<Body>, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let res = next.run(req).await;
@@ -143,7 +159,8 @@ pub fn service(state: AppState) -> Svc {
     let router = routes::router(state.clone())
         .layer(middleware::from_fn_with_state(state, auth))
         .layer(middleware::from_fn(cloud_errors))
-        .layer(middleware::from_fn(log_request));
+        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(catch_panic));
     router.map_request(routes::canonicalize as fn(_) -> _)
 }
 
@@ -153,10 +170,9 @@ pub async fn serve_tls(
     svc: Svc,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut accepting = crate::serve::Acceptor::new("management API (TCP)");
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer) = accepting.next(|| listener.accept()).await;
         let (acceptor, svc) = (acceptor.clone(), svc.clone());
         tokio::spawn(async move {
             match acceptor.accept(tcp).await {
@@ -172,10 +188,9 @@ pub async fn serve_tls(
 }
 
 pub async fn serve_unix(listener: tokio::net::UnixListener, svc: Svc) {
+    let mut accepting = crate::serve::Acceptor::new("management API (unix socket)");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = accepting.next(|| listener.accept()).await;
         let svc = svc.clone();
         tokio::spawn(async move {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -87,6 +87,7 @@ pub async fn put(
     Path((sub, rg, name)): Path<(String, String, String)>,
     body: Option<Json<Value>>,
 ) -> Result<Response> {
+    crate::failpoint::panic_point("api.panic");
     check(&state, &sub, &rg)?;
     let _one = writes();
     let ok = (3..=24).contains(&name.len())

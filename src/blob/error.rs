@@ -220,6 +220,10 @@ impl BlobError {
     }
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "blob service internal error");
+        Self::unlogged_internal()
+    }
+    /// The cloud's 500, for a failure logged elsewhere (a handler's panic: src/serve.rs).
+    pub fn unlogged_internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",

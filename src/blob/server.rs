@@ -38,10 +38,9 @@ pub struct Service {
 
 /// Serves HTTP/1.1 on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, svc: Arc<Service>) {
+    let mut accepting = crate::serve::Acceptor::new("blob service");
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer) = accepting.next(|| listener.accept()).await;
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
@@ -81,9 +80,12 @@ pub async fn handle(
         .unwrap_or_default();
     let started = std::time::Instant::now();
     let (seq, names) = sent.unzip();
-    let mut resp = match dispatch(svc, req, peer, names.unwrap_or_default()).await {
-        Ok(r) => r,
-        Err(e) => http::error_response(&e, &rid, head),
+    // A panic in one operation is that request's 500 (src/serve.rs), never the node's end.
+    let run = dispatch(svc, req, peer, names.unwrap_or_default());
+    let mut resp = match crate::serve::unwinding(&method, &path, run).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => http::error_response(&e, &rid, head),
+        Err(_) => http::error_response(&BlobError::unlogged_internal(), &rid, head),
     };
     if let (Some(seq), Some(MetaCase(names))) = (seq, resp.extensions_mut().remove()) {
         wire.reply(seq, names);
@@ -393,6 +395,9 @@ async fn dispatch(
         qv("restype"),
         qv("comp"),
     )?;
+    if op == Op::AccountInfo {
+        crate::failpoint::panic_point("blob.panic");
+    }
     if let Some(c) = &container {
         if !super::store::valid_container_name(c) {
             return Err(BlobError::new(

@@ -1,23 +1,35 @@
 //! Fetching `fileUris` on the node, as any client would: a real HTTP GET, so a SAS link to this
 //! node's blob service is checked by the blob service itself (an expired one gets its 403), and
 //! public blobs and plain HTTP(S) URLs the node can reach work too. HTTPS trusts the system's
-//! roots (`/etc/ssl/certs/ca-certificates.crt`). Redirects are followed (5 at most).
+//! roots (`/etc/ssl/certs/ca-certificates.crt`). Redirects are followed ([`MAX_REDIRECTS`]),
+//! relative ones resolved with the `url` crate; a file is capped at [`MAX_FILE`] while it
+//! streams; every error names the (redacted) URL and, for an HTTP answer, its status.
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use url::Url;
 
-/// A file bigger than this is refused (it has to go through the guest agent in 48 KiB pieces).
+/// A file bigger than this is refused, as soon as its `Content-Length` says so or its body
+/// passes it while streaming (nothing more is read or kept). The cloud documents no limit of its
+/// own for fileUris; every byte goes into the guest through the agent in 48 KiB pieces, so a
+/// script or package of tens of MiB is what this path is for.
 pub const MAX_FILE: usize = 64 << 20;
+/// Redirects followed for one file; the next one is an error naming the chain (what browsers
+/// and the cloud's agent allow is of this order: Go's client, the agent's, stops at 10).
+pub const MAX_REDIRECTS: usize = 5;
+/// What is read of an error answer's body (the storage service's `<Error>` is well under 1 KiB).
+const MAX_ERROR_BODY: usize = 64 << 10;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// Why a file could not be fetched. The URLs in it are redacted (no SAS signature).
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("it is not an http:// or https:// URL")]
-    BadUrl,
+    #[error("{url}: it is not an http:// or https:// URL with a host")]
+    BadUrl { url: String },
     #[error("cannot connect to {host}")]
     Connect {
         host: String,
@@ -28,37 +40,56 @@ pub enum DownloadError {
     Tls {
         host: String,
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: BoxError,
     },
-    #[error("HTTP exchange")]
-    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("the server answered {status} {code}: {message}")]
+    #[error("HTTP exchange with {url}")]
+    Http {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("GET {url} answered {status} {code}: {message}")]
     Status {
+        url: String,
         status: u16,
         code: String,
         message: String,
     },
-    #[error("more than 5 redirects")]
-    Redirects,
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the file is larger than {} MiB", MAX_FILE >> 20)]
-    TooLarge,
+    #[error("GET {url} answered {status} {}: a redirect without a usable Location", reason(*.status))]
+    BadRedirect { url: String, status: u16 },
+    #[error("more than {MAX_REDIRECTS} redirects: {}", .chain.join(" -> "))]
+    Redirects { chain: Vec<String> },
+    #[error("{url}: no answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url}: the file is larger than {} MiB", MAX_FILE >> 20)]
+    TooLarge { url: String },
+}
+
+fn reason(status: u16) -> &'static str {
+    hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
 }
 
 impl DownloadError {
     pub fn status(&self) -> Option<u16> {
         match self {
-            DownloadError::Status { status, .. } => Some(*status),
+            DownloadError::Status { status, .. } | DownloadError::BadRedirect { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
     pub fn code(&self) -> String {
         match self {
             DownloadError::Status { code, .. } => code.clone(),
-            DownloadError::BadUrl => "InvalidUri".into(),
-            DownloadError::Timeout(_) => "Timeout".into(),
-            DownloadError::TooLarge => "FileTooLarge".into(),
+            DownloadError::BadUrl { .. } => "InvalidUri".into(),
+            DownloadError::Timeout { .. } => "Timeout".into(),
+            DownloadError::TooLarge { .. } => "FileTooLarge".into(),
+            DownloadError::Redirects { .. } | DownloadError::BadRedirect { .. } => {
+                "TooManyRedirects".into()
+            }
             _ => "DownloadFailed".into(),
         }
     }
@@ -79,36 +110,17 @@ pub fn redact(url: &str) -> String {
     format!("{base}?{}", q.join("&"))
 }
 
-fn split(url: &str) -> Option<(bool, String, u16, String)> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else {
-        return None;
-    };
-    let (hostport, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
-            (h.to_string(), p.parse().ok()?)
-        }
-        _ => (hostport.to_string(), if tls { 443 } else { 80 }),
-    };
-    if host.is_empty() {
-        return None;
-    }
-    Some((tls, host, port, path))
+/// An http(s) URL with a host, or why not.
+fn parse(url: &str) -> Result<Url, DownloadError> {
+    Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| DownloadError::BadUrl { url: redact(url) })
 }
 
 /// The path of a URL without its query: `/{account}/{container}/{blob}` for a blob.
 pub fn url_path(url: &str) -> String {
-    split(url)
-        .map(|(_, _, _, p)| p.split('?').next().unwrap_or("").to_string())
-        .unwrap_or_default()
+    parse(url).map(|u| u.path().to_string()).unwrap_or_default()
 }
 
 /// The file name a URL saves as: its last path segment, percent-decoded.
@@ -125,98 +137,115 @@ pub fn file_name(url: &str) -> String {
     }
 }
 
-/// GETs `url`, following redirects.
+/// GETs `url`, following up to [`MAX_REDIRECTS`] redirects; a relative `Location` is resolved
+/// against the URL that gave it (RFC 3986, as browsers do).
 pub async fn fetch(url: &str) -> Result<Vec<u8>, DownloadError> {
-    let mut url = url.to_string();
-    for _ in 0..=5 {
-        match tokio::time::timeout(TIMEOUT, get_once(&url)).await {
-            Err(_) => return Err(DownloadError::Timeout(TIMEOUT)),
-            Ok(Ok(Fetch::Body(b))) => return Ok(b),
-            Ok(Ok(Fetch::Redirect(to))) => {
-                url = if to.starts_with("http://") || to.starts_with("https://") {
-                    to
-                } else {
-                    let (tls, host, port, _) = split(&url).ok_or(DownloadError::BadUrl)?;
-                    format!("{}://{host}:{port}{to}", if tls { "https" } else { "http" })
-                };
+    let mut url = parse(url)?;
+    let mut chain = vec![redact(url.as_str())];
+    loop {
+        let got = tokio::time::timeout(TIMEOUT, get_once(&url)).await;
+        let to = match got {
+            Err(_) => {
+                return Err(DownloadError::Timeout {
+                    url: redact(url.as_str()),
+                    timeout: TIMEOUT,
+                })
             }
+            Ok(Ok(Fetch::Body(b))) => return Ok(b),
+            Ok(Ok(Fetch::Redirect(to))) => to,
             Ok(Err(e)) => return Err(e),
+        };
+        chain.push(redact(to.as_str()));
+        if chain.len() > MAX_REDIRECTS + 1 {
+            return Err(DownloadError::Redirects { chain });
         }
+        url = to;
     }
-    Err(DownloadError::Redirects)
 }
 
 enum Fetch {
     Body(Vec<u8>),
-    Redirect(String),
+    Redirect(Url),
 }
 
-async fn get_once(url: &str) -> Result<Fetch, DownloadError> {
-    let (tls, host, port, path) = split(url).ok_or(DownloadError::BadUrl)?;
-    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+async fn get_once(url: &Url) -> Result<Fetch, DownloadError> {
+    let shown = redact(url.as_str());
+    let tls = url.scheme() == "https";
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let bare = host.trim_matches(['[', ']']).to_string();
+    let path = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let tcp = tokio::net::TcpStream::connect((bare.as_str(), port))
         .await
         .map_err(|source| DownloadError::Connect {
             host: format!("{host}:{port}"),
             source,
         })?;
-    let host_header = if (tls && port == 443) || (!tls && port == 80) {
-        host.clone()
-    } else {
-        format!("{host}:{port}")
+    let host_header = match url.port() {
+        None => host.clone(),
+        Some(p) => format!("{host}:{p}"),
     };
-    let req = hyper::Request::get(&path)
+    let http = |e: BoxError| DownloadError::Http {
+        url: shown.clone(),
+        source: e,
+    };
+    let req = hyper::Request::get(path)
         .header("host", host_header)
         .header("user-agent", "vmnode-extension-handler")
         .header("x-ms-version", crate::blob::server::VERSION)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| DownloadError::Http(Box::new(e)))?;
+        .map_err(|e| http(Box::new(e)))?;
     let resp = if tls {
-        let cfg =
-            crate::api::tls::client_config(std::path::Path::new(SYSTEM_ROOTS)).map_err(|e| {
-                DownloadError::Tls {
-                    host: host.clone(),
-                    source: Box::new(e),
-                }
-            })?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| {
-            DownloadError::Tls {
-                host: host.clone(),
-                source: Box::new(e),
-            }
-        })?;
+        let tls_err = |e: BoxError| DownloadError::Tls {
+            host: host.clone(),
+            source: e,
+        };
+        let cfg = crate::api::tls::client_config(std::path::Path::new(SYSTEM_ROOTS))
+            .map_err(|e| tls_err(Box::new(e)))?;
+        let name = rustls::pki_types::ServerName::try_from(bare.clone())
+            .map_err(|e| tls_err(Box::new(e)))?;
         let s = tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
             .await
-            .map_err(|e| DownloadError::Tls {
-                host: host.clone(),
-                source: Box::new(e),
-            })?;
-        send(s, req).await?
+            .map_err(|e| tls_err(Box::new(e)))?;
+        send(s, req).await.map_err(http)?
     } else {
-        send(tcp, req).await?
+        send(tcp, req).await.map_err(http)?
     };
     let status = resp.status();
-    if status.is_redirection() {
-        if let Some(to) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
-            return Ok(Fetch::Redirect(to.to_string()));
-        }
+    if status.is_redirection() && status != hyper::StatusCode::NOT_MODIFIED {
+        let to = resp.headers().get("location").and_then(|v| v.to_str().ok());
+        return match to.and_then(|to| url.join(to).ok()) {
+            Some(to) => Ok(Fetch::Redirect(to)),
+            None => Err(DownloadError::BadRedirect {
+                url: shown,
+                status: status.as_u16(),
+            }),
+        };
     }
     let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), MAX_FILE)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                DownloadError::TooLarge
-            } else {
-                DownloadError::Http(e)
-            }
-        })?
-        .to_bytes();
     if status.is_success() {
-        return Ok(Fetch::Body(body.to_vec()));
+        let declared = headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_FILE as u64) {
+            return Err(DownloadError::TooLarge { url: shown });
+        }
+        return match read_capped(resp.into_body(), MAX_FILE)
+            .await
+            .map_err(http)?
+        {
+            (body, false) => Ok(Fetch::Body(body)),
+            (_, true) => Err(DownloadError::TooLarge { url: shown }),
+        };
     }
-    // The storage service's error body: <Error><Code>…</Code><Message>…</Message></Error>.
+    // The storage service's error body: <Error><Code>…</Code><Message>…</Message></Error>; what
+    // another server sends is read only as far as that needs.
+    let (body, _) = read_capped(resp.into_body(), MAX_ERROR_BODY)
+        .await
+        .map_err(http)?;
     let text = String::from_utf8_lossy(&body);
     let doc = crate::blob::xml::parse(&text);
     let code = doc
@@ -241,52 +270,48 @@ async fn get_once(url: &str) -> Result<Fetch, DownloadError> {
     .collect::<Vec<_>>()
     .join(" ");
     Err(DownloadError::Status {
+        url: shown,
         status: status.as_u16(),
         code,
         message,
     })
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads `body` as it arrives, up to `cap` bytes: (what was read, whether there was more). It
+/// stops at the first byte over, so an endless body costs `cap`, not the node's memory.
+async fn read_capped(
+    mut body: hyper::body::Incoming,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), BoxError> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if out.len() + data.len() > cap {
+            out.extend_from_slice(&data[..cap - out.len()]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok((out, false))
+}
+
 async fn send<S>(
     stream: S,
     req: hyper::Request<Empty<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, DownloadError>
+) -> Result<hyper::Response<hyper::body::Incoming>, BoxError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| DownloadError::Http(Box::new(e)))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(|e| DownloadError::Http(Box::new(e)))
+    Ok(sender.send_request(req).await?)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_split_name_and_redact() {
-        let u = "http://127.0.0.1:7481/acct/scripts/dir%2Fx/script.sh?sv=1&se=2020-01-01T00%3A00%3A00Z&sig=abc%2B%3D";
-        assert_eq!(file_name(u), "script.sh");
-        assert_eq!(url_path(u), "/acct/scripts/dir%2Fx/script.sh");
-        let r = redact(u);
-        assert!(r.contains("sig=REDACTED") && !r.contains("abc"), "{r}");
-        assert!(r.contains("se=2020-01-01"));
-        assert_eq!(
-            split("https://example.com/a").unwrap(),
-            (true, "example.com".into(), 443, "/a".into())
-        );
-        assert_eq!(
-            split("http://h:8080?x=1").unwrap(),
-            (false, "h".into(), 8080, "/?x=1".into())
-        );
-        assert!(split("ftp://h/x").is_none());
-        assert_eq!(file_name("http://h/"), "download");
-    }
-}
+mod tests;

@@ -9,11 +9,19 @@ use super::expr::{parse, Expr};
 use super::{invalid, resource_id, Scope};
 use crate::deploy::DeployError;
 
+/// How many times one template may expand `variables(...)`. Variables referring twice to the
+/// next, 32 deep, would otherwise be 2^32 expansions from a few hundred bytes of request.
+const MAX_EXPANSIONS: u32 = 10_000;
+/// The longest string a function may return (`concat`/`format` over variables doubling).
+const MAX_STRING: usize = 1 << 20;
+
 /// Evaluates template expressions against parameters, variables and the scope.
 pub struct Evaluator {
     params: BTreeMap<String, Value>,
     variables: Map<String, Value>,
     scope: Scope,
+    /// `variables(...)` expansions so far (see [`MAX_EXPANSIONS`]).
+    expansions: std::cell::Cell<u32>,
 }
 
 impl Evaluator {
@@ -40,6 +48,7 @@ impl Evaluator {
                 .cloned()
                 .unwrap_or_default(),
             scope: scope.clone(),
+            expansions: std::cell::Cell::new(0),
         };
         for (name, decl) in &declared {
             let supplied = given
@@ -154,7 +163,14 @@ impl Evaluator {
                     .iter()
                     .map(|a| self.apply(a, depth))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.call(name, &vals, depth)
+                let out = self.call(name, &vals, depth)?;
+                if out.as_str().is_some_and(|s| s.len() > MAX_STRING) {
+                    return Err(invalid(format!(
+                        "{name}() would make a string over {} MiB",
+                        MAX_STRING >> 20
+                    )));
+                }
+                Ok(out)
             }
         }
     }
@@ -200,6 +216,13 @@ impl Evaluator {
                     .find(|(n, _)| n.eq_ignore_ascii_case(&k))
                     .map(|(_, v)| v)
                     .ok_or_else(|| invalid(format!("the template variable '{k}' is not found")))?;
+                let n = self.expansions.get() + 1;
+                if n > MAX_EXPANSIONS {
+                    return Err(invalid(format!(
+                        "the template expands variables more than {MAX_EXPANSIONS} times"
+                    )));
+                }
+                self.expansions.set(n);
                 self.eval_depth(raw, depth + 1)
             }
             "concat" => {

@@ -3,12 +3,19 @@
 use super::invalid;
 use crate::deploy::DeployError;
 
+/// How deep an expression's tree may be: calls inside calls plus `.member`/`[index]` steps.
+/// Templates nest a handful; the bound keeps the recursive parser, evaluator and `Drop` off the
+/// end of a worker thread's stack however the expression was written (a request body can hold
+/// a million `(`).
+pub(super) const MAX_DEPTH: usize = 64;
+
 /// Parses `s`, a whole `[...]` template expression (brackets included).
 pub(super) fn parse(s: &str) -> Result<Expr, DeployError> {
     let mut p = Parser {
         src: &s[1..s.len() - 1],
         pos: 0,
         whole: s,
+        depth: 0,
     };
     let e = p.expr()?;
     p.ws();
@@ -29,8 +36,11 @@ pub(super) enum Expr {
 
 struct Parser<'a> {
     src: &'a str,
+    /// A byte offset, always on a character boundary.
     pos: usize,
     whole: &'a str,
+    /// The depth of the tree above the expression being parsed (see [`MAX_DEPTH`]).
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -45,8 +55,9 @@ impl Parser<'_> {
         self.src[self.pos..].chars().next()
     }
     fn ws(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
-            self.pos += 1;
+        // Unicode whitespace counts, so step by the character's length (U+00A0 is 2 bytes).
+        while let Some(c) = self.peek().filter(|c| c.is_whitespace()) {
+            self.pos += c.len_utf8();
         }
     }
     fn eat(&mut self, c: char) -> bool {
@@ -59,6 +70,23 @@ impl Parser<'_> {
         }
     }
     fn expr(&mut self) -> Result<Expr, DeployError> {
+        let above = self.depth;
+        let e = self.nested();
+        self.depth = above;
+        e
+    }
+    /// One level deeper: [`Parser::expr`] puts the depth back however this returns.
+    fn deeper(&mut self) -> Result<(), DeployError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(&format!(
+                "the expression nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(())
+    }
+    fn nested(&mut self) -> Result<Expr, DeployError> {
+        self.deeper()?;
         self.ws();
         let mut e = match self.peek() {
             Some('\'') => {
@@ -116,6 +144,7 @@ impl Parser<'_> {
         };
         loop {
             if self.eat('.') {
+                self.deeper()?;
                 self.ws();
                 let key = self.ident();
                 if key.is_empty() {
@@ -123,6 +152,7 @@ impl Parser<'_> {
                 }
                 e = Expr::Member(Box::new(e), key);
             } else if self.eat('[') {
+                self.deeper()?;
                 let idx = self.expr()?;
                 if !self.eat(']') {
                     return Err(self.err("expected ']'"));

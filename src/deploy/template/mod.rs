@@ -409,6 +409,44 @@ mod tests {
         assert!(err.contains("allowed values"), "{err}");
     }
 
+    /// Found reading the parser and evaluator for the fuzz loop (tests/fuzz_api.rs), whose
+    /// mutations include each: before the fixes, a panic, an abort (stack overflow of the
+    /// request's worker thread: the whole daemon) or a request that never ends.
+    #[test]
+    fn hostile_expressions_are_refused_not_crashing() {
+        let e = ev(json!({}), json!({}));
+        // Unicode whitespace between tokens (it was stepped over one byte at a time: a panic).
+        assert_eq!(ev_str(&e, "[concat(\u{a0}'a',\u{2003}'b')]"), json!("ab"));
+        // 100,000 nested calls, member steps or indexes (the stack overflowed: an abort).
+        let n = 100_000;
+        for deep in [
+            format!("[{}'a'{}]", "concat(".repeat(n), ")".repeat(n)),
+            format!("[resourceGroup(){}]", ".name".repeat(n)),
+            format!("[{}'a'{}]", "resourceGroup()[".repeat(n), "]".repeat(n)),
+        ] {
+            let err = e.eval(&json!(deep)).unwrap_err().to_string();
+            assert!(err.contains("nests deeper than 64 levels"), "{err:.200}");
+        }
+        // Variables that refer twice to the next: 2^31 expansions before the bound.
+        let mut vars = Map::new();
+        for i in 0..31 {
+            let next = format!("variables('v{}')", i + 1);
+            vars.insert(format!("v{i}"), json!(format!("[concat({next}, {next})]")));
+        }
+        vars.insert("v31".into(), json!("x"));
+        let e = ev(json!({"variables": vars.clone()}), json!({}));
+        let err = e.eval(&json!("[variables('v0')]")).unwrap_err().to_string();
+        assert!(err.contains("more than 10000 times"), "{err}");
+        // ... and with a longer string at the bottom, a string that doubles to over 1 MiB.
+        vars.insert("v31".into(), json!("x".repeat(4096)));
+        let e = ev(json!({"variables": vars}), json!({}));
+        let err = e
+            .eval(&json!("[variables('v20')]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("over 1 MiB"), "{err}");
+    }
+
     #[test]
     fn resources_are_flattened_and_ordered_by_depends_on() {
         let t = json!({
