@@ -122,7 +122,7 @@ fn imported_cloud_init_image_boots_through_firmware_and_applies_the_seed() {
     assert!(bios < loader && loader < kernel, "{log}");
 
     // cloud-init ran from the seed: host name, user, key.
-    let out = wait_in_guest(
+    let (_, out) = wait_in_guest(
         &node,
         &vm_id,
         "cloud-init status --wait >/dev/null 2>&1; cloud-init status; hostname; \
