@@ -289,7 +289,6 @@ fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op, resumed: b
                 assert_resumed_and_up(node, point, &vm);
             }
         }
-        _ => {}
     }
     if op != Op::Delete {
         node.ok(&["vm", "delete", "-g", "rg", "-n", &vm, "--yes"]);
