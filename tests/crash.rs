@@ -1,5 +1,6 @@
 //! kill -9 of the daemon in the middle of create, start, stop and delete: each kill comes at a
-//! moment the VM was seen with its operation in flight (`Creating`, `VM starting`, …), and
+//! moment the VM was seen with its operation in flight (`Creating`, `VM starting`, …; a
+//! delete, too quick to be seen, is found unfinished by the restarted daemon), and
 //! after a restart the node is consistent — no orphan QEMU, tap, lease or disk; a running VM
 //! is re-adopted with the same pid; whatever was interrupted can be finished. (Each crash
 //! point of these operations, one by one: tests/crash_points.rs.)
@@ -119,8 +120,25 @@ fn kill_9_during_create_start_stop_and_delete() {
     kill_while(&mut node, "v", "starting", |_, (_, s)| s == "VM starting");
     consistent(&node);
 
+    // A delete is over too soon to be seen by polling: the daemon is killed as soon as it has
+    // accepted it, and the restarted daemon says it found the delete unfinished.
+    let resumed_deletes = |node: &Node| {
+        node.daemon_log()
+            .matches("resuming an interrupted delete")
+            .count()
+    };
+    let before = resumed_deletes(&node);
     node.ok(&["vm", "delete", "-g", "rg", "-n", "v", "--yes", "--no-wait"]);
-    kill_while(&mut node, "v", "deleting", |_, (p, _)| p == "Deleting");
+    node.kill_daemon();
+    node.spawn_daemon();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while resumed_deletes(&node) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted daemon found no delete in flight: the kill came after it"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     consistent(&node);
     // A delete interrupted by the crash was finished by the restarted daemon.
     let deadline = Instant::now() + Duration::from_secs(30);

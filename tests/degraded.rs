@@ -76,11 +76,22 @@ fn boot(node: &Node, name: &str) -> (String, i32) {
 ///    connects → running.
 ///
 /// Neither kills QEMU: the same pid lives throughout and the guest answers afterwards.
+///
+/// The VM is one resumed from its shape's boot snapshot (made first, by a VM then deleted): a
+/// resumed QEMU's monitor must go through the same.
 #[test]
 fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
     let mut node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "first", &[]);
+    common::snapshots::wait_for_snapshot(&node, 0);
+    node.ok(&["vm", "delete", "-g", "rg", "-n", "first", "--yes"]);
     let (vm_id, pid) = boot(&node, "q");
+    assert!(
+        common::snapshots::resumed(pid),
+        "{}",
+        common::snapshots::cmdline(pid)
+    );
 
     // 1. A monitor that does not answer.
     sh(&format!("kill -STOP {pid}"));
