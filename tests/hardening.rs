@@ -94,6 +94,21 @@ fn fds(pid: i32) -> BTreeMap<i32, String> {
         .collect()
 }
 
+/// What fd `n` of a table from [`fds`] is; it must be there.
+fn fd_at(table: &BTreeMap<i32, String>, n: i32) -> &str {
+    table
+        .get(&n)
+        .unwrap_or_else(|| panic!("no fd {n}: {table:#?}"))
+}
+
+/// What QEMU opens itself: eventfds, its epoll and signalfd, sockets, pipes, /dev/null.
+fn made_by_qemu(t: &str) -> bool {
+    ["anon_inode:", "socket:", "pipe:"]
+        .iter()
+        .any(|p| t.starts_with(p))
+        || t == "/dev/null"
+}
+
 /// What QEMU holds is what vmnode passed (at the numbers argv.rs gives them) plus what QEMU
 /// makes itself (eventfds, its epoll, signalfd, sockets of accepted connections, pipes) and its
 /// own dups of the passed files. Returns the table, for the report.
@@ -105,12 +120,7 @@ fn assert_only_passed(
 ) -> BTreeMap<i32, String> {
     let table = fds(pid);
     let show = || format!("{table:#?}");
-    let at = |n: i32| {
-        table
-            .get(&n)
-            .unwrap_or_else(|| panic!("no fd {n}: {}", show()))
-            .as_str()
-    };
+    let at = |n: i32| fd_at(&table, n);
     let state = node.state.to_string_lossy().into_owned();
     let run_dir = node.run.join("vms").join(vm_id);
     let in_state = |p: &str| p.starts_with(&state);
@@ -177,12 +187,7 @@ fn assert_only_passed(
         own.push(held.clone());
     }
     for (n, t) in &table {
-        let made_by_qemu = t.starts_with("anon_inode:")
-            || t.starts_with("socket:")
-            || t.starts_with("pipe:")
-            || t == "/dev/null"
-            || t == "/dev/net/tun"
-            || t == "/dev/kvm";
+        let made_by_qemu = made_by_qemu(t) || t == "/dev/net/tun" || t == "/dev/kvm";
         assert!(
             made_by_qemu || own.contains(t),
             "fd {n} -> {t} is none of the VM's own files: {}",
@@ -219,12 +224,7 @@ fn assert_only_passed(
 fn assert_maker_holds_only_its_own(pid: i32, node: &Node) -> BTreeMap<i32, String> {
     let table = fds(pid);
     let show = || format!("{table:#?}");
-    let at = |n: i32| {
-        table
-            .get(&n)
-            .unwrap_or_else(|| panic!("no fd {n}: {}", show()))
-            .clone()
-    };
+    let at = |n: i32| fd_at(&table, n).to_string();
     let making = snapshots::half_made(node);
     assert_eq!(making.len(), 1, "{making:?}");
     let making = making[0].to_string_lossy().into_owned();
@@ -257,10 +257,7 @@ fn assert_maker_holds_only_its_own(pid: i32, node: &Node) -> BTreeMap<i32, Strin
         );
     }
     for (n, t) in &table {
-        let made_by_qemu = t.starts_with("anon_inode:")
-            || t.starts_with("socket:")
-            || t.starts_with("pipe:")
-            || t == "/dev/null";
+        let made_by_qemu = made_by_qemu(t);
         let own = t.starts_with(&format!("{making}/")) || *t == log || (*n == 7 || *n == 8);
         assert!(
             made_by_qemu || own,
