@@ -77,6 +77,18 @@ fn hot_plug_and_keep(node: &Node, vm: &serde_json::Value) {
 
     assert!(attach("d0", "1").status.success());
     let s = wait_serials(node, &id, |s| s.contains(":lun0:"));
+    // The agent answers: an error it gives (a program the guest does not have) fails the
+    // harness's call at once, as one that cannot succeed, and is not retried until a deadline.
+    let r = common::agent::try_guest_exec(
+        node,
+        &id,
+        &["/no/such/program"],
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert!(
+        matches!(r, Err(common::agent::ExecError::Failed(_))),
+        "{r:?}"
+    );
     assert!(
         s.contains(":lun0:2097152"),
         "1 GiB disk at LUN 0 expected: {s}"
