@@ -13,10 +13,13 @@ const BOOT: Duration = Duration::from_secs(120);
 
 fn boots(node: &Node, vm: &str) -> Vec<Value> {
     let v = node.json(&["vm", "boot-diagnostics", "boots", "-g", "rg", "-n", vm]);
-    v.as_array().cloned().unwrap_or_default()
+    v.as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("`boots` of {vm} is not a list: {v}"))
 }
 
-/// Waits until boot `n` is the current one and its verdict has `outcome`; returns it.
+/// Waits until boot `n` is the current one and its verdict has `outcome`; returns it. Fails at
+/// `limit` with the last list of boots, whatever it held (none at all, too).
 fn wait_verdict(node: &Node, vm: &str, n: u64, outcome: &str, limit: Duration) -> Value {
     let deadline = Instant::now() + limit;
     loop {
@@ -25,12 +28,12 @@ fn wait_verdict(node: &Node, vm: &str, n: u64, outcome: &str, limit: Duration) -
             if b["n"] == n && b["verdict"]["outcome"] == outcome {
                 return b.clone();
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "verdict of {vm} not {outcome} after {limit:?}: {}",
-                    serde_json::to_string_pretty(b).unwrap()
-                );
-            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "verdict of boot {n} of {vm} not {outcome} after {limit:?}; its boots: {}",
+                serde_json::to_string_pretty(&bs).unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }

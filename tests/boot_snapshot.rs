@@ -5,47 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::snapshots::{cmdline, wait_for_snapshot};
 use common::{guest_exec, Node};
 
 const BOOT: Duration = Duration::from_secs(180);
-
-/// The complete snapshots in the node's state dir (their `state.bin`).
-fn snapshots(node: &Node) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(node.state.join("snapshots")) else {
-        return vec![];
-    };
-    rd.flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path().join("state.bin"))
-        .filter(|p| p.is_file())
-        .collect()
-}
-
-fn wait_for_snapshot(node: &Node, bigger_than: u64) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(p) = snapshots(node)
-            .into_iter()
-            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > bigger_than))
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no boot snapshot made: {}",
-            node.daemon_log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn cmdline(pid: i32) -> String {
-    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
-        .replace('\0', " ")
-}
 
 /// The value after `key=` on the guest's `VMNODE-BOOT: <step>` line.
 fn field(log: &str, step: &str, key: &str) -> String {
@@ -84,7 +49,7 @@ fn create(node: &Node, name: &str) -> Vm {
 
 #[test]
 fn new_vms_resume_their_shapes_snapshot_with_their_own_identity() {
-    let mut node = Node::start_with("off", &["--boot-snapshots", "on"]);
+    let mut node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
 
     // The first VM of the shape boots cold; the snapshot is made after it.
@@ -232,15 +197,10 @@ fn new_vms_resume_their_shapes_snapshot_with_their_own_identity() {
     assert_eq!(remade, state, "the same shape, the same key");
 
     // No snapshot QEMU is left behind, and nothing half-made.
-    let left: Vec<_> = std::fs::read_dir(node.state.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".making-"))
-        .collect();
-    assert!(left.is_empty());
-    let makers: Vec<i32> = common::qemu_pids_with(&node.dir.path().to_string_lossy())
-        .into_iter()
-        .filter(|p| cmdline(*p).contains("vmnode.template"))
-        .collect();
+    assert_eq!(
+        common::snapshots::half_made(&node),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let makers = common::snapshots::makers(&node);
     assert!(makers.is_empty(), "snapshot QEMUs left: {makers:?}");
 }

@@ -4,6 +4,9 @@
 //! the node must be consistent after every restart (`common::consistency`: no orphan QEMU, tap,
 //! DHCP lease, blob lease or disk file, no disk in two QEMUs, unreferenced disks quarantined);
 //! every VM that was running and was not touched by the round is re-adopted on the same pid.
+//! The churn is real: the first creates all made running VMs, a VM ran in every few rounds,
+//! and at least one untouched VM was re-adopted. With boot snapshots on (the default) the
+//! snapshot QEMU and resumed VMs are in the churn too; the result line counts the latter.
 //!
 //! CI runs a short churn (6 VMs, 12 kills). The long job, whose figures are in
 //! docs/RELIABILITY.md (R1):
@@ -19,6 +22,9 @@ use std::time::{Duration, Instant};
 use common::consistency::consistent;
 use common::{qemu_pids_with, Node};
 use rand::{Rng, SeedableRng};
+
+/// A VM runs at the start of at least one round in every this many.
+const RUNNING_EVERY: u64 = 4;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -91,13 +97,14 @@ fn kill_9_at_random_moments_during_a_churn_of_vms() {
     let mut next_name = 0;
     let mut ops: HashMap<&str, u32> = HashMap::new();
     let mut same_pid = 0;
+    let mut resumed_same_pid = 0;
+    // Rounds that began with a VM running, and the last one that did.
+    let (mut rounds_running, mut last_running) = (0, 0);
     for _ in 0..want_vms {
-        let _ = node.cli(
-            &create_args(&format!("c{next_name}"))
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
+        node.ok(&create_args(&format!("c{next_name}"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
         next_name += 1;
     }
 
@@ -106,6 +113,27 @@ fn kill_9_at_random_moments_during_a_churn_of_vms() {
             eprintln!("churn: kill {k} of {kills}, {:?}", started.elapsed());
         }
         let vms = consistent(&node);
+        let running = vms
+            .iter()
+            .filter(|v| v["powerState"] == "VM running")
+            .count();
+        // The node made the VMs it was asked for before any kill, and they run.
+        if k == 0 {
+            assert_eq!(
+                (vms.len(), running),
+                (want_vms, want_vms),
+                "the first {want_vms} creates: {vms:#?}"
+            );
+        }
+        // A churn of VMs that never run would check nothing: some run in every few rounds.
+        if running > 0 {
+            rounds_running += 1;
+            last_running = k;
+        }
+        assert!(
+            k - last_running < RUNNING_EVERY,
+            "kill {k}: no VM was running in the last {RUNNING_EVERY} rounds: {vms:#?}"
+        );
         // Top the node up to its size.
         let mut children = Vec::new();
         let mut touched = Vec::new();
@@ -166,6 +194,9 @@ fn kill_9_at_random_moments_during_a_churn_of_vms() {
                 "kill {k}: {id} not on the same QEMU"
             );
             same_pid += 1;
+            if common::snapshots::resumed(*pid) {
+                resumed_same_pid += 1;
+            }
         }
     }
     let quarantined = common::walk(&node.state.join("blobs"))
@@ -176,9 +207,13 @@ fn kill_9_at_random_moments_during_a_churn_of_vms() {
         .count();
     eprintln!(
         "churn result: {kills} kills, {next_name} VMs made, ops {ops:?}, {same_pid} re-adoptions \
-         on the same pid checked, {quarantined} disks quarantined, 0 inconsistencies, {:?}",
+         on the same pid checked ({resumed_same_pid} of VMs resumed from a boot snapshot), \
+         {rounds_running} rounds began with a VM running, {quarantined} disks quarantined, \
+         0 inconsistencies (any would have failed the test), {:?}",
         started.elapsed()
     );
+    // Kills landed on running VMs the round left alone, and those came back on their QEMU.
+    assert!(same_pid > 0, "no untouched running VM was ever re-adopted");
     // Everything that is left can be deleted cleanly.
     for v in consistent(&node) {
         node.ok(&[

@@ -6,8 +6,14 @@
 //! file, no disk open in two QEMUs; a running VM re-adopted on the same pid; a disk no VM lists
 //! quarantined, never deleted. Then the VM can be deleted cleanly.
 //!
-//! The points are split across four tests (create, power, delete, disks) that nextest runs side
-//! by side; together they must cover the daemon's whole list (`every_crash_point_is_tested`).
+//! A create cut before its QEMU started ends Failed with nothing running; cut after, it is
+//! re-adopted running. The boot's points are also reached by a create that resumes a boot
+//! snapshot (on by default): re-adopted, the resumed QEMU is continued and its guest takes its
+//! own identity.
+//!
+//! The points are split across five tests (create, resumed create, power, delete, disks) that
+//! nextest runs side by side; together they must cover the daemon's whole list
+//! (`every_crash_point_is_tested`).
 
 mod common;
 
@@ -15,7 +21,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::consistency::consistent;
-use common::{qemu_pids_with, walk, Node};
+use common::{qemu_pids_with, snapshots, walk, Node};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -144,11 +150,52 @@ fn quarantined(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// Where a create cut at `point` ends after the restart: (provisioning state, power state).
+/// Cut before its QEMU was spawned, it failed and nothing of it runs; cut after, the restarted
+/// daemon re-adopts the QEMU and the create succeeded.
+fn create_ends(point: &str) -> (&'static str, &'static str) {
+    match point {
+        "create.recorded" | "create.disk_cloned" | "create.disk_leased" | "boot.tap_made" => {
+            ("Failed", "VM stopped")
+        }
+        _ => ("Succeeded", "VM running"),
+    }
+}
+
+/// A VM whose create resumed a boot snapshot and was cut after QEMU started, re-adopted: its
+/// QEMU is the resumed one, continued by the restarted daemon, and its guest took its own
+/// identity (MAC) and went on to the network.
+fn assert_resumed_and_up(node: &Node, point: &str, vm: &str) {
+    let v = node.json(&["vm", "show", "-g", "rg", "-n", vm]);
+    let id = v["properties"]["vmId"].as_str().unwrap();
+    let pid = node.qemu_pid(id);
+    assert!(
+        snapshots::resumed(pid),
+        "{point}: not a resumed QEMU: {}",
+        snapshots::cmdline(pid)
+    );
+    let mac = v["macAddresses"]
+        .as_str()
+        .unwrap()
+        .replace('-', ":")
+        .to_lowercase();
+    let log = node.wait_for_log("rg", vm, "VMNODE-BOOT: network ", LIMIT);
+    assert!(
+        log.contains(&format!("VMNODE-BOOT: resumed mac={mac}")),
+        "{point}: the guest did not take its MAC {mac}: {log}"
+    );
+    assert_eq!(node.qemu_pid(id), pid, "{point}: not the same QEMU");
+}
+
 /// Arms `point`, runs `op` on a VM brought to `pre`, checks the daemon died there and what the
-/// restarted daemon made of it; then deletes the VM and checks again.
-fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op) {
+/// restarted daemon made of it; then deletes the VM and checks again. With `resumed`, a create
+/// resumes the node's boot snapshot (there must be one).
+fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op, resumed: bool) {
     let vm = format!("p{n}");
     prepare(node, &vm, pre);
+    if resumed {
+        assert!(!snapshots::made(node).is_empty(), "{point}: no snapshot");
+    }
     let before = (pre != Pre::Nothing).then(|| {
         let id = vm_id(node, &vm);
         let pid = node.qemu_pid(&id);
@@ -190,6 +237,9 @@ fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op) {
             );
             return;
         }
+        // Cut before its QEMU was spawned, a start is lost: the VM is still stopped, and starts
+        // when asked again (the delete below goes through a stopped VM's path).
+        Op::Start => assert_eq!(shown.as_deref(), Some("VM stopped"), "{point}"),
         // An interrupted stop or deallocate is finished by the restarted daemon.
         Op::Stop => assert_eq!(shown.as_deref(), Some("VM stopped"), "{point}"),
         Op::Deallocate => assert_eq!(shown.as_deref(), Some("VM deallocated"), "{point}"),
@@ -234,7 +284,19 @@ fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op) {
             }
             assert_eq!(quarantined(node).len(), quarantine_before, "{point}");
         }
-        _ => {}
+        Op::Create => {
+            let v = vms.iter().find(|v| v["name"] == vm.as_str());
+            let got = v.map(|v| {
+                (
+                    v["properties"]["provisioningState"].as_str().unwrap_or(""),
+                    v["powerState"].as_str().unwrap_or(""),
+                )
+            });
+            assert_eq!(got, Some(create_ends(point)), "{point}");
+            if resumed && create_ends(point).1 == "VM running" {
+                assert_resumed_and_up(node, point, &vm);
+            }
+        }
     }
     if op != Op::Delete {
         node.ok(&["vm", "delete", "-g", "rg", "-n", &vm, "--yes"]);
@@ -247,9 +309,27 @@ fn run(points: &[(&str, Pre, Op)]) {
     let mut node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
     for (n, (point, pre, op)) in points.iter().enumerate() {
-        crash_at(&mut node, n, point, *pre, *op);
+        crash_at(&mut node, n, point, *pre, *op, false);
     }
     assert!(consistent(&node).is_empty());
+}
+
+/// The create points from the start of the boot on, with the create resuming the node's boot
+/// snapshot (made first, by a VM of the same shape that is then deleted).
+fn run_resumed(points: &[(&str, Pre, Op)]) {
+    let mut node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "maker", &[]);
+    snapshots::wait_for_snapshot(&node, 0);
+    snapshots::wait_idle(&node);
+    node.ok(&["vm", "delete", "-g", "rg", "-n", "maker", "--yes"]);
+    for (n, (point, pre, op)) in points.iter().enumerate() {
+        crash_at(&mut node, n, point, *pre, *op, true);
+    }
+    assert!(consistent(&node).is_empty());
+    // Every create resumed the one snapshot: none was found bad and discarded.
+    assert_eq!(snapshots::made(&node).len(), 1);
+    assert!(!node.daemon_log().contains("discarding a boot snapshot"));
 }
 
 const CREATE: &[(&str, Pre, Op)] = &[
@@ -263,6 +343,8 @@ const CREATE: &[(&str, Pre, Op)] = &[
     ("boot.qmp_connected", Pre::Nothing, Op::Create),
     ("create.running", Pre::Nothing, Op::Create),
 ];
+/// The points of a create from its boot on, reached by a create that resumes a boot snapshot.
+const RESUMED: &[(&str, Pre, Op)] = CREATE.split_at(3).1;
 const POWER: &[(&str, Pre, Op)] = &[
     ("start.starting", Pre::Stopped, Op::Start),
     ("stop.stopping", Pre::Running, Op::Stop),
@@ -289,6 +371,11 @@ const DISKS: &[(&str, Pre, Op)] = &[
 #[test]
 fn crash_points_of_create() {
     run(CREATE);
+}
+
+#[test]
+fn crash_points_of_a_create_that_resumes_a_boot_snapshot() {
+    run_resumed(RESUMED);
 }
 
 #[test]
@@ -321,6 +408,18 @@ fn every_crash_point_is_tested() {
         .collect();
     have.sort();
     tested.sort();
+    // The resumed create's points: the boot's, and the create's end.
+    let resumed: Vec<&str> = RESUMED.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(
+        resumed,
+        [
+            "boot.tap_made",
+            "boot.qemu_forked",
+            "boot.qemu_spawned",
+            "boot.qmp_connected",
+            "create.running"
+        ]
+    );
     assert!(have.len() >= 20, "{have:?}");
     assert_eq!(have, tested);
     let code: String = walk(std::path::Path::new(concat!(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{guest_exec, Node};
+use common::{guest_exec, snapshots, Node};
 
 fn serials(node: &Node, vm_id: &str) -> String {
     guest_exec(node, vm_id, &["/bin/sh", "-c", "for d in /sys/block/vd*; do echo $(basename $d):$(cat $d/serial 2>/dev/null):$(cat $d/size); done"]).1
@@ -26,11 +26,36 @@ fn wait_serials(node: &Node, vm_id: &str, want: impl Fn(&str) -> bool) -> String
     }
 }
 
+/// The first VM of its shape on a fresh node: it boots cold.
 #[test]
 fn data_disks_hot_plug_into_a_running_guest() {
     let node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
     let vm = node.create_vm("rg", "dd", &[]);
+    assert!(!snapshots::resumed(
+        node.qemu_pid(vm["properties"]["vmId"].as_str().unwrap())
+    ));
+    hot_plug_and_keep(&node, &vm);
+}
+
+/// A guest resumed from its shape's boot snapshot takes hot-plugged disks too: its PCI slots
+/// and their hot-plug state came in the saved state, not from a boot.
+#[test]
+fn data_disks_hot_plug_into_a_resumed_guest() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "first", &[]);
+    snapshots::wait_for_snapshot(&node, 0);
+    node.ok(&["vm", "delete", "-g", "rg", "-n", "first", "--yes"]);
+    let vm = node.create_vm("rg", "dd", &[]);
+    let pid = node.qemu_pid(vm["properties"]["vmId"].as_str().unwrap());
+    assert!(snapshots::resumed(pid), "{}", snapshots::cmdline(pid));
+    hot_plug_and_keep(&node, &vm);
+}
+
+/// Two disks hot-plugged into the running VM `dd`, a third refused by its size, one detached;
+/// the other kept across stop/start, and deleted with the VM.
+fn hot_plug_and_keep(node: &Node, vm: &serde_json::Value) {
     let id = vm["properties"]["vmId"].as_str().unwrap().to_string();
     node.wait_for_log("rg", "dd", "VMNODE-BOOT: ready", Duration::from_secs(120));
     let attach = |name: &str, gb: &str| {
@@ -51,13 +76,25 @@ fn data_disks_hot_plug_into_a_running_guest() {
     };
 
     assert!(attach("d0", "1").status.success());
-    let s = wait_serials(&node, &id, |s| s.contains(":lun0:"));
+    let s = wait_serials(node, &id, |s| s.contains(":lun0:"));
+    // The agent answers: an error it gives (a program the guest does not have) fails the
+    // harness's call at once, as one that cannot succeed, and is not retried until a deadline.
+    let r = common::agent::try_guest_exec(
+        node,
+        &id,
+        &["/no/such/program"],
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert!(
+        matches!(r, Err(common::agent::ExecError::Failed(_))),
+        "{r:?}"
+    );
     assert!(
         s.contains(":lun0:2097152"),
         "1 GiB disk at LUN 0 expected: {s}"
     );
     assert!(attach("d1", "2").status.success());
-    let s = wait_serials(&node, &id, |s| s.contains(":lun1:"));
+    let s = wait_serials(node, &id, |s| s.contains(":lun1:"));
     assert!(s.contains(":lun1:4194304"), "{s}");
     // Standard_B1s allows two.
     let e = node.fails(&[
@@ -99,7 +136,7 @@ fn data_disks_hot_plug_into_a_running_guest() {
         "-n",
         "d0",
     ]);
-    wait_serials(&node, &id, |s| !s.contains(":lun0:"));
+    wait_serials(node, &id, |s| !s.contains(":lun0:"));
     let show = node.json(&["vm", "show", "-g", "rg", "-n", "dd"]);
     assert_eq!(
         show["properties"]["storageProfile"]["dataDisks"]

@@ -84,7 +84,7 @@ fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
 
     // The guest's own DHCP client took the VM's DIP and its computer name (option 12), and
     // keeps the lease (dhclient writes it once its script has applied it).
-    let net = wait_in_guest(
+    let (_, net) = wait_in_guest(
         &node,
         &vm_id,
         "hostname; cat /etc/hostname; ip -4 -o addr show dev eth0; \
@@ -106,7 +106,7 @@ fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
 
     // The image shipped no identity: this VM made its own machine-id and, at first boot, its ssh
     // host keys (ssh-keygen -A, which takes a while under TCG: RSA).
-    let id = wait_in_guest(
+    let (_, id) = wait_in_guest(
         &node,
         &vm_id,
         "cat /etc/machine-id; ls /etc/ssh/ssh_host_ed25519_key.pub /etc/ssh/ssh_host_rsa_key.pub",
@@ -119,7 +119,7 @@ fn debian_12_boots_to_login_with_agent_and_its_own_dhcp_address_and_hostname() {
     );
     // A getty on the VGA screen's text console (a bochs framebuffer: a PVH-booted kernel has no
     // BIOS text mode) and on the serial port; the agent and sshd run.
-    let units = wait_in_guest(
+    let (_, units) = wait_in_guest(
         &node,
         &vm_id,
         "cat /sys/class/graphics/fb0/name; systemctl is-active getty@tty1 \

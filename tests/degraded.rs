@@ -76,11 +76,22 @@ fn boot(node: &Node, name: &str) -> (String, i32) {
 ///    connects → running.
 ///
 /// Neither kills QEMU: the same pid lives throughout and the guest answers afterwards.
+///
+/// The VM is one resumed from its shape's boot snapshot (made first, by a VM then deleted): a
+/// resumed QEMU's monitor must go through the same.
 #[test]
 fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
     let mut node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
+    node.create_vm("rg", "first", &[]);
+    common::snapshots::wait_for_snapshot(&node, 0);
+    node.ok(&["vm", "delete", "-g", "rg", "-n", "first", "--yes"]);
     let (vm_id, pid) = boot(&node, "q");
+    assert!(
+        common::snapshots::resumed(pid),
+        "{}",
+        common::snapshots::cmdline(pid)
+    );
 
     // 1. A monitor that does not answer.
     sh(&format!("kill -STOP {pid}"));
@@ -115,6 +126,21 @@ fn qmp_unreachable_shows_unknown_never_kills_and_comes_back() {
     eprintln!("socket back → running in {:?}", t.elapsed());
     assert_eq!(node.qemu_pid(&vm_id), pid);
     assert!(node.daemon_log().contains("QMP reconnected"));
+    // The node's OS provisioning, which waited for the agent to answer (here only once the
+    // monitor was back), is done first: a reset in its middle would leave its call waiting on
+    // the agent, and the agent taken, for up to its step limit.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let view = node.json(&["vm", "get-instance-view", "-g", "rg", "-n", "q"]);
+        if view["statuses"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["code"] == "OSProvisioningComplete"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never provisioned: {view}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // The monitor works again (a restart goes through QMP), and so does the guest.
     node.ok(&["vm", "restart", "-g", "rg", "-n", "q"]);
     node.wait_for_count("rg", "q", "VMNODE-BOOT: ready", 2, LIMIT);

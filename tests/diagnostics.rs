@@ -93,8 +93,11 @@ fn screenshots_of_a_real_guest() {
     let bh = u32::from_le_bytes(bmp[22..26].try_into().unwrap());
     assert_eq!((bw, bh), (w, h));
 
-    // A stopped VM still answers with its last screenshot.
+    // A stopped VM still answers with its last screenshot: the last one stored while it ran
+    // (the cloud-named PNG), decoded as the running captures were, byte for byte.
     node.ok(&["vm", "stop", "-g", "rg", "-n", "shot", "--skip-shutdown"]);
+    let last = std::fs::read(auto.with_extension("png")).unwrap();
+    std::fs::remove_file(&file).unwrap();
     node.ok(&[
         "vm",
         "boot-diagnostics",
@@ -106,4 +109,13 @@ fn screenshots_of_a_real_guest() {
         "--file",
         file.to_str().unwrap(),
     ]);
+    let answered = std::fs::read(&file).expect("the stopped VM's screenshot");
+    let (sw, sh, _) = png_info(&answered);
+    assert_eq!((sw, sh), (w, h));
+    assert!(
+        answered == last,
+        "not the last screenshot: {} bytes, the stored one {}",
+        answered.len(),
+        last.len()
+    );
 }

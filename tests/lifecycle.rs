@@ -177,10 +177,13 @@ fn power_lifecycle_on_a_real_guest() {
         "--skip-shutdown must not ask the guest"
     );
     assert!(qemu_pids_with(&vm_id).is_empty());
-    // Start of a running VM is a no-op; of a stopped one, it runs.
-    run("start", &[]);
+    // Start of a stopped VM runs it; of a running one, it is a no-op: the same QEMU runs on.
     run("start", &[]);
     assert_eq!(show()["powerState"], "VM running");
+    let pid3 = node.qemu_pid(&vm_id);
+    run("start", &[]);
+    assert_eq!(show()["powerState"], "VM running");
+    assert_eq!(qemu_pids_with(&vm_id), vec![pid3]);
 }
 
 #[test]

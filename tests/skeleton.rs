@@ -260,10 +260,27 @@ fn bad_input_is_refused_clearly_and_creates_nothing() {
         "vmnode:tiny:1:latest",
     ]);
     assert!(e.contains("computer name 'vm_1' is invalid"), "{e}");
-    // A size larger than the host is a clear capacity error.
-    let e = create("rg", "big", "vmnode:tiny:1:latest", "Standard_E64s_v3");
+    // A size larger than the host is a clear capacity error: the smallest size with more
+    // vCPUs than this host has cores.
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    let sizes = node.json(&["vm", "list-sizes"]);
+    let big = sizes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["numberOfCores"].as_u64().unwrap() > cores)
+        .min_by_key(|s| s["numberOfCores"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no size has more than this host's {cores} cores: {sizes}"));
+    let e = create(
+        "rg",
+        "big",
+        "vmnode:tiny:1:latest",
+        big["name"].as_str().unwrap(),
+    );
     assert!(
-        e.contains("AllocationFailed") && e.contains("64 vCPUs"),
+        e.contains("AllocationFailed")
+            && e.contains(&format!("{} vCPUs", big["numberOfCores"]))
+            && e.contains(&format!("this host has {cores} cores")),
         "{e}"
     );
     nothing_made(&node);

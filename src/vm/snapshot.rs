@@ -131,9 +131,13 @@ impl Snapshots {
         if let Ok(rd) = std::fs::read_dir(&self.run) {
             for e in rd.flatten() {
                 let d = e.path();
-                let pid = process::read_pidfile(&d.join("qemu.pid"));
                 let id = std::fs::read_to_string(d.join("vm-id")).unwrap_or_default();
-                if let Some(pid) = pid.filter(|p| !id.is_empty() && process::pid_is_vm(*p, &id)) {
+                let pid = process::read_pidfile(&d.join("qemu.pid"))
+                    .filter(|p| !id.is_empty() && process::pid_is_vm(*p, &id))
+                    // A daemon killed between spawning it and writing its pidfile (the vm-id
+                    // is written first): found by its UUID, as a VM's QEMU is at re-adoption.
+                    .or_else(|| (!id.is_empty()).then(|| process::find_vm(&id)).flatten());
+                if let Some(pid) = pid {
                     tracing::info!(pid, "killing the QEMU of a snapshot left half-made");
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
@@ -595,6 +599,42 @@ mod tests {
             seed: None,
             snapshot: None,
         }
+    }
+
+    /// tests/churn.rs found it: a daemon killed right after it forked a snapshot's QEMU, before
+    /// the pidfile, left that QEMU running for good. The next daemon finds it by its vmId.
+    #[test]
+    fn a_snapshot_qemu_without_its_pidfile_is_found_by_its_vm_id_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+        let maker = run.join("snapshots").join("k");
+        std::fs::create_dir_all(&maker).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        std::fs::write(maker.join("vm-id"), &id).unwrap();
+        // A stand-in QEMU: a shell named as QEMU, with the vmId among its arguments.
+        let fake = dir.path().join(crate::doctor::QEMU_BIN);
+        std::os::unix::fs::symlink("/bin/sh", &fake).unwrap();
+        let mut child = std::process::Command::new(&fake)
+            .args(["-c", "sleep 60; true", &id])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !process::pid_is_vm(pid, &id) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never ran"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Snapshots::new(&state, &run, true);
+        let st = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(9),
+            "{st}"
+        );
+        assert!(!maker.exists());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::{qemu_pids_with, walk, Node};
+use super::{qemu_pids_with, snapshots, walk, Node};
 use serde_json::Value;
 
 /// Waits until no VM is in a transitional state; returns the VM list.
@@ -39,8 +39,8 @@ fn disk_files(v: &Value) -> Vec<String> {
     out
 }
 
-/// Checks the node is consistent; returns its VMs. No orphan QEMU, tap, DHCP lease, blob
-/// lease or disk file; a running VM has exactly one QEMU, others none; no disk file is open
+/// Checks the node is consistent; returns its VMs. No orphan QEMU (a QEMU making a boot
+/// snapshot is one of the running daemon's), tap, DHCP lease, blob lease or disk file; a running VM has exactly one QEMU, others none; no disk file is open
 /// in two QEMU processes; disks no VM lists only in the quarantine container.
 ///
 /// A VM may be changing under the check (a guest powering off by itself after a re-adoption,
@@ -114,10 +114,32 @@ fn problems(node: &Node, vms: &[Value]) -> Vec<String> {
         })
         .collect();
     let ours: usize = per_vm.iter().map(|(_, p)| p.len()).sum();
-    let all = qemu_pids_with(&root);
-    if all.len() != ours {
+    // A QEMU making a boot snapshot is the running daemon's own: named by a pidfile of its
+    // run dir (`run/snapshots/<key>/qemu.pid`) and making a `.making-*` snapshot. One that a
+    // killed daemon left is killed by the next one at its start.
+    let makers = snapshots::makers(node);
+    let named: Vec<i32> = walk(&node.run.join("snapshots"))
+        .into_iter()
+        .filter(|p| p.ends_with("qemu.pid"))
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .collect();
+    for m in &makers {
+        if !named.contains(m) {
+            out.push(format!(
+                "snapshot QEMU {m} is no snapshot's of the running daemon: {named:?}"
+            ));
+        }
+    }
+    let half_made = snapshots::half_made(node);
+    if makers.len() < half_made.len() {
         out.push(format!(
-            "orphan QEMU processes: {all:?}, VMs' own: {per_vm:?}"
+            "half-made snapshots {half_made:?} with snapshot QEMUs {makers:?}"
+        ));
+    }
+    let all = qemu_pids_with(&root);
+    if all.len() != ours + makers.len() {
+        out.push(format!(
+            "orphan QEMU processes: {all:?}, VMs' own: {per_vm:?}, making snapshots: {makers:?}"
         ));
     }
     // Never two QEMU processes on one disk file.

@@ -4,7 +4,12 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod consistency;
+pub mod snapshots;
+
+#[allow(unused_imports)]
+pub use agent::{exec_when_ready, guest_exec, wait_in_guest};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -41,9 +46,18 @@ fn free_port() -> u16 {
 }
 
 impl Node {
-    /// A fresh daemon with the tiny image published in its store.
+    /// A fresh daemon with the tiny image published in its store, run as users run it: boot
+    /// snapshots on (the product's default), so the first VM of a shape boots cold and the node
+    /// then makes the shape's snapshot in the background (a second QEMU, `vmnode.template`, for
+    /// a few seconds); later VMs of that shape resume it (tests/boot_snapshot.rs).
     pub fn start() -> Node {
         Self::start_with_host_netns("off")
+    }
+
+    /// Like [`Node::start`] with `--boot-snapshots off`: every VM boots its kernel. Only for a
+    /// test that must see a cold boot whatever ran before it, and says why where it calls this.
+    pub fn start_cold() -> Node {
+        Self::start_with("off", &["--boot-snapshots", "off"])
     }
 
     /// Like [`Node::start`], with the host end of the default vnet's veth in `host_netns`.
@@ -160,14 +174,6 @@ impl Node {
             // Tests never touch the host's namespace: no veth to it (see tests/host_access.rs).
             .args(["--host-netns", &self.host_netns])
             .args(&self.serve_args)
-            // Boot snapshots (on by default) only where a test asks: every other test's first
-            // VM of a shape would start a second guest in the background (tests/boot_snapshot.rs).
-            .args(
-                (!self.serve_args.iter().any(|a| a == "--boot-snapshots"))
-                    .then_some(["--boot-snapshots", "off"])
-                    .into_iter()
-                    .flatten(),
-            )
             .env("VMNODE_STATE_DIR", &self.state)
             .env("VMNODE_RUN_DIR", &self.run)
             .env("VMNODE_LOG", "debug")
@@ -458,81 +464,6 @@ fn holds_file_with(pid: i32, needle: &str) -> bool {
         .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.to_string_lossy().contains(needle)))
 }
 
-/// Runs a command inside a guest through its qemu-guest-agent (`guest-exec` with captured
-/// output); returns (exit code, stdout + stderr).
-pub fn guest_exec(node: &Node, vm_id: &str, argv: &[&str]) -> (i64, String) {
-    use std::io::{BufRead, BufReader, Write};
-    let sock = node.run.join("vms").join(vm_id).join("qga.sock");
-    let s = std::os::unix::net::UnixStream::connect(&sock).expect("guest agent socket");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    w.write_all(&[0xff]).unwrap();
-    let mut r = BufReader::new(s);
-    let id = std::process::id() as u64;
-    let mut read = |want: &dyn Fn(&Value) -> bool| -> Value {
-        loop {
-            let mut buf = Vec::new();
-            r.read_until(b'\n', &mut buf).expect("agent answer");
-            buf.retain(|b| *b != 0xff);
-            if let Ok(v) = serde_json::from_slice::<Value>(&buf) {
-                if want(&v) {
-                    return v;
-                }
-            }
-        }
-    };
-    let sync = serde_json::json!({"execute": "guest-sync-delimited", "arguments": {"id": id}});
-    w.write_all(format!("{sync}\n").as_bytes()).unwrap();
-    read(&|v| v["return"] == id);
-    let mut call = |cmd: Value| -> Value {
-        w.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        read(&|v| v.get("return").is_some() || v.get("error").is_some())
-    };
-    let args: Vec<&str> = argv[1..].to_vec();
-    let v = call(
-        serde_json::json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": args, "capture-output": true}}),
-    );
-    let pid = v["return"]["pid"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("guest-exec failed: {v}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st =
-            call(serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}));
-        if st["return"]["exited"] == true {
-            let dec = |k: &str| st["return"][k].as_str().map(b64).unwrap_or_default();
-            return (
-                st["return"]["exitcode"].as_i64().unwrap_or(-1),
-                format!("{}{}", dec("out-data"), dec("err-data")),
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "guest command {argv:?} did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let Some(v) = T.iter().position(|t| *t == c) else {
-            continue;
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A Python with the given PyPI packages: one venv in the cache dir, shared by tests and runs,
 /// made (or completed) under a lock. `.ci/run` prepares it; a test run alone makes it too.
 pub fn python_with(packages: &[&str]) -> PathBuf {
@@ -597,38 +528,5 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// `guest_exec`, retried until the agent answers (it starts with the virtio port, before the
-/// network is up) or `limit` passes.
-pub fn exec_when_ready(node: &Node, vm_id: &str, argv: &[&str], limit: Duration) -> (i64, String) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            guest_exec(node, vm_id, argv)
-        })) {
-            Ok(r) => return r,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    }
-}
-
-/// Runs `sh -c script` in the guest until its output satisfies `ok`; returns the last output.
-pub fn wait_in_guest(
-    node: &Node,
-    vm_id: &str,
-    script: &str,
-    ok: impl Fn(&str) -> bool,
-    limit: Duration,
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, out) = exec_when_ready(node, vm_id, &["/bin/sh", "-c", script], limit);
-        if ok(&out) || Instant::now() > deadline {
-            return out;
-        }
-        std::thread::sleep(Duration::from_secs(1));
     }
 }
