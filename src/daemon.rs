@@ -210,7 +210,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             "extensions: running again what a restart interrupted"
         ),
         Err(e) => {
-            tracing::error!(error = %crate::vm::actor::chain(&e), "extensions: cannot resume")
+            tracing::error!(error = %crate::report::chain(&e), "extensions: cannot resume")
         }
     }
     let state = AppState {

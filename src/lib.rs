@@ -20,6 +20,7 @@ pub mod fuzzing;
 mod install;
 mod net;
 mod qemu;
+mod report;
 mod serve;
 mod storage;
 mod vm;

@@ -208,7 +208,7 @@ pub async fn put(
             u64::from_be_bytes(h[..8].try_into().unwrap_or_default()).to_string()
         },
         parameters: shown_parameters(tpl, &given),
-        started: super::time_now(),
+        started: crate::report::time_now(),
         ended: None,
         operations: plan
             .iter()

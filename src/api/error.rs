@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::catalog::CatalogError;
+use crate::report::chain;
 use crate::vm::VmError;
 
 #[derive(Debug)]
@@ -44,18 +45,6 @@ impl ApiError {
             msg,
         )
     }
-}
-
-/// An error with its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cur = c.source();
-    }
-    msg
 }
 
 impl IntoResponse for ApiError {

@@ -56,10 +56,3 @@ pub fn check_rg(state: &AppState, sub: &str, rg: &str) -> Result<(), error::ApiE
     }
     Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into())
 }
-
-/// Now, as RFC 3339 UTC (the cloud's timestamps).
-pub fn time_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}

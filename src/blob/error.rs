@@ -283,7 +283,7 @@ pub fn state_dir(root: &std::path::Path) -> Result<()> {
                 (StatusCode::SERVICE_UNAVAILABLE, "StateDirUnwritable")
             }
         };
-        tracing::warn!(error = %crate::vm::actor::chain(&e), "blob write refused");
-        BlobError::new(status, code, crate::vm::actor::chain(&e))
+        tracing::warn!(error = %crate::report::chain(&e), "blob write refused");
+        BlobError::new(status, code, crate::report::chain(&e))
     })
 }

@@ -247,7 +247,7 @@ fn run_recipe(
         kernel_release,
         os_type: "Linux".into(),
         files,
-        built_at: crate::api::time_now(),
+        built_at: crate::report::time_now(),
         provisioning: recipe.provisioning,
         boot_snapshot: recipe.boot_snapshot,
     };

@@ -447,7 +447,7 @@ pub fn import(
         kernel_release: String::new(),
         os_type: os_type.into(),
         files: [("disk.raw".to_string(), FileEntry { sha256, size })].into(),
-        built_at: crate::api::time_now(),
+        built_at: crate::report::time_now(),
         // A disk of the user's: its cloud-init takes the osProfile from a seed; without
         // cloud-init nothing in it is known to, so vmnode does not try.
         provisioning: if cloud_init {

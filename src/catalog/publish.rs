@@ -181,7 +181,7 @@ pub fn publish(
         Source::Dir(d) => d.display().to_string(),
     }
     .into();
-    m["publishedAt"] = crate::api::time_now().into();
+    m["publishedAt"] = crate::report::time_now().into();
     let manifest: Manifest =
         serde_json::from_value(m.clone()).map_err(|source| PublishError::Manifest {
             path: mpath.clone(),

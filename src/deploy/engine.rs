@@ -35,14 +35,14 @@ pub async fn run(
             failed[i] = true;
             books.update(&rg, &name, |d| {
                 d.operations[i].state = "Skipped".into();
-                d.operations[i].ended = Some(crate::api::time_now());
+                d.operations[i].ended = Some(crate::report::time_now());
             });
             tracing::info!(resource = %r.id, "skipped: a resource it depends on failed");
             continue;
         }
         books.update(&rg, &name, |d| {
             d.operations[i].state = "Running".into();
-            d.operations[i].started = Some(crate::api::time_now());
+            d.operations[i].started = Some(crate::report::time_now());
         });
         tracing::info!(resource = %r.id, "deploying");
         let (code, outcome) = deploy_one(&api, r).await;
@@ -57,11 +57,11 @@ pub async fn run(
             o.state = if ok { "Succeeded" } else { "Failed" }.into();
             o.status_code = Some(code);
             o.error = outcome.err();
-            o.ended = Some(crate::api::time_now());
+            o.ended = Some(crate::report::time_now());
         });
     }
     books.update(&rg, &name, |d| {
-        d.ended = Some(crate::api::time_now());
+        d.ended = Some(crate::report::time_now());
         d.error = d.failure();
         d.state = if d.error.is_some() {
             "Failed"

@@ -152,7 +152,7 @@ impl Deployments {
                         }
                     }
                     d.state = "Failed".into();
-                    d.ended = Some(crate::api::time_now());
+                    d.ended = Some(crate::report::time_now());
                     d.error = d.failure();
                     let _ = write(&p, &d);
                 }
@@ -210,7 +210,7 @@ impl Deployments {
         if let Some(d) = all.get_mut(&key(rg, name)) {
             f(d);
             if let Err(e) = write(&self.path(rg, name), d) {
-                tracing::error!(error = %crate::vm::actor::chain(&e), "deployment record");
+                tracing::error!(error = %crate::report::chain(&e), "deployment record");
             }
         }
     }

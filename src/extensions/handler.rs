@@ -76,7 +76,7 @@ impl Target {
                         Err(e) => {
                             last = format!(
                                 "the guest agent does not answer ({})",
-                                crate::vm::actor::chain(&e)
+                                crate::report::chain(&e)
                             )
                         }
                     }
@@ -145,7 +145,7 @@ fn shell_quote(s: &str) -> String {
 
 /// Runs `job` in the guest of `t`, logging to `log`.
 pub async fn run(job: &Job, t: &Target, log: &HandlerLog) -> RunResult {
-    let start = crate::api::time_now();
+    let start = crate::report::time_now();
     let outcome = run_steps(job, t, log).await;
     match &outcome {
         Outcome::Exited { code, signal, .. } => {
@@ -170,7 +170,7 @@ pub async fn run(job: &Job, t: &Target, log: &HandlerLog) -> RunResult {
     RunResult {
         seq: job.seq,
         start,
-        end: crate::api::time_now(),
+        end: crate::report::time_now(),
         outcome,
     }
 }
@@ -217,7 +217,7 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
                 files.push((name, bytes));
             }
             Err(e) => {
-                let why = crate::vm::actor::chain(&e);
+                let why = crate::report::chain(&e);
                 log.line(
                     "ERROR",
                     &format!(
@@ -261,7 +261,7 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
     };
     let ten = Duration::from_secs(10);
     let agent_err = |what: &str, e: QgaError| Outcome::AgentFailed {
-        message: format!("{what}: {}", crate::vm::actor::chain(&e)),
+        message: format!("{what}: {}", crate::report::chain(&e)),
     };
     match q.exec("/bin/mkdir", &["-p", &dir], &[], None, ten).await {
         Ok(o) if o.exit_code == Some(0) => {}

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 use tracing::Instrument;
 
-use crate::storage::db::{Db, DbError, Kind};
+use crate::storage::db::{DbError, Kind};
 use crate::vm::model::{vm_key, PowerState};
 use crate::vm::{Node, VmError};
 use model::{ext_key, ErrorBody, ExtensionRecord, Handler, ProvisioningState};
@@ -87,17 +87,6 @@ pub struct Extensions {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Removes a VM's extensions (its delete calls this).
-pub fn delete_for_vm(db: &Db, rg: &str, vm: &str) -> Result<(), DbError> {
-    let prefix = format!("{}/", vm_key(rg, vm));
-    for r in db.list::<ExtensionRecord>(Kind::Extension)? {
-        if r.key().starts_with(&prefix) {
-            db.delete(Kind::Extension, &r.key())?;
-        }
-    }
-    Ok(())
 }
 
 impl Extensions {
@@ -390,7 +379,7 @@ impl Extensions {
         }
         now.last_run = Some(result);
         if let Err(e) = self.node.db.put(Kind::Extension, &key, &now) {
-            tracing::error!(error = %crate::vm::actor::chain(&e), "cannot persist the extension's state");
+            tracing::error!(error = %crate::report::chain(&e), "cannot persist the extension's state");
         }
         self.node
             .ops

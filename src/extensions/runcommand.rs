@@ -70,11 +70,11 @@ fn is_identifier(s: &str) -> bool {
 
 /// Runs the request in the guest; `run_id` names its folder. Returns the result document.
 pub async fn run(t: &Target, req: &Request, script: &str, run_id: &str) -> Result<Value, String> {
-    let start = crate::api::time_now();
+    let start = crate::report::time_now();
     let mut q = t.agent().await?;
     let dir = format!("/var/lib/waagent/run-command/download/{run_id}");
     let ten = Duration::from_secs(10);
-    let chain = |e: crate::qemu::qga::QgaError| crate::vm::actor::chain(&e);
+    let chain = |e: crate::qemu::qga::QgaError| crate::report::chain(&e);
     let mk = q
         .exec("/bin/mkdir", &["-p", &dir], &[], None, ten)
         .await
@@ -111,7 +111,7 @@ pub async fn run(t: &Target, req: &Request, script: &str, run_id: &str) -> Resul
         &tail(&out.stdout, TAIL),
         &tail(&out.stderr, TAIL),
         &start,
-        &crate::api::time_now(),
+        &crate::report::time_now(),
     ))
 }
 

@@ -43,14 +43,14 @@ impl NodeNet {
         let links = match plumbing::list_links(&ns) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %crate::vm::actor::chain(&e), "cannot list the namespace's links");
+                tracing::error!(error = %crate::report::chain(&e), "cannot list the namespace's links");
                 return done;
             }
         };
         let vnets = match self.inner.db.list::<VnetRecord>(Kind::Vnet) {
             Ok(v) => v,
             Err(e) => {
-                tracing::error!(error = %crate::vm::actor::chain(&e), "cannot read the vnets");
+                tracing::error!(error = %crate::report::chain(&e), "cannot read the vnets");
                 return done;
             }
         };
@@ -89,7 +89,7 @@ impl NodeNet {
                     rebuilt.push(v.bridge.clone());
                 }
                 Err(e) => {
-                    tracing::error!(bridge = %v.bridge, error = %crate::vm::actor::chain(&e), "cannot rebuild the bridge (tried again at the next check)");
+                    tracing::error!(bridge = %v.bridge, error = %crate::report::chain(&e), "cannot rebuild the bridge (tried again at the next check)");
                     // An empty runtime marks it as this daemon's, so the next check tries again.
                     self.inner
                         .runtimes
@@ -103,7 +103,7 @@ impl NodeNet {
             match plumbing::attach_to_bridge(&ns, HOST_VETH, DEFAULT_BRIDGE) {
                 Ok(()) => done.push(format!("{HOST_VETH} on {DEFAULT_BRIDGE}")),
                 Err(e) => {
-                    tracing::error!(error = %crate::vm::actor::chain(&e), "cannot put the host veth back on the bridge")
+                    tracing::error!(error = %crate::report::chain(&e), "cannot put the host veth back on the bridge")
                 }
             }
         }
@@ -122,7 +122,7 @@ impl NodeNet {
                     // Made again in the meantime (e.g. the VM restarted).
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::error!(%tap, pid = a.pid, error = %crate::vm::actor::chain(&e), "cannot re-make the tap");
+                        tracing::error!(%tap, pid = a.pid, error = %crate::report::chain(&e), "cannot re-make the tap");
                         continue;
                     }
                 }
@@ -135,7 +135,7 @@ impl NodeNet {
             match put_back {
                 Ok(()) => done.push(format!("tap {tap} on {bridge}")),
                 Err(e) => {
-                    tracing::error!(%tap, error = %crate::vm::actor::chain(&e), "cannot put the tap back on its bridge")
+                    tracing::error!(%tap, error = %crate::report::chain(&e), "cannot put the tap back on its bridge")
                 }
             }
         }

@@ -99,16 +99,7 @@ pub fn host() -> Result<Option<&'static Creds>, String> {
     .map_err(Clone::clone)
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::report::chain;
 
 fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
     nix::unistd::User::from_name(user).map_err(|source| JailError::Lookup {

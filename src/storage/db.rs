@@ -150,6 +150,16 @@ impl Db {
         self.one(|o| o.delete(kind, key))
     }
 
+    /// Deletes every document of `kind` whose key starts with `prefix` (lower-cased, as keys
+    /// are); returns how many went.
+    pub fn delete_prefix(&self, kind: Kind, prefix: &str) -> Result<usize, DbError> {
+        let n = self.lock().execute(
+            "DELETE FROM docs WHERE kind = ?1 AND substr(key, 1, length(?2)) = ?2",
+            params![kind.as_str(), prefix.to_lowercase()],
+        )?;
+        Ok(n)
+    }
+
     /// Reserves the lowest address `pick` returns given the addresses already taken in `subnet`,
     /// in one transaction, for `owner`.
     #[cfg(test)]
@@ -425,6 +435,12 @@ mod tests {
         let v: serde_json::Value = db.get(Kind::Vm, "rg/Vm1").unwrap().unwrap();
         assert_eq!(v["a"], 1);
         assert!(db.delete(Kind::Vm, "rg/vm1").unwrap());
+        // By prefix: a VM's extensions (`rg/vm/ext`), not another VM's whose name it begins.
+        for k in ["rg/vm1/a", "RG/VM1/b", "rg/vm10/a", "rg/vm2/a"] {
+            db.put(Kind::Extension, k, &1).unwrap();
+        }
+        assert_eq!(db.delete_prefix(Kind::Extension, "rg/VM1/").unwrap(), 2);
+        assert_eq!(db.list::<i32>(Kind::Extension).unwrap().len(), 2);
         assert!(db
             .get::<serde_json::Value>(Kind::Vm, "rg/vm1")
             .unwrap()

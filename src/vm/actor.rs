@@ -19,6 +19,7 @@ use super::{Command, Node};
 use crate::catalog::{self, ImageRef, ImageVersion};
 use crate::diagnostics::recorder::Recorder;
 use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
+pub(crate) use crate::report::chain;
 use crate::storage::db::Kind;
 pub use error::{ActorError, StepError};
 
@@ -112,17 +113,6 @@ pub fn spawn(
     tokio::spawn(actor.run(start, rx).instrument(span));
 }
 
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// What a re-adoption found interrupted.
 enum Resume {
     Nothing,
@@ -137,7 +127,7 @@ impl Actor {
 
     /// Persists and publishes the record.
     fn publish(&mut self) {
-        self.rec.state_time = crate::api::time_now();
+        self.rec.state_time = crate::report::time_now();
         if let Err(e) = self.node.db.put(Kind::Vm, &self.rec.key(), &self.rec) {
             tracing::error!(error = %chain(&e), "cannot persist VM state");
         }
@@ -776,12 +766,12 @@ impl Actor {
         if let Some(d) = self.rec.serial_log.parent() {
             let _ = std::fs::remove_dir_all(d);
         }
-        crate::extensions::delete_for_vm(db, &self.rec.rg, &self.rec.name).map_err(|source| {
-            ActorError::Store {
+        // Its extensions' records (`{rg}/{vm}/{name}`, extensions/) go with it.
+        db.delete_prefix(Kind::Extension, &format!("{}/", self.rec.key()))
+            .map_err(|source| ActorError::Store {
                 what: "cannot remove the VM's extensions",
                 source,
-            }
-        })?;
+            })?;
         db.delete(Kind::Vm, &self.rec.key())
             .map_err(|source| ActorError::Store {
                 what: "cannot remove the VM record",

@@ -488,7 +488,7 @@ impl Node {
             provisioning_state: ProvisioningState::Creating,
             power: PowerState::Starting,
             error: None,
-            time_created: crate::api::time_now(),
+            time_created: crate::report::time_now(),
             tags: req.tags.clone(),
             serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
             pid: None,
@@ -504,7 +504,7 @@ impl Node {
                 .join("local")
                 .join(&vm_id)
                 .join("resource.raw"),
-            state_time: crate::api::time_now(),
+            state_time: crate::report::time_now(),
             admin_password_hash: os_profile.admin_password_hash,
             ssh_public_keys: os_profile.ssh_public_keys,
             custom_data: os_profile.custom_data,
@@ -529,7 +529,7 @@ impl Node {
                 cloudinit::make_seed(i, path).map_err(|e| {
                     VmError::Conflict(format!(
                         "cannot make the cloud-init seed: {}",
-                        actor::chain(&e)
+                        crate::report::chain(&e)
                     ))
                 })
             }

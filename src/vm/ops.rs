@@ -20,7 +20,7 @@ pub fn failure(e: &VmError) -> ErrorBody {
     };
     ErrorBody {
         code: code.into(),
-        message: super::actor::chain(e),
+        message: crate::report::chain(e),
         details: vec![],
     }
 }
@@ -44,7 +44,7 @@ impl Operations {
         let id = uuid::Uuid::new_v4().to_string();
         let op = Op {
             name: name.into(),
-            start: crate::api::time_now(),
+            start: crate::report::time_now(),
             end: None,
             result: None,
         };
@@ -73,7 +73,7 @@ impl Operations {
     pub fn finish_with(&self, id: &str, result: Result<Option<Value>, ErrorBody>) {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(op) = ops.get_mut(id) {
-            op.end = Some(crate::api::time_now());
+            op.end = Some(crate::report::time_now());
             op.result = Some(result);
         }
     }

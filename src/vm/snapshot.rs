@@ -349,7 +349,7 @@ impl Snapshots {
             "image": image.urn(),
             "cpus": spec.cpus,
             "memoryMB": spec.memory_mb,
-            "made": crate::api::time_now(),
+            "made": crate::report::time_now(),
         });
         let p = tmp.join("snapshot.json");
         crate::storage::fsutil::write_atomic(&p, meta.to_string().as_bytes(), 0o600)

@@ -64,7 +64,7 @@ impl Actor {
         if version.is_some() {
             a.version = version;
         }
-        a.last_answer = Some(crate::api::time_now());
+        a.last_answer = Some(crate::report::time_now());
         if changed {
             tracing::info!(version = ?a.version, "guest agent Ready");
         }
