@@ -47,7 +47,10 @@ fn an_io_failure_in_the_actor_is_a_500_and_a_refusal_a_409() {
     // The OS disk's folder is where a new data disk's file is made: the actor cannot create it.
     let os_disk = walk(&node.state.join("blobs"))
         .into_iter()
-        .find(|p| p.to_string_lossy().contains("-osdisk-"))
+        .find(|p| {
+            let p = p.to_string_lossy();
+            p.contains("-osdisk-") && p.ends_with(".vhd") && !p.contains("/.")
+        })
         .expect("the VM's OS disk");
     let dir = os_disk.parent().unwrap().to_path_buf();
     {

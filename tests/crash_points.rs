@@ -344,7 +344,7 @@ const CREATE: &[(&str, Pre, Op)] = &[
     ("create.running", Pre::Nothing, Op::Create),
 ];
 /// The points of a create from its boot on, reached by a create that resumes a boot snapshot.
-const RESUMED: &[(&str, Pre, Op)] = CREATE.split_at(3).1;
+const RESUMED: &[(&str, Pre, Op)] = CREATE.split_at(4).1;
 const POWER: &[(&str, Pre, Op)] = &[
     ("start.starting", Pre::Stopped, Op::Start),
     ("stop.stopping", Pre::Running, Op::Stop),

@@ -515,8 +515,9 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         DeleteContainer => blocking(move || delete_container(&r)).await,
         SetContainerMetadata => set_container_metadata(&r),
         GetAcl => get_acl(&r),
+        // Bodies read into memory only up to what the cloud allows them (blob/bodies.rs).
         SetAcl => {
-            let b = http::body_bytes(body, 1 << 20).await?;
+            let b = http::body_bytes(body, super::bodies::MAX_ACL_BYTES).await?;
             set_acl(&r, &b)
         }
         ContainerLease => container_lease(&r),
@@ -529,7 +530,7 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         GetBlobMetadata => get_blob_metadata(&r),
         PutBlock => put_block(r, body).await,
         PutBlockList => {
-            let b = http::body_bytes(body, 64 << 20).await?;
+            let b = http::body_bytes(body, super::bodies::MAX_BLOCK_LIST_BYTES).await?;
             blocking(move || put_block_list(&r, &b)).await
         }
         GetBlockList => blocking(move || get_block_list(&r)).await,
