@@ -494,15 +494,3 @@ fn blob_auth() {
         "{counts:?}"
     );
 }
-
-/// Writes the signed seeds into the auth corpus (SAS tokens valid until 2099; SharedKey ones
-/// go stale in 15 minutes and then seed the refusals): `cargo test --test fuzz_blob -- --ignored`.
-#[test]
-#[ignore]
-fn write_auth_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/blob_auth");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, s) in AuthTarget::new().signed_seeds().iter().enumerate() {
-        std::fs::write(dir.join(format!("signed-{i}")), s).unwrap();
-    }
-}
