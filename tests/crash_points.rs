@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::consistency::consistent;
@@ -203,18 +202,11 @@ fn crash_at(node: &mut Node, n: usize, point: &str, pre: Pre, op: Op, resumed: b
     });
     let quarantine_before = quarantined(node).len();
 
-    node.kill_daemon();
-    node.spawn_daemon_with_env(&[("FAILPOINTS", &format!("{point}=return"))]);
     let args = argv(op, &vm);
-    let _ = node.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let st = node
-        .daemon_died(LIMIT)
-        .unwrap_or_else(|| panic!("{point}: the daemon did not reach its crash point"));
-    assert_eq!(st.signal(), Some(9), "{point}: died by {st}, not SIGKILL");
-    assert!(
-        node.daemon_log()
-            .contains(&format!("vmnode: crash point {point}: SIGKILL")),
-        "{point}: no crash point line in the log"
+    node.crash_at_point(
+        point,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        LIMIT,
     );
 
     node.spawn_daemon();

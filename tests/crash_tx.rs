@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use common::consistency::consistent;
@@ -12,20 +11,9 @@ use common::Node;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Restarts the daemon armed at `point`, runs `args`, and checks it died there by SIGKILL.
+/// Kills the daemon at `point` while it runs `args`, then starts it again.
 fn die_at(node: &mut Node, point: &str, args: &[&str]) {
-    node.kill_daemon();
-    node.spawn_daemon_with_env(&[("FAILPOINTS", &format!("{point}=return"))]);
-    let _ = node.cli(args);
-    let st = node
-        .daemon_died(LIMIT)
-        .unwrap_or_else(|| panic!("{point}: the daemon did not reach its crash point"));
-    assert_eq!(st.signal(), Some(9), "{point}: died by {st}, not SIGKILL");
-    assert!(
-        node.daemon_log()
-            .contains(&format!("vmnode: crash point {point}: SIGKILL")),
-        "{point}: no crash point line in the log"
-    );
+    node.crash_at_point(point, args, LIMIT);
     node.spawn_daemon();
 }
 

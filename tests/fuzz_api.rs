@@ -20,7 +20,6 @@
 //! `VMNODE_FUZZ_ITERS` changes the count, `VMNODE_FUZZ_SEED` the random stream.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -48,19 +47,6 @@ fn iterations() -> u64 {
 
 fn seed() -> u64 {
     env_u64("VMNODE_FUZZ_SEED", 0x5eed_a910)
-}
-
-fn corpus(kind: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(kind);
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    seeds.sort();
-    assert!(!seeds.is_empty(), "empty corpus {}", dir.display());
-    seeds
 }
 
 #[derive(Default)]
@@ -497,7 +483,7 @@ fn random_expr(rng: &mut StdRng, depth: u32) -> String {
 
 #[test]
 fn arm_json_bodies_never_panic() {
-    let raw = corpus("arm_json");
+    let raw = vmnode::fuzzing::corpus("arm_json");
     let seeds: Vec<Value> = raw
         .iter()
         .map(|b| serde_json::from_slice(b).expect("corpus seeds are JSON"))
@@ -542,7 +528,7 @@ fn arm_json_bodies_never_panic() {
 
 #[test]
 fn template_expressions_never_panic() {
-    let seeds: Vec<String> = corpus("template_expr")
+    let seeds: Vec<String> = vmnode::fuzzing::corpus("template_expr")
         .into_iter()
         .map(|b| String::from_utf8(b).expect("corpus seeds are UTF-8"))
         .collect();

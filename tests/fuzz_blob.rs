@@ -13,7 +13,6 @@
 //! `VMNODE_FUZZ_ITERS` changes the count and `VMNODE_FUZZ_SEED` the random stream.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,19 +38,6 @@ fn iterations() -> u64 {
 
 fn seed() -> u64 {
     env("VMNODE_FUZZ_SEED").unwrap_or(0xb10b_0000)
-}
-
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
-    seeds.sort();
-    assert!(!seeds.is_empty(), "empty corpus {}", dir.display());
-    seeds
 }
 
 /// One input: a seed with edits (bytes, dictionary tokens, repeats, splices), or tokens alone.
@@ -297,7 +283,7 @@ fn xml_seeds() -> Vec<Vec<u8>> {
         "<SignedIdentifier><Id>x</Id></SignedIdentifier>".repeat(7)
     ));
     let mut seeds: Vec<Vec<u8>> = own.into_iter().map(String::into_bytes).collect();
-    seeds.extend(corpus("blob_xml"));
+    seeds.extend(vmnode::fuzzing::corpus("blob_xml"));
     seeds
 }
 
@@ -386,7 +372,7 @@ fn wire_seeds() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = (0u8..4)
         .flat_map(|piece| own.iter().map(move |s| [&[piece * 13][..], s].concat()))
         .collect();
-    seeds.extend(corpus("blob_wire"));
+    seeds.extend(vmnode::fuzzing::corpus("blob_wire"));
     seeds
 }
 
@@ -472,7 +458,7 @@ const AUTH_DICT: &[&str] = &[
 fn blob_auth() {
     let target = AuthTarget::new();
     let mut seeds = target.signed_seeds();
-    seeds.extend(corpus("blob_auth"));
+    seeds.extend(vmnode::fuzzing::corpus("blob_auth"));
     let counts = run(
         "blob_auth",
         &seeds,

@@ -5,3 +5,24 @@
 
 pub mod api;
 pub mod blob;
+
+/// The seed inputs of one target, `fuzz/corpus/<target>/*` in the repository, sorted (the stable
+/// loops and the cargo-fuzz targets share them). Panics, naming the folder, when it cannot be
+/// read or is empty: a loop without seeds would test nothing.
+pub fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| {
+            let p = e
+                .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+                .path();
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect();
+    seeds.sort();
+    assert!(!seeds.is_empty(), "empty corpus {}", dir.display());
+    seeds
+}

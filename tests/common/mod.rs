@@ -213,6 +213,25 @@ impl Node {
         None
     }
 
+    /// Restarts the daemon armed at crash point `point`, runs `vmnode args…`, and checks it died
+    /// there, by SIGKILL, within `limit` (the daemon is left down: `spawn_daemon` brings it back).
+    #[allow(dead_code)] // Used by the crash tests, not by every test binary.
+    pub fn crash_at_point(&mut self, point: &str, args: &[&str], limit: Duration) {
+        use std::os::unix::process::ExitStatusExt;
+        self.kill_daemon();
+        self.spawn_daemon_with_env(&[("FAILPOINTS", &format!("{point}=return"))]);
+        let _ = self.cli(args);
+        let st = self
+            .daemon_died(limit)
+            .unwrap_or_else(|| panic!("{point}: the daemon did not reach its crash point"));
+        assert_eq!(st.signal(), Some(9), "{point}: died by {st}, not SIGKILL");
+        assert!(
+            self.daemon_log()
+                .contains(&format!("vmnode: crash point {point}: SIGKILL")),
+            "{point}: no crash point line in the log"
+        );
+    }
+
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = c.kill(); // SIGKILL
