@@ -201,7 +201,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }));
 
     let tls =
-        api::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
+        crate::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
     let ext = crate::extensions::Extensions::new(node.clone());
     match ext.resume() {
         Ok(0) => {}

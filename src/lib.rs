@@ -23,6 +23,7 @@ mod qemu;
 mod report;
 mod serve;
 mod storage;
+mod tls;
 mod vm;
 
 /// The `vmnode` command line (`src/main.rs` calls only this).

@@ -17,7 +17,6 @@ pub mod resources;
 pub mod routes;
 pub mod server;
 pub mod storage;
-pub mod tls;
 pub mod viewer;
 
 use std::sync::Arc;

@@ -81,7 +81,7 @@ impl Client {
                 let ca = std::env::var("VMNODE_CA")
                     .map(PathBuf::from)
                     .unwrap_or_else(|_| paths.ca_cert());
-                let tls = crate::api::tls::client_config(&ca)
+                let tls = crate::tls::client_config(&ca)
                     .with_context(|| format!("loading the node's CA from {}", ca.display()))?;
                 Target::Https {
                     host: host.into(),
@@ -94,7 +94,7 @@ impl Client {
             }
             None if paths.socket().exists() => Target::Unix(paths.socket()),
             None => {
-                let tls = crate::api::tls::client_config(&paths.ca_cert()).with_context(|| {
+                let tls = crate::tls::client_config(&paths.ca_cert()).with_context(|| {
                     format!(
                         "no daemon socket at {} and no CA at {}: is `vmnode serve` running?",
                         paths.socket().display(),

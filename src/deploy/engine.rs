@@ -8,13 +8,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::template::PlannedResource;
 use super::Deployments;
-use crate::api::routes;
+
+/// The API a deployment goes through: requests as the API's front takes them (the caller's
+/// service re-cases paths and routes; the engine only speaks HTTP to it, in-process).
+pub type Api = tower::util::BoxCloneSyncService<
+    Request<Body>,
+    axum::response::Response,
+    std::convert::Infallible,
+>;
 
 /// How long one resource may take (the cloud's extension limit is 90 minutes).
 const RESOURCE_LIMIT: Duration = Duration::from_secs(90 * 60);
@@ -22,7 +28,7 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Runs the plan and records every step in the deployment's record.
 pub async fn run(
-    api: Router,
+    api: Api,
     books: Arc<Deployments>,
     rg: String,
     name: String,
@@ -77,7 +83,7 @@ pub async fn run(
 }
 
 /// PUTs one resource and waits for it: (the cloud's status code text, the resource's error).
-async fn deploy_one(api: &Router, r: &PlannedResource) -> (String, Result<(), Value>) {
+async fn deploy_one(api: &Api, r: &PlannedResource) -> (String, Result<(), Value>) {
     let uri = format!("{}?api-version={}", r.id, r.api_version);
     let (status, headers, body) = call(api, Method::PUT, &uri, Some(&r.body)).await;
     if !status.is_success() {
@@ -129,7 +135,7 @@ async fn deploy_one(api: &Router, r: &PlannedResource) -> (String, Result<(), Va
 }
 
 /// A resource's provisioningState (no state = nothing in progress = Succeeded) and its error.
-async fn resource_state(api: &Router, uri: &str) -> (String, Option<Value>) {
+async fn resource_state(api: &Api, uri: &str) -> (String, Option<Value>) {
     let (s, _, b) = call(api, Method::GET, uri, None).await;
     if !s.is_success() {
         return ("Failed".into(), Some(error_of(&b, s)));
@@ -167,7 +173,7 @@ fn path_of(url: &str) -> String {
 /// One request through the API's own router (no network, no auth: the deployment was already
 /// authorised).
 async fn call(
-    api: &Router,
+    api: &Api,
     method: Method,
     uri: &str,
     body: Option<&Value>,
@@ -182,7 +188,7 @@ async fn call(
         Some(b) => Body::from(serde_json::to_vec(b).unwrap_or_default()),
         None => Body::empty(),
     }) {
-        Ok(r) => routes::canonicalize(r),
+        Ok(r) => r,
         Err(e) => {
             return (
                 StatusCode::BAD_REQUEST,

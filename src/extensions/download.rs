@@ -202,7 +202,7 @@ async fn get_once(url: &Url) -> Result<Fetch, DownloadError> {
             host: host.clone(),
             source: e,
         };
-        let cfg = crate::api::tls::client_config(std::path::Path::new(SYSTEM_ROOTS))
+        let cfg = crate::tls::client_config(std::path::Path::new(SYSTEM_ROOTS))
             .map_err(|e| tls_err(Box::new(e)))?;
         let name = rustls::pki_types::ServerName::try_from(bare.clone())
             .map_err(|e| tls_err(Box::new(e)))?;
