@@ -96,7 +96,7 @@ impl From<VmError> for ApiError {
             VmError::Conflict(_) => {
                 Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
             }
-            VmError::Db(_) => Self::internal(&e),
+            VmError::Db(_) | VmError::Seed(_) => Self::internal(&e),
             VmError::StateDir(h) => Self::from(h),
             VmError::Actor(a) => {
                 let status =

@@ -67,9 +67,21 @@ pub enum VmError {
     /// The state dir cannot take new work (full or unwritable): nothing was made.
     #[error(transparent)]
     StateDir(#[from] crate::storage::health::HealthError),
+    /// The NoCloud seed could not be made (I/O, genisoimage): host trouble, nothing kept.
+    #[error("cannot make the cloud-init seed")]
+    Seed(#[source] cloudinit::SeedError),
     /// What the VM's actor answered (a lifecycle refusal is a 409, host trouble a 5xx).
     #[error(transparent)]
     Actor(Box<ActorError>),
+}
+
+/// A network error of a create: the store failing is host trouble (500); a subnet without a
+/// free address, or a missing network, is the request's conflict (409).
+fn net_error(e: crate::net::NetError) -> VmError {
+    match e {
+        crate::net::NetError::Db(d) if !matches!(d, DbError::Exhausted(_)) => VmError::Db(d),
+        e => VmError::Conflict(crate::report::chain(&e)),
+    }
 }
 
 impl From<ActorError> for VmError {
@@ -419,7 +431,7 @@ impl Node {
                 let v = self
                     .net
                     .vnet(crate::net::DEFAULT_RG, crate::net::VNET_NAME)
-                    .map_err(|e| VmError::Conflict(format!("default network: {e}")))?
+                    .map_err(net_error)?
                     .ok_or_else(|| VmError::Conflict("the default network is missing".into()))?;
                 let nic_name = format!("{}VMNic", req.name);
                 let nkey = crate::net::nic::nic_key(&req.rg, &nic_name);
@@ -526,12 +538,7 @@ impl Node {
         let seeded = match (seed_input.as_mut(), &seed) {
             (Some(i), Some(path)) => {
                 i.vm_id = vm_id.clone();
-                cloudinit::make_seed(i, path).map_err(|e| {
-                    VmError::Conflict(format!(
-                        "cannot make the cloud-init seed: {}",
-                        crate::report::chain(&e)
-                    ))
-                })
+                cloudinit::make_seed(i, path).map_err(VmError::Seed)
             }
             _ => Ok(()),
         };
@@ -550,7 +557,7 @@ impl Node {
                     crate::net::SUBNET_NAME,
                     None,
                 )
-                .map_err(|e| VmError::Conflict(e.to_string()))?;
+                .map_err(net_error)?;
                 rec.nic.ip = ip;
             }
             tx.insert(Kind::Vm, &key, &rec).map_err(|e| match e {
