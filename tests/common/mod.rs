@@ -239,6 +239,21 @@ impl Node {
         }
     }
 
+    /// Waits up to `limit` for the daemon's log to contain `needle` (a line logged after the
+    /// daemon is ready, e.g. a re-adoption); panics with the log at the deadline.
+    #[allow(dead_code)] // Not every test binary waits on the log.
+    pub fn wait_for_daemon_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.daemon_log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no '{needle}' in the daemon log within {limit:?}:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
