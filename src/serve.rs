@@ -82,8 +82,13 @@ impl Acceptor {
     }
 }
 
+/// A request handler panicked: its message, for the 500 the caller answers in its own shape.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Panicked(pub String);
+
 /// Runs one request's service future; a panic in it is logged (method, path, panic message) and
-/// returned as `Err(message)` for the caller to answer in its own error shape. What a request
+/// returned as [`Panicked`] for the caller to answer in its own error shape. What a request
 /// touches is its own or behind locks a panic cannot wedge (tokio's do not poison; every std
 /// `Mutex` of the crate is taken with `unwrap_or_else(PoisonError::into_inner)`), so the daemon
 /// goes on serving.
@@ -91,11 +96,11 @@ pub async fn unwinding<F: Future>(
     method: &hyper::Method,
     path: &str,
     fut: F,
-) -> Result<F::Output, String> {
+) -> Result<F::Output, Panicked> {
     AssertUnwindSafe(fut).catch_unwind().await.map_err(|p| {
         let message = panic_message(p.as_ref());
         tracing::error!(%method, %path, panic = %message, "request handler panicked; answered 500");
-        message
+        Panicked(message)
     })
 }
 
@@ -124,7 +129,7 @@ mod tests {
     async fn a_panicking_future_is_an_error_with_its_message() {
         let m = hyper::Method::GET;
         let r = unwinding(&m, "/x", async { panic!("boom {}", 7) }).await;
-        assert_eq!(r, Err::<(), _>("boom 7".into()));
+        assert_eq!(r, Err::<(), _>(Panicked("boom 7".into())));
         assert_eq!(unwinding(&m, "/x", async { 5 }).await, Ok(5));
     }
 }

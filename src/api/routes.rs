@@ -9,68 +9,47 @@ use super::{
     compute, deployments, diagnostics, extensions, network, resources, storage, viewer, AppState,
 };
 
-const KEYWORDS: &[&str] = &[
-    "subscriptions",
-    "resourceGroups",
-    "providers",
-    "Microsoft.Compute",
-    "Microsoft.Network",
-    "Microsoft.Storage",
-    "virtualMachines",
-    "instanceView",
-    "locations",
-    "vmSizes",
-    "publishers",
-    "artifacttypes",
-    "vmimage",
-    "offers",
-    "skus",
-    "versions",
-    "networkInterfaces",
-    "virtualNetworks",
-    "subnets",
-    "storageAccounts",
-    "listKeys",
-    "bootDiagnostics",
-    "serialConsoleLog",
-    "serialTail",
-    "boots",
-    "retrieveBootDiagnosticsData",
-    "start",
-    "powerOff",
-    "deallocate",
-    "restart",
-    "redeploy",
-    "operations",
-    "Microsoft.Resources",
-    "deployments",
-    "operationStatuses",
-    "extensions",
-    "runCommand",
-    "runCommands",
-];
-
-/// Keywords followed by a name the client chose (`virtualMachines/{vm}`): that next segment is
-/// never re-cased, whatever it spells.
-const COLLECTIONS: &[&str] = &[
-    "subscriptions",
-    "resourceGroups",
-    "virtualMachines",
-    "locations",
-    "publishers",
-    "offers",
-    "skus",
-    "versions",
-    "networkInterfaces",
-    "virtualNetworks",
-    "subnets",
-    "storageAccounts",
-    "deployments",
-    "operations",
-    "operationStatuses",
-    "extensions",
-    "runCommands",
-    "boots",
+/// Path keywords, as the cloud spells them; `true` marks a collection, whose next segment is a
+/// name the client chose (`virtualMachines/{vm}`) and is never re-cased, whatever it spells.
+const KEYWORDS: &[(&str, bool)] = &[
+    ("subscriptions", true),
+    ("resourceGroups", true),
+    ("providers", false),
+    ("Microsoft.Compute", false),
+    ("Microsoft.Network", false),
+    ("Microsoft.Storage", false),
+    ("virtualMachines", true),
+    ("instanceView", false),
+    ("locations", true),
+    ("vmSizes", false),
+    ("publishers", true),
+    ("artifacttypes", false),
+    ("vmimage", false),
+    ("offers", true),
+    ("skus", true),
+    ("versions", true),
+    ("networkInterfaces", true),
+    ("virtualNetworks", true),
+    ("subnets", true),
+    ("storageAccounts", true),
+    ("listKeys", false),
+    ("bootDiagnostics", false),
+    ("serialConsoleLog", false),
+    ("serialTail", false),
+    ("boots", true),
+    ("retrieveBootDiagnosticsData", false),
+    ("start", false),
+    ("powerOff", false),
+    ("deallocate", false),
+    ("restart", false),
+    ("redeploy", false),
+    ("operations", true),
+    ("Microsoft.Resources", false),
+    ("deployments", true),
+    ("operationStatuses", true),
+    ("extensions", true),
+    ("runCommand", false),
+    ("runCommands", true),
 ];
 
 /// Re-cases known keywords in keyword positions of an ARM path (`/subscriptions/…`,
@@ -90,10 +69,11 @@ pub fn canonical_path(path: &str) -> String {
             if std::mem::take(&mut name_next) {
                 return seg.to_string();
             }
-            let Some(k) = KEYWORDS.iter().find(|k| k.eq_ignore_ascii_case(seg)) else {
+            let Some((k, collection)) = KEYWORDS.iter().find(|(k, _)| k.eq_ignore_ascii_case(seg))
+            else {
                 return seg.to_string();
             };
-            name_next = COLLECTIONS.contains(k);
+            name_next = *collection;
             k.to_string()
         })
         .collect::<Vec<_>>()
