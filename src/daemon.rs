@@ -218,6 +218,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         token: Arc::new(token),
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
         ext,
+        engine_api: api::server::engine_api,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)

@@ -12,6 +12,7 @@ pub mod deployments;
 pub mod diagnostics;
 pub mod error;
 pub mod extensions;
+pub mod lookup;
 pub mod network;
 pub mod resources;
 pub mod routes;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub deployments: Arc<crate::deploy::Deployments>,
     /// VM extensions and Run Command.
     pub ext: Arc<crate::extensions::Extensions>,
+    /// Builds the API a deployment's engine calls (`server::engine_api`).
+    pub engine_api: fn(&AppState) -> crate::deploy::engine::Api,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.

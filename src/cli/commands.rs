@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::Client;
 use super::output::{print, Format};
-use super::Global;
+use super::{Global, VmId};
 
 #[derive(Subcommand)]
 pub enum AccountCmd {
@@ -39,16 +39,6 @@ pub enum GroupCmd {
         #[arg(short = 'y', long)]
         yes: bool,
     },
-}
-
-#[derive(Args)]
-pub struct VmId {
-    /// Resource group.
-    #[arg(short = 'g', long = "resource-group")]
-    pub rg: String,
-    /// VM name.
-    #[arg(short = 'n', long)]
-    pub name: String,
 }
 
 #[derive(Subcommand)]

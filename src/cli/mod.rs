@@ -196,6 +196,17 @@ fn join_daemon_group(weight: u32) {
     }
 }
 
+/// A VM as the verbs name it (`-g`/`-n`, as az does); used by `vm` and `vm boot-diagnostics`.
+#[derive(clap::Args)]
+pub struct VmId {
+    /// Resource group.
+    #[arg(short = 'g', long = "resource-group")]
+    pub rg: String,
+    /// VM name.
+    #[arg(short = 'n', long)]
+    pub name: String,
+}
+
 fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse::<std::net::SocketAddr>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))

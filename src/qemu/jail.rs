@@ -19,8 +19,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::doctor::Check;
-
 /// The `-sandbox` option every QEMU gets.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
@@ -72,7 +70,7 @@ pub struct Creds {
 
 static HOST: OnceLock<Result<Option<Creds>, String>> = OnceLock::new();
 
-fn user_name() -> String {
+pub fn user_name() -> String {
     std::env::var("VMNODE_QEMU_USER")
         .ok()
         .filter(|s| !s.is_empty())
@@ -101,14 +99,14 @@ pub fn host() -> Result<Option<&'static Creds>, String> {
 
 use crate::report::chain;
 
-fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
+pub fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
     nix::unistd::User::from_name(user).map_err(|source| JailError::Lookup {
         user: user.into(),
         source,
     })
 }
 
-fn kvm_gid() -> Option<u32> {
+pub fn kvm_gid() -> Option<u32> {
     nix::unistd::Group::from_name("kvm")
         .ok()
         .flatten()
@@ -361,55 +359,6 @@ pub unsafe fn drop_privileges(c: &Creds, groups: &[libc::gid_t]) -> std::io::Res
         }
     }
     Ok(())
-}
-
-/// `vmnode doctor`'s line about the QEMU user.
-pub fn check() -> Check {
-    let user = user_name();
-    let fix = Some(format!(
-        "the daemon creates it at start; or: useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
-    ));
-    match lookup(&user) {
-        Ok(Some(u)) => {
-            let name = std::ffi::CString::new(user.clone()).unwrap_or_default();
-            let groups = nix::unistd::getgrouplist(&name, u.gid).unwrap_or_default();
-            let kvm = kvm_gid();
-            let in_kvm = kvm.is_some_and(|k| groups.iter().any(|g| g.as_raw() == k));
-            // Only a host whose guests run under KVM needs it (not kvm_pvm's, which run TCG).
-            let needs_kvm = kvm.is_some()
-                && crate::doctor::decide(crate::doctor::AccelChoice::Auto).accel
-                    == crate::doctor::Accel::Kvm;
-            Check {
-                name: "qemu-user",
-                ok: !u.uid.is_root() && (in_kvm || !needs_kvm),
-                detail: format!(
-                    "QEMU runs as {user} (uid {}, gid {}){}, -sandbox {SANDBOX}",
-                    u.uid,
-                    u.gid,
-                    match (needs_kvm, in_kvm) {
-                        (true, true) => ", in group kvm",
-                        (true, false) => ", NOT in group kvm: KVM guests cannot start",
-                        _ => "",
-                    }
-                ),
-                fix: Some(format!("usermod -a -G kvm {user}"))
-                    .filter(|_| needs_kvm && !in_kvm)
-                    .or(fix),
-            }
-        }
-        Ok(None) => Check {
-            name: "qemu-user",
-            ok: true,
-            detail: format!("{user} does not exist yet (the daemon creates it at start)"),
-            fix,
-        },
-        Err(e) => Check {
-            name: "qemu-user",
-            ok: false,
-            detail: format!("cannot look up {user}: {e}"),
-            fix,
-        },
-    }
 }
 
 #[cfg(test)]
