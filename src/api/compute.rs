@@ -73,7 +73,7 @@ pub async fn list_in_rg(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    if !state.node.rg_exists(&rg)? {
+    if !crate::groups::exists(&state.node.db, &rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg).into());
     }
     let vms: Vec<Value> = state

@@ -110,6 +110,22 @@ impl From<VmError> for ApiError {
     }
 }
 
+impl From<crate::groups::GroupError> for ApiError {
+    fn from(e: crate::groups::GroupError) -> Self {
+        use crate::groups::GroupError;
+        match e {
+            GroupError::InvalidName(_) | GroupError::Location(_) => {
+                Self::bad_request(e.to_string())
+            }
+            GroupError::NotFound(_) => Self::not_found("ResourceGroupNotFound", e.to_string()),
+            GroupError::NotEmpty { .. } => {
+                Self::new(StatusCode::CONFLICT, "ResourceGroupNotEmpty", e.to_string())
+            }
+            GroupError::Db(d) => Self::from(d),
+        }
+    }
+}
+
 impl From<crate::storage::db::DbError> for ApiError {
     fn from(e: crate::storage::db::DbError) -> Self {
         use crate::storage::db::DbError;

@@ -24,7 +24,7 @@ fn diag_location(r: &VmRecord) -> Option<(String, String)> {
 
 /// The VM `vm` of group `rg`: 404 ResourceGroupNotFound or ResourceNotFound as the cloud says.
 pub fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
-    if !state.node.rg_exists(rg)? {
+    if !crate::groups::exists(&state.node.db, rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
     }
     state

@@ -7,6 +7,7 @@
 //! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
 //! - `viewer`: the boot-diagnostics pages for browsers (HTML over the API's JSON)
 
+pub mod body;
 pub mod compute;
 pub mod deployments;
 pub mod diagnostics;
@@ -53,7 +54,7 @@ pub fn check_sub(state: &AppState, sub: &str) -> Result<(), error::ApiError> {
 /// The subscription is the node's and the resource group exists.
 pub fn check_rg(state: &AppState, sub: &str, rg: &str) -> Result<(), error::ApiError> {
     check_sub(state, sub)?;
-    if state.node.rg_exists(rg)? {
+    if crate::groups::exists(&state.node.db, rg)? {
         return Ok(());
     }
     Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into())

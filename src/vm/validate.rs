@@ -81,19 +81,7 @@ pub fn validate_computer_name(name: &str) -> Result<(), VmError> {
 
 /// Cloud rules for a resource group name.
 pub fn validate_rg_name(name: &str) -> Result<(), VmError> {
-    let ok = !name.is_empty()
-        && name.len() <= 90
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
-        && !name.ends_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(VmError::InvalidParameter(format!(
-            "The resource group name '{name}' is invalid: use 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.'."
-        )))
-    }
+    crate::groups::validate_name(name).map_err(|e| VmError::InvalidParameter(e.to_string()))
 }
 
 #[cfg(test)]

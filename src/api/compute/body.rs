@@ -137,48 +137,10 @@ struct BootDiagnostics {
     storage_uri: Option<String>,
 }
 
-/// The cloud's `error.target` for a field at `path` (serde's `properties.osProfile.x.y`): the
-/// osProfile's fields are named from inside it (`adminPassword`), the rest from `properties`.
-fn target_of(path: &str) -> String {
-    let path = path.strip_prefix("properties.").unwrap_or(path);
-    let path = path.strip_prefix("osProfile.").unwrap_or(path);
-    // Serde names list items `publicKeys[0]`; the cloud names the field, not the index.
-    let mut out = String::with_capacity(path.len());
-    let mut skip = false;
-    for c in path.chars() {
-        match c {
-            '[' => skip = true,
-            ']' => skip = false,
-            c if !skip => out.push(c),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// What a field of the wrong type is told, from what serde expected there.
-fn must_be(target: &str, serde_msg: &str) -> String {
-    let expected = serde_msg.rsplit("expected ").next().unwrap_or(serde_msg);
-    let what = match expected.trim_end_matches('.') {
-        "a string" => "a string".to_string(),
-        "a boolean" => "true or false".to_string(),
-        "a sequence" if target.ends_with("publicKeys") => "a list of {path, keyData}".into(),
-        "a sequence" => "a list".into(),
-        e if e.starts_with("u64") || e.contains("integer") => "a whole number".into(),
-        e if e.starts_with("a map") || e.starts_with("struct") => "an object".into(),
-        e => e.to_string(),
-    };
-    format!("'{target}' must be {what}.")
-}
-
-/// Parses a VM body; a field of the wrong type is named in `error.target`.
+/// Parses a VM body; a field of the wrong type is named in `error.target` as the cloud names
+/// it: the osProfile's fields from inside it (`adminPassword`), the rest from `properties`.
 pub(super) fn parse(body: &Value) -> Result<VmBody> {
-    serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
-        let target = target_of(&path);
-        let msg = e.into_inner().to_string();
-        ApiError::bad_request(must_be(&target, &msg)).with_target(target)
-    })
+    crate::api::body::parse_named(body, &["properties.", "osProfile."])
 }
 
 fn missing(name: &str) -> ApiError {
