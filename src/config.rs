@@ -84,4 +84,14 @@ pub struct DaemonConfig {
     pub dns_forwarder: Option<SocketAddr>,
     /// `--boot-snapshots`: new VMs of a shape seen before resume a saved boot (`vm/snapshot.rs`).
     pub boot_snapshots: bool,
+    /// `--boot-screenshots`: the automatic boot screenshots (periodic and at milestones).
+    pub boot_screenshots: bool,
+    /// `--provision-timeout-secs`: how long OS provisioning waits for the guest's agent.
+    pub provision_timeout: std::time::Duration,
+    /// `--min-free-mb`: the state dir's free space below which new work is refused.
+    pub min_free_mb: u64,
+    /// `--qemu-user`: the unprivileged user QEMU runs as (made at start if missing).
+    pub qemu_user: String,
+    /// `--qemu-scope`: each QEMU in a systemd scope when systemd runs the host.
+    pub qemu_scope: bool,
 }

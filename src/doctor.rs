@@ -156,7 +156,7 @@ pub fn qemu_version() -> Option<String> {
     command_output(QEMU_BIN, &["--version"]).and_then(|s| s.lines().next().map(str::to_string))
 }
 
-pub fn checks() -> Vec<Check> {
+pub fn checks(qemu_user: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let qemu = qemu_version();
     out.push(Check {
@@ -173,7 +173,7 @@ pub fn checks() -> Vec<Check> {
         detail: format!("{} — {}", d.accel, d.reason),
         fix: None,
     });
-    out.push(qemu_user_check());
+    out.push(qemu_user_check(qemu_user));
     let tun = Path::new("/dev/net/tun").exists();
     out.push(Check {
         name: "tun",
@@ -240,9 +240,9 @@ pub fn which(tool: &str) -> bool {
 }
 
 /// `vmnode doctor`'s line about the QEMU user.
-fn qemu_user_check() -> Check {
-    use crate::qemu::jail::{kvm_gid, lookup, user_name, SANDBOX};
-    let user = user_name();
+fn qemu_user_check(user: &str) -> Check {
+    use crate::qemu::jail::{kvm_gid, lookup, SANDBOX};
+    let user = user.to_string();
     let fix = Some(format!(
         "the daemon creates it at start; or: useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
     ));

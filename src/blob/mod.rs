@@ -123,7 +123,7 @@ pub fn set_attached_disks(f: impl Fn() -> Vec<AttachedDisk> + Send + Sync + 'sta
 }
 
 /// Starts the blob service on `listener` for `store`'s accounts; `endpoint` is the base URL
-/// clients use (`http://127.0.0.1:7481`).
+/// clients use (`http://127.0.0.1:7481`); `health` refuses writes the state dir cannot take.
 ///
 /// It runs on a runtime of its own (threads `blob-*`, with its own blocking pool): twenty VM
 /// creates at once fill the daemon's blocking pool with disk clones, network set-up and
@@ -132,9 +132,14 @@ pub fn start(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
     endpoint: String,
+    health: Arc<crate::storage::health::Health>,
 ) -> std::io::Result<()> {
     let _ = NODE_STORE.set(store.clone());
-    let svc = Arc::new(server::Service { store, endpoint });
+    let svc = Arc::new(server::Service {
+        store,
+        endpoint,
+        health,
+    });
     let listener = listener.into_std()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

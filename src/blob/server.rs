@@ -34,6 +34,8 @@ pub struct Service {
     pub store: Arc<Store>,
     /// `http://host:port`, for `ServiceEndpoint` in listings.
     pub endpoint: String,
+    /// The state dir's checker: a write it cannot take is refused up front (507/503).
+    pub health: Arc<crate::storage::health::Health>,
 }
 
 /// Serves HTTP/1.1 on `listener` until the task is dropped.
@@ -461,7 +463,7 @@ async fn dispatch(
     if parts.method == Method::PUT && !matches!(op, Op::ContainerLease | Op::BlobLease) {
         // A write the store cannot take is refused before a byte is stored (leases only change
         // a little metadata and may be what frees a disk; reads and deletes always go on).
-        super::error::state_dir(&svc.store.root)?;
+        super::error::state_dir(&svc.health, &svc.store.root)?;
     }
     let r = Req {
         store: svc.store.clone(),

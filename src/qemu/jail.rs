@@ -17,7 +17,6 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 /// The `-sandbox` option every QEMU gets.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -67,37 +66,6 @@ pub struct Creds {
     /// Supplementary groups (`kvm` where `/dev/kvm` exists).
     pub groups: Vec<u32>,
 }
-
-static HOST: OnceLock<Result<Option<Creds>, String>> = OnceLock::new();
-
-pub fn user_name() -> String {
-    std::env::var("VMNODE_QEMU_USER")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_USER.into())
-}
-
-/// The credentials QEMU gets on this host, decided once per process: `None` when the daemon is
-/// not root (QEMU then runs as the daemon's own unprivileged user). Makes the user if missing.
-pub fn host() -> Result<Option<&'static Creds>, String> {
-    HOST.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            tracing::warn!("the daemon is not root: QEMU runs as the daemon's user");
-            return Ok(None);
-        }
-        let r = ensure_user(&user_name(), Path::new("/dev/kvm").exists());
-        match &r {
-            Ok(c) => tracing::info!(user = %c.user, uid = c.uid, gid = c.gid, groups = ?c.groups, "QEMU runs as"),
-            Err(e) => tracing::error!(error = %chain(e), "no QEMU user"),
-        }
-        r.map(Some).map_err(|e| chain(&e))
-    })
-    .as_ref()
-    .map(Option::as_ref)
-    .map_err(Clone::clone)
-}
-
-use crate::report::chain;
 
 pub fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
     nix::unistd::User::from_name(user).map_err(|source| JailError::Lookup {

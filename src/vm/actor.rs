@@ -385,7 +385,7 @@ impl Actor {
         self.kernel = Some(image.kernel());
         // Screens are read with the kernel's own font (diagnostics/screen_text.rs): it is
         // found in the kernel file now, beside the boot, not inside a capture.
-        crate::diagnostics::screen_text::Font::warm(&image.kernel());
+        self.node.fonts.warm(&image.kernel());
         let spec = argv::VmSpec {
             name: self.rec.name.clone(),
             vm_id: self.rec.vm_id.clone(),
@@ -433,7 +433,7 @@ impl Actor {
         let files = crate::qemu::jail::open(&argv::passed(&spec))
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         let log = run.join("qemu.log");
-        let mut child = process::spawn(&args, &tap, &files, &log, &spec.pidfile)
+        let mut child = process::spawn(&self.node.qemu, &args, &tap, &files, &log, &spec.pidfile)
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(
             pid = child.id(),

@@ -162,10 +162,17 @@ pub struct Node {
     pub account: String,
     pub ops: ops::Operations,
     pub snapshots: Arc<snapshot::Snapshots>,
+    /// Who QEMU runs as, where it is placed, its cpu cgroup (decided at start).
+    pub qemu: Arc<crate::qemu::host::QemuHost>,
+    /// The state dir's checker: new work it cannot take is refused up front.
+    pub health: Arc<crate::storage::health::Health>,
+    /// The fonts boot screenshots are read with (`diagnostics::screen_text`).
+    pub fonts: Arc<crate::diagnostics::screen_text::Fonts>,
     vms: Mutex<HashMap<String, VmHandle>>,
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)] // the daemon context (issue 19, item 1) replaces this
     pub fn new(
         cfg: DaemonConfig,
         db: Db,
@@ -173,10 +180,19 @@ impl Node {
         accel: AccelDecision,
         net: NodeNet,
         account: String,
+        qemu: Arc<crate::qemu::host::QemuHost>,
+        health: Arc<crate::storage::health::Health>,
     ) -> Arc<Node> {
-        let snapshots =
-            snapshot::Snapshots::new(&cfg.paths.state, &cfg.paths.run, cfg.boot_snapshots);
+        let snapshots = snapshot::Snapshots::new(
+            &cfg.paths.state,
+            &cfg.paths.run,
+            cfg.boot_snapshots,
+            qemu.clone(),
+        );
         Arc::new(Node {
+            qemu,
+            health,
+            fonts: Default::default(),
             snapshots,
             cfg,
             db,
@@ -394,7 +410,7 @@ impl Node {
         }
 
         // Nothing is written before this: a full or read-only state dir refuses the create whole.
-        crate::storage::health::check(&self.cfg.paths.state)?;
+        self.health.check(&self.cfg.paths.state)?;
         let vm_id = uuid::Uuid::new_v4().to_string();
         let local = self.cfg.paths.state.join("local").join(&vm_id);
         let seed = seed_input.as_ref().map(|_| local.join("cidata.iso"));
@@ -610,7 +626,7 @@ impl Node {
         // A new QEMU needs a temp disk, a serial log and its records: refused up front when the
         // state dir cannot take them (stopping needs nothing, and frees).
         if matches!(op, lifecycle::PowerOp::Start | lifecycle::PowerOp::Redeploy) {
-            crate::storage::health::check(&self.cfg.paths.state)?;
+            self.health.check(&self.cfg.paths.state)?;
         }
         let id = self.ops.begin(op.name());
         let node = self.clone();

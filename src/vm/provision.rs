@@ -326,16 +326,6 @@ async fn steps(
     Ok(summary)
 }
 
-/// `VMNODE_PROVISION_TIMEOUT_SECS`, else 20 minutes (as long as the cloud waits for a Linux
-/// VM's agent before `OSProvisioningTimedOut`).
-pub fn timeout() -> Duration {
-    std::env::var("VMNODE_PROVISION_TIMEOUT_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(20 * 60))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

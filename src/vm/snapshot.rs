@@ -109,13 +109,21 @@ pub struct Snapshots {
     enabled: bool,
     /// Keys being made now, and keys whose making failed (not tried again until restart).
     busy: Mutex<HashSet<String>>,
+    /// How the snapshot makers' QEMU is started (as every VM's).
+    qemu: Arc<crate::qemu::host::QemuHost>,
 }
 
 impl Snapshots {
     /// `state_dir/snapshots`, with what a killed daemon left half-made removed (and the QEMU
     /// that was making it killed).
-    pub fn new(state_dir: &Path, run_dir: &Path, enabled: bool) -> Arc<Snapshots> {
+    pub fn new(
+        state_dir: &Path,
+        run_dir: &Path,
+        enabled: bool,
+        qemu: Arc<crate::qemu::host::QemuHost>,
+    ) -> Arc<Snapshots> {
         let s = Snapshots {
+            qemu,
             dir: state_dir.join("snapshots"),
             run: run_dir.join("snapshots"),
             enabled,
@@ -332,7 +340,7 @@ impl Snapshots {
             .map_err(io("cannot open", Path::new("/dev/null")))?
             .into();
         let log = run.join("qemu.log");
-        let mut child = process::spawn(&args, &nothing, &files, &log, &spec.pidfile)
+        let mut child = process::spawn(&self.qemu, &args, &nothing, &files, &log, &spec.pidfile)
             .map_err(|e| SnapshotError::Qemu(e.to_string()))?;
         drop(files);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -627,7 +635,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Snapshots::new(&state, &run, true);
+        Snapshots::new(&state, &run, true, crate::qemu::host::QemuHost::plain());
         let st = child.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&st),
@@ -665,8 +673,18 @@ mod tests {
     fn only_a_create_of_an_image_that_knows_how_may_use_one() {
         let d = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
-        let on = Snapshots::new(d.path(), run.path(), true);
-        let off = Snapshots::new(d.path(), run.path(), false);
+        let on = Snapshots::new(
+            d.path(),
+            run.path(),
+            true,
+            crate::qemu::host::QemuHost::plain(),
+        );
+        let off = Snapshots::new(
+            d.path(),
+            run.path(),
+            false,
+            crate::qemu::host::QemuHost::plain(),
+        );
         let s = spec(d.path(), "a", 1 << 20);
         assert!(on.key_for(&s, &image("aa")).is_some());
         assert!(off.key_for(&s, &image("aa")).is_none());
@@ -687,7 +705,12 @@ mod tests {
         std::fs::create_dir_all(d.path().join("snapshots").join(&k)).unwrap();
         std::fs::create_dir_all(d.path().join("snapshots/.making-x")).unwrap();
         assert!(on.find(&k).is_none());
-        let _ = Snapshots::new(d.path(), run.path(), true);
+        let _ = Snapshots::new(
+            d.path(),
+            run.path(),
+            true,
+            crate::qemu::host::QemuHost::plain(),
+        );
         assert!(!d.path().join("snapshots/.making-x").exists());
         std::fs::write(d.path().join("snapshots").join(&k).join("state.bin"), b"x").unwrap();
         assert_eq!(

@@ -176,7 +176,7 @@ impl Actor {
         if self.rec.os_provisioning != OsProvisioning::Pending || self.provisioning {
             return;
         }
-        let limit = provision::timeout();
+        let limit = self.node.cfg.provision_timeout;
         let waited = self
             .rec
             .os_provisioning_since

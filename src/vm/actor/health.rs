@@ -133,7 +133,7 @@ impl Actor {
     /// The guest is paused on a failed disk write: resumed when the state dir has room again.
     fn io_error_pause(&mut self) {
         let Some(q) = self.qmp.clone() else { return };
-        match crate::storage::health::check(&self.node.cfg.paths.state) {
+        match self.node.health.check(&self.node.cfg.paths.state) {
             Err(e) => {
                 if !self.io_paused {
                     tracing::warn!(error = %chain(&e), "the guest is paused by a failed disk write (io-error): it resumes when the state dir has room again");
