@@ -26,6 +26,25 @@ const AGENT_WAIT: Duration = Duration::from_secs(600);
 /// The environment commands run with (guest-exec would otherwise pass the agent's own).
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Why no session with the VM's guest agent could be had for a run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("VM '{0}' was deleted")]
+    Deleted(String),
+    #[error("VM '{0}' was deleted and made again")]
+    Remade(String),
+    #[error("VM '{vm}' is not running ({power}); start it and set the extension again")]
+    NotRunning { vm: String, power: &'static str },
+    #[error("the VM has not started yet after {0} s")]
+    NotStarted(u64),
+    #[error("the guest agent does not answer after {after} s")]
+    Silent {
+        after: u64,
+        #[source]
+        source: QgaError,
+    },
+}
+
 /// What to run.
 pub enum Command {
     /// `commandToExecute`.
@@ -53,45 +72,43 @@ pub struct Target {
 }
 
 impl Target {
-    fn qga_socket(&self) -> PathBuf {
-        self.node.cfg.paths.vm_run(&self.vm_id).join("qga.sock")
-    }
-
-    /// A session with the guest agent: waits while the VM is being created or started and its
-    /// agent is not up yet; fails at once if the VM is stopped or gone.
-    pub async fn agent(&self) -> Result<Qga, String> {
+    /// A session with the VM's guest agent (the manager's, shared with the VM's actor): waits
+    /// while the VM is being created or started and its agent is not up yet; fails at once if
+    /// the VM is stopped or gone.
+    pub async fn agent(&self) -> Result<Qga, AgentError> {
         let deadline = tokio::time::Instant::now() + AGENT_WAIT;
-        let mut last = String::from("the VM has not started yet");
+        let mut last = None;
         loop {
             let Some(rec) = self.node.get(&self.rg, &self.vm) else {
-                return Err(format!("VM '{}' was deleted", self.vm));
+                return Err(AgentError::Deleted(self.vm.clone()));
             };
             if rec.vm_id != self.vm_id {
-                return Err(format!("VM '{}' was deleted and made again", self.vm));
+                return Err(AgentError::Remade(self.vm.clone()));
             }
             match rec.power {
                 PowerState::Running => {
-                    match Qga::connect(&self.qga_socket(), Duration::from_secs(10)).await {
+                    let Some(agent) = self.node.agent(&self.vm_id) else {
+                        return Err(AgentError::Deleted(self.vm.clone()));
+                    };
+                    match agent.connect(Duration::from_secs(10)).await {
                         Ok(q) => return Ok(q),
-                        Err(e) => {
-                            last = format!(
-                                "the guest agent does not answer ({})",
-                                crate::report::chain(&e)
-                            )
-                        }
+                        Err(e) => last = Some(e),
                     }
                 }
                 PowerState::Starting => {}
                 p => {
-                    return Err(format!(
-                        "VM '{}' is not running ({}); start it and set the extension again",
-                        self.vm,
-                        p.display()
-                    ))
+                    return Err(AgentError::NotRunning {
+                        vm: self.vm.clone(),
+                        power: p.display(),
+                    })
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{last} after {} s", AGENT_WAIT.as_secs()));
+                let after = AGENT_WAIT.as_secs();
+                return Err(match last {
+                    Some(source) => AgentError::Silent { after, source },
+                    None => AgentError::NotStarted(after),
+                });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -257,7 +274,11 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
     // 2. Into the guest.
     let mut q = match t.agent().await {
         Ok(q) => q,
-        Err(message) => return Outcome::AgentFailed { message },
+        Err(e) => {
+            return Outcome::AgentFailed {
+                message: crate::report::chain(&e),
+            }
+        }
     };
     let ten = Duration::from_secs(10);
     let agent_err = |what: &str, e: QgaError| Outcome::AgentFailed {

@@ -37,6 +37,7 @@ use crate::config::{DaemonConfig, LOCATION};
 use crate::diagnostics::recorder::Recorder;
 use crate::doctor::AccelDecision;
 use crate::net::NodeNet;
+use crate::qemu::qga::Agent;
 use crate::storage::db::{Db, DbError, Kind};
 pub use actor::ActorError;
 use model::{NicRecord, PowerState, ProvisioningState, VmRecord};
@@ -150,6 +151,9 @@ pub struct VmHandle {
     pub state: watch::Receiver<VmRecord>,
     /// The VM's boot flight recorder (read by the API without going through the actor).
     pub diag: Recorder,
+    /// The VM's guest agent: made with the VM, shared by its actor (probe, shutdown,
+    /// provisioning, a resumed snapshot's identity) and extensions; one session at a time.
+    pub agent: Arc<Agent>,
 }
 
 /// Everything the VM actors share: configuration, the store, the network, the subscription.
@@ -219,13 +223,15 @@ impl Node {
             .unwrap_or(Path::new(""))
             .to_path_buf();
         let diag = Recorder::open(&dir, &rec.name, &rec.vm_id);
+        let agent = Arc::new(Agent::new(self.cfg.paths.vm_run_dir(&rec.vm_id).qga));
         let handle = VmHandle {
             tx,
             state: state_rx,
             diag: diag.clone(),
+            agent: agent.clone(),
         };
         self.registry().insert(rec.key(), handle.clone());
-        actor::spawn(self.clone(), rec, start, rx, state_tx, diag);
+        actor::spawn(self.clone(), rec, start, rx, state_tx, diag, agent);
         handle
     }
 
@@ -264,6 +270,14 @@ impl Node {
     /// The boot flight recorder of a VM.
     pub fn recorder(&self, rg: &str, name: &str) -> Result<Recorder, VmError> {
         Ok(self.handle(rg, name)?.diag)
+    }
+
+    /// The guest agent of the VM whose vmId is `vm_id` (none once it is deleted).
+    pub fn agent(&self, vm_id: &str) -> Option<Arc<Agent>> {
+        self.registry()
+            .values()
+            .find(|h| h.state.borrow().vm_id == vm_id)
+            .map(|h| h.agent.clone())
     }
 
     pub(crate) fn forget(&self, key: &str) {
