@@ -213,60 +213,10 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
         ),
     );
     // 1. Downloads, on the node (fast failure before the guest is involved).
-    log.line("INFO", "Downloading files specified in configuration...");
-    let mut files = Vec::new();
-    for (i, url) in job.file_uris.iter().enumerate() {
-        let redacted = download::redact(url);
-        log.line("INFO", &format!("DownloadFiles: fileUri = {redacted}"));
-        log.line("INFO", &format!("DownloadFiles: fileDownloadPath = {dir}"));
-        match download::fetch(url).await {
-            Ok(bytes) => {
-                let name = download::file_name(url);
-                log.line(
-                    "INFO",
-                    &format!(
-                        "DownloadFiles: downloaded file {} of {} to fileDownloadLocation = {dir}/{name} ({} bytes)",
-                        i + 1,
-                        job.file_uris.len(),
-                        bytes.len()
-                    ),
-                );
-                files.push((name, bytes));
-            }
-            Err(e) => {
-                let why = crate::report::chain(&e);
-                log.line(
-                    "ERROR",
-                    &format!(
-                        "DownloadFiles: file {} of {}: {redacted}: {why}",
-                        i + 1,
-                        job.file_uris.len()
-                    ),
-                );
-                let path = download::url_path(url);
-                // `/{account}/{container}/{blob}` → `container/blob`.
-                let blob = path
-                    .trim_start_matches('/')
-                    .split_once('/')
-                    .map(|(_, rest)| rest.to_string())
-                    .unwrap_or(path.clone());
-                let blob = percent_encoding::percent_decode_str(&blob)
-                    .decode_utf8_lossy()
-                    .into_owned();
-                let message = match &e {
-                    download::DownloadError::Status { message, .. } => message.clone(),
-                    _ => why,
-                };
-                return Outcome::DownloadFailed {
-                    url: redacted,
-                    blob,
-                    status: e.status(),
-                    code: e.code(),
-                    message,
-                };
-            }
-        }
-    }
+    let files = match download_all(job, &dir, log).await {
+        Ok(f) => f,
+        Err(failed) => return failed,
+    };
     log.line(
         "INFO",
         "Waiting for all async file download tasks to complete...",
@@ -345,4 +295,68 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
         },
         Err(e) => agent_err("running the command", e),
     }
+}
+
+/// Fetches the job's fileUris on the node, logging each; the files (name, bytes), or the
+/// outcome of the first that failed.
+async fn download_all(
+    job: &Job,
+    dir: &str,
+    log: &HandlerLog,
+) -> Result<Vec<(String, Vec<u8>)>, Outcome> {
+    log.line("INFO", "Downloading files specified in configuration...");
+    let mut files = Vec::new();
+    for (i, url) in job.file_uris.iter().enumerate() {
+        let redacted = download::redact(url);
+        log.line("INFO", &format!("DownloadFiles: fileUri = {redacted}"));
+        log.line("INFO", &format!("DownloadFiles: fileDownloadPath = {dir}"));
+        match download::fetch(url).await {
+            Ok(bytes) => {
+                let name = download::file_name(url);
+                log.line(
+                    "INFO",
+                    &format!(
+                        "DownloadFiles: downloaded file {} of {} to fileDownloadLocation = {dir}/{name} ({} bytes)",
+                        i + 1,
+                        job.file_uris.len(),
+                        bytes.len()
+                    ),
+                );
+                files.push((name, bytes));
+            }
+            Err(e) => {
+                let why = crate::report::chain(&e);
+                log.line(
+                    "ERROR",
+                    &format!(
+                        "DownloadFiles: file {} of {}: {redacted}: {why}",
+                        i + 1,
+                        job.file_uris.len()
+                    ),
+                );
+                let path = download::url_path(url);
+                // `/{account}/{container}/{blob}` → `container/blob`.
+                let blob = path
+                    .trim_start_matches('/')
+                    .split_once('/')
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or(path.clone());
+                let blob = percent_encoding::percent_decode_str(&blob)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                let message = match &e {
+                    download::DownloadError::Status { message, .. } => message.clone(),
+                    _ => why,
+                };
+                return Err(Outcome::DownloadFailed {
+                    url: redacted,
+                    blob,
+                    status: e.status(),
+                    code: e.code(),
+                    message,
+                });
+            }
+        }
+    }
+    Ok(files)
 }

@@ -395,35 +395,7 @@ impl Actor {
         // Screens are read with the kernel's own font (diagnostics/screen_text.rs): it is
         // found in the kernel file now, beside the boot, not inside a capture.
         crate::diagnostics::screen_text::Font::warm(&image.kernel());
-        let spec = argv::VmSpec {
-            name: self.rec.name.clone(),
-            vm_id: self.rec.vm_id.clone(),
-            accel: self.node.accel.accel,
-            cpus: size.map(|s| s.number_of_cores).unwrap_or(1),
-            memory_mb: size.map(|s| s.memory_in_mb).unwrap_or(1024),
-            kernel: image.kernel(),
-            initrd: image.initrd(),
-            cmdline: image.manifest.cmdline.clone(),
-            disk: self.rec.os_disk_path.clone(),
-            temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
-                .then(|| self.rec.temp_disk.clone()),
-            hotplug_slots: size.map(|s| s.max_data_disk_count).unwrap_or(0),
-            data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
-            caching: self.rec.caching.clone(),
-            mac: self.rec.nic.mac.clone(),
-            serial_log: self.diag.spool_path(),
-            qmp_socket: run.qmp.clone(),
-            qga_socket: run.qga.clone(),
-            pidfile: run.pidfile.clone(),
-            boot: if image.firmware_boot() {
-                argv::Boot::Firmware
-            } else {
-                argv::Boot::Kernel
-            },
-            seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
-            snapshot: None,
-        };
-        let mut spec = spec;
+        let mut spec = self.vm_spec(image, size);
         let plan = if may_resume {
             self.snapshot_plan(&mut spec, image)
         } else {
@@ -501,6 +473,38 @@ impl Actor {
             self.make_snapshot_later(&spec, image, key);
         }
         Ok(())
+    }
+
+    /// What QEMU is started with for this VM's next boot (no snapshot yet).
+    fn vm_spec(&self, image: &ImageVersion, size: Option<&super::sizes::VmSize>) -> argv::VmSpec {
+        argv::VmSpec {
+            name: self.rec.name.clone(),
+            vm_id: self.rec.vm_id.clone(),
+            accel: self.node.accel.accel,
+            cpus: size.map(|s| s.number_of_cores).unwrap_or(1),
+            memory_mb: size.map(|s| s.memory_in_mb).unwrap_or(1024),
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            cmdline: image.manifest.cmdline.clone(),
+            disk: self.rec.os_disk_path.clone(),
+            temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
+                .then(|| self.rec.temp_disk.clone()),
+            hotplug_slots: size.map(|s| s.max_data_disk_count).unwrap_or(0),
+            data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
+            caching: self.rec.caching.clone(),
+            mac: self.rec.nic.mac.clone(),
+            serial_log: self.diag.spool_path(),
+            qmp_socket: self.run.qmp.clone(),
+            qga_socket: self.run.qga.clone(),
+            pidfile: self.run.pidfile.clone(),
+            boot: if image.firmware_boot() {
+                argv::Boot::Firmware
+            } else {
+                argv::Boot::Kernel
+            },
+            seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
+            snapshot: None,
+        }
     }
 
     async fn make_tap(&self) -> Result<OwnedFd, StepError> {
