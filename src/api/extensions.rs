@@ -24,6 +24,7 @@ impl From<ExtError> for ApiError {
     fn from(e: ExtError) -> Self {
         match e {
             ExtError::InvalidParameter(m) => ApiError::bad_request(m),
+            ExtError::Settings(_) | ExtError::RunCommand(_) => ApiError::bad_request(e.to_string()),
             ExtError::NotFound(..) => ApiError::not_found("ResourceNotFound", e.to_string()),
             ExtError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "OperationNotAllowed", m),
             ExtError::Vm(v) => v.into(),

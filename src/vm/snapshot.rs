@@ -35,8 +35,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::ImageVersion;
+use crate::config::VmRunDir;
 use crate::qemu::argv::{self, Boot, Snapshot, VmSpec};
-use crate::qemu::qga::{Qga, QgaError};
+use crate::qemu::qga::{Agent, QgaError};
 use crate::qemu::qmp::Qmp;
 use crate::qemu::{jail, process};
 
@@ -138,9 +139,9 @@ impl Snapshots {
     pub fn stop_makers(&self) {
         if let Ok(rd) = std::fs::read_dir(&self.run) {
             for e in rd.flatten() {
-                let d = e.path();
-                let id = std::fs::read_to_string(d.join("vm-id")).unwrap_or_default();
-                let pid = process::read_pidfile(&d.join("qemu.pid"))
+                let d = VmRunDir::at(e.path());
+                let id = std::fs::read_to_string(&d.vm_id).unwrap_or_default();
+                let pid = process::read_pidfile(&d.pidfile)
                     .filter(|p| !id.is_empty() && process::pid_is_vm(*p, &id))
                     // A daemon killed between spawning it and writing its pidfile (the vm-id
                     // is written first): found by its UUID, as a VM's QEMU is at re-adoption.
@@ -152,7 +153,7 @@ impl Snapshots {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                let _ = std::fs::remove_dir_all(&d);
+                let _ = std::fs::remove_dir_all(&d.dir);
             }
         }
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
@@ -271,7 +272,9 @@ impl Snapshots {
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(&run).map_err(io("cannot create", &run))?;
         let _ = std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        let made = self.make_in(vm, sizes, image, key, &tmp, &run).await;
+        let made = self
+            .make_in(vm, sizes, image, key, &tmp, &VmRunDir::at(run.clone()))
+            .await;
         let _ = std::fs::remove_dir_all(&run);
         match made {
             Ok(()) => {
@@ -297,7 +300,7 @@ impl Snapshots {
         image: &ImageVersion,
         key: &str,
         tmp: &Path,
-        run: &Path,
+        run: &VmRunDir,
     ) -> Result<(), SnapshotError> {
         // The guest's own disks: the image's disk at the VM's size, an empty temp disk.
         let disk = tmp.join("os.raw");
@@ -318,7 +321,7 @@ impl Snapshots {
             None => None,
         };
         let vm_id = uuid::Uuid::new_v4().to_string();
-        std::fs::write(run.join("vm-id"), &vm_id).map_err(io("cannot write", run))?;
+        std::fs::write(&run.vm_id, &vm_id).map_err(io("cannot write", &run.dir))?;
         let spec = VmSpec {
             name: format!("snapshot-{}", &key[..12]),
             vm_id,
@@ -326,9 +329,9 @@ impl Snapshots {
             disk,
             temp_disk: temp,
             serial_log: tmp.join("console.log"),
-            qmp_socket: run.join("qmp.sock"),
-            qga_socket: run.join("qga.sock"),
-            pidfile: run.join("qemu.pid"),
+            qmp_socket: run.qmp.clone(),
+            qga_socket: run.qga.clone(),
+            pidfile: run.pidfile.clone(),
             snapshot: Some(Snapshot::Make),
             ..vm.clone()
         };
@@ -339,9 +342,9 @@ impl Snapshots {
         let nothing: std::os::fd::OwnedFd = std::fs::File::open("/dev/null")
             .map_err(io("cannot open", Path::new("/dev/null")))?
             .into();
-        let log = run.join("qemu.log");
-        let mut child = process::spawn(&self.qemu, &args, &nothing, &files, &log, &spec.pidfile)
-            .map_err(|e| SnapshotError::Qemu(e.to_string()))?;
+        let mut child =
+            process::spawn(&self.qemu, &args, &nothing, &files, &run.log, &spec.pidfile)
+                .map_err(|e| SnapshotError::Qemu(e.to_string()))?;
         drop(files);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let result = self.save(&spec, &mut child, pid, tmp).await;
@@ -518,8 +521,8 @@ fn qemu_identity() -> String {
 
 /// Hands a resumed guest its identity: its MAC address, the time and fresh entropy, in
 /// `/run/vmnode/identity`, which its init waits for (images/tiny/init).
-pub async fn hand_identity(qga_socket: &Path, mac: &str) -> Result<(), SnapshotError> {
-    let mut q = Qga::connect(qga_socket, IDENTITY_LIMIT).await?;
+pub async fn hand_identity(agent: &Agent, mac: &str) -> Result<(), SnapshotError> {
+    let mut q = agent.connect(IDENTITY_LIMIT).await?;
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

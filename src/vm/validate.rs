@@ -36,6 +36,19 @@ pub fn capacity(size: &sizes::VmSize) -> Result<(), VmError> {
     Ok(())
 }
 
+/// A disk's caching: None, ReadOnly or ReadWrite, in any case; `field` names it in the error.
+pub fn validate_caching(field: &str, caching: &str) -> Result<(), VmError> {
+    if !matches!(
+        caching.to_ascii_lowercase().as_str(),
+        "none" | "readonly" | "readwrite"
+    ) {
+        return Err(VmError::InvalidParameter(format!(
+            "{field} '{caching}' is invalid: use None, ReadOnly or ReadWrite."
+        )));
+    }
+    Ok(())
+}
+
 /// Cloud rules for a Linux VM resource name.
 pub fn validate_vm_name(name: &str) -> Result<(), VmError> {
     let ok_chars = name

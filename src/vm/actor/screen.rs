@@ -7,7 +7,7 @@ use super::agent::{AgentProbe, Answer};
 use super::{chain, Actor, ActorError};
 use crate::diagnostics::boots::{Mark, Source};
 use crate::diagnostics::verdict::Outcome;
-use crate::qemu::qga::{Qga, QgaError};
+use crate::qemu::qga::QgaError;
 use crate::qemu::qmp::QmpEvent;
 
 /// How often the agent is probed while a boot waits for it.
@@ -57,7 +57,7 @@ impl Actor {
                 "QEMU's monitor does not answer (VM status unknown)",
             ));
         }
-        let ppm = self.run_dir().join("screen.ppm");
+        let ppm = self.run.screen.clone();
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -207,10 +207,10 @@ impl Actor {
         };
         self.agent_probing = true;
         self.agent_probed = Some(tokio::time::Instant::now());
-        let sock = self.run_dir().join("qga.sock");
+        let agent = self.agent.clone();
         let tx = self.agent_tx.clone();
         tokio::spawn(async move {
-            let answer = match Qga::try_connect(&sock, Duration::from_secs(1)).await {
+            let answer = match agent.try_connect(Duration::from_secs(1)).await {
                 Ok(mut q) => {
                     let info = q
                         .execute("guest-info", None, Duration::from_secs(2))
