@@ -63,7 +63,7 @@ async fn start_blob_service(
         0o600,
     )?;
     let vms = db.clone();
-    crate::blob::set_attached_disks(move || {
+    let attached: crate::blob::AttachedFn = Arc::new(move || {
         vms.list::<serde_json::Value>(crate::storage::db::Kind::Vm)
             .unwrap_or_default()
             .iter()
@@ -82,7 +82,7 @@ async fn start_blob_service(
             })
             .collect()
     });
-    for f in crate::blob::check(&store, true) {
+    for f in crate::blob::check(&store, &attached(), true) {
         tracing::warn!(kind = %f.kind, blob = %f.blob, repaired = f.repaired, "{}", f.detail);
     }
     let tcp = tokio::net::TcpListener::bind(cfg.blob_listen)
@@ -93,7 +93,8 @@ async fn start_blob_service(
                 cfg.blob_listen
             )
         })?;
-    crate::blob::start(store, tcp, endpoint).context("starting the blob service's runtime")?;
+    crate::blob::http::start(store, tcp, endpoint, attached)
+        .context("starting the blob service's runtime")?;
     tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
     Ok(())
 }

@@ -222,7 +222,7 @@ pub(super) async fn blob_cmd(g: &Global, cmd: BlobCmd) -> anyhow::Result<()> {
                             ids.push(id);
                             i += 1;
                         }
-                        let mut w = blob::xml::Writer::new();
+                        let mut w = blob::http::xml::Writer::new();
                         w.open("BlockList");
                         for id in &ids {
                             w.elem("Latest", id);
@@ -428,14 +428,14 @@ pub(super) async fn blob_cmd(g: &Global, cmd: BlobCmd) -> anyhow::Result<()> {
                     t.second()
                 )
             });
-            if blob::auth::parse_iso(&expiry).is_none() {
+            if blob::http::auth::parse_iso(&expiry).is_none() {
                 bail!("--expiry '{expiry}' is not an ISO 8601 time like 2030-01-01T00:00:00Z");
             }
             let account = blob::store::Account {
                 name: a.name.clone(),
                 keys: vec![c.key.clone()],
             };
-            let token = blob::auth::service_sas(
+            let token = blob::http::auth::service_sas(
                 &account,
                 &container,
                 name.as_deref(),
