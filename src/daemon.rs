@@ -41,16 +41,17 @@ fn ensure_meta(db: &Db, key: &str, make: impl FnOnce() -> String) -> anyhow::Res
 
 /// The blob service on `--blob-listen`: the node's account (key in the db, and in
 /// `state/storage/{account}.json` 0600 for the CLI), the disk-lease check, then the listener.
+/// Returns the store the service serves.
 async fn start_blob_service(
     cfg: &DaemonConfig,
     db: &Db,
     account: &str,
     key: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<crate::blob::Store>> {
     let store = Arc::new(crate::blob::Store::new(cfg.paths.blobs()));
     store
         .add_account(account, &[key])
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .context("serving the node's storage account")?;
     let endpoint = format!("http://{}", cfg.blob_listen);
     let file = crate::blob::AccountFile {
         name: account.to_string(),
@@ -93,10 +94,10 @@ async fn start_blob_service(
                 cfg.blob_listen
             )
         })?;
-    crate::blob::http::start(store, tcp, endpoint, attached)
+    crate::blob::http::start(store.clone(), tcp, endpoint, attached)
         .context("starting the blob service's runtime")?;
     tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
-    Ok(())
+    Ok(store)
 }
 
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
@@ -150,30 +151,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     })?;
 
     let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
-    start_blob_service(&cfg, &db, &account, &storage_key).await?;
+    let store = start_blob_service(&cfg, &db, &account, &storage_key).await?;
     // Storage accounts as ARM resources: the node's own (in group `vmnode`) and any made since.
-    use crate::api::storage::AccountRecord;
-    use crate::storage::db::Kind;
-    if db
-        .get::<AccountRecord>(Kind::StorageAccount, &account)?
-        .is_none()
-    {
-        let own = AccountRecord {
-            rg: crate::net::DEFAULT_RG.into(),
-            name: account.clone(),
-            key1: storage_key.clone(),
-            key2: crate::blob::new_account_key(),
-            sku: "Standard_LRS".into(),
-            kind: "StorageV2".into(),
-        };
-        db.put(Kind::StorageAccount, &account, &own)?;
-    }
-    let endpoint = format!("http://{}", cfg.blob_listen);
-    // Every account, the node's own too (its key2 is in its record).
-    for a in db.list::<AccountRecord>(Kind::StorageAccount)? {
-        crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
-            .map_err(anyhow::Error::msg)?;
-    }
+    let accounts = Arc::new(crate::blob::accounts::Accounts::new(
+        db.clone(),
+        store,
+        cfg.paths.state.clone(),
+        format!("http://{}", cfg.blob_listen),
+        account.clone(),
+    ));
+    accounts
+        .start(&storage_key)
+        .context("serving the storage accounts")?;
 
     let node = Node::new(
         cfg.clone(),
@@ -219,6 +208,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         token: Arc::new(token),
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
         ext,
+        accounts,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)

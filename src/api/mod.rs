@@ -31,6 +31,8 @@ pub struct AppState {
     pub deployments: Arc<crate::deploy::Deployments>,
     /// VM extensions and Run Command.
     pub ext: Arc<crate::extensions::Extensions>,
+    /// Storage accounts (`Microsoft.Storage/storageAccounts`).
+    pub accounts: Arc<crate::blob::accounts::Accounts>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.

@@ -18,6 +18,7 @@
 //! infinite lease whose id is the VM's id ([`acquire_disk_lease`], [`release_disk_lease`]);
 //! [`check`] finds disks without their lease and leases no VM owns.
 
+pub mod accounts;
 pub mod blobs;
 pub mod error;
 pub mod http;
@@ -38,7 +39,7 @@ use std::sync::{Arc, OnceLock};
 pub use error::BlobError;
 pub use store::Store;
 
-use store::{lock, now_ms};
+use store::now_ms;
 
 /// Generates an account key the way the cloud's look: 64 random bytes, base64.
 pub fn new_account_key() -> String {
@@ -145,7 +146,7 @@ fn locate(store: &Store, path: &Path) -> Result<(String, String, String), BlobEr
 pub fn acquire_disk_lease(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobError> {
     let (a, c, b) = locate(store, disk)?;
     let p = store.blob_paths(&a, &c, &b);
-    let _g = lock(&p.key);
+    let _g = store.lock(&p.key);
     let mut m = store
         .load_blob(&p, &b)?
         .ok_or_else(BlobError::blob_not_found)?;
@@ -164,7 +165,7 @@ pub fn acquire_disk_lease(store: &Store, disk: &Path, vm_id: &str) -> Result<(),
 pub fn release_disk_lease(store: &Store, disk: &Path, vm_id: &str) -> Result<(), BlobError> {
     let (a, c, b) = locate(store, disk)?;
     let p = store.blob_paths(&a, &c, &b);
-    let _g = lock(&p.key);
+    let _g = store.lock(&p.key);
     let Some(mut m) = store.load_blob(&p, &b)? else {
         let _ = std::fs::remove_file(&p.meta);
         return Ok(());
@@ -235,7 +236,7 @@ pub fn check(store: &Store, attached: &[AttachedDisk], repair: bool) -> Vec<Find
         let name = format!("{a}/{c}/{b}");
         let p = store.blob_paths(&a, &c, &b);
         let m = {
-            let _g = lock(&p.key);
+            let _g = store.lock(&p.key);
             store.load_blob(&p, &b).ok().flatten()
         };
         let Some(m) = m else {

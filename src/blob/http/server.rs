@@ -405,6 +405,11 @@ async fn run(op: Op, r: Req, body: Incoming, attached: &AttachedFn) -> Result<Re
     // Operations that read or write a little metadata run here: a hop to a blocking thread
     // would cost more than the work (and wake-ups on a busy host are what lease latency's p99
     // is made of). Bulk data, copies and directory walks go to blocking threads.
+    // Those inline operations take the blob's key lock (`Store::lock`, a condvar) on this
+    // runtime worker: while another request holds the same blob (a slow write of it on a
+    // blocking thread) the worker waits, and the service's other worker carries on. The lock
+    // is held only around the metadata's read and write, and the blob runtime's workers are
+    // its own, so the API's are never the ones waiting.
     match op {
         ListContainers => blocking(move || list_containers(&r)).await,
         ServiceProps => Ok(xml_response(StatusCode::OK, service_properties())),
