@@ -276,6 +276,59 @@ mod tests {
         assert!(AccountBody::from_json(None).sku.name.is_none());
     }
 
+    fn accounts(dir: &std::path::Path) -> Accounts {
+        let db = Db::open(&dir.join("db.sqlite")).unwrap();
+        let store = Arc::new(Store::new(dir.join("blobs")));
+        let a = Accounts::new(
+            db,
+            store,
+            dir.to_path_buf(),
+            "http://127.0.0.1:7481".into(),
+            "vmnodeown1".into(),
+        );
+        a.start(&new_account_key()).unwrap();
+        a
+    }
+
+    #[test]
+    fn put_serves_the_account_and_delete_keeps_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = accounts(dir.path());
+        // The node's own, in group vmnode, served and with its file.
+        assert!(a.get("VMNODE", "vmnodeown1").unwrap().is_some());
+        assert!(a.store.account("vmnodeown1").is_some());
+        let made = a.put("sa", "labstore1", AccountBody::default()).unwrap();
+        assert_eq!(
+            (made.sku.as_str(), made.kind.as_str()),
+            ("Standard_LRS", "StorageV2")
+        );
+        assert_eq!(a.store.account("labstore1").unwrap().keys.len(), 2);
+        let file = account_file(dir.path(), "labstore1");
+        let f: AccountFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(f.key, made.key1);
+        // Again in its group: the same account; in another: taken.
+        assert_eq!(
+            a.put("SA", "labstore1", AccountBody::default())
+                .unwrap()
+                .key1,
+            made.key1
+        );
+        let e = a
+            .put("other", "labstore1", AccountBody::default())
+            .unwrap_err();
+        assert!(matches!(e, AccountError::Taken(_)), "{e}");
+        let e = a.put("sa", "Bad_Name", AccountBody::default()).unwrap_err();
+        assert!(matches!(e, AccountError::InvalidName(_)), "{e}");
+        assert_eq!(a.list("sa").unwrap().len(), 1);
+        // Delete: the own account never; another group's or a missing one is nothing to do.
+        let e = a.delete("vmnode", "vmnodeown1").unwrap_err();
+        assert!(matches!(e, AccountError::OwnAccount), "{e}");
+        assert!(!a.delete("other", "labstore1").unwrap());
+        assert!(a.delete("sa", "labstore1").unwrap());
+        assert!(a.get("sa", "labstore1").unwrap().is_none() && !file.exists());
+        assert!(!a.delete("sa", "labstore1").unwrap());
+    }
+
     #[test]
     fn names_are_three_to_twenty_four_lowercase_letters_and_digits() {
         assert!(valid_name("abc") && valid_name("labstore1") && valid_name(&"a".repeat(24)));

@@ -8,7 +8,8 @@ use hyper::{Response, StatusCode};
 use super::body::{self, Body};
 use super::request::{http_props, lease_op, max_results, page_range, range, u64_header, Req};
 use super::response::{
-    blob_headers, blocking, done, empty, lease_response, meta_headers, with_etag, xml_response,
+    blob_headers, blocking, done, empty, lease_response, listing, meta_headers, with_etag,
+    xml_response,
 };
 use super::xml;
 use crate::blob::blobs::{DeleteSnapshots, Entry, NewBlob};
@@ -39,25 +40,8 @@ pub(super) fn list_blobs(r: &Req) -> Result<Response<Body>> {
         include.contains(&"uncommittedblobs"),
     )?;
     let with_meta = include.contains(&"metadata");
-    let mut w = xml::Writer::new();
-    w.open_with(
-        "EnumerationResults",
-        &format!(
-            " ServiceEndpoint=\"{}/{}\" ContainerName=\"{}\"",
-            xml::escape(&r.endpoint),
-            xml::escape(&r.account),
-            xml::escape(&r.container)
-        ),
-    );
-    if !prefix.is_empty() {
-        w.elem("Prefix", prefix);
-    }
-    if let Some(m) = marker {
-        w.elem("Marker", m);
-    }
-    if r.q("maxresults").is_some() {
-        w.elem("MaxResults", &max.to_string());
-    }
+    let container = format!(" ContainerName=\"{}\"", xml::escape(&r.container));
+    let mut w = listing(r, &container, prefix, marker, max);
     if let Some(d) = delimiter {
         w.elem("Delimiter", d);
     }
@@ -141,12 +125,7 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
     let md = r.metadata()?;
     match kind {
         BlobType::BlockBlob => {
-            if !r.store.container_exists(&r.account, &r.container) {
-                return Err(BlobError::container_not_found());
-            }
-            let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
-            let tmp = p.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            body::body_to_file(body, &tmp, &r.store).await?;
+            let tmp = stage(&r, body, "put").await?;
             blocking(move || {
                 let res = r.store.put_blob(
                     &r.account,
@@ -356,17 +335,24 @@ pub(super) fn set_blob_metadata(r: &Req) -> Result<Response<Body>> {
     )
 }
 
+/// Receives a request body into a new staging file of the blob's container
+/// (`.tmp/{what}-{uuid}`), for the store to take in; the container must exist.
+async fn stage(r: &Req, body: Incoming, what: &str) -> Result<std::path::PathBuf> {
+    if !r.store.container_exists(&r.account, &r.container) {
+        return Err(BlobError::container_not_found());
+    }
+    let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
+    let tmp = p.tmp.join(format!("{what}-{}", uuid::Uuid::new_v4()));
+    body::body_to_file(body, &tmp, &r.store).await?;
+    Ok(tmp)
+}
+
 pub(super) async fn put_block(r: Req, body: Incoming) -> Result<Response<Body>> {
     let id = r
         .q("blockid")
         .ok_or_else(|| BlobError::invalid_query("blockid", ""))?
         .to_string();
-    if !r.store.container_exists(&r.account, &r.container) {
-        return Err(BlobError::container_not_found());
-    }
-    let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
-    let tmp = p.tmp.join(format!("block-{}", uuid::Uuid::new_v4()));
-    body::body_to_file(body, &tmp, &r.store).await?;
+    let tmp = stage(&r, body, "block").await?;
     blocking(move || {
         let res = r
             .store

@@ -4,7 +4,9 @@ use hyper::{Response, StatusCode};
 
 use super::body::Body;
 use super::request::{lease_op, max_results, Req};
-use super::response::{container_headers, done, empty, lease_response, with_etag, xml_response};
+use super::response::{
+    container_headers, done, empty, lease_response, listing, with_etag, xml_response,
+};
 use super::xml;
 use crate::blob::error::{BlobError, Result};
 use crate::blob::store::{etag, http_date, now_ms, ContainerMeta, PublicAccess};
@@ -17,24 +19,7 @@ pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
         .q("include")
         .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
     let all = r.store.list_containers(&r.account)?;
-    let mut w = xml::Writer::new();
-    w.open_with(
-        "EnumerationResults",
-        &format!(
-            " ServiceEndpoint=\"{}/{}\"",
-            xml::escape(&r.endpoint),
-            xml::escape(&r.account)
-        ),
-    );
-    if !prefix.is_empty() {
-        w.elem("Prefix", prefix);
-    }
-    if let Some(m) = marker {
-        w.elem("Marker", m);
-    }
-    if r.q("maxresults").is_some() {
-        w.elem("MaxResults", &max.to_string());
-    }
+    let mut w = listing(r, "", prefix, marker, max);
     w.open("Containers");
     let mut next = None;
     for (n, c) in all

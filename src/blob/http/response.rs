@@ -7,6 +7,7 @@ use hyper::http::response::Builder;
 use hyper::{Response, StatusCode};
 
 use super::body::Body;
+use super::request::Req;
 use super::wire::MetaCase;
 use super::xml;
 use crate::blob::error::{BlobError, Result};
@@ -121,6 +122,36 @@ pub(super) fn container_headers(b: Builder, m: &ContainerMeta) -> Builder {
         b = b.header("x-ms-blob-public-access", a);
     }
     meta_headers(b, &m.metadata)
+}
+
+/// The head of a listing (`EnumerationResults` with the account's `ServiceEndpoint` and
+/// `attrs` after it, then the `Prefix`, `Marker` and `MaxResults` the request gave).
+pub(super) fn listing(
+    r: &Req,
+    attrs: &str,
+    prefix: &str,
+    marker: Option<&str>,
+    max: usize,
+) -> xml::Writer {
+    let mut w = xml::Writer::new();
+    w.open_with(
+        "EnumerationResults",
+        &format!(
+            " ServiceEndpoint=\"{}/{}\"{attrs}",
+            xml::escape(&r.endpoint),
+            xml::escape(&r.account)
+        ),
+    );
+    if !prefix.is_empty() {
+        w.elem("Prefix", prefix);
+    }
+    if let Some(m) = marker {
+        w.elem("Marker", m);
+    }
+    if r.q("maxresults").is_some() {
+        w.elem("MaxResults", &max.to_string());
+    }
+    w
 }
 
 pub(super) fn service_properties() -> String {
