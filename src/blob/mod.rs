@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `http/` | the HTTP face: routing, authorization, requests, responses, bodies, handlers |
 //! | `store.rs` | [`Store`]: layout on disk, accounts served, metadata, containers |
+//! | `store/` | its parts of one role each: clocks, names, key locks, JSON files, the account, metadata types |
+//! | `accounts.rs` | storage accounts as resources: their records, the rules of their PUT and DELETE, their files |
 //! | `blobs.rs`, `blobs/{put,page}.rs` | blob operations: reads, the overwrite and lease checks, snapshots, leases, listing; whole-blob writes (Put Blob, blocks, append); page blob operations |
 //! | `pool.rs` | recycled staging files: a committed block's file is written over by the next block |
 //! | `reaper.rs` | the last close of a replaced or deleted blob's file, on a thread of its own (frees and discards off the request path) |
