@@ -41,17 +41,18 @@ fn ensure_meta(db: &Db, key: &str, make: impl FnOnce() -> String) -> anyhow::Res
 
 /// The blob service on `--blob-listen`: the node's account (key in the db, and in
 /// `state/storage/{account}.json` 0600 for the CLI), the disk-lease check, then the listener.
+/// Returns the store the service serves.
 async fn start_blob_service(
     cfg: &DaemonConfig,
     db: &Db,
     account: &str,
     key: &str,
     health: Arc<crate::storage::health::Health>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<crate::blob::Store>> {
     let store = Arc::new(crate::blob::Store::new(cfg.paths.blobs()));
     store
         .add_account(account, &[key])
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .context("serving the node's storage account")?;
     let endpoint = format!("http://{}", cfg.blob_listen);
     let file = crate::blob::AccountFile {
         name: account.to_string(),
@@ -64,7 +65,7 @@ async fn start_blob_service(
         0o600,
     )?;
     let vms = db.clone();
-    crate::blob::set_attached_disks(move || {
+    let attached: crate::blob::AttachedFn = Arc::new(move || {
         vms.list::<serde_json::Value>(crate::storage::db::Kind::Vm)
             .unwrap_or_default()
             .iter()
@@ -83,7 +84,7 @@ async fn start_blob_service(
             })
             .collect()
     });
-    for f in crate::blob::check(&store, true) {
+    for f in crate::blob::check(&store, &attached(), true) {
         tracing::warn!(kind = %f.kind, blob = %f.blob, repaired = f.repaired, "{}", f.detail);
     }
     let tcp = tokio::net::TcpListener::bind(cfg.blob_listen)
@@ -94,10 +95,10 @@ async fn start_blob_service(
                 cfg.blob_listen
             )
         })?;
-    crate::blob::start(store, tcp, endpoint, health)
+    crate::blob::http::start(store.clone(), tcp, endpoint, attached, health)
         .context("starting the blob service's runtime")?;
     tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
-    Ok(())
+    Ok(store)
 }
 
 /// What the CLI thread placing the cgroups hands the daemon: the guests' cpu cgroup, once the
@@ -172,33 +173,20 @@ async fn storage_accounts(
     db: &Db,
     account: &str,
     health: &Arc<crate::storage::health::Health>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<crate::blob::accounts::Accounts>> {
     let storage_key = ensure_meta(db, "storage.key", crate::blob::new_account_key)?;
-    start_blob_service(cfg, db, account, &storage_key, health.clone()).await?;
-    // Storage accounts as ARM resources: the node's own (in group `vmnode`) and any made since.
-    use crate::api::storage::AccountRecord;
-    use crate::storage::db::Kind;
-    if db
-        .get::<AccountRecord>(Kind::StorageAccount, account)?
-        .is_none()
-    {
-        let own = AccountRecord {
-            rg: crate::net::DEFAULT_RG.into(),
-            name: account.to_string(),
-            key1: storage_key.clone(),
-            key2: crate::blob::new_account_key(),
-            sku: "Standard_LRS".into(),
-            kind: "StorageV2".into(),
-        };
-        db.put(Kind::StorageAccount, account, &own)?;
-    }
-    let endpoint = format!("http://{}", cfg.blob_listen);
-    // Every account, the node's own too (its key2 is in its record).
-    for a in db.list::<AccountRecord>(Kind::StorageAccount)? {
-        crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
+    let store = start_blob_service(cfg, db, account, &storage_key, health.clone()).await?;
+    let accounts = Arc::new(crate::blob::accounts::Accounts::new(
+        db.clone(),
+        store,
+        cfg.paths.state.clone(),
+        format!("http://{}", cfg.blob_listen),
+        account.to_string(),
+    ));
+    accounts
+        .start(&storage_key)
+        .context("serving the storage accounts")?;
+    Ok(accounts)
 }
 
 /// A host network restart may take bridges and taps away: the watch rebuilds them.
@@ -221,7 +209,12 @@ fn watch_network(node: &Arc<Node>, net: &NodeNet) {
 }
 
 /// The management API on `--listen` (TLS) and the unix socket, and the daemon's pidfile.
-async fn serve_api(cfg: &DaemonConfig, node: &Arc<Node>, token: String) -> anyhow::Result<()> {
+async fn serve_api(
+    cfg: &DaemonConfig,
+    node: &Arc<Node>,
+    accounts: Arc<crate::blob::accounts::Accounts>,
+    token: String,
+) -> anyhow::Result<()> {
     let paths = &cfg.paths;
     let tls =
         crate::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
@@ -242,6 +235,7 @@ async fn serve_api(cfg: &DaemonConfig, node: &Arc<Node>, token: String) -> anyho
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
         ext,
         engine_api: api::server::engine_api,
+        accounts,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
@@ -282,7 +276,7 @@ pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("the QEMU user: {}", crate::report::chain(&e)))?;
     let net = network(&cfg, &db)?;
     let health = Arc::new(crate::storage::health::Health::new(cfg.min_free_mb));
-    storage_accounts(&cfg, &db, &account, &health).await?;
+    let accounts = storage_accounts(&cfg, &db, &account, &health).await?;
     let node = Node::new(
         cfg.clone(),
         db,
@@ -295,7 +289,7 @@ pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
     );
     let adopted = node.load()?;
     watch_network(&node, &net);
-    serve_api(&cfg, &node, token).await?;
+    serve_api(&cfg, &node, accounts, token).await?;
     tracing::info!(
         listen = %cfg.listen,
         socket = %paths.socket().display(),

@@ -126,6 +126,27 @@ impl From<crate::groups::GroupError> for ApiError {
     }
 }
 
+impl From<crate::blob::accounts::AccountError> for ApiError {
+    fn from(e: crate::blob::accounts::AccountError) -> Self {
+        use crate::blob::accounts::AccountError;
+        match e {
+            AccountError::InvalidName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "AccountNameInvalid", e.to_string())
+            }
+            AccountError::Taken(_) => Self::new(
+                StatusCode::CONFLICT,
+                "StorageAccountAlreadyTaken",
+                e.to_string(),
+            ),
+            AccountError::OwnAccount => {
+                Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
+            }
+            AccountError::Db(d) => Self::from(d),
+            AccountError::Serve { .. } | AccountError::File { .. } => Self::internal(&e),
+        }
+    }
+}
+
 impl From<crate::storage::db::DbError> for ApiError {
     fn from(e: crate::storage::db::DbError) -> Self {
         use crate::storage::db::DbError;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub ext: Arc<crate::extensions::Extensions>,
     /// Builds the API a deployment's engine calls (`server::engine_api`).
     pub engine_api: fn(&AppState) -> crate::deploy::engine::Api,
+    /// Storage accounts (`Microsoft.Storage/storageAccounts`).
+    pub accounts: Arc<crate::blob::accounts::Accounts>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.
