@@ -7,8 +7,9 @@ use anyhow::Context;
 use crate::api::{self, AppState};
 use crate::config::DaemonConfig;
 use crate::net::NodeNet;
+use crate::node::Node;
 use crate::storage::{db::Db, fsutil::write_atomic};
-use crate::vm::Node;
+use crate::vm::Vms;
 
 fn random_hex(n: usize) -> String {
     use rand::RngCore;
@@ -173,12 +174,15 @@ async fn storage_accounts(
     db: &Db,
     account: &str,
     health: &Arc<crate::storage::health::Health>,
-) -> anyhow::Result<Arc<crate::blob::accounts::Accounts>> {
+) -> anyhow::Result<(
+    Arc<crate::blob::Store>,
+    Arc<crate::blob::accounts::Accounts>,
+)> {
     let storage_key = ensure_meta(db, "storage.key", crate::blob::new_account_key)?;
     let store = start_blob_service(cfg, db, account, &storage_key, health.clone()).await?;
     let accounts = Arc::new(crate::blob::accounts::Accounts::new(
         db.clone(),
-        store,
+        store.clone(),
         cfg.paths.state.clone(),
         format!("http://{}", cfg.blob_listen),
         account.to_string(),
@@ -186,12 +190,12 @@ async fn storage_accounts(
     accounts
         .start(&storage_key)
         .context("serving the storage accounts")?;
-    Ok(accounts)
+    Ok((store, accounts))
 }
 
 /// A host network restart may take bridges and taps away: the watch rebuilds them.
-fn watch_network(node: &Arc<Node>, net: &NodeNet) {
-    let watched = node.clone();
+fn watch_network(vms: &Arc<Vms>, net: &NodeNet) {
+    let watched = vms.clone();
     tokio::spawn(crate::net::watch::watch(net.clone(), move || {
         use crate::vm::model::PowerState;
         watched
@@ -209,16 +213,11 @@ fn watch_network(node: &Arc<Node>, net: &NodeNet) {
 }
 
 /// The management API on `--listen` (TLS) and the unix socket, and the daemon's pidfile.
-async fn serve_api(
-    cfg: &DaemonConfig,
-    node: &Arc<Node>,
-    accounts: Arc<crate::blob::accounts::Accounts>,
-    token: String,
-) -> anyhow::Result<()> {
+async fn serve_api(cfg: &DaemonConfig, vms: &Arc<Vms>, token: String) -> anyhow::Result<()> {
     let paths = &cfg.paths;
     let tls =
         crate::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
-    let ext = crate::extensions::Extensions::new(node.clone());
+    let ext = crate::extensions::Extensions::new(vms.clone());
     match ext.resume() {
         Ok(0) => {}
         Ok(n) => tracing::info!(
@@ -230,12 +229,12 @@ async fn serve_api(
         }
     }
     let state = AppState {
-        node: node.clone(),
+        node: vms.node.clone(),
+        vms: vms.clone(),
         token: Arc::new(token),
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
         ext,
         engine_api: api::server::engine_api,
-        accounts,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
@@ -276,20 +275,23 @@ pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("the QEMU user: {}", crate::report::chain(&e)))?;
     let net = network(&cfg, &db)?;
     let health = Arc::new(crate::storage::health::Health::new(cfg.min_free_mb));
-    let accounts = storage_accounts(&cfg, &db, &account, &health).await?;
-    let node = Node::new(
-        cfg.clone(),
+    let (blobs, accounts) = storage_accounts(&cfg, &db, &account, &health).await?;
+    let node = Arc::new(Node {
+        cfg: cfg.clone(),
         db,
-        subscription.clone(),
-        accel,
-        net.clone(),
+        subscription: subscription.clone(),
         account,
-        Arc::new(qemu),
+        accel,
+        net: net.clone(),
+        blobs,
+        accounts,
+        qemu: Arc::new(qemu),
         health,
-    );
-    let adopted = node.load()?;
-    watch_network(&node, &net);
-    serve_api(&cfg, &node, accounts, token).await?;
+    });
+    let vms = Vms::new(node);
+    let adopted = vms.load()?;
+    watch_network(&vms, &net);
+    serve_api(&cfg, &vms, token).await?;
     tracing::info!(
         listen = %cfg.listen,
         socket = %paths.socket().display(),
@@ -312,7 +314,7 @@ pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down; VMs keep running");
     // A boot snapshot being made is not a VM: its QEMU goes, and its half-made files.
-    node.snapshots.stop_makers();
+    vms.snapshots.stop_makers();
     if let Err(e) = net.stop_nat() {
         tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "removing outbound NAT");
     }

@@ -20,6 +20,7 @@ pub mod fuzzing;
 mod groups;
 mod install;
 mod net;
+mod node;
 mod qemu;
 mod report;
 mod serve;

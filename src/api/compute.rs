@@ -16,7 +16,7 @@ use crate::vm::CreateVm;
 type Result<T> = std::result::Result<T, ApiError>;
 
 fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
-    let ip = state.node.lease_ip(&r.nic.mac);
+    let ip = state.vms.lease_ip(&r.nic.mac);
     let mut v = model::to_arm(&state.node.subscription, r, ip, view);
     super::extensions::decorate_vm(state, r, &mut v);
     v
@@ -52,7 +52,7 @@ pub async fn instance_view(
 /// The instance view with vmnode's network evidence: the NIC's DHCP ledger and, when something
 /// is wrong, the typed diagnosis ("no DISCOVER within 60 s of link-up", a NAK, ...).
 fn view_with_ledger(state: &AppState, r: &VmRecord) -> Value {
-    let mut v = model::instance_view(r, state.node.lease_ip(&r.nic.mac));
+    let mut v = model::instance_view(r, state.vms.lease_ip(&r.nic.mac));
     let entries = state.node.net.ledger(&r.nic.mac);
     let running = r.power == model::PowerState::Running;
     let diagnosis = match (running, r.last_boot) {
@@ -77,7 +77,7 @@ pub async fn list_in_rg(
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg).into());
     }
     let vms: Vec<Value> = state
-        .node
+        .vms
         .list(Some(&rg))
         .iter()
         .map(|r| render(&state, r, false))
@@ -91,7 +91,7 @@ pub async fn list_all(
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
     let vms: Vec<Value> = state
-        .node
+        .vms
         .list(None)
         .iter()
         .map(|r| render(&state, r, false))
@@ -118,12 +118,12 @@ pub async fn put_vm(
         ));
     };
     let req = parse_create(&rg, &vm, &body)?;
-    if let Some(existing) = state.node.get(&rg, &vm) {
+    if let Some(existing) = state.vms.get(&rg, &vm) {
         return update(&state, existing, req).await;
     }
     // Off the async workers: the first create from an image hashes its files.
-    let node = state.node.clone();
-    let rec = tokio::task::spawn_blocking(move || node.create(req))
+    let vms = state.vms.clone();
+    let rec = tokio::task::spawn_blocking(move || vms.create(req))
         .await
         .map_err(|e| ApiError::internal(&e))??;
     Ok((StatusCode::CREATED, Json(render(&state, &rec, false))).into_response())
@@ -146,18 +146,18 @@ async fn update(state: &AppState, existing: VmRecord, req: CreateVm) -> Result<R
     }
     if req.tags != existing.tags {
         state
-            .node
+            .vms
             .set_tags(&existing.rg, &existing.name, req.tags)
             .await?;
     }
     if let Some(d) = req.data_disks {
         state
-            .node
+            .vms
             .set_data_disks(&existing.rg, &existing.name, d)
             .await?;
     }
     let rec = state
-        .node
+        .vms
         .get(&existing.rg, &existing.name)
         .unwrap_or(existing);
     Ok((StatusCode::OK, Json(render(state, &rec, false))).into_response())
@@ -212,10 +212,10 @@ pub async fn delete_vm(
     Path((sub, rg, vm)): Path<(String, String, String)>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    if state.node.get(&rg, &vm).is_none() {
+    if state.vms.get(&rg, &vm).is_none() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let op = state.node.delete_nowait(&rg, &vm)?;
+    let op = state.vms.delete_nowait(&rg, &vm)?;
     Ok(accepted(&state, &headers, &op))
 }
 
@@ -241,7 +241,7 @@ pub async fn action(
         "restart" => PowerOp::Restart,
         _ => PowerOp::Redeploy,
     };
-    let id = state.node.power(&rg, &vm, op)?;
+    let id = state.vms.power(&rg, &vm, op)?;
     Ok(accepted(&state, &headers, &id))
 }
 
@@ -275,7 +275,7 @@ pub async fn operation(
             return Ok(r);
         }
     }
-    state.node.ops.status(&id).map(|v| Json(v).into_response()).ok_or_else(|| {
+    state.vms.ops.status(&id).map(|v| Json(v).into_response()).ok_or_else(|| {
         ApiError::not_found("OperationNotFound", format!("Operation '{id}' is not known to this node (operations do not survive a daemon restart; look at the resource itself)."))
     })
 }

@@ -46,7 +46,7 @@ pub async fn retrieve(
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
     let minutes = sas_minutes(&q)?;
-    let diag = state.node.recorder(&rg, &vm)?;
+    let diag = state.vms.recorder(&rg, &vm)?;
     let (shot, log) = diag.blob_names();
     let link = |b: &str| blob_uri(&state, &r, b, Some(minutes));
     let (Some(shot_uri), Some(log_uri)) = (link(&shot), link(&log)) else {
@@ -70,7 +70,7 @@ pub async fn serial_log(
     check_sub(&state, &sub)?;
     find(&state, &rg, &vm)?;
     // `tail` drains the spool first, so the text is current.
-    let diag = state.node.recorder(&rg, &vm)?;
+    let diag = state.vms.recorder(&rg, &vm)?;
     let text = diag
         .tail(None, Some(0), u64::MAX)
         .map(|t| t.text)
@@ -98,7 +98,7 @@ pub async fn serial_tail(
     let boot = num("boot")?.map(|b| b as u32);
     let cursor = num("cursor")?;
     let max = num("max")?.unwrap_or(64 << 10).clamp(1, 4 << 20);
-    let diag = state.node.recorder(&rg, &vm)?;
+    let diag = state.vms.recorder(&rg, &vm)?;
     let tail = diag.tail(boot, cursor, max).ok_or_else(|| {
         ApiError::not_found(
             "BootNotFound",
@@ -121,7 +121,7 @@ pub async fn boots(
     check_sub(&state, &sub)?;
     let r = find(&state, &rg, &vm)?;
     let minutes = sas_minutes(&q)?;
-    let diag = state.node.recorder(&rg, &vm)?;
+    let diag = state.vms.recorder(&rg, &vm)?;
     diag.pump();
     let mut out = vec![];
     for b in diag.boots() {
@@ -141,7 +141,7 @@ pub async fn boots(
 /// The instance view's `bootDiagnostics`: the cloud's blob URIs (without SAS, as the cloud
 /// shows them) and vmnode's verdict on the current boot.
 pub fn instance_view_part(state: &AppState, r: &VmRecord) -> Value {
-    let Ok(diag) = state.node.recorder(&r.rg, &r.name) else {
+    let Ok(diag) = state.vms.recorder(&r.rg, &r.name) else {
         return json!({});
     };
     let (shot, log) = diag.blob_names();
@@ -164,7 +164,7 @@ pub async fn screenshot(
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
     find(&state, &rg, &vm)?;
-    let png = state.node.screenshot(&rg, &vm).await?;
+    let png = state.vms.screenshot(&rg, &vm).await?;
     let bmp = q
         .get("format")
         .is_some_and(|f| f.eq_ignore_ascii_case("bmp"));

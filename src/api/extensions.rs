@@ -196,7 +196,7 @@ pub async fn put_ext(
         ));
     };
     let req = parse_put(&body)?;
-    let vmrec = state.node.get(&rg, &vm);
+    let vmrec = state.vms.get(&rg, &vm);
     Ok(match state.ext.put(&rg, &vm, &name, req)? {
         Put::Created(r, op) => with_operation(
             &state,
@@ -232,7 +232,7 @@ pub async fn get_ext(
     let r = state.ext.get(&rg, &vm, &name)?;
     Ok(Json(render(
         &state,
-        state.node.get(&rg, &vm).as_ref(),
+        state.vms.get(&rg, &vm).as_ref(),
         &r,
         wants_view(&q),
     )))
@@ -328,10 +328,10 @@ pub async fn run_command(
 /// `GET .../operations/{id}?monitor=true` (the `Location` of a Run Command): 202 while it runs,
 /// then the operation's result document (or its error).
 pub fn monitor(state: &AppState, id: &str) -> Option<Response> {
-    if !state.node.ops.exists(id) {
+    if !state.vms.ops.exists(id) {
         return None;
     }
-    Some(match state.node.ops.output(id) {
+    Some(match state.vms.ops.output(id) {
         None => {
             let mut r = StatusCode::ACCEPTED.into_response();
             r.headers_mut()

@@ -28,7 +28,7 @@ pub fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
     }
     state
-        .node
+        .vms
         .get(rg, vm)
         .ok_or_else(|| crate::vm::VmError::NotFound(vm.into(), rg.into()).into())
 }
@@ -62,7 +62,7 @@ pub fn blob_uri(
     let Some(min) = minutes else {
         return Some(base);
     };
-    let acct = crate::blob::node_store()?.account(&account)?;
+    let acct = state.node.blobs.account(&account)?;
     let expiry = (time::OffsetDateTime::now_utc() + time::Duration::minutes(min))
         .replace_nanosecond(0)
         .ok()?

@@ -23,20 +23,19 @@ pub mod viewer;
 
 use std::sync::Arc;
 
-use crate::vm::Node;
-
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
-    pub node: Arc<Node>,
+    /// The daemon's context (config, store, network, blobs, accounts).
+    pub node: Arc<crate::node::Node>,
+    /// The VM manager.
+    pub vms: Arc<crate::vm::Vms>,
     pub token: Arc<String>,
     pub deployments: Arc<crate::deploy::Deployments>,
     /// VM extensions and Run Command.
     pub ext: Arc<crate::extensions::Extensions>,
     /// Builds the API a deployment's engine calls (`server::engine_api`).
     pub engine_api: fn(&AppState) -> crate::deploy::engine::Api,
-    /// Storage accounts (`Microsoft.Storage/storageAccounts`).
-    pub accounts: Arc<crate::blob::accounts::Accounts>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.

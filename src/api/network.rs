@@ -461,7 +461,7 @@ fn render_nic(state: &AppState, n: &NicRecord) -> Value {
         &state.node.subscription,
         n,
         LOCATION,
-        state.node.lease_ip(&n.mac),
+        state.vms.lease_ip(&n.mac),
         ledger,
         state.node.net.dropped(&n.tap),
     )

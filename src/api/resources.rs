@@ -99,7 +99,7 @@ pub async fn delete_rg(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    let vms = state.node.list(Some(&rg)).into_iter().map(|v| v.name);
+    let vms = state.vms.list(Some(&rg)).into_iter().map(|v| v.name);
     if groups::delete(&state.node.db, &rg, vms.collect())? {
         state.deployments.drop_group(&rg);
         Ok(StatusCode::OK.into_response())

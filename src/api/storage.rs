@@ -50,6 +50,7 @@ pub async fn put(
     crate::failpoint::panic_point("api.panic");
     check(&state, &sub, &rg)?;
     let a = state
+        .node
         .accounts
         .put(&rg, &name, AccountBody::from_json(body.map(|b| b.0)))?;
     Ok((StatusCode::OK, Json(render(&state, &a))).into_response())
@@ -61,6 +62,7 @@ pub async fn get(
 ) -> Result<Json<Value>> {
     check(&state, &sub, &rg)?;
     let a = state
+        .node
         .accounts
         .get(&rg, &name)?
         .ok_or_else(|| not_found(&rg, &name))?;
@@ -72,7 +74,7 @@ pub async fn list(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     check(&state, &sub, &rg)?;
-    let all = state.accounts.list(&rg)?;
+    let all = state.node.accounts.list(&rg)?;
     Ok(Json(
         json!({ "value": all.iter().map(|a| render(&state, a)).collect::<Vec<_>>() }),
     ))
@@ -84,6 +86,7 @@ pub async fn list_keys(
 ) -> Result<Json<Value>> {
     check(&state, &sub, &rg)?;
     let a = state
+        .node
         .accounts
         .get(&rg, &name)?
         .ok_or_else(|| not_found(&rg, &name))?;
@@ -98,7 +101,7 @@ pub async fn delete(
     Path((sub, rg, name)): Path<(String, String, String)>,
 ) -> Result<Response> {
     check(&state, &sub, &rg)?;
-    Ok(if state.accounts.delete(&rg, &name)? {
+    Ok(if state.node.accounts.delete(&rg, &name)? {
         StatusCode::OK
     } else {
         StatusCode::NO_CONTENT

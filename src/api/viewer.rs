@@ -180,18 +180,18 @@ fn fragment(q: &HashMap<String, String>) -> bool {
 /// `GET /vmnode/v1/viewer`: the VM list.
 pub async fn list(State(state): State<AppState>, Query(q): Q) -> Response {
     let rows: Vec<page::VmRow> = state
-        .node
+        .vms
         .list(None)
         .into_iter()
         .map(|r| {
             let verdict = state
-                .node
+                .vms
                 .recorder(&r.rg, &r.name)
                 .ok()
                 .and_then(|d| d.verdict())
                 .and_then(|(_, v)| serde_json::to_value(v).ok());
             page::VmRow {
-                ip: state.node.lease_ip(&r.nic.mac).map(|ip| ip.to_string()),
+                ip: state.vms.lease_ip(&r.nic.mac).map(|ip| ip.to_string()),
                 verdict,
                 rec: r,
             }

@@ -36,7 +36,7 @@ pub mod store;
 pub use http::{auth, server, xml};
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 pub use error::BlobError;
 pub use store::Store;
@@ -94,19 +94,6 @@ pub fn read_account_files(state: &Path) -> Vec<AccountFile> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-static NODE_STORE: OnceLock<Arc<Store>> = OnceLock::new();
-
-/// The daemon's store, once the daemon has started the service (for the VM actor).
-#[allow(dead_code)] // the VM actor's side of the disk-lease API
-pub fn node_store() -> Option<Arc<Store>> {
-    NODE_STORE.get().cloned()
-}
-
-/// Makes `store` the one [`node_store`] answers (done by [`http::start`]).
-fn set_node_store(store: Arc<Store>) {
-    let _ = NODE_STORE.set(store);
 }
 
 /// A disk a VM has attached: its file and the VM id that holds its lease.

@@ -15,7 +15,7 @@ use super::model::{Handler, Outcome, RunResult};
 use super::status::tail;
 use crate::qemu::qga::{Qga, QgaError};
 use crate::vm::model::PowerState;
-use crate::vm::Node;
+use crate::vm::Vms;
 
 /// Stdout and stderr tails kept (the cloud's CustomScript keeps 4 KiB).
 pub const TAIL: usize = 4096;
@@ -65,7 +65,8 @@ pub struct Job {
 /// The VM a run is for.
 #[derive(Clone)]
 pub struct Target {
-    pub node: Arc<Node>,
+    /// The VM manager (the VM's agent; through it the daemon's context).
+    pub vms: Arc<Vms>,
     pub rg: String,
     pub vm: String,
     pub vm_id: String,
@@ -79,7 +80,7 @@ impl Target {
         let deadline = tokio::time::Instant::now() + AGENT_WAIT;
         let mut last = None;
         loop {
-            let Some(rec) = self.node.get(&self.rg, &self.vm) else {
+            let Some(rec) = self.vms.get(&self.rg, &self.vm) else {
                 return Err(AgentError::Deleted(self.vm.clone()));
             };
             if rec.vm_id != self.vm_id {
@@ -87,7 +88,7 @@ impl Target {
             }
             match rec.power {
                 PowerState::Running => {
-                    let Some(agent) = self.node.agent(&self.vm_id) else {
+                    let Some(agent) = self.vms.agent(&self.vm_id) else {
                         return Err(AgentError::Deleted(self.vm.clone()));
                     };
                     match agent.connect(Duration::from_secs(10)).await {

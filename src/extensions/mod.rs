@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::storage::db::{DbError, Kind};
 use crate::vm::model::{vm_key, PowerState};
-use crate::vm::{Node, VmError};
+use crate::vm::{VmError, Vms};
 use model::{ext_key, ErrorBody, ExtensionRecord, Handler, ProvisioningState};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +83,10 @@ pub enum Put {
 }
 
 pub struct Extensions {
-    node: Arc<Node>,
+    /// The daemon's context (store, config, subscription).
+    node: Arc<crate::node::Node>,
+    /// The VM manager (the VMs, their agents, the operations).
+    vms: Arc<Vms>,
     sealer: Mutex<Option<Arc<secret::Sealer>>>,
     /// Read-modify-write of records, one at a time.
     write: Mutex<()>,
@@ -96,9 +99,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Extensions {
-    pub fn new(node: Arc<Node>) -> Arc<Extensions> {
+    pub fn new(vms: Arc<Vms>) -> Arc<Extensions> {
         Arc::new(Extensions {
-            node,
+            node: vms.node.clone(),
+            vms,
             sealer: Mutex::new(None),
             write: Mutex::new(()),
             queues: Mutex::new(HashMap::new()),
@@ -128,7 +132,7 @@ impl Extensions {
 
     pub fn get(&self, rg: &str, vm: &str, name: &str) -> Result<ExtensionRecord, ExtError> {
         let rec = self
-            .node
+            .vms
             .get(rg, vm)
             .ok_or_else(|| VmError::NotFound(vm.into(), rg.into()))?;
         self.node
@@ -140,7 +144,7 @@ impl Extensions {
 
     /// A VM's extensions, by name.
     pub fn list(&self, rg: &str, vm: &str) -> Result<Vec<ExtensionRecord>, ExtError> {
-        let Some(v) = self.node.get(rg, vm) else {
+        let Some(v) = self.vms.get(rg, vm) else {
             return Err(VmError::NotFound(vm.into(), rg.into()).into());
         };
         let prefix = format!("{}/", vm_key(rg, vm));
@@ -154,7 +158,7 @@ impl Extensions {
     }
 
     pub fn delete(&self, rg: &str, vm: &str, name: &str) -> Result<bool, ExtError> {
-        self.node
+        self.vms
             .get(rg, vm)
             .ok_or_else(|| VmError::NotFound(vm.into(), rg.into()))?;
         let _w = lock(&self.write);
@@ -172,11 +176,11 @@ impl Extensions {
         name: &str,
         req: PutExtension,
     ) -> Result<Put, ExtError> {
-        if !self.node.rg_exists(rg)? {
+        if !self.vms.rg_exists(rg)? {
             return Err(VmError::ResourceGroupNotFound(rg.into()).into());
         }
         let v = self
-            .node
+            .vms
             .get(rg, vm)
             .ok_or_else(|| VmError::NotFound(vm.into(), rg.into()))?;
         crate::vm::validate_vm_name(name).map_err(|_| {
@@ -269,7 +273,7 @@ impl Extensions {
             handler_log_blob: format!("extensions/{}/handler.log", name.to_lowercase()),
         };
         self.node.db.put(Kind::Extension, &key, &rec)?;
-        let op = self.node.ops.begin("extension");
+        let op = self.vms.ops.begin("extension");
         self.spawn_run(rec.clone(), op.clone())?;
         Ok(if existing.is_some() {
             Put::Updated(rec, op)
@@ -282,7 +286,7 @@ impl Extensions {
     pub fn resume(self: &Arc<Self>) -> Result<usize, ExtError> {
         let mut n = 0;
         for r in self.node.db.list::<ExtensionRecord>(Kind::Extension)? {
-            let vm = self.node.get(&r.rg, &r.vm).filter(|v| v.vm_id == r.vm_id);
+            let vm = self.vms.get(&r.rg, &r.vm).filter(|v| v.vm_id == r.vm_id);
             if vm.is_none() {
                 // Its VM is gone (deleted while the daemon was down).
                 self.node.db.delete(Kind::Extension, &r.key())?;
@@ -292,7 +296,7 @@ impl Extensions {
                 r.provisioning_state,
                 ProvisioningState::Creating | ProvisioningState::Updating
             ) {
-                let op = self.node.ops.begin("extension");
+                let op = self.vms.ops.begin("extension");
                 self.spawn_run(r, op)?;
                 n += 1;
             }
@@ -343,17 +347,17 @@ impl Extensions {
             details: vec![],
         };
         if self.current(&key, rec.seq).is_none() {
-            self.node.ops.finish_with(&op, Err(superseded()));
+            self.vms.ops.finish_with(&op, Err(superseded()));
             return;
         }
         let target = handler::Target {
-            node: self.node.clone(),
+            vms: self.vms.clone(),
             rg: rec.rg.clone(),
             vm: rec.vm.clone(),
             vm_id: rec.vm_id.clone(),
         };
         let container = self
-            .node
+            .vms
             .get(&rec.rg, &rec.vm)
             .and_then(|v| v.serial_log.parent().map(|p| p.to_path_buf()));
         let log = handler::HandlerLog::open(container, &rec.handler_log_blob);
@@ -361,7 +365,7 @@ impl Extensions {
         let result = handler::run(&job, &target, &log).await;
         let _w = lock(&self.write);
         let Some(mut now) = self.current(&key, rec.seq) else {
-            self.node.ops.finish_with(&op, Err(superseded()));
+            self.vms.ops.finish_with(&op, Err(superseded()));
             return;
         };
         now.error = status::error_for(&now, &result);
@@ -386,7 +390,7 @@ impl Extensions {
         if let Err(e) = self.node.db.put(Kind::Extension, &key, &now) {
             tracing::error!(error = %crate::report::chain(&e), "cannot persist the extension's state");
         }
-        self.node
+        self.vms
             .ops
             .finish_with(&op, now.error.clone().map_or(Ok(None), Err));
     }
@@ -399,7 +403,7 @@ impl Extensions {
         req: runcommand::Request,
     ) -> Result<String, ExtError> {
         let v = self
-            .node
+            .vms
             .get(rg, vm)
             .ok_or_else(|| VmError::NotFound(vm.into(), rg.into()))?;
         let script = runcommand::script_for(&req)?;
@@ -409,9 +413,9 @@ impl Extensions {
                 v.power.display()
             )));
         }
-        let op = self.node.ops.begin("runCommand");
+        let op = self.vms.ops.begin("runCommand");
         let target = handler::Target {
-            node: self.node.clone(),
+            vms: self.vms.clone(),
             rg: v.rg.clone(),
             vm: v.name.clone(),
             vm_id: v.vm_id.clone(),
@@ -430,7 +434,7 @@ impl Extensions {
                         tracing::warn!(error = %crate::report::chain(e), "run command failed")
                     }
                 }
-                me.node.ops.finish_with(
+                me.vms.ops.finish_with(
                     &id,
                     r.map(Some).map_err(|e| ErrorBody {
                         code: "VMAgentStatusCommunicationError".into(),

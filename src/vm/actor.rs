@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::lifecycle::{self, PowerOp};
 use super::model::{ErrorBody, PowerState, ProvisioningState, VmRecord};
-use super::{Command, Node};
+use super::{Command, Vms};
 use crate::catalog::{self, ImageRef, ImageVersion};
 use crate::config::VmRunDir;
 use crate::diagnostics::recorder::Recorder;
@@ -47,7 +47,10 @@ const BOOT_SHOT_EVERY: Duration = Duration::from_secs(3);
 const DIAG_EVERY: Duration = Duration::from_millis(500);
 
 struct Actor {
-    node: Arc<Node>,
+    /// The daemon's context (config, store, network, blobs, QEMU host).
+    node: Arc<crate::node::Node>,
+    /// The VM manager that made this actor (its registry, operations, snapshots, fonts).
+    vms: Arc<Vms>,
     rec: VmRecord,
     state: watch::Sender<VmRecord>,
     qmp: Option<Qmp>,
@@ -81,7 +84,7 @@ struct Actor {
 }
 
 pub fn spawn(
-    node: Arc<Node>,
+    vms: Arc<Vms>,
     rec: VmRecord,
     start: Start,
     rx: mpsc::Receiver<Command>,
@@ -89,6 +92,7 @@ pub fn spawn(
     diag: Recorder,
     agent: Arc<Agent>,
 ) {
+    let node = vms.node.clone();
     let run = node.cfg.paths.vm_run_dir(&rec.vm_id);
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
     let (agent_tx, agent_rx) = mpsc::channel(1);
@@ -96,6 +100,7 @@ pub fn spawn(
     let (health_tx, health_rx) = mpsc::channel(1);
     let actor = Actor {
         node,
+        vms,
         rec,
         state,
         qmp: None,
@@ -331,10 +336,8 @@ impl Actor {
             }
         }
         // The OS disk is a page blob under an infinite lease whose id is the VM's id.
-        if let Some(store) = crate::blob::node_store() {
-            crate::blob::acquire_disk_lease(&store, &self.rec.os_disk_path, &self.rec.vm_id)
-                .map_err(|e| StepError::Disk(format!("leasing the OS disk blob: {e}")))?;
-        }
+        crate::blob::acquire_disk_lease(&self.node.blobs, &self.rec.os_disk_path, &self.rec.vm_id)
+            .map_err(|e| StepError::Disk(format!("leasing the OS disk blob: {e}")))?;
         crate::failpoint::crash_point("create.disk_leased");
         // Data disks asked for at create: empty sparse blobs under the same lease, in the argv.
         for d in self.rec.data_disks.clone() {
@@ -394,7 +397,7 @@ impl Actor {
         self.kernel = Some(image.kernel());
         // Screens are read with the kernel's own font (diagnostics/screen_text.rs): it is
         // found in the kernel file now, beside the boot, not inside a capture.
-        self.node.fonts.warm(&image.kernel());
+        self.vms.fonts.warm(&image.kernel());
         let mut spec = self.vm_spec(image, size);
         let plan = if may_resume {
             self.snapshot_plan(&mut spec, image)
@@ -734,22 +737,18 @@ impl Actor {
         let mut disks = vec![];
         if keep_os_disk {
             // Detach: the blob stays in the store, free of the VM's lease.
-            if let Some(store) = crate::blob::node_store() {
-                let _ = crate::blob::release_disk_lease(
-                    &store,
-                    &self.rec.os_disk_path,
-                    &self.rec.vm_id,
-                );
-            }
+            let _ = crate::blob::release_disk_lease(
+                &self.node.blobs,
+                &self.rec.os_disk_path,
+                &self.rec.vm_id,
+            );
         } else {
             disks.push(self.rec.os_disk_path.clone());
         }
         disks.extend(self.rec.data_disks.iter().map(|d| d.path.clone()));
-        if let Some(store) = crate::blob::node_store() {
-            for path in disks.iter().filter(|p| p.exists()) {
-                if let Err(e) = crate::blob::delete_disk(&store, path, &self.rec.vm_id) {
-                    tracing::warn!(error = %e, disk = %path.display(), "deleting a disk blob through the blob store");
-                }
+        for path in disks.iter().filter(|p| p.exists()) {
+            if let Err(e) = crate::blob::delete_disk(&self.node.blobs, path, &self.rec.vm_id) {
+                tracing::warn!(error = %e, disk = %path.display(), "deleting a disk blob through the blob store");
             }
         }
         crate::failpoint::crash_point("delete.disks_deleted");
@@ -788,7 +787,7 @@ impl Actor {
             })?;
         crate::failpoint::crash_point("delete.record_removed");
         let _ = db.delete(Kind::DeleteIntent, &self.rec.key());
-        self.node.forget(&self.rec.key());
+        self.vms.forget(&self.rec.key());
         tracing::info!("deleted");
         Ok(())
     }

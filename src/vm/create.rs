@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::model::{self, NicRecord, PowerState, ProvisioningState, VmRecord};
 use super::{
     actor, capacity, cloudinit, net_error, osprofile, sizes, validate, validate_computer_name,
-    validate_rg_name, validate_vm_name, CreateVm, Node, VmError,
+    validate_rg_name, validate_vm_name, CreateVm, VmError, Vms,
 };
 use crate::catalog::{self, ImageVersion};
 use crate::config::LOCATION;
@@ -38,16 +38,16 @@ struct NicChoice {
     new_in: Option<VnetRecord>,
 }
 
-impl Node {
+impl Vms {
     /// Validates everything first, so that bad input creates nothing; then records the VM and
     /// its NIC and hands the rest (disk, tap, QEMU) to the VM's actor.
     pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord, VmError> {
         let requested = std::time::Instant::now();
         let mut c = self.check_create(&req)?;
         // Nothing is written before this: a full or read-only state dir refuses the create whole.
-        self.health.check(&self.cfg.paths.state)?;
+        self.node.health.check(&self.node.cfg.paths.state)?;
         let vm_id = uuid::Uuid::new_v4().to_string();
-        let local = self.cfg.paths.state.join("local").join(&vm_id);
+        let local = self.node.cfg.paths.state.join("local").join(&vm_id);
         let seed = c.seed_input.as_ref().map(|_| local.join("cidata.iso"));
         let nic = self.choose_nic(&req, &c.computer_name, &vm_id)?;
         let rec = self.new_record(&req, &c, nic.nic, &vm_id, seed.clone())?;
@@ -112,7 +112,8 @@ impl Node {
         let disk_gb = os_disk_gb(req, &image)?;
         let seed_input = seed_input(req, &image, &computer_name, &os_profile)?;
         let key = model::vm_key(&req.rg, &req.name);
-        if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
+        if self.registry().contains_key(&key)
+            || self.node.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
         {
             return Err(VmError::Exists(req.name.clone(), req.rg.clone()));
         }
@@ -134,7 +135,7 @@ impl Node {
     /// manifest before anything is made from them (hashed once; then a stamp in the image's
     /// folder vouches for unchanged files).
     fn checked_image(&self, req: &CreateVm) -> Result<ImageVersion, VmError> {
-        let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
+        let image = catalog::resolve(&self.node.cfg.paths.images(), &req.image)?;
         let checked = catalog::verify::verify(&image).inspect_err(|e| {
             tracing::error!(image = %image.urn(), error = %e, "image files do not match their manifest")
         })?;
@@ -153,7 +154,7 @@ impl Node {
     ) -> Result<NicChoice, VmError> {
         if let Some((nrg, nname, delete_with_vm)) = &req.nic {
             let mut n: NicRecord = self
-                .db
+                .node.db
                 .get(Kind::Nic, &crate::net::nic::nic_key(nrg, nname))?
                 .ok_or_else(|| {
                     VmError::InvalidParameter(format!(
@@ -177,13 +178,14 @@ impl Node {
         // A new NIC's address is reserved in the transaction that stores the VM and the NIC
         // (`store_new`): `new_in` is its vnet, the record's address a placeholder until then.
         let v = self
+            .node
             .net
             .vnet(crate::net::DEFAULT_RG, crate::net::VNET_NAME)
             .map_err(net_error)?
             .ok_or_else(|| VmError::Conflict("the default network is missing".into()))?;
         let nic_name = format!("{}VMNic", req.name);
         let nkey = crate::net::nic::nic_key(&req.rg, &nic_name);
-        if self.db.get::<NicRecord>(Kind::Nic, &nkey)?.is_some() {
+        if self.node.db.get::<NicRecord>(Kind::Nic, &nkey)?.is_some() {
             return Err(VmError::Conflict(format!(
                 "Network interface '{nic_name}' already exists in resource group '{}'; delete it or pass it explicitly.",
                 req.rg
@@ -193,7 +195,7 @@ impl Node {
         let n = NicRecord {
             rg: req.rg.clone(),
             name: nic_name,
-            mac: self.net.random_mac(),
+            mac: self.node.net.random_mac(),
             ip: std::net::Ipv4Addr::UNSPECIFIED,
             subnet: skey,
             tap: vmnode_network::plumbing::tap_name_for(vm_id),
@@ -221,12 +223,19 @@ impl Node {
         seed: Option<std::path::PathBuf>,
     ) -> Result<VmRecord, VmError> {
         let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
-        let vhds = self.cfg.paths.blobs().join(&self.account).join("vhds");
+        let vhds = self
+            .node
+            .cfg
+            .paths
+            .blobs()
+            .join(&self.node.account)
+            .join("vhds");
         let diag_account = match &req.diag_storage_uri {
             Some(u) => self.diag_account(u)?,
-            None => self.account.clone(),
+            None => self.node.account.clone(),
         };
         let diag = self
+            .node
             .cfg
             .paths
             .blobs()
@@ -245,7 +254,7 @@ impl Node {
             admin_username: req.admin_username.clone(),
             os_disk_uri: format!(
                 "http://{}/{}/vhds/{disk_name}.vhd",
-                self.cfg.blob_listen, self.account
+                self.node.cfg.blob_listen, self.node.account
             ),
             os_disk_path: vhds.join(format!("{disk_name}.vhd")),
             os_disk_name: disk_name,
@@ -264,6 +273,7 @@ impl Node {
             last_boot: None,
             diag_storage_uri: req.diag_storage_uri.clone(),
             temp_disk: self
+                .node
                 .cfg
                 .paths
                 .state
@@ -299,7 +309,7 @@ impl Node {
         new_in: Option<&VnetRecord>,
     ) -> Result<VmRecord, VmError> {
         let nic_key = rec.nic.key();
-        self.db.transaction(|tx| {
+        self.node.db.transaction(|tx| {
             if let Some(v) = new_in {
                 let (ip, _) = crate::net::NodeNet::allocate_ip_in(
                     tx,

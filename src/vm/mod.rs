@@ -34,12 +34,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::catalog::{CatalogError, ImageRef};
-use crate::config::DaemonConfig;
 use crate::diagnostics::recorder::Recorder;
-use crate::doctor::AccelDecision;
-use crate::net::NodeNet;
 use crate::qemu::qga::Agent;
-use crate::storage::db::{Db, DbError, Kind};
+use crate::storage::db::{DbError, Kind};
 pub use actor::ActorError;
 use model::VmRecord;
 
@@ -157,55 +154,31 @@ pub struct VmHandle {
     pub agent: Arc<Agent>,
 }
 
-/// Everything the VM actors share: configuration, the store, the network, the subscription.
-pub struct Node {
-    pub cfg: DaemonConfig,
-    pub db: Db,
-    pub subscription: String,
-    pub accel: AccelDecision,
-    pub net: NodeNet,
-    pub account: String,
+/// The VM manager: the registry of VM actors, the operations they run, boot snapshots and the
+/// fonts screenshots are read with; everything else it uses is the daemon's context (`node`).
+pub struct Vms {
+    pub node: Arc<crate::node::Node>,
     pub ops: ops::Operations,
     pub snapshots: Arc<snapshot::Snapshots>,
-    /// Who QEMU runs as, where it is placed, its cpu cgroup (decided at start).
-    pub qemu: Arc<crate::qemu::host::QemuHost>,
-    /// The state dir's checker: new work it cannot take is refused up front.
-    pub health: Arc<crate::storage::health::Health>,
     /// The fonts boot screenshots are read with (`diagnostics::screen_text`).
     pub fonts: Arc<crate::diagnostics::screen_text::Fonts>,
     vms: Mutex<HashMap<String, VmHandle>>,
 }
 
-impl Node {
-    #[allow(clippy::too_many_arguments)] // the daemon context (issue 19, item 1) replaces this
-    pub fn new(
-        cfg: DaemonConfig,
-        db: Db,
-        subscription: String,
-        accel: AccelDecision,
-        net: NodeNet,
-        account: String,
-        qemu: Arc<crate::qemu::host::QemuHost>,
-        health: Arc<crate::storage::health::Health>,
-    ) -> Arc<Node> {
+impl Vms {
+    pub fn new(node: Arc<crate::node::Node>) -> Arc<Vms> {
+        let cfg = &node.cfg;
         let snapshots = snapshot::Snapshots::new(
             &cfg.paths.state,
             &cfg.paths.run,
             cfg.boot_snapshots,
-            qemu.clone(),
+            node.qemu.clone(),
         );
-        Arc::new(Node {
-            qemu,
-            health,
-            fonts: Default::default(),
+        Arc::new(Vms {
+            node,
             snapshots,
-            cfg,
-            db,
-            subscription,
-            accel,
-            net,
-            account,
             ops: ops::Operations::default(),
+            fonts: Default::default(),
             vms: Mutex::new(HashMap::new()),
         })
     }
@@ -215,15 +188,15 @@ impl Node {
     }
 
     pub fn rg_exists(&self, rg: &str) -> Result<bool, VmError> {
-        Ok(self
-            .db
-            .get::<serde_json::Value>(Kind::ResourceGroup, rg)?
-            .is_some())
+        crate::groups::exists(&self.node.db, rg).map_err(|e| match e {
+            crate::groups::GroupError::Db(d) => VmError::Db(d),
+            e => VmError::InvalidParameter(e.to_string()),
+        })
     }
 
     /// Re-adopts every stored VM (called once at daemon start).
     pub fn load(self: &Arc<Self>) -> Result<usize, VmError> {
-        let vms: Vec<VmRecord> = self.db.list(Kind::Vm)?;
+        let vms: Vec<VmRecord> = self.node.db.list(Kind::Vm)?;
         let n = vms.len();
         for rec in vms {
             self.spawn_actor(rec, actor::Start::Adopt);
@@ -240,7 +213,7 @@ impl Node {
             .unwrap_or(Path::new(""))
             .to_path_buf();
         let diag = Recorder::open(&dir, &rec.name, &rec.vm_id);
-        let agent = Arc::new(Agent::new(self.cfg.paths.vm_run_dir(&rec.vm_id).qga));
+        let agent = Arc::new(Agent::new(self.node.cfg.paths.vm_run_dir(&rec.vm_id).qga));
         let handle = VmHandle {
             tx,
             state: state_rx,
@@ -259,15 +232,12 @@ impl Node {
                 "diagnosticsProfile.bootDiagnostics.storageUri '{uri}' {why}; give a storage \
                  account's blob endpoint such as http://{}/{}/, or leave storageUri out to use \
                  the node's own account",
-                self.cfg.blob_listen, self.account
+                self.node.cfg.blob_listen, self.node.account
             ))
         };
         let name = crate::diagnostics::account_of_storage_uri(uri)
             .ok_or_else(|| bad("names no storage account"))?;
-        let known = match crate::blob::node_store() {
-            Some(store) => store.account(&name).is_some(),
-            None => name == self.account,
-        };
+        let known = self.node.blobs.account(&name).is_some();
         if !known {
             return Err(bad(&format!(
                 "names storage account '{name}', which this node does not have"
@@ -319,7 +289,7 @@ impl Node {
     }
 
     pub fn lease_ip(&self, mac: &str) -> Option<std::net::Ipv4Addr> {
-        self.db.lease_get(mac).ok().flatten().map(|l| l.ip)
+        self.node.db.lease_get(mac).ok().flatten().map(|l| l.ip)
     }
 
     /// Deletes a VM and everything it owns; returns when nothing is left.
@@ -350,7 +320,7 @@ impl Node {
         // A new QEMU needs a temp disk, a serial log and its records: refused up front when the
         // state dir cannot take them (stopping needs nothing, and frees).
         if matches!(op, lifecycle::PowerOp::Start | lifecycle::PowerOp::Redeploy) {
-            self.health.check(&self.cfg.paths.state)?;
+            self.node.health.check(&self.node.cfg.paths.state)?;
         }
         let id = self.ops.begin(op.name());
         let node = self.clone();
@@ -426,15 +396,16 @@ impl Node {
                 lun: w.lun,
                 name: dname,
                 path: self
+                    .node
                     .cfg
                     .paths
                     .blobs()
-                    .join(&self.account)
+                    .join(&self.node.account)
                     .join("vhds")
                     .join(&blob),
                 uri: format!(
                     "http://{}/{}/vhds/{blob}",
-                    self.cfg.blob_listen, self.account
+                    self.node.cfg.blob_listen, self.node.account
                 ),
                 size_gb: w.size_gb,
                 caching: w.caching.clone(),
@@ -503,7 +474,7 @@ impl Node {
             return Err(VmError::NotFound(name.into(), rg.into()));
         }
         // Accepted means it will happen: the intent is durable before the 202 goes out.
-        self.db.put(
+        self.node.db.put(
             Kind::DeleteIntent,
             &model::vm_key(rg, name),
             &serde_json::json!({ "operation": "delete" }),

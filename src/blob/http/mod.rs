@@ -43,7 +43,6 @@ pub fn start(
     attached: AttachedFn,
     health: Arc<crate::storage::health::Health>,
 ) -> std::io::Result<()> {
-    super::set_node_store(store.clone());
     let svc = Arc::new(server::Service {
         store,
         endpoint,

@@ -42,13 +42,12 @@ impl Actor {
                 ActorError::io(format!("creating data disk {}", d.path.display()), e)
             })?;
         }
-        if let Some(s) = crate::blob::node_store() {
-            if let Err(e) = crate::blob::acquire_disk_lease(&s, &d.path, &self.rec.vm_id) {
-                if created {
-                    let _ = std::fs::remove_file(&d.path);
-                }
-                return Err(ActorError::blob(format!("leasing data disk {}", d.name), e));
+        if let Err(e) = crate::blob::acquire_disk_lease(&self.node.blobs, &d.path, &self.rec.vm_id)
+        {
+            if created {
+                let _ = std::fs::remove_file(&d.path);
             }
+            return Err(ActorError::blob(format!("leasing data disk {}", d.name), e));
         }
         Ok(created)
     }
@@ -67,7 +66,7 @@ impl Actor {
             }));
         }
         let running = self.rec.power == PowerState::Running && self.qmp.is_some();
-        let store = crate::blob::node_store();
+        let store = self.node.blobs.clone();
         for d in self
             .rec
             .data_disks
@@ -79,9 +78,7 @@ impl Actor {
                 self.unplug(&d).await?;
                 crate::failpoint::crash_point("detach.unplugged");
             }
-            if let Some(s) = &store {
-                let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
-            }
+            let _ = crate::blob::release_disk_lease(&store, &d.path, &self.rec.vm_id);
             crate::failpoint::crash_point("detach.released");
             tracing::info!(lun = d.lun, disk = %d.name, "data disk detached");
             self.rec.data_disks.retain(|x| x != &d);
@@ -105,9 +102,7 @@ impl Actor {
                 if let Err(e) = self.plug(&d).await {
                     self.rec.data_disks.retain(|x| x != &d);
                     self.publish();
-                    if let Some(s) = &store {
-                        let _ = crate::blob::release_disk_lease(s, &d.path, &self.rec.vm_id);
-                    }
+                    let _ = crate::blob::release_disk_lease(&store, &d.path, &self.rec.vm_id);
                     if created {
                         let _ = std::fs::remove_file(&d.path);
                     }

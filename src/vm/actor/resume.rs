@@ -84,10 +84,10 @@ impl Actor {
     /// Picks the plan for a VM about to boot; for a resume, points `spec` at the state and
     /// starts the VM's console with the snapshot's.
     pub(super) fn snapshot_plan(&self, spec: &mut VmSpec, image: &ImageVersion) -> Plan {
-        let Some(key) = self.node.snapshots.key_for(spec, image) else {
+        let Some(key) = self.vms.snapshots.key_for(spec, image) else {
             return Plan::Cold;
         };
-        let Some(saved) = self.node.snapshots.find(&key) else {
+        let Some(saved) = self.vms.snapshots.find(&key) else {
             return Plan::Make(key);
         };
         if let Err(e) = start_console(&saved, &spec.serial_log) {
@@ -136,7 +136,7 @@ impl Actor {
         let qmp = qmp.clone();
         let agent = self.agent.clone();
         let mac = self.rec.nic.mac.clone();
-        let snaps = self.node.snapshots.clone();
+        let snaps = self.vms.snapshots.clone();
         let diag = self.diag.clone();
         let task = async move {
             let started = std::time::Instant::now();
@@ -180,7 +180,7 @@ impl Actor {
                 saved.key
             ),
         );
-        self.node.snapshots.discard(&saved.key);
+        self.vms.snapshots.discard(&saved.key);
         if let Some(mut c) = self.child.take() {
             let _ = c.start_kill();
         }
@@ -190,7 +190,7 @@ impl Actor {
 
     /// A VM of a new shape has booted: make its shape's snapshot in the background.
     pub(super) fn make_snapshot_later(&self, spec: &VmSpec, image: &ImageVersion, key: String) {
-        self.node
+        self.vms
             .snapshots
             .make_later(spec.clone(), image.clone(), key);
     }

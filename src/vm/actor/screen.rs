@@ -100,7 +100,7 @@ impl Actor {
         let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
         let (ppm2, bmp2, png2, kernel) =
             (ppm.clone(), bmp.clone(), png.clone(), self.kernel.clone());
-        let fonts = self.node.fonts.clone();
+        let fonts = self.vms.fonts.clone();
         let (img_hash, w, h, text, store_us) = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             let img = crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)?;
