@@ -95,6 +95,8 @@ pub fn canonicalize<B>(mut req: Request<B>) -> Request<B> {
     req
 }
 
+/// The path table. Long on purpose: one route per line, read top to bottom like the cloud's API
+/// reference; splitting it would scatter the table, not the logic (there is none here).
 pub fn router(state: AppState) -> Router {
     const VM: &str =
         "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines";

@@ -248,12 +248,14 @@ pub struct VmId {
     pub name: String,
 }
 
-fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not an IP address or IP:PORT (e.g. 192.0.2.53 or 192.0.2.53:5353)")]
+struct NotAnAddress(String);
+
+fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, NotAnAddress> {
     s.parse::<std::net::SocketAddr>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
-        .map_err(|_| {
-            format!("'{s}' is not an IP address or IP:PORT (e.g. 192.0.2.53 or 192.0.2.53:5353)")
-        })
+        .map_err(|_| NotAnAddress(s.into()))
 }
 
 fn init_tracing() {

@@ -75,8 +75,13 @@ fn host_without(drop: &[&str], add: Option<&str>) -> tempfile::TempDir {
     dir
 }
 
+/// What apt said, when it refused to resolve a line.
+#[derive(Debug, thiserror::Error)]
+#[error("apt-get -s refused: {0}")]
+struct Refused(String);
+
 /// `apt-get -s` of `args` against `dir`'s database: Ok(output) when apt resolves it.
-fn simulate(dir: &Path, args: &[String]) -> Result<String, String> {
+fn simulate(dir: &Path, args: &[String]) -> Result<String, Refused> {
     let out = Command::new("apt-get")
         .arg("-s")
         .arg("-o")
@@ -96,7 +101,7 @@ fn simulate(dir: &Path, args: &[String]) -> Result<String, String> {
     if out.status.success() {
         Ok(text)
     } else {
-        Err(text)
+        Err(Refused(text))
     }
 }
 
@@ -113,7 +118,10 @@ fn the_plan_for_a_host_with_a_newer_qemu_utils_resolves_in_apt() {
     let dir = host_without(&[QEMU_ALL, &["cpio"]].concat(), Some(QEMU_UTILS_10));
     let old = ["install", "-y", "qemu-system-x86", "qemu-utils", "cpio"].map(String::from);
     let refused = simulate(dir.path(), &old).expect_err("the unpinned line must fail here");
-    assert!(refused.contains("Breaks: qemu-system-common"), "{refused}");
+    assert!(
+        refused.0.contains("Breaks: qemu-system-common"),
+        "{refused}"
+    );
     let p = plan_in(dir.path(), Purpose::Quickstart);
     assert!(p.allow_downgrades, "{}", p.command_line());
     let ok =

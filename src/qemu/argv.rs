@@ -251,6 +251,62 @@ pub fn build(s: &VmSpec) -> Vec<String> {
         "-serial",
         "chardev:serial0",
     ]);
+    a.extend(disk_args(s, &fd));
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
+    let netdev = match s.snapshot {
+        Some(Snapshot::Make) => "hubport,id=net0,hubid=0".to_string(),
+        _ => format!("tap,id=net0,fd={TAP_FD}"),
+    };
+    push(&[
+        "-netdev",
+        &netdev,
+        "-device",
+        &format!(
+            "virtio-net-pci,netdev=net0,mac={},id=nic0",
+            s.mac.to_lowercase()
+        ),
+    ]);
+    if s.seed.is_some() {
+        push(&[
+            "-blockdev",
+            &format!(
+                "driver=file,node-name=seed-file,filename=/dev/fdset/{},read-only=on",
+                fd(Role::Seed)
+            ),
+            "-blockdev",
+            "driver=raw,node-name=seed,file=seed-file,read-only=on",
+            "-device",
+            "virtio-blk-pci,drive=seed,id=seed-dev,serial=cidata",
+        ]);
+    }
+    push(&[
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        &format!("socket,id=qga0,fd={},server=on,wait=off", fd(Role::Qga)),
+        "-device",
+        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp0,fd={},server=on,wait=off", fd(Role::Qmp)),
+        "-mon",
+        "chardev=qmp0,mode=control",
+    ]);
+    // A new generation ID at every QEMU start: a guest resumed from a boot snapshot is told it
+    // is a copy and reseeds its random number generator (Linux's vmgenid driver).
+    push(&["-device", "vmgenid,id=vmgenid0"]);
+    if let Some(Snapshot::Resume(_)) = &s.snapshot {
+        push(&["-incoming", &format!("fd:{}", fd(Role::Snapshot))]);
+    }
+    a
+}
+
+/// The disks' part of the argument vector: the OS disk, the temp (resource) disk, the PCIe
+/// root ports hot-plugged data disks go into, and the data disks there are at start.
+fn disk_args(s: &VmSpec, fd: &dyn Fn(Role) -> i32) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
     push(&[
         "-blockdev",
         &format!(
@@ -308,52 +364,6 @@ pub fn build(s: &VmSpec) -> Vec<String> {
     for d in &s.data_disks {
         let (file, raw, dev) = data_disk_blockdev(d);
         push(&["-blockdev", &file, "-blockdev", &raw, "-device", &dev]);
-    }
-    let netdev = match s.snapshot {
-        Some(Snapshot::Make) => "hubport,id=net0,hubid=0".to_string(),
-        _ => format!("tap,id=net0,fd={TAP_FD}"),
-    };
-    push(&[
-        "-netdev",
-        &netdev,
-        "-device",
-        &format!(
-            "virtio-net-pci,netdev=net0,mac={},id=nic0",
-            s.mac.to_lowercase()
-        ),
-    ]);
-    if s.seed.is_some() {
-        push(&[
-            "-blockdev",
-            &format!(
-                "driver=file,node-name=seed-file,filename=/dev/fdset/{},read-only=on",
-                fd(Role::Seed)
-            ),
-            "-blockdev",
-            "driver=raw,node-name=seed,file=seed-file,read-only=on",
-            "-device",
-            "virtio-blk-pci,drive=seed,id=seed-dev,serial=cidata",
-        ]);
-    }
-    push(&[
-        "-device",
-        "virtio-serial-pci,id=vser0",
-        "-chardev",
-        &format!("socket,id=qga0,fd={},server=on,wait=off", fd(Role::Qga)),
-        "-device",
-        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-    ]);
-    push(&[
-        "-chardev",
-        &format!("socket,id=qmp0,fd={},server=on,wait=off", fd(Role::Qmp)),
-        "-mon",
-        "chardev=qmp0,mode=control",
-    ]);
-    // A new generation ID at every QEMU start: a guest resumed from a boot snapshot is told it
-    // is a copy and reseeds its random number generator (Linux's vmgenid driver).
-    push(&["-device", "vmgenid,id=vmgenid0"]);
-    if let Some(Snapshot::Resume(_)) = &s.snapshot {
-        push(&["-incoming", &format!("fd:{}", fd(Role::Snapshot))]);
     }
     a
 }
