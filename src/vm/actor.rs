@@ -318,8 +318,8 @@ impl Actor {
         let method =
             tokio::task::spawn_blocking(move || crate::storage::disk::sparse_clone(&src, &dst))
                 .await
-                .map_err(|e| StepError::Disk(e.to_string()))?
-                .map_err(|e| StepError::Disk(chain(&e)))?;
+                .map_err(|e| StepError::disk("cloning the image's disk", e))?
+                .map_err(|e| StepError::disk("cloning the image's disk", e))?;
         tracing::info!(?method, disk = %self.rec.os_disk_path.display(), "OS disk created");
         crate::failpoint::crash_point("create.disk_cloned");
         if self.rec.os_disk_gb > 0 {
@@ -327,22 +327,22 @@ impl Actor {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&self.rec.os_disk_path)
-                .map_err(|e| StepError::Disk(e.to_string()))?;
+                .map_err(|e| StepError::disk("opening it to grow it", e))?;
             if f.metadata().map(|m| m.len() < want).unwrap_or(false) {
                 // Sparse growth: costs nothing until the guest writes there.
                 f.set_len(want).map_err(|e| {
-                    StepError::Disk(format!("resizing to {} GiB: {e}", self.rec.os_disk_gb))
+                    StepError::disk(format!("resizing to {} GiB", self.rec.os_disk_gb), e)
                 })?;
             }
         }
         // The OS disk is a page blob under an infinite lease whose id is the VM's id.
         crate::blob::acquire_disk_lease(&self.node.blobs, &self.rec.os_disk_path, &self.rec.vm_id)
-            .map_err(|e| StepError::Disk(format!("leasing the OS disk blob: {e}")))?;
+            .map_err(|e| StepError::disk("leasing the OS disk blob", e))?;
         crate::failpoint::crash_point("create.disk_leased");
         // Data disks asked for at create: empty sparse blobs under the same lease, in the argv.
         for d in self.rec.data_disks.clone() {
             self.prepare_data_disk(&d)
-                .map_err(|e| StepError::Disk(chain(&e)))?;
+                .map_err(|e| StepError::disk(format!("data disk {}", d.name), e))?;
         }
         if self.rec.os_provisioning == super::model::OsProvisioning::Pending {
             self.rec.os_provisioning_since = Some(std::time::SystemTime::now());
@@ -375,21 +375,21 @@ impl Actor {
                     .unwrap_or(Ok(()))
                     .and_then(|_| std::fs::File::create(t))
                     .and_then(|f| f.set_len(s.resource_disk_size_in_mb << 20));
-                made.map_err(|e| StepError::Disk(format!("temp disk {}: {e}", t.display())))?;
+                made.map_err(|e| StepError::disk(format!("temp disk {}", t.display()), e))?;
             }
         }
         let tap = self.make_tap().await?;
         crate::failpoint::crash_point("boot.tap_made");
         let run = self.run.clone();
         std::fs::create_dir_all(&run.dir)
-            .map_err(|e| StepError::Qemu(format!("{}: {e}", run.dir.display())))?;
+            .map_err(|e| StepError::qemu(format!("making {}", run.dir.display()), e))?;
         let _ = std::fs::set_permissions(
             &run.dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         );
         if let Some(d) = self.rec.serial_log.parent() {
             std::fs::create_dir_all(d)
-                .map_err(|e| StepError::Qemu(format!("{}: {e}", d.display())))?;
+                .map_err(|e| StepError::qemu(format!("making {}", d.display()), e))?;
         }
         // A new boot record; QEMU writes the console into a fresh spool.
         self.diag.begin_boot(reason.as_str(), true);
@@ -412,10 +412,10 @@ impl Actor {
         let _ = std::fs::remove_file(&spec.pidfile);
         // Everything QEMU uses, opened here as root and handed over as fds (qemu/jail.rs).
         let files = crate::qemu::jail::open(&argv::passed(&spec))
-            .map_err(|e| StepError::Qemu(chain(&e)))?;
+            .map_err(|e| StepError::qemu("opening its files", e))?;
         let log = &run.log;
         let mut child = process::spawn(&self.node.qemu, &args, &tap, &files, log, &spec.pidfile)
-            .map_err(|e| StepError::Qemu(chain(&e)))?;
+            .map_err(|e| StepError::qemu("spawning it", e))?;
         tracing::info!(
             pid = child.id(),
             accel = %spec.accel,
@@ -447,18 +447,18 @@ impl Actor {
         self.child = Some(child);
         admitted
             .await
-            .map_err(|e| StepError::Tap(e.to_string()))?
-            .map_err(|e| StepError::Tap(chain(&e)))?;
+            .map_err(StepError::tap)?
+            .map_err(StepError::tap)?;
         if let Some(e) = early {
-            return Err(StepError::Qemu(chain(&e)));
+            return Err(StepError::qemu("it exited", e));
         }
-        let qmp = connected.map_err(|e| StepError::Qemu(chain(&e)))?;
+        let qmp = connected.map_err(|e| StepError::qemu("connecting to its monitor", e))?;
         // As patient as the handshake: a fresh QEMU on a busy host is slow, not broken (under
         // 20 concurrent creates a 5 s limit failed one VM in a run).
         let status = qmp
             .execute_timeout(qapi::qmp::query_status {}, crate::qemu::qmp::SLOW_TIMEOUT)
             .await
-            .map_err(|e| StepError::Qemu(chain(&e)))?;
+            .map_err(|e| StepError::qemu("asking its status", e))?;
         tracing::info!(status = ?status.status, "QMP connected");
         if let resume::Plan::Resume(saved) = &plan {
             self.continue_resumed(&qmp, saved).await?;
@@ -522,8 +522,8 @@ impl Actor {
             net.create_tap(&nic)
         })
         .await
-        .map_err(|e| StepError::Tap(e.to_string()))?
-        .map_err(|e| StepError::Tap(chain(&e)))
+        .map_err(StepError::tap)?
+        .map_err(StepError::tap)
     }
 
     /// A power operation, checked against the lifecycle rules first.

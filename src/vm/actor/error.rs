@@ -8,17 +8,49 @@ use crate::qemu::qmp::QmpError;
 use crate::storage::db::DbError;
 use crate::vm::lifecycle::Refusal;
 
-/// A step of bringing a VM up that failed.
+/// Any cause of a failed step, kept with its own causes (I/O, QMP, the blob store, the network).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A step of bringing a VM up that failed: which step, what it was doing, and why (the cause
+/// kept as a source, so that a full disk anywhere below is still a 507).
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("creating the OS disk: {0}")]
-    Disk(String),
-    #[error("creating the NIC's tap: {0}")]
-    Tap(String),
-    #[error("starting QEMU: {0}")]
-    Qemu(String),
+    #[error("creating the OS disk: {what}")]
+    Disk {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error("creating the NIC's tap")]
+    Tap(#[source] Cause),
+    #[error("starting QEMU: {what}")]
+    Qemu {
+        what: String,
+        #[source]
+        source: Cause,
+    },
     #[error("the image {0} is no longer in the catalog")]
     Image(String),
+}
+
+impl StepError {
+    pub(crate) fn disk(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StepError::Disk {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn qemu(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        StepError::Qemu {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn tap(source: impl Into<Cause>) -> Self {
+        StepError::Tap(source.into())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -110,7 +110,7 @@ impl Actor {
     pub(super) async fn continue_resumed(&self, qmp: &Qmp, saved: &Saved) -> Result<(), StepError> {
         loaded_then_continue(qmp)
             .await
-            .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {}", chain(&e))))?;
+            .map_err(|e| StepError::qemu("resuming the boot snapshot", e))?;
         self.hand_identity_later(qmp, Some(saved.key.clone()));
         Ok(())
     }
