@@ -220,3 +220,94 @@ pub async fn ledger(State(state): State<AppState>) -> Result<Json<Value>> {
         .collect();
     Ok(Json(json!({ "value": rows })))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::net::nics::NicError;
+    use crate::net::vnet::VnetError;
+    use crate::net::NetError;
+    use crate::storage::db::DbError;
+
+    fn answer(e: impl Into<ApiError>) -> (u16, String) {
+        let e = e.into();
+        (e.status.as_u16(), e.code)
+    }
+
+    fn store_failure() -> DbError {
+        DbError::Sqlite(rusqlite::Error::InvalidQuery)
+    }
+
+    /// The caller's refusals keep the cloud's codes; the store's and the bridge's failures are
+    /// the node's (500), not a 400 or a 409.
+    #[test]
+    fn refusals_are_4xx_and_host_trouble_is_500() {
+        let s = |c: &str| c.to_string();
+        assert_eq!(
+            answer(NicError::Name("x y".into())),
+            (400, s("InvalidResourceName"))
+        );
+        assert_eq!(
+            answer(NicError::Changed("n".into())),
+            (409, s("PropertyChangeNotAllowed"))
+        );
+        let in_use = NicError::InUse {
+            name: "n".into(),
+            vm: "v".into(),
+        };
+        assert_eq!(answer(in_use), (400, s("NicInUse")));
+        let taken = NetError::AddressUnavailable {
+            ip: Ipv4Addr::new(10, 1, 0, 4),
+            subnet: "10.1.0.0/24".into(),
+        };
+        let e: ApiError = NicError::Address(taken).into();
+        assert_eq!(
+            (e.status.as_u16(), e.code.as_str()),
+            (400, "InvalidParameter")
+        );
+        assert!(
+            e.message.starts_with("address 10.1.0.4 is not usable"),
+            "{}",
+            e.message
+        );
+        let full = NetError::Db(DbError::Exhausted("s".into()));
+        assert_eq!(
+            answer(NicError::Address(full)),
+            (400, s("InvalidParameter"))
+        );
+        let broken = NicError::Net(NetError::Db(store_failure()));
+        assert_eq!(answer(broken), (500, s("InternalServerError")));
+        assert_eq!(
+            answer(NicError::Db(store_failure())),
+            (500, s("InternalServerError"))
+        );
+        assert_eq!(
+            answer(NicError::Db(DbError::Exists("n".into()))),
+            (409, s("Conflict"))
+        );
+
+        assert_eq!(
+            answer(VnetError::InUse("s".into())),
+            (400, s("InUseSubnetCannotBeDeleted"))
+        );
+        assert_eq!(
+            answer(VnetError::DefaultVnet),
+            (400, s("OperationNotAllowed"))
+        );
+        assert_eq!(
+            answer(VnetError::SubnetName("a b".into())),
+            (400, s("InvalidResourceName"))
+        );
+        assert_eq!(answer(VnetError::NoSpace), (400, s("InvalidParameter")));
+        let gone = VnetError::NotFound {
+            kind: "virtualNetworks",
+            name: "v".into(),
+            rg: "rg".into(),
+        };
+        assert_eq!(answer(gone), (404, s("ResourceNotFound")));
+        let bridge = VnetError::Net(NetError::Socket(std::io::Error::other("x")));
+        assert_eq!(answer(bridge), (500, s("InternalServerError")));
+    }
+}
