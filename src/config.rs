@@ -64,6 +64,49 @@ impl Paths {
     pub fn vm_run(&self, vm_id: &str) -> PathBuf {
         self.run.join("vms").join(vm_id)
     }
+    /// A VM's run dir and the files in it, named once.
+    pub fn vm_run_dir(&self, vm_id: &str) -> VmRunDir {
+        VmRunDir::at(self.vm_run(vm_id))
+    }
+}
+
+/// What a QEMU's run dir holds (`run/vms/{vmId}/`, or a boot snapshot maker's
+/// `run/snapshots/{key}/`): the one place these file names are spelled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmRunDir {
+    pub dir: PathBuf,
+    /// The QMP socket (the daemon listens, QEMU connects).
+    pub qmp: PathBuf,
+    /// The guest agent's socket.
+    pub qga: PathBuf,
+    /// QEMU's pidfile.
+    pub pidfile: PathBuf,
+    /// What the daemon said to QMP and heard back (`qemu/qmp/transcript.rs`).
+    pub transcript: PathBuf,
+    /// The command line QEMU was started with, as JSON.
+    pub argv: PathBuf,
+    /// QEMU's own stderr.
+    pub log: PathBuf,
+    /// The file QEMU's `screendump` writes (through an fd the daemon opens).
+    pub screen: PathBuf,
+    /// The vmId of a snapshot maker's QEMU (written before it is spawned).
+    pub vm_id: PathBuf,
+}
+
+impl VmRunDir {
+    pub fn at(dir: PathBuf) -> VmRunDir {
+        VmRunDir {
+            qmp: dir.join("qmp.sock"),
+            qga: dir.join("qga.sock"),
+            pidfile: dir.join("qemu.pid"),
+            transcript: dir.join("qmp.transcript"),
+            argv: dir.join("qemu.argv.json"),
+            log: dir.join("qemu.log"),
+            screen: dir.join("screen.ppm"),
+            vm_id: dir.join("vm-id"),
+            dir,
+        }
+    }
 }
 
 /// The daemon's settings from `vmnode serve`.
@@ -84,4 +127,14 @@ pub struct DaemonConfig {
     pub dns_forwarder: Option<SocketAddr>,
     /// `--boot-snapshots`: new VMs of a shape seen before resume a saved boot (`vm/snapshot.rs`).
     pub boot_snapshots: bool,
+    /// `--boot-screenshots`: the automatic boot screenshots (periodic and at milestones).
+    pub boot_screenshots: bool,
+    /// `--provision-timeout-secs`: how long OS provisioning waits for the guest's agent.
+    pub provision_timeout: std::time::Duration,
+    /// `--min-free-mb`: the state dir's free space below which new work is refused.
+    pub min_free_mb: u64,
+    /// `--qemu-user`: the unprivileged user QEMU runs as (made at start if missing).
+    pub qemu_user: String,
+    /// `--qemu-scope`: each QEMU in a systemd scope when systemd runs the host.
+    pub qemu_scope: bool,
 }

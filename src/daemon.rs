@@ -41,16 +41,18 @@ fn ensure_meta(db: &Db, key: &str, make: impl FnOnce() -> String) -> anyhow::Res
 
 /// The blob service on `--blob-listen`: the node's account (key in the db, and in
 /// `state/storage/{account}.json` 0600 for the CLI), the disk-lease check, then the listener.
+/// Returns the store the service serves.
 async fn start_blob_service(
     cfg: &DaemonConfig,
     db: &Db,
     account: &str,
     key: &str,
-) -> anyhow::Result<()> {
+    health: Arc<crate::storage::health::Health>,
+) -> anyhow::Result<Arc<crate::blob::Store>> {
     let store = Arc::new(crate::blob::Store::new(cfg.paths.blobs()));
     store
         .add_account(account, &[key])
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .context("serving the node's storage account")?;
     let endpoint = format!("http://{}", cfg.blob_listen);
     let file = crate::blob::AccountFile {
         name: account.to_string(),
@@ -63,7 +65,7 @@ async fn start_blob_service(
         0o600,
     )?;
     let vms = db.clone();
-    crate::blob::set_attached_disks(move || {
+    let attached: crate::blob::AttachedFn = Arc::new(move || {
         vms.list::<serde_json::Value>(crate::storage::db::Kind::Vm)
             .unwrap_or_default()
             .iter()
@@ -82,7 +84,7 @@ async fn start_blob_service(
             })
             .collect()
     });
-    for f in crate::blob::check(&store, true) {
+    for f in crate::blob::check(&store, &attached(), true) {
         tracing::warn!(kind = %f.kind, blob = %f.blob, repaired = f.repaired, "{}", f.detail);
     }
     let tcp = tokio::net::TcpListener::bind(cfg.blob_listen)
@@ -93,22 +95,35 @@ async fn start_blob_service(
                 cfg.blob_listen
             )
         })?;
-    crate::blob::start(store, tcp, endpoint).context("starting the blob service's runtime")?;
+    crate::blob::http::start(store.clone(), tcp, endpoint, attached, health)
+        .context("starting the blob service's runtime")?;
     tracing::info!(listen = %cfg.blob_listen, %account, "blob service");
-    Ok(())
+    Ok(store)
 }
 
-pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    let started = std::time::Instant::now();
-    crate::failpoint::setup();
-    let paths = cfg.paths.clone();
-    for d in [&paths.state, &paths.run] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+/// What the CLI thread placing the cgroups hands the daemon: the guests' cpu cgroup, once the
+/// thread is done (`cli::join_daemon_group`).
+pub enum GuestGroup {
+    Placing(std::thread::JoinHandle<Option<crate::qemu::cgroup::CpuGroup>>),
+    None,
+}
+
+impl GuestGroup {
+    async fn wait(self) -> Option<crate::qemu::cgroup::CpuGroup> {
+        match self {
+            GuestGroup::Placing(h) => tokio::task::spawn_blocking(move || h.join().ok().flatten())
+                .await
+                .ok()
+                .flatten(),
+            GuestGroup::None => None,
+        }
     }
-    let db = Db::open(&paths.db()).with_context(|| format!("opening {}", paths.db().display()))?;
-    let subscription = ensure_meta(&db, "subscription", || uuid::Uuid::new_v4().to_string())?;
-    let account = ensure_meta(&db, "storage.account", || {
+}
+
+/// The node's identity in its store: (subscription, storage account name, API token).
+fn identity(db: &Db, paths: &crate::config::Paths) -> anyhow::Result<(String, String, String)> {
+    let subscription = ensure_meta(db, "subscription", || uuid::Uuid::new_v4().to_string())?;
+    let account = ensure_meta(db, "storage.account", || {
         format!("vmnode{}", &random_hex(4))
     })?;
     let token = ensure_token(&paths.token())?;
@@ -118,11 +133,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         subscription.as_bytes(),
         0o644,
     )?;
+    Ok((subscription, account, token))
+}
 
-    let accel = crate::doctor::decide(cfg.accel);
-    tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
-    // QEMU runs as an unprivileged user (R3, qemu/jail.rs): made now if missing.
-    crate::qemu::jail::host().map_err(|e| anyhow::anyhow!("the QEMU user: {e}"))?;
+/// The guest network in `--netns`: bridges, DHCP, DNS, the host's veth and NAT as asked.
+fn network(cfg: &DaemonConfig, db: &Db) -> anyhow::Result<NodeNet> {
+    let paths = &cfg.paths;
     // A wrong --nat-via is the user's to fix: say so before anything is changed.
     let nat = match &cfg.nat_via {
         Some(iface) => Some(crate::net::nat::plan(
@@ -135,7 +151,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let net = NodeNet::setup(
         &cfg.netns,
         cfg.platform_ip,
-        &db,
+        db,
         cfg.host_netns.as_deref(),
         nat.as_ref(),
         &paths.nat_record(),
@@ -147,43 +163,34 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             cfg.netns
         )
     })?;
+    Ok(net)
+}
 
-    let storage_key = ensure_meta(&db, "storage.key", crate::blob::new_account_key)?;
-    start_blob_service(&cfg, &db, &account, &storage_key).await?;
-    // Storage accounts as ARM resources: the node's own (in group `vmnode`) and any made since.
-    use crate::api::storage::AccountRecord;
-    use crate::storage::db::Kind;
-    if db
-        .get::<AccountRecord>(Kind::StorageAccount, &account)?
-        .is_none()
-    {
-        let own = AccountRecord {
-            rg: crate::net::DEFAULT_RG.into(),
-            name: account.clone(),
-            key1: storage_key.clone(),
-            key2: crate::blob::new_account_key(),
-            sku: "Standard_LRS".into(),
-            kind: "StorageV2".into(),
-        };
-        db.put(Kind::StorageAccount, &account, &own)?;
-    }
-    let endpoint = format!("http://{}", cfg.blob_listen);
-    // Every account, the node's own too (its key2 is in its record).
-    for a in db.list::<AccountRecord>(Kind::StorageAccount)? {
-        crate::api::storage::register(&cfg.paths.state, &endpoint, &a)
-            .map_err(anyhow::Error::msg)?;
-    }
+/// Storage accounts as ARM resources: the node's own (in group `vmnode`) and any made since,
+/// each registered with the blob service (which starts here).
+async fn storage_accounts(
+    cfg: &DaemonConfig,
+    db: &Db,
+    account: &str,
+    health: &Arc<crate::storage::health::Health>,
+) -> anyhow::Result<Arc<crate::blob::accounts::Accounts>> {
+    let storage_key = ensure_meta(db, "storage.key", crate::blob::new_account_key)?;
+    let store = start_blob_service(cfg, db, account, &storage_key, health.clone()).await?;
+    let accounts = Arc::new(crate::blob::accounts::Accounts::new(
+        db.clone(),
+        store,
+        cfg.paths.state.clone(),
+        format!("http://{}", cfg.blob_listen),
+        account.to_string(),
+    ));
+    accounts
+        .start(&storage_key)
+        .context("serving the storage accounts")?;
+    Ok(accounts)
+}
 
-    let node = Node::new(
-        cfg.clone(),
-        db,
-        subscription.clone(),
-        accel,
-        net.clone(),
-        account,
-    );
-    let adopted = node.load()?;
-    // A host network restart may take bridges and taps away: the watch rebuilds them.
+/// A host network restart may take bridges and taps away: the watch rebuilds them.
+fn watch_network(node: &Arc<Node>, net: &NodeNet) {
     let watched = node.clone();
     tokio::spawn(crate::net::watch::watch(net.clone(), move || {
         use crate::vm::model::PowerState;
@@ -199,7 +206,16 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             })
             .collect()
     }));
+}
 
+/// The management API on `--listen` (TLS) and the unix socket, and the daemon's pidfile.
+async fn serve_api(
+    cfg: &DaemonConfig,
+    node: &Arc<Node>,
+    accounts: Arc<crate::blob::accounts::Accounts>,
+    token: String,
+) -> anyhow::Result<()> {
+    let paths = &cfg.paths;
     let tls =
         crate::tls::server_config(&paths.tls_dir(), cfg.listen.ip()).context("TLS certificate")?;
     let ext = crate::extensions::Extensions::new(node.clone());
@@ -218,6 +234,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         token: Arc::new(token),
         deployments: Arc::new(crate::deploy::Deployments::load(&paths.deployments())),
         ext,
+        engine_api: api::server::engine_api,
+        accounts,
     };
     let svc = api::server::service(state);
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
@@ -237,6 +255,41 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     )?;
     tokio::spawn(api::server::serve_tls(tcp, tls, svc.clone()));
     tokio::spawn(api::server::serve_unix(unix, svc));
+    Ok(())
+}
+
+pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    crate::failpoint::setup();
+    let paths = cfg.paths.clone();
+    for d in [&paths.state, &paths.run] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    let db = Db::open(&paths.db()).with_context(|| format!("opening {}", paths.db().display()))?;
+    let (subscription, account, token) = identity(&db, &paths)?;
+    let accel = crate::doctor::decide(cfg.accel);
+    tracing::info!(accel = %accel.accel, reason = %accel.reason, "accelerator");
+    // QEMU runs as an unprivileged user (R3, qemu/jail.rs): made now if missing.
+    let qemu =
+        crate::qemu::host::QemuHost::prepare(&cfg.qemu_user, cfg.qemu_scope, guests.wait().await)
+            .map_err(|e| anyhow::anyhow!("the QEMU user: {}", crate::report::chain(&e)))?;
+    let net = network(&cfg, &db)?;
+    let health = Arc::new(crate::storage::health::Health::new(cfg.min_free_mb));
+    let accounts = storage_accounts(&cfg, &db, &account, &health).await?;
+    let node = Node::new(
+        cfg.clone(),
+        db,
+        subscription.clone(),
+        accel,
+        net.clone(),
+        account,
+        Arc::new(qemu),
+        health,
+    );
+    let adopted = node.load()?;
+    watch_network(&node, &net);
+    serve_api(&cfg, &node, accounts, token).await?;
     tracing::info!(
         listen = %cfg.listen,
         socket = %paths.socket().display(),

@@ -156,7 +156,7 @@ pub fn qemu_version() -> Option<String> {
     command_output(QEMU_BIN, &["--version"]).and_then(|s| s.lines().next().map(str::to_string))
 }
 
-pub fn checks() -> Vec<Check> {
+pub fn checks(qemu_user: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let qemu = qemu_version();
     out.push(Check {
@@ -173,7 +173,7 @@ pub fn checks() -> Vec<Check> {
         detail: format!("{} — {}", d.accel, d.reason),
         fix: None,
     });
-    out.push(crate::qemu::jail::check());
+    out.push(qemu_user_check(qemu_user));
     let tun = Path::new("/dev/net/tun").exists();
     out.push(Check {
         name: "tun",
@@ -237,6 +237,54 @@ pub fn which(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false)
+}
+
+/// `vmnode doctor`'s line about the QEMU user.
+fn qemu_user_check(user: &str) -> Check {
+    use crate::qemu::jail::{kvm_gid, lookup, SANDBOX};
+    let user = user.to_string();
+    let fix = Some(format!(
+        "the daemon creates it at start; or: useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
+    ));
+    match lookup(&user) {
+        Ok(Some(u)) => {
+            let name = std::ffi::CString::new(user.clone()).unwrap_or_default();
+            let groups = nix::unistd::getgrouplist(&name, u.gid).unwrap_or_default();
+            let kvm = kvm_gid();
+            let in_kvm = kvm.is_some_and(|k| groups.iter().any(|g| g.as_raw() == k));
+            // Only a host whose guests run under KVM needs it (not kvm_pvm's, which run TCG).
+            let needs_kvm = kvm.is_some() && decide(AccelChoice::Auto).accel == Accel::Kvm;
+            Check {
+                name: "qemu-user",
+                ok: !u.uid.is_root() && (in_kvm || !needs_kvm),
+                detail: format!(
+                    "QEMU runs as {user} (uid {}, gid {}){}, -sandbox {SANDBOX}",
+                    u.uid,
+                    u.gid,
+                    match (needs_kvm, in_kvm) {
+                        (true, true) => ", in group kvm",
+                        (true, false) => ", NOT in group kvm: KVM guests cannot start",
+                        _ => "",
+                    }
+                ),
+                fix: Some(format!("usermod -a -G kvm {user}"))
+                    .filter(|_| needs_kvm && !in_kvm)
+                    .or(fix),
+            }
+        }
+        Ok(None) => Check {
+            name: "qemu-user",
+            ok: true,
+            detail: format!("{user} does not exist yet (the daemon creates it at start)"),
+            fix,
+        },
+        Err(e) => Check {
+            name: "qemu-user",
+            ok: false,
+            detail: format!("cannot look up {user}: {e}"),
+            fix,
+        },
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod doctor;
 mod extensions;
 mod failpoint;
 pub mod fuzzing;
+mod groups;
 mod install;
 mod net;
 mod qemu;

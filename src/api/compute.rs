@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::check_sub;
 use super::error::ApiError;
+use super::lookup::{find, operation_url};
 use super::AppState;
-use crate::catalog::ImageRef;
 use crate::vm::model::{self, VmRecord};
 use crate::vm::CreateVm;
 
@@ -20,16 +20,6 @@ fn render(state: &AppState, r: &VmRecord, view: bool) -> Value {
     let mut v = model::to_arm(&state.node.subscription, r, ip, view);
     super::extensions::decorate_vm(state, r, &mut v);
     v
-}
-
-pub(super) fn find(state: &AppState, rg: &str, vm: &str) -> Result<VmRecord> {
-    if !state.node.rg_exists(rg)? {
-        return Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into());
-    }
-    state
-        .node
-        .get(rg, vm)
-        .ok_or_else(|| crate::vm::VmError::NotFound(vm.into(), rg.into()).into())
 }
 
 pub async fn get_vm(
@@ -83,7 +73,7 @@ pub async fn list_in_rg(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    if !state.node.rg_exists(&rg)? {
+    if !crate::groups::exists(&state.node.db, &rg)? {
         return Err(crate::vm::VmError::ResourceGroupNotFound(rg).into());
     }
     let vms: Vec<Value> = state
@@ -109,208 +99,11 @@ pub async fn list_all(
     Ok(Json(json!({ "value": vms })))
 }
 
-fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |cur, k| cur.get(*k))
-}
+mod body;
 
-fn required_str(v: &Value, path: &[&str]) -> Result<String> {
-    field(v, path)
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Required parameter '{}' is missing (null).",
-                path.join(".")
-            ))
-        })
-}
-
-/// `storageProfile.dataDisks[]`: new empty disks (`createOption: Empty`, or `Attach` of a disk
-/// the VM already has, as an SDK's read-modify-write sends them).
-fn parse_data_disks(p: &Value) -> Result<Option<Vec<crate::vm::DataDiskReq>>> {
-    let Some(list) = field(p, &["storageProfile", "dataDisks"]).and_then(Value::as_array) else {
-        return Ok(None);
-    };
-    let mut out = Vec::new();
-    for d in list {
-        let lun = d["lun"]
-            .as_u64()
-            .ok_or_else(|| ApiError::bad_request("Every data disk needs a lun."))?;
-        let opt = d["createOption"].as_str().unwrap_or("Empty");
-        if !(opt.eq_ignore_ascii_case("Empty") || opt.eq_ignore_ascii_case("Attach")) {
-            return Err(ApiError::bad_request(format!(
-                "dataDisks[lun {lun}].createOption '{opt}' is not supported: use Empty (a new disk)."
-            )));
-        }
-        out.push(crate::vm::DataDiskReq {
-            lun: u32::try_from(lun).unwrap_or(u32::MAX),
-            name: d["name"].as_str().map(str::to_string),
-            size_gb: d["diskSizeGB"].as_u64().unwrap_or(1),
-            caching: d["caching"].as_str().unwrap_or("None").to_string(),
-        });
-    }
-    Ok(Some(out))
-}
-
-/// Parses an ARM VM body into a create request.
+/// Parses an ARM VM body into a create request (typed fields, then the checks: `body`).
 pub fn parse_create(rg: &str, name: &str, body: &Value) -> Result<CreateVm> {
-    let p = body
-        .get("properties")
-        .ok_or_else(|| ApiError::bad_request("Required parameter 'properties' is missing."))?;
-    let img = field(p, &["storageProfile", "imageReference"]).ok_or_else(|| {
-        ApiError::bad_request(
-            "Required parameter 'properties.storageProfile.imageReference' is missing.",
-        )
-    })?;
-    let part = |k: &str| -> Result<String> {
-        img.get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "Required parameter 'storageProfile.imageReference.{k}' is missing."
-                ))
-            })
-    };
-    let image = ImageRef {
-        publisher: part("publisher")?,
-        offer: part("offer")?,
-        sku: part("sku")?,
-        version: img
-            .get("version")
-            .and_then(Value::as_str)
-            .unwrap_or("latest")
-            .to_string(),
-    };
-    // The primary NIC, as `networkProfile.networkInterfaces[]` references it.
-    let nics = field(p, &["networkProfile", "networkInterfaces"]).and_then(Value::as_array);
-    let nic = match nics.and_then(|a| {
-        a.iter()
-            .find(|n| n["properties"]["primary"].as_bool() == Some(true))
-            .or_else(|| a.first())
-    }) {
-        Some(n) => {
-            let id = n["id"].as_str().ok_or_else(|| {
-                ApiError::bad_request("networkProfile.networkInterfaces[].id is missing.")
-            })?;
-            let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
-            let at = |k: &str| {
-                parts
-                    .iter()
-                    .position(|p| p.eq_ignore_ascii_case(k))
-                    .and_then(|i| parts.get(i + 1))
-            };
-            let (Some(nrg), Some(nname)) = (at("resourceGroups"), at("networkInterfaces")) else {
-                return Err(ApiError::bad_request(format!(
-                    "'{id}' is not a network interface id."
-                )));
-            };
-            let delete = n["properties"]["deleteOption"]
-                .as_str()
-                .is_some_and(|d| d.eq_ignore_ascii_case("Delete"));
-            Some((nrg.to_string(), nname.to_string(), delete))
-        }
-        None => None,
-    };
-    Ok(CreateVm {
-        rg: rg.into(),
-        name: name.into(),
-        location: body
-            .get("location")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        size: required_str(p, &["hardwareProfile", "vmSize"])?,
-        image,
-        computer_name: field(p, &["osProfile", "computerName"])
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        admin_username: field(p, &["osProfile", "adminUsername"])
-            .and_then(Value::as_str)
-            .unwrap_or("azureuser")
-            .to_string(),
-        caching: field(p, &["storageProfile", "osDisk", "caching"])
-            .and_then(Value::as_str)
-            .unwrap_or("ReadWrite")
-            .to_string(),
-        tags: body
-            .get("tags")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default(),
-        nic,
-        disk_size_gb: field(p, &["storageProfile", "osDisk", "diskSizeGB"]).and_then(Value::as_u64),
-        data_disks: parse_data_disks(p)?,
-        os_disk_delete_option: field(p, &["storageProfile", "osDisk", "deleteOption"])
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        diag_storage_uri: field(p, &["diagnosticsProfile", "bootDiagnostics", "storageUri"])
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-            .map(str::to_string),
-        os_profile: parse_os_profile(p)?,
-    })
-}
-
-/// The credential part of `osProfile` (checked later, by `vm::osprofile`, on create only).
-fn parse_os_profile(p: &Value) -> Result<crate::vm::osprofile::OsProfileReq> {
-    use crate::vm::osprofile::{OsProfileReq, SshKeyReq};
-    let os = |k: &[&str]| {
-        let mut path = vec!["osProfile"];
-        path.extend_from_slice(k);
-        field(p, &path).filter(|v| !v.is_null()).cloned()
-    };
-    let string = |k: &[&str], target: &str| -> Result<Option<String>> {
-        match os(k) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(
-                ApiError::bad_request(format!("'{target}' must be a string.")).with_target(target),
-            ),
-        }
-    };
-    let boolean = |k: &[&str], target: &str| -> Result<Option<bool>> {
-        match os(k) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(b)),
-            Some(_) => Err(
-                ApiError::bad_request(format!("'{target}' must be true or false."))
-                    .with_target(target),
-            ),
-        }
-    };
-    let mut ssh_keys = Vec::new();
-    if let Some(keys) = os(&["linuxConfiguration", "ssh", "publicKeys"]) {
-        let target = "linuxConfiguration.ssh.publicKeys";
-        let list = keys.as_array().ok_or_else(|| {
-            ApiError::bad_request(format!("'{target}' must be a list of {{path, keyData}}."))
-                .with_target(target)
-        })?;
-        for k in list {
-            let key_data = k["keyData"].as_str().ok_or_else(|| {
-                ApiError::bad_request(
-                    "Required parameter 'linuxConfiguration.ssh.publicKeys.keyData' is missing (null).",
-                )
-                .with_target("linuxConfiguration.ssh.publicKeys.keyData")
-            })?;
-            ssh_keys.push(SshKeyReq {
-                path: k["path"].as_str().map(str::to_string),
-                key_data: key_data.to_string(),
-            });
-        }
-    }
-    Ok(OsProfileReq {
-        admin_password: string(&["adminPassword"], "adminPassword")?,
-        disable_password_auth: boolean(
-            &["linuxConfiguration", "disablePasswordAuthentication"],
-            "linuxConfiguration.disablePasswordAuthentication",
-        )?,
-        ssh_keys,
-        custom_data: string(&["customData"], "customData")?,
-        provision_vm_agent: boolean(
-            &["linuxConfiguration", "provisionVMAgent"],
-            "linuxConfiguration.provisionVMAgent",
-        )?,
-    })
+    body::parse(body)?.into_create(rg, name)
 }
 
 pub async fn put_vm(
@@ -397,19 +190,6 @@ pub async fn patch_vm(
     merge(&mut doc, &body.map(|b| b.0).unwrap_or_default());
     let req = parse_create(&rg, &vm, &doc)?;
     update(&state, existing, req).await
-}
-
-/// The absolute URL of a long operation's status, on the host the caller used.
-pub fn operation_url(state: &AppState, headers: &axum::http::HeaderMap, op: &str) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!(
-        "https://{host}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version=2024-07-01",
-        state.node.subscription,
-        crate::config::LOCATION
-    )
 }
 
 /// The 202 of a long operation, pointing at its status like the cloud does.

@@ -228,14 +228,7 @@ pub async fn put(
     };
     state.deployments.begin(d.clone())?;
     tracing::info!(rg = %rg, name = %name, resources = plan.len(), "deployment accepted");
-    // The API as its front serves it: keywords re-cased before routing, a panic a 500.
-    let router = super::routes::router(state.clone())
-        .layer(axum::middleware::from_fn(super::server::catch_panic));
-    let api = crate::deploy::engine::Api::new(
-        tower::ServiceBuilder::new()
-            .map_request(super::routes::canonicalize::<axum::body::Body>)
-            .service(router),
-    );
+    let api = (state.engine_api)(&state);
     let span = tracing::info_span!("deployment", rg = %rg, name = %name);
     tokio::spawn(
         crate::deploy::engine::run(

@@ -10,8 +10,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::check_sub;
-use super::compute::find;
 use super::error::ApiError;
+use super::lookup::{blob_uri, find};
 use super::AppState;
 use crate::vm::model::VmRecord;
 
@@ -20,55 +20,6 @@ type Q = Query<HashMap<String, String>>;
 
 /// SAS links live this long unless asked otherwise (the cloud's default), 1 to 1440 minutes.
 const SAS_DEFAULT_MIN: i64 = 120;
-
-/// `(account, container)` of a VM's diagnostics: its container sits in the account's folder.
-pub fn diag_location(r: &VmRecord) -> Option<(String, String)> {
-    let container = r.serial_log.parent()?;
-    let account = container
-        .parent()?
-        .file_name()?
-        .to_string_lossy()
-        .into_owned();
-    Some((
-        account,
-        container.file_name()?.to_string_lossy().into_owned(),
-    ))
-}
-
-/// `http://{blob-listen}/{account}/{container}/{blob}`, with a read-only SAS valid for
-/// `minutes` when given.
-pub fn blob_uri(
-    state: &AppState,
-    r: &VmRecord,
-    blob: &str,
-    minutes: Option<i64>,
-) -> Option<String> {
-    let (account, container) = diag_location(r)?;
-    let base = format!(
-        "http://{}/{account}/{container}/{blob}",
-        state.node.cfg.blob_listen
-    );
-    let Some(min) = minutes else {
-        return Some(base);
-    };
-    let acct = crate::blob::node_store()?.account(&account)?;
-    let expiry = (time::OffsetDateTime::now_utc() + time::Duration::minutes(min))
-        .replace_nanosecond(0)
-        .ok()?
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()?;
-    let sas = crate::blob::auth::service_sas(
-        &acct,
-        &container,
-        Some(blob),
-        "r",
-        None,
-        &expiry,
-        None,
-        false,
-    );
-    Some(format!("{base}?{sas}"))
-}
 
 /// `sasUriExpirationTimeInMinutes` (any case): 1 to 1440, 120 when absent.
 fn sas_minutes(q: &HashMap<String, String>) -> Result<i64> {

@@ -150,6 +150,22 @@ impl From<VnetError> for ApiError {
     }
 }
 
+impl From<crate::groups::GroupError> for ApiError {
+    fn from(e: crate::groups::GroupError) -> Self {
+        use crate::groups::GroupError;
+        match e {
+            GroupError::InvalidName(_) | GroupError::Location(_) => {
+                Self::bad_request(e.to_string())
+            }
+            GroupError::NotFound(_) => Self::not_found("ResourceGroupNotFound", e.to_string()),
+            GroupError::NotEmpty { .. } => {
+                Self::new(StatusCode::CONFLICT, "ResourceGroupNotEmpty", e.to_string())
+            }
+            GroupError::Db(d) => Self::from(d),
+        }
+    }
+}
+
 /// A NIC's refusal is the caller's (400, 404 for a missing one, 409 for a changed one); the
 /// store is the node's (500, or 409 when another request stored the record first).
 impl From<NicError> for ApiError {
@@ -177,6 +193,27 @@ impl From<NicError> for ApiError {
             | NicError::StaticWithoutAddress
             | NicError::Method(_)
             | NicError::NoVnet { .. } => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::blob::accounts::AccountError> for ApiError {
+    fn from(e: crate::blob::accounts::AccountError) -> Self {
+        use crate::blob::accounts::AccountError;
+        match e {
+            AccountError::InvalidName(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "AccountNameInvalid", e.to_string())
+            }
+            AccountError::Taken(_) => Self::new(
+                StatusCode::CONFLICT,
+                "StorageAccountAlreadyTaken",
+                e.to_string(),
+            ),
+            AccountError::OwnAccount => {
+                Self::new(StatusCode::CONFLICT, "OperationNotAllowed", e.to_string())
+            }
+            AccountError::Db(d) => Self::from(d),
+            AccountError::Serve { .. } | AccountError::File { .. } => Self::internal(&e),
         }
     }
 }

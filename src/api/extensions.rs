@@ -24,6 +24,7 @@ impl From<ExtError> for ApiError {
     fn from(e: ExtError) -> Self {
         match e {
             ExtError::InvalidParameter(m) => ApiError::bad_request(m),
+            ExtError::Settings(_) | ExtError::RunCommand(_) => ApiError::bad_request(e.to_string()),
             ExtError::NotFound(..) => ApiError::not_found("ResourceNotFound", e.to_string()),
             ExtError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "OperationNotAllowed", m),
             ExtError::Vm(v) => v.into(),
@@ -39,7 +40,7 @@ fn log_uri(state: &AppState, vm: &VmRecord, r: &ExtensionRecord) -> Option<Strin
             .exists()
     });
     exists
-        .then(|| super::diagnostics::blob_uri(state, vm, &r.handler_log_blob, Some(120)))
+        .then(|| super::lookup::blob_uri(state, vm, &r.handler_log_blob, Some(120)))
         .flatten()
 }
 
@@ -110,7 +111,7 @@ fn with_operation(
         None => status.into_response(),
     };
     let Some(op) = op else { return r };
-    let url = super::compute::operation_url(state, headers, op);
+    let url = super::lookup::operation_url(state, headers, op);
     let location = if monitor {
         format!("{url}&monitor=true")
     } else {
@@ -227,7 +228,7 @@ pub async fn get_ext(
     Query(q): Q,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    super::compute::find(&state, &rg, &vm)?;
+    super::lookup::find(&state, &rg, &vm)?;
     let r = state.ext.get(&rg, &vm, &name)?;
     Ok(Json(render(
         &state,
@@ -243,7 +244,7 @@ pub async fn list_ext(
     Query(q): Q,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    let vmrec = super::compute::find(&state, &rg, &vm)?;
+    let vmrec = super::lookup::find(&state, &rg, &vm)?;
     let view = wants_view(&q);
     let list: Vec<Value> = state
         .ext
@@ -259,7 +260,7 @@ pub async fn delete_ext(
     Path((sub, rg, vm, name)): Path<(String, String, String, String)>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    super::compute::find(&state, &rg, &vm)?;
+    super::lookup::find(&state, &rg, &vm)?;
     Ok(if state.ext.delete(&rg, &vm, &name)? {
         StatusCode::OK.into_response()
     } else {
@@ -275,7 +276,7 @@ pub async fn run_command(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    super::compute::find(&state, &rg, &vm)?;
+    super::lookup::find(&state, &rg, &vm)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let command_id = body["commandId"]
         .as_str()

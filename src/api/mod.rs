@@ -7,11 +7,13 @@
 //! - `server`: listeners, TLS, auth; `tls`: the CA and certificate made at first start
 //! - `viewer`: the boot-diagnostics pages for browsers (HTML over the API's JSON)
 
+pub mod body;
 pub mod compute;
 pub mod deployments;
 pub mod diagnostics;
 pub mod error;
 pub mod extensions;
+pub mod lookup;
 pub mod network;
 pub mod resources;
 pub mod routes;
@@ -31,6 +33,10 @@ pub struct AppState {
     pub deployments: Arc<crate::deploy::Deployments>,
     /// VM extensions and Run Command.
     pub ext: Arc<crate::extensions::Extensions>,
+    /// Builds the API a deployment's engine calls (`server::engine_api`).
+    pub engine_api: fn(&AppState) -> crate::deploy::engine::Api,
+    /// Storage accounts (`Microsoft.Storage/storageAccounts`).
+    pub accounts: Arc<crate::blob::accounts::Accounts>,
 }
 
 /// The node has one subscription: any other is 404 SubscriptionNotFound.
@@ -50,7 +56,7 @@ pub fn check_sub(state: &AppState, sub: &str) -> Result<(), error::ApiError> {
 /// The subscription is the node's and the resource group exists.
 pub fn check_rg(state: &AppState, sub: &str, rg: &str) -> Result<(), error::ApiError> {
     check_sub(state, sub)?;
-    if state.node.rg_exists(rg)? {
+    if crate::groups::exists(&state.node.db, rg)? {
         return Ok(());
     }
     Err(crate::vm::VmError::ResourceGroupNotFound(rg.into()).into())

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::catalog;
 use crate::config::LOCATION;
-use crate::storage::db::Kind;
+use crate::groups::{self, GroupRecord};
 use crate::vm::model;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -38,14 +38,7 @@ pub async fn get_subscription(
     Ok(Json(subscription(&state)))
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RgRecord {
-    name: String,
-    location: String,
-    tags: serde_json::Map<String, Value>,
-}
-
-fn rg_json(state: &AppState, r: &RgRecord) -> Value {
+fn rg_json(state: &AppState, r: &GroupRecord) -> Value {
     json!({
         "id": model::rg_id(&state.node.subscription, &r.name),
         "name": r.name,
@@ -56,12 +49,20 @@ fn rg_json(state: &AppState, r: &RgRecord) -> Value {
     })
 }
 
+/// What a group PUT may say (unknown fields are tolerated, as the cloud does).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct GroupBody {
+    location: Option<String>,
+    tags: Option<serde_json::Map<String, Value>>,
+}
+
 pub async fn list_rgs(
     State(state): State<AppState>,
     Path(sub): Path<String>,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    let rgs: Vec<RgRecord> = state.node.db.list(Kind::ResourceGroup)?;
+    let rgs = groups::list(&state.node.db)?;
     Ok(Json(
         json!({ "value": rgs.iter().map(|r| rg_json(&state, r)).collect::<Vec<_>>() }),
     ))
@@ -72,13 +73,7 @@ pub async fn get_rg(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Json<Value>> {
     check_sub(&state, &sub)?;
-    let r: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
-    r.map(|r| Json(rg_json(&state, &r))).ok_or_else(|| {
-        ApiError::not_found(
-            "ResourceGroupNotFound",
-            format!("Resource group '{rg}' could not be found."),
-        )
-    })
+    Ok(Json(rg_json(&state, &groups::get(&state.node.db, &rg)?)))
 }
 
 pub async fn put_rg(
@@ -87,33 +82,14 @@ pub async fn put_rg(
     body: Option<Json<Value>>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    crate::vm::validate_rg_name(&rg)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
-    let location = body
-        .get("location")
-        .and_then(Value::as_str)
-        .unwrap_or(LOCATION);
-    if !location.eq_ignore_ascii_case(LOCATION) {
-        return Err(ApiError::bad_request(format!(
-            "The location '{location}' is not available on this node; its location is '{LOCATION}'."
-        )));
-    }
-    let tags = body
-        .get("tags")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    let existing: Option<RgRecord> = state.node.db.get(Kind::ResourceGroup, &rg)?;
-    let rec = RgRecord {
-        name: existing.as_ref().map(|e| e.name.clone()).unwrap_or(rg),
-        location: LOCATION.into(),
-        tags,
-    };
-    state.node.db.put(Kind::ResourceGroup, &rec.name, &rec)?;
-    let status = if existing.is_some() {
-        StatusCode::OK
-    } else {
+    groups::validate_name(&rg)?;
+    let body: GroupBody = super::body::parse(&body.map(|b| b.0).unwrap_or_default())?;
+    let tags = body.tags.unwrap_or_default();
+    let (rec, new) = groups::put(&state.node.db, &rg, body.location.as_deref(), tags)?;
+    let status = if new {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok((status, Json(rg_json(&state, &rec))).into_response())
 }
@@ -123,19 +99,8 @@ pub async fn delete_rg(
     Path((sub, rg)): Path<(String, String)>,
 ) -> Result<Response> {
     check_sub(&state, &sub)?;
-    let vms = state.node.list(Some(&rg));
-    if !vms.is_empty() {
-        let names: Vec<String> = vms.iter().map(|v| v.name.clone()).collect();
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "ResourceGroupNotEmpty",
-            format!(
-                "Resource group '{rg}' still holds VMs: {}. Delete them first.",
-                names.join(", ")
-            ),
-        ));
-    }
-    if state.node.db.delete(Kind::ResourceGroup, &rg)? {
+    let vms = state.node.list(Some(&rg)).into_iter().map(|v| v.name);
+    if groups::delete(&state.node.db, &rg, vms.collect())? {
         state.deployments.drop_group(&rg);
         Ok(StatusCode::OK.into_response())
     } else {

@@ -155,6 +155,18 @@ pub type Svc = tower::util::MapRequest<
     fn(Request<hyper::body::Incoming>) -> Request<hyper::body::Incoming>,
 >;
 
+/// The API as a deployment's engine calls it, as its front serves it: keywords re-cased before
+/// routing, a panic a 500 (no auth: the engine acts for a caller already let in). Given to the
+/// deployments handler through [`AppState::engine_api`] so that it does not import the routes.
+pub fn engine_api(state: &AppState) -> crate::deploy::engine::Api {
+    let router = routes::router(state.clone()).layer(middleware::from_fn(catch_panic));
+    crate::deploy::engine::Api::new(
+        tower::ServiceBuilder::new()
+            .map_request(routes::canonicalize::<Body>)
+            .service(router),
+    )
+}
+
 pub fn service(state: AppState) -> Svc {
     let router = routes::router(state.clone())
         .layer(middleware::from_fn_with_state(state, auth))

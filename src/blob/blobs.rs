@@ -16,7 +16,7 @@ use super::error::{BlobError, Result};
 use super::lease::{self, Lease};
 use super::pages::{self, RangeSet};
 use super::reaper;
-use super::store::{lock, now_ms, now_ns, snapshot_time, BlobMeta, BlobPaths, BlobType, Store};
+use super::store::{now_ms, now_ns, snapshot_time, BlobMeta, BlobPaths, BlobType, Store};
 
 /// Conditional headers (`If-Match`, `If-None-Match`, `If-Modified-Since`,
 /// `If-Unmodified-Since`; dates in seconds since the epoch).
@@ -209,7 +209,7 @@ impl Store {
         a: &Access,
     ) -> Result<(BlobMeta, BlobPaths)> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let base = self.load_existing(&p, blob);
         match snapshot {
             None => {
@@ -258,7 +258,7 @@ impl Store {
         f: impl FnOnce(&BlobPaths, &mut BlobMeta) -> Result<T>,
     ) -> Result<(T, BlobMeta)> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let mut m = self.load_existing(&p, blob)?;
         m.lease
             .check_write(now_ms(), a.lease_id.as_deref())
@@ -315,7 +315,7 @@ impl Store {
         a: &Access,
     ) -> Result<(String, BlobMeta)> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let mut m = self.load_existing(&p, blob)?;
         m.lease
             .check_read(now_ms(), a.lease_id.as_deref())
@@ -367,7 +367,7 @@ impl Store {
         a: &Access,
     ) -> Result<()> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         if let Some(s) = snapshot {
             let sm = self
                 .load_snapshot(&p, s)?
@@ -403,7 +403,7 @@ impl Store {
             _ => {
                 let old_file = reaper::hold(&p.data);
                 fs::remove_file(&p.data)?;
-                reaper::release(old_file);
+                self.reaper.release(old_file);
                 let _ = fs::remove_file(&p.meta);
                 let _ = fs::remove_dir_all(&p.snapshots);
                 self.pool.recycle_dir(&p.blocks);
@@ -422,7 +422,7 @@ impl Store {
         cond: &Cond,
     ) -> Result<(lease::Outcome, BlobMeta)> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let mut m = self.load_existing(&p, blob)?;
         cond.check(m.modified_ns, false)?;
         let (l, out) = m.lease.apply(now_ms(), op).map_err(BlobError::lease)?;
@@ -477,7 +477,7 @@ impl Store {
                 return Ok((out, Some(name)));
             }
             let p = self.blob_paths(account, container, &name);
-            let _g = lock(&p.key);
+            let _g = self.lock(&p.key);
             if snapshots {
                 for s in self.snapshots(&p) {
                     if let Some(sm) = self.load_snapshot(&p, &s)? {

@@ -274,9 +274,9 @@ impl From<std::io::Error> for BlobError {
 /// Refuses a write when the store's filesystem cannot take it (see `storage::health`): 507
 /// InsufficientStorage when it is full, 503 StateDirUnwritable when it takes no writes; the
 /// message says what to do.
-pub fn state_dir(root: &std::path::Path) -> Result<()> {
-    use crate::storage::health::{check, HealthError};
-    check(root).map_err(|e| {
+pub fn state_dir(health: &crate::storage::health::Health, root: &std::path::Path) -> Result<()> {
+    use crate::storage::health::HealthError;
+    health.check(root).map_err(|e| {
         let (status, code) = match &e {
             HealthError::Full { .. } => (StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage"),
             HealthError::Unwritable { .. } => {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::error::BlobError;
 use super::lease::Lease;
-use super::store::{lock, now_ms, PublicAccess, Store};
+use super::store::{now_ms, PublicAccess, Store};
 
 /// The container quarantined disks are moved into (one per account).
 pub const CONTAINER: &str = "quarantine";
@@ -31,7 +31,7 @@ pub fn quarantine(
         _ => {}
     }
     let from = store.blob_paths(account, container, blob);
-    let _g = lock(&from.key);
+    let _g = store.lock(&from.key);
     let mut name = format!("{container}/{blob}");
     if store.blob_paths(account, CONTAINER, &name).data.exists() {
         name = format!("{name}.{}", now_ms());

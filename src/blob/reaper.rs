@@ -3,65 +3,74 @@
 //! `discard` that free waits for the device (`ext4_free_blocks → blkdev_issue_discard`), inside
 //! the request and with the directory locked. So a writer opens the old file first
 //! ([`hold`]), renames or unlinks it, and hands the open file to one background thread
-//! ([`release`]), whose close does the freeing.
+//! ([`Reaper::release`]), whose close does the freeing.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::sync::OnceLock;
 
+#[derive(Debug)]
 enum Msg {
     Close(File),
     #[cfg(test)]
     Flush(Sender<()>),
 }
 
-fn queue() -> &'static Sender<Msg> {
-    static TX: OnceLock<Sender<Msg>> = OnceLock::new();
-    TX.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Msg>();
-        let spawned = std::thread::Builder::new()
-            .name("blob-reaper".into())
-            .spawn(move || {
-                for m in rx {
-                    match m {
-                        Msg::Close(f) => drop(f),
-                        #[cfg(test)]
-                        Msg::Flush(done) => {
-                            let _ = done.send(());
+/// The reaper of one store: its thread starts with the first file handed to it and ends when
+/// the store is dropped.
+#[derive(Debug, Default)]
+pub struct Reaper {
+    tx: OnceLock<Sender<Msg>>,
+}
+
+impl Reaper {
+    fn queue(&self) -> &Sender<Msg> {
+        self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Msg>();
+            let spawned = std::thread::Builder::new()
+                .name("blob-reaper".into())
+                .spawn(move || {
+                    for m in rx {
+                        match m {
+                            Msg::Close(f) => drop(f),
+                            #[cfg(test)]
+                            Msg::Flush(done) => {
+                                let _ = done.send(());
+                            }
                         }
                     }
-                }
-            });
-        if let Err(e) = spawned {
-            // Without the thread, the send fails and the file is closed where it is.
-            tracing::warn!(error = %e, "cannot start the blob reaper thread; old files are closed on the request path");
+                });
+            if let Err(e) = spawned {
+                // Without the thread, the send fails and the file is closed where it is.
+                tracing::warn!(error = %e, "cannot start the blob reaper thread; old files are closed on the request path");
+            }
+            tx
+        })
+    }
+
+    /// Closes `file` on the reaper thread (or here, if that thread is gone).
+    pub fn release(&self, file: Option<File>) {
+        if let Some(f) = file {
+            if let Err(mpsc::SendError(Msg::Close(f))) = self.queue().send(Msg::Close(f)) {
+                drop(f);
+            }
         }
-        tx
-    })
+    }
+
+    /// Waits until every file released before the call is closed.
+    #[cfg(test)]
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.queue().send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
 }
 
 /// The file at `path`, opened so that its last close can happen later; `None` if there is none.
 pub fn hold(path: &Path) -> Option<File> {
     File::open(path).ok()
-}
-
-/// Closes `file` on the reaper thread (or here, if that thread is gone).
-pub fn release(file: Option<File>) {
-    if let Some(f) = file {
-        if let Err(mpsc::SendError(Msg::Close(f))) = queue().send(Msg::Close(f)) {
-            drop(f);
-        }
-    }
-}
-
-/// Waits until every file released before the call is closed.
-#[cfg(test)]
-pub fn flush() {
-    let (tx, rx) = mpsc::channel();
-    if queue().send(Msg::Flush(tx)).is_ok() {
-        let _ = rx.recv();
-    }
 }
 
 #[cfg(test)]
@@ -87,11 +96,12 @@ mod tests {
         assert!(held.is_some());
         std::fs::rename(&new, &old).unwrap();
         assert!(open_here(&old), "the old file is held past the rename");
-        release(held);
-        flush();
+        let reaper = Reaper::default();
+        reaper.release(held);
+        reaper.flush();
         assert!(!open_here(&old), "and closed by the reaper");
         assert_eq!(std::fs::read(&old).unwrap(), b"new");
         assert!(hold(&d.path().join("none")).is_none());
-        release(None);
+        reaper.release(None);
     }
 }

@@ -69,18 +69,18 @@ pub fn verify_full(image: &ImageVersion) -> Result<Outcome, CatalogError> {
     check(image, false)
 }
 
-/// One lock per version folder: twenty creates from a new image hash it once between them, the
-/// others then find the stamp (hashing it twenty times over took every core for seconds).
-fn folder_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
-    use std::sync::{Arc, Mutex};
-    static LOCKS: Mutex<BTreeMap<std::path::PathBuf, Arc<Mutex<()>>>> = Mutex::new(BTreeMap::new());
-    let mut all = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-    all.entry(dir.to_path_buf()).or_default().clone()
+/// One lock per version folder, the kernel's `flock` on the folder itself: twenty creates from
+/// a new image hash it once between them, the others then find the stamp (hashing it twenty
+/// times over took every core for seconds). It holds across processes too (a CLI's
+/// `image verify` beside the daemon). `None` when the folder cannot be opened: the check
+/// then runs unlocked and fails on the files as it would have.
+fn folder_lock(dir: &Path) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::open(dir).ok()?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 fn check(image: &ImageVersion, use_stamp: bool) -> Result<Outcome, CatalogError> {
-    let lock = folder_lock(&image.dir);
-    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let _held = folder_lock(&image.dir);
     let stamp_path = image.dir.join(STAMP);
     let old: Stamp = std::fs::read(&stamp_path)
         .ok()

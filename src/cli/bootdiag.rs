@@ -7,8 +7,8 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::client::Client;
-use super::commands::VmId;
 use super::output::{self, Format};
+use super::VmId;
 
 #[derive(Subcommand)]
 pub enum BootDiagCmd {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::Client;
 use super::output::{print, Format};
-use super::Global;
+use super::{Global, VmId};
 
 #[derive(Subcommand)]
 pub enum AccountCmd {
@@ -39,16 +39,6 @@ pub enum GroupCmd {
         #[arg(short = 'y', long)]
         yes: bool,
     },
-}
-
-#[derive(Args)]
-pub struct VmId {
-    /// Resource group.
-    #[arg(short = 'g', long = "resource-group")]
-    pub rg: String,
-    /// VM name.
-    #[arg(short = 'n', long)]
-    pub name: String,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +244,9 @@ pub struct DoctorArgs {
     /// With --fix: print the apt line and install nothing.
     #[arg(long, requires = "fix")]
     pub dry_run: bool,
+    /// The user QEMU runs as, to check (as `serve --qemu-user`).
+    #[arg(long, env = "VMNODE_QEMU_USER", default_value = crate::qemu::jail::DEFAULT_USER)]
+    pub qemu_user: String,
 }
 
 pub fn doctor(a: DoctorArgs) -> anyhow::Result<()> {
@@ -264,7 +257,7 @@ pub fn doctor(a: DoctorArgs) -> anyhow::Result<()> {
         }
     }
     let mut missing = Vec::new();
-    for c in crate::doctor::checks() {
+    for c in crate::doctor::checks(&a.qemu_user) {
         println!(
             "{:<12} {:<4} {}",
             c.name,

@@ -159,7 +159,42 @@ pub struct ServeArgs {
     /// restart and redeploy always boot. Snapshots are kept in `state/snapshots`, at most 8.
     #[arg(long, value_enum, default_value = "on")]
     pub boot_snapshots: OnOff,
+    /// Automatic boot screenshots, periodic and at boot milestones (on-demand ones always
+    /// work). `off` is for measuring what they cost a boot (bench/diag.py).
+    #[arg(long, env = "VMNODE_BOOT_SCREENSHOTS", default_value = "on", value_parser = parse_on_off,
+          value_name = "on|off")]
+    pub boot_screenshots: bool,
+    /// How long OS provisioning waits for the guest's agent before the VM fails with
+    /// OSProvisioningTimedOut (the cloud waits 20 minutes for a Linux VM).
+    #[arg(long, env = "VMNODE_PROVISION_TIMEOUT_SECS", default_value_t = 20 * 60)]
+    pub provision_timeout_secs: u64,
+    /// Free space (MiB) the state dir must keep: below it creates, starts and blob writes are
+    /// refused up front (running VMs are not touched).
+    #[arg(long, env = "VMNODE_MIN_FREE_MB", default_value_t = crate::storage::health::MIN_FREE_MB)]
+    pub min_free_mb: u64,
+    /// The unprivileged system user QEMU runs as (made at start if missing, in group kvm where
+    /// /dev/kvm exists).
+    #[arg(long, env = "VMNODE_QEMU_USER", default_value = crate::qemu::jail::DEFAULT_USER)]
+    pub qemu_user: String,
+    /// Where systemd is PID 1 and systemd-run is installed, each QEMU runs in a scope of its own
+    /// in machine.slice (`systemctl status`, `machinectl`); `off` keeps QEMU a plain child.
+    #[arg(long, env = "VMNODE_QEMU_SCOPE", default_value = "on", value_parser = parse_on_off,
+          value_name = "on|off")]
+    pub qemu_scope: bool,
 }
+
+/// `on`/`off` as a flag or its environment variable says it (also true/false, yes/no, 1/0).
+fn parse_on_off(s: &str) -> Result<bool, OnOffError> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(OnOffError(s.into())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not on or off")]
+struct OnOffError(String);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {
@@ -167,16 +202,17 @@ pub enum OnOff {
     Off,
 }
 
-/// Places the guests' group from where the daemon started, then moves the daemon into its own
-/// (see `qemu::cgroup`); failing that it runs on where it is, with a warning. Done on a thread
-/// of its own: moving a process between cgroups waits for an RCU grace period (about 10 ms
-/// here), which the API need not wait for.
-fn join_daemon_group(weight: u32) {
+/// Places the guests' group (with `guests_weight`) from where the daemon started, then moves
+/// the daemon into its own (see `qemu::cgroup`); failing that it runs on where it is, with a
+/// warning. Done on a thread of its own: moving a process between cgroups waits for an RCU grace
+/// period (about 10 ms here), which the API need not wait for. The thread's answer is the
+/// guests' group, which the daemon hands to every QEMU it starts.
+fn join_daemon_group(guests_weight: u32, weight: u32) -> crate::daemon::GuestGroup {
     use crate::qemu::cgroup;
     let join = move || {
-        cgroup::host();
+        let guests = cgroup::guests(guests_weight);
         if weight == 0 {
-            return;
+            return guests;
         }
         match cgroup::join_daemon_group(weight) {
             Ok(Some(dir)) => {
@@ -187,13 +223,29 @@ fn join_daemon_group(weight: u32) {
                 tracing::warn!(error = %e, "the daemon stays in its cpu cgroup: with no group of its own it shares its session's CPU share with everything else started there")
             }
         }
+        guests
     };
-    if let Err(e) = std::thread::Builder::new()
+    match std::thread::Builder::new()
         .name("cgroup".into())
         .spawn(join)
     {
-        tracing::warn!(error = %e, "cannot start the thread that places the daemon's cpu cgroup");
+        Ok(h) => crate::daemon::GuestGroup::Placing(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the thread that places the daemon's cpu cgroup");
+            crate::daemon::GuestGroup::None
+        }
     }
+}
+
+/// A VM as the verbs name it (`-g`/`-n`, as az does); used by `vm` and `vm boot-diagnostics`.
+#[derive(clap::Args)]
+pub struct VmId {
+    /// Resource group.
+    #[arg(short = 'g', long = "resource-group")]
+    pub rg: String,
+    /// VM name.
+    #[arg(short = 'n', long)]
+    pub name: String,
 }
 
 fn parse_dns_forwarder(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -224,7 +276,6 @@ pub fn main() -> ExitCode {
         if a.nice != 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) } != 0 {
             nice_error = Some(std::io::Error::last_os_error());
         }
-        crate::qemu::cgroup::set_weight(a.guest_cpu_weight);
         // The daemon runs many threads (DHCP workers, blocking I/O); one malloc arena per
         // thread would multiply its resident memory for nothing. Two arenas serve it well.
         // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
@@ -251,7 +302,7 @@ pub fn main() -> ExitCode {
                 if let Some(e) = nice_error {
                     tracing::warn!(nice = a.nice, error = %e, "cannot set the daemon's niceness (needs CAP_SYS_NICE); it runs at the guests' priority");
                 }
-                join_daemon_group(a.daemon_cpu_weight);
+                let guests = join_daemon_group(a.guest_cpu_weight, a.daemon_cpu_weight);
                 let cfg = config::DaemonConfig {
                     paths: cli.global.paths(),
                     listen: a.listen,
@@ -267,8 +318,13 @@ pub fn main() -> ExitCode {
                     nat_via: a.nat_via,
                     dns_forwarder: a.dns_forwarder,
                     boot_snapshots: a.boot_snapshots == OnOff::On,
+                    boot_screenshots: a.boot_screenshots,
+                    provision_timeout: std::time::Duration::from_secs(a.provision_timeout_secs),
+                    min_free_mb: a.min_free_mb,
+                    qemu_user: a.qemu_user,
+                    qemu_scope: a.qemu_scope,
                 };
-                crate::daemon::run(cfg).await
+                crate::daemon::run(cfg, guests).await
             }
             Cmd::Doctor(a) => commands::doctor(a),
             Cmd::Quickstart(a) => quickstart::run(&cli.global, a).await,

@@ -9,8 +9,9 @@ use hyper::Method;
 use serde_json::json;
 
 use super::client::Client;
-use super::commands::{CreateArgs, VmId};
+use super::commands::CreateArgs;
 use super::Global;
+use super::VmId;
 
 #[derive(Args)]
 pub struct QuickstartArgs {

@@ -13,11 +13,12 @@ use serde_json::{json, Value};
 
 use super::output::print;
 use super::Global;
-use crate::blob::client::{enc, Client};
 use crate::blob::{self, AccountFile};
 
 mod blobs;
+mod client;
 use blobs::{blob_cmd, BlobCmd};
+use client::{enc, Client};
 
 #[derive(Subcommand)]
 pub enum StorageCmd {
@@ -129,9 +130,9 @@ fn account_of(g: &Global, name: Option<&str>) -> anyhow::Result<AccountFile> {
 fn list_xml(
     body: &Bytes,
     item: &str,
-) -> anyhow::Result<(Vec<blob::xml::Node>, Vec<String>, String)> {
+) -> anyhow::Result<(Vec<blob::http::xml::Node>, Vec<String>, String)> {
     let text = String::from_utf8_lossy(body);
-    let doc = blob::xml::parse(&text).ok_or_else(|| anyhow!("the service sent bad XML"))?;
+    let doc = blob::http::xml::parse(&text).ok_or_else(|| anyhow!("the service sent bad XML"))?;
     let group = doc
         .children
         .iter()
@@ -158,7 +159,7 @@ fn list_xml(
     Ok((items, prefixes, next))
 }
 
-fn prop(n: &blob::xml::Node, name: &str) -> String {
+fn prop(n: &blob::http::xml::Node, name: &str) -> String {
     n.child("Properties")
         .and_then(|p| p.child_text(name))
         .unwrap_or("")

@@ -83,45 +83,50 @@ impl Font {
         self
     }
 
-    /// The VGA BIOS's font, read once (`None` if no VGA BIOS image is installed).
-    fn vga_bios() -> Option<&'static Font> {
-        static BIOS: OnceLock<Option<Font>> = OnceLock::new();
-        BIOS.get_or_init(|| {
-            VGA_BIOS
-                .iter()
-                .find_map(|p| std::fs::read(p).ok())
-                .and_then(|d| Font::from_image_bytes(&d))
-        })
-        .as_ref()
+    /// The VGA BIOS's font (`None` if no VGA BIOS image is installed).
+    fn vga_bios() -> Option<Font> {
+        VGA_BIOS
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .and_then(|d| Font::from_image_bytes(&d))
+    }
+}
+
+/// The fonts read so far: the VGA BIOS's (read once) and each kernel's by path, with the
+/// kernels being read now. One per VM manager, shared by its VMs' actors.
+#[derive(Default)]
+pub struct Fonts {
+    bios: OnceLock<Option<Font>>,
+    kernels: Mutex<HashMap<PathBuf, Option<Arc<Font>>>>,
+    loading: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl Fonts {
+    fn bios(&self) -> Option<&Font> {
+        self.bios.get_or_init(Font::vga_bios).as_ref()
     }
 
-    /// The kernel fonts read so far, by kernel path.
-    fn cache() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Option<Arc<Font>>>> {
-        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<Arc<Font>>>>> = OnceLock::new();
-        CACHE
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn kernels(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Option<Arc<Font>>>> {
+        self.kernels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts reading a kernel's font on a thread of its own, unless it is read or being read
     /// (finding it in a 30 MB kernel takes ~100 ms: a boot starts it, captures never wait).
-    pub fn warm(path: &Path) {
-        static LOADING: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
-        if Self::cache().contains_key(path) {
+    pub fn warm(self: &Arc<Self>, path: &Path) {
+        if self.kernels().contains_key(path) {
             return;
         }
-        let loading = LOADING.get_or_init(Default::default);
-        if loading
+        let new = self
+            .loading
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf())
-        {
-            let path = path.to_path_buf();
+            .insert(path.to_path_buf());
+        if new {
+            let (fonts, path) = (self.clone(), path.to_path_buf());
             let _ = std::thread::Builder::new()
                 .name("font".into())
                 .spawn(move || {
-                    Font::for_kernel(&path);
+                    fonts.for_kernel(&path);
                 });
         }
     }
@@ -129,12 +134,12 @@ impl Font {
     /// The kernel's font if it has been read, else the VGA BIOS's alone (what the firmware, the
     /// bootloader and the VGA text console draw with) while the kernel's is read in the
     /// background for the captures after this one. Never waits on the kernel file.
-    pub fn for_kernel_now(path: &Path) -> Option<Arc<Font>> {
-        if let Some(f) = Self::cache().get(path) {
+    pub fn for_kernel_now(self: &Arc<Self>, path: &Path) -> Option<Arc<Font>> {
+        if let Some(f) = self.kernels().get(path) {
             return f.clone();
         }
-        Self::warm(path);
-        Font::vga_bios().map(|b| {
+        self.warm(path);
+        self.bios().map(|b| {
             Arc::new(Font {
                 glyphs: b.glyphs.clone(),
             })
@@ -142,14 +147,14 @@ impl Font {
     }
 
     /// The font of a kernel file with the VGA BIOS's glyphs added, read once per path.
-    pub fn for_kernel(path: &Path) -> Option<Arc<Font>> {
-        if let Some(f) = Self::cache().get(path) {
+    pub fn for_kernel(&self, path: &Path) -> Option<Arc<Font>> {
+        if let Some(f) = self.kernels().get(path) {
             return f.clone();
         }
         let kernel = std::fs::read(path)
             .ok()
             .and_then(|d| Font::from_image_bytes(&d));
-        let font = match (kernel, Font::vga_bios()) {
+        let font = match (kernel, self.bios()) {
             (Some(k), Some(b)) => Some(k.with(b)),
             (Some(k), None) => Some(k),
             (None, Some(b)) => Some(Font {
@@ -158,7 +163,7 @@ impl Font {
             (None, None) => None,
         }
         .map(Arc::new);
-        Self::cache().insert(path.to_path_buf(), font.clone());
+        self.kernels().insert(path.to_path_buf(), font.clone());
         font
     }
 }
@@ -298,7 +303,7 @@ mod tests {
         let screen = draw(&text, 720, 400, 9, table);
         // The made-up "kernel" font alone reads little of it; with the BIOS's glyphs, all.
         assert_ne!(read(&screen, &kernel)[1], text[1]);
-        let merged = Font::from_table(&font_table()).with(Font::vga_bios().unwrap());
+        let merged = Font::from_table(&font_table()).with(&Font::vga_bios().unwrap());
         assert_eq!(read(&screen, &merged), text.map(String::from).to_vec());
     }
 

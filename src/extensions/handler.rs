@@ -26,6 +26,25 @@ const AGENT_WAIT: Duration = Duration::from_secs(600);
 /// The environment commands run with (guest-exec would otherwise pass the agent's own).
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Why no session with the VM's guest agent could be had for a run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("VM '{0}' was deleted")]
+    Deleted(String),
+    #[error("VM '{0}' was deleted and made again")]
+    Remade(String),
+    #[error("VM '{vm}' is not running ({power}); start it and set the extension again")]
+    NotRunning { vm: String, power: &'static str },
+    #[error("the VM has not started yet after {0} s")]
+    NotStarted(u64),
+    #[error("the guest agent does not answer after {after} s")]
+    Silent {
+        after: u64,
+        #[source]
+        source: QgaError,
+    },
+}
+
 /// What to run.
 pub enum Command {
     /// `commandToExecute`.
@@ -53,45 +72,43 @@ pub struct Target {
 }
 
 impl Target {
-    fn qga_socket(&self) -> PathBuf {
-        self.node.cfg.paths.vm_run(&self.vm_id).join("qga.sock")
-    }
-
-    /// A session with the guest agent: waits while the VM is being created or started and its
-    /// agent is not up yet; fails at once if the VM is stopped or gone.
-    pub async fn agent(&self) -> Result<Qga, String> {
+    /// A session with the VM's guest agent (the manager's, shared with the VM's actor): waits
+    /// while the VM is being created or started and its agent is not up yet; fails at once if
+    /// the VM is stopped or gone.
+    pub async fn agent(&self) -> Result<Qga, AgentError> {
         let deadline = tokio::time::Instant::now() + AGENT_WAIT;
-        let mut last = String::from("the VM has not started yet");
+        let mut last = None;
         loop {
             let Some(rec) = self.node.get(&self.rg, &self.vm) else {
-                return Err(format!("VM '{}' was deleted", self.vm));
+                return Err(AgentError::Deleted(self.vm.clone()));
             };
             if rec.vm_id != self.vm_id {
-                return Err(format!("VM '{}' was deleted and made again", self.vm));
+                return Err(AgentError::Remade(self.vm.clone()));
             }
             match rec.power {
                 PowerState::Running => {
-                    match Qga::connect(&self.qga_socket(), Duration::from_secs(10)).await {
+                    let Some(agent) = self.node.agent(&self.vm_id) else {
+                        return Err(AgentError::Deleted(self.vm.clone()));
+                    };
+                    match agent.connect(Duration::from_secs(10)).await {
                         Ok(q) => return Ok(q),
-                        Err(e) => {
-                            last = format!(
-                                "the guest agent does not answer ({})",
-                                crate::report::chain(&e)
-                            )
-                        }
+                        Err(e) => last = Some(e),
                     }
                 }
                 PowerState::Starting => {}
                 p => {
-                    return Err(format!(
-                        "VM '{}' is not running ({}); start it and set the extension again",
-                        self.vm,
-                        p.display()
-                    ))
+                    return Err(AgentError::NotRunning {
+                        vm: self.vm.clone(),
+                        power: p.display(),
+                    })
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{last} after {} s", AGENT_WAIT.as_secs()));
+                let after = AGENT_WAIT.as_secs();
+                return Err(match last {
+                    Some(source) => AgentError::Silent { after, source },
+                    None => AgentError::NotStarted(after),
+                });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -196,60 +213,10 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
         ),
     );
     // 1. Downloads, on the node (fast failure before the guest is involved).
-    log.line("INFO", "Downloading files specified in configuration...");
-    let mut files = Vec::new();
-    for (i, url) in job.file_uris.iter().enumerate() {
-        let redacted = download::redact(url);
-        log.line("INFO", &format!("DownloadFiles: fileUri = {redacted}"));
-        log.line("INFO", &format!("DownloadFiles: fileDownloadPath = {dir}"));
-        match download::fetch(url).await {
-            Ok(bytes) => {
-                let name = download::file_name(url);
-                log.line(
-                    "INFO",
-                    &format!(
-                        "DownloadFiles: downloaded file {} of {} to fileDownloadLocation = {dir}/{name} ({} bytes)",
-                        i + 1,
-                        job.file_uris.len(),
-                        bytes.len()
-                    ),
-                );
-                files.push((name, bytes));
-            }
-            Err(e) => {
-                let why = crate::report::chain(&e);
-                log.line(
-                    "ERROR",
-                    &format!(
-                        "DownloadFiles: file {} of {}: {redacted}: {why}",
-                        i + 1,
-                        job.file_uris.len()
-                    ),
-                );
-                let path = download::url_path(url);
-                // `/{account}/{container}/{blob}` → `container/blob`.
-                let blob = path
-                    .trim_start_matches('/')
-                    .split_once('/')
-                    .map(|(_, rest)| rest.to_string())
-                    .unwrap_or(path.clone());
-                let blob = percent_encoding::percent_decode_str(&blob)
-                    .decode_utf8_lossy()
-                    .into_owned();
-                let message = match &e {
-                    download::DownloadError::Status { message, .. } => message.clone(),
-                    _ => why,
-                };
-                return Outcome::DownloadFailed {
-                    url: redacted,
-                    blob,
-                    status: e.status(),
-                    code: e.code(),
-                    message,
-                };
-            }
-        }
-    }
+    let files = match download_all(job, &dir, log).await {
+        Ok(f) => f,
+        Err(failed) => return failed,
+    };
     log.line(
         "INFO",
         "Waiting for all async file download tasks to complete...",
@@ -257,7 +224,11 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
     // 2. Into the guest.
     let mut q = match t.agent().await {
         Ok(q) => q,
-        Err(message) => return Outcome::AgentFailed { message },
+        Err(e) => {
+            return Outcome::AgentFailed {
+                message: crate::report::chain(&e),
+            }
+        }
     };
     let ten = Duration::from_secs(10);
     let agent_err = |what: &str, e: QgaError| Outcome::AgentFailed {
@@ -324,4 +295,68 @@ async fn run_steps(job: &Job, t: &Target, log: &HandlerLog) -> Outcome {
         },
         Err(e) => agent_err("running the command", e),
     }
+}
+
+/// Fetches the job's fileUris on the node, logging each; the files (name, bytes), or the
+/// outcome of the first that failed.
+async fn download_all(
+    job: &Job,
+    dir: &str,
+    log: &HandlerLog,
+) -> Result<Vec<(String, Vec<u8>)>, Outcome> {
+    log.line("INFO", "Downloading files specified in configuration...");
+    let mut files = Vec::new();
+    for (i, url) in job.file_uris.iter().enumerate() {
+        let redacted = download::redact(url);
+        log.line("INFO", &format!("DownloadFiles: fileUri = {redacted}"));
+        log.line("INFO", &format!("DownloadFiles: fileDownloadPath = {dir}"));
+        match download::fetch(url).await {
+            Ok(bytes) => {
+                let name = download::file_name(url);
+                log.line(
+                    "INFO",
+                    &format!(
+                        "DownloadFiles: downloaded file {} of {} to fileDownloadLocation = {dir}/{name} ({} bytes)",
+                        i + 1,
+                        job.file_uris.len(),
+                        bytes.len()
+                    ),
+                );
+                files.push((name, bytes));
+            }
+            Err(e) => {
+                let why = crate::report::chain(&e);
+                log.line(
+                    "ERROR",
+                    &format!(
+                        "DownloadFiles: file {} of {}: {redacted}: {why}",
+                        i + 1,
+                        job.file_uris.len()
+                    ),
+                );
+                let path = download::url_path(url);
+                // `/{account}/{container}/{blob}` → `container/blob`.
+                let blob = path
+                    .trim_start_matches('/')
+                    .split_once('/')
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or(path.clone());
+                let blob = percent_encoding::percent_decode_str(&blob)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                let message = match &e {
+                    download::DownloadError::Status { message, .. } => message.clone(),
+                    _ => why,
+                };
+                return Err(Outcome::DownloadFailed {
+                    url: redacted,
+                    blob,
+                    status: e.status(),
+                    code: e.code(),
+                    message,
+                });
+            }
+        }
+    }
+    Ok(files)
 }

@@ -52,6 +52,12 @@ pub enum ExtError {
     Db(#[from] DbError),
     #[error("protectedSettings")]
     Secret(#[from] secret::SecretError),
+    /// The configuration's settings are not ones the handler can run (a 400).
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    /// A Run Command the node does not offer (a 400).
+    #[error(transparent)]
+    RunCommand(#[from] runcommand::ScriptError),
 }
 
 /// What a PUT asks for, after parsing.
@@ -193,7 +199,7 @@ impl Extensions {
             }
         }
         let protected = req.protected.clone().unwrap_or_default();
-        settings::parse(handler, &req.settings, &protected).map_err(ExtError::InvalidParameter)?;
+        settings::parse(handler, &req.settings, &protected)?;
         if !matches!(v.power, PowerState::Running | PowerState::Starting) {
             return Err(ExtError::Conflict(format!(
                 "Cannot modify extensions in the VM when the VM is not running ('{}' is {}). Start it first.",
@@ -301,8 +307,7 @@ impl Extensions {
     }
 
     fn spawn_run(self: &Arc<Self>, rec: ExtensionRecord, op: String) -> Result<(), ExtError> {
-        let cfg = settings::parse(rec.handler, &rec.settings, &self.unseal(&rec)?)
-            .map_err(ExtError::InvalidParameter)?;
+        let cfg = settings::parse(rec.handler, &rec.settings, &self.unseal(&rec)?)?;
         let job = handler::Job {
             handler: rec.handler,
             seq: rec.seq,
@@ -397,7 +402,7 @@ impl Extensions {
             .node
             .get(rg, vm)
             .ok_or_else(|| VmError::NotFound(vm.into(), rg.into()))?;
-        let script = runcommand::script_for(&req).map_err(ExtError::InvalidParameter)?;
+        let script = runcommand::script_for(&req)?;
         if !matches!(v.power, PowerState::Running | PowerState::Starting) {
             return Err(ExtError::Conflict(format!(
                 "Run Command needs a running VM; '{vm}' is {}. Start it first.",
@@ -421,13 +426,19 @@ impl Extensions {
                 let r = runcommand::run(&target, &req, &script, &id[..8]).await;
                 match &r {
                     Ok(v) => tracing::info!(exit_code = %v["exitCode"], "run command finished"),
-                    Err(e) => tracing::warn!(error = %e, "run command failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::chain(e), "run command failed")
+                    }
                 }
                 me.node.ops.finish_with(
                     &id,
                     r.map(Some).map_err(|e| ErrorBody {
                         code: "VMAgentStatusCommunicationError".into(),
-                        message: format!("Run Command could not run on VM '{}': {e}", target.vm),
+                        message: format!(
+                            "Run Command could not run on VM '{}': {}",
+                            target.vm,
+                            crate::report::chain(&e)
+                        ),
                         details: vec![],
                     }),
                 );

@@ -8,8 +8,29 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::handler::{Target, COMMAND_LIMIT, TAIL};
+use super::handler::{AgentError, Target, COMMAND_LIMIT, TAIL};
 use super::status::{run_command_result, tail};
+use crate::qemu::qga::QgaError;
+
+/// A Run Command request the node cannot take (the API's 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    #[error("RunShellScript needs a script (one or more lines)")]
+    NoScript,
+    #[error("The command id '{0}' is not available on this node's Linux guests; use RunShellScript or ifconfig")]
+    UnknownCommand(String),
+}
+
+/// Why a Run Command did not run to its end (its operation's error).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Guest(#[from] QgaError),
+    #[error("mkdir -p {dir} in the guest: {stderr}")]
+    Mkdir { dir: String, stderr: String },
+}
 
 /// The command ids this node offers, as `GET .../locations/{loc}/runCommands` lists them.
 pub fn documents() -> Vec<Value> {
@@ -45,19 +66,16 @@ pub struct Request {
 }
 
 /// The script to run for a request; an unknown command id is refused with the known ones.
-pub fn script_for(req: &Request) -> Result<String, String> {
+pub fn script_for(req: &Request) -> Result<String, ScriptError> {
     if req.command_id.eq_ignore_ascii_case("RunShellScript") {
         if req.script.is_empty() {
-            return Err("RunShellScript needs a script (one or more lines)".into());
+            return Err(ScriptError::NoScript);
         }
         Ok(req.script.join("\n") + "\n")
     } else if req.command_id.eq_ignore_ascii_case("ifconfig") {
         Ok(format!("{IFCONFIG}\n"))
     } else {
-        Err(format!(
-            "The command id '{}' is not available on this node's Linux guests; use RunShellScript or ifconfig",
-            req.command_id
-        ))
+        Err(ScriptError::UnknownCommand(req.command_id.clone()))
     }
 }
 
@@ -69,26 +87,20 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// Runs the request in the guest; `run_id` names its folder. Returns the result document.
-pub async fn run(t: &Target, req: &Request, script: &str, run_id: &str) -> Result<Value, String> {
+pub async fn run(t: &Target, req: &Request, script: &str, run_id: &str) -> Result<Value, RunError> {
     let start = crate::report::time_now();
     let mut q = t.agent().await?;
     let dir = format!("/var/lib/waagent/run-command/download/{run_id}");
     let ten = Duration::from_secs(10);
-    let chain = |e: crate::qemu::qga::QgaError| crate::report::chain(&e);
-    let mk = q
-        .exec("/bin/mkdir", &["-p", &dir], &[], None, ten)
-        .await
-        .map_err(chain)?;
+    let mk = q.exec("/bin/mkdir", &["-p", &dir], &[], None, ten).await?;
     if mk.exit_code != Some(0) {
-        return Err(format!(
-            "mkdir -p {dir} in the guest: {}",
-            String::from_utf8_lossy(&mk.stderr).trim()
-        ));
+        return Err(RunError::Mkdir {
+            stderr: String::from_utf8_lossy(&mk.stderr).trim().to_string(),
+            dir,
+        });
     }
     let path = format!("{dir}/script.sh");
-    q.write_file(&path, script.as_bytes(), 0o700)
-        .await
-        .map_err(chain)?;
+    q.write_file(&path, script.as_bytes(), 0o700).await?;
     let mut env = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
         "HOME=/root".to_string(),
@@ -102,10 +114,7 @@ pub async fn run(t: &Target, req: &Request, script: &str, run_id: &str) -> Resul
     // A script with its own `#!` runs as itself; others with /bin/sh.
     let mut args: Vec<&str> = vec!["-c", "cd \"$(dirname \"$0\")\" || exit 1; case \"$(head -c 2 \"$0\")\" in '#!') exec \"$0\" \"$@\";; *) exec /bin/sh \"$0\" \"$@\";; esac", &path];
     args.extend(req.parameters.iter().map(|(_, v)| v.as_str()));
-    let out = q
-        .exec("/bin/sh", &args, &env, None, COMMAND_LIMIT)
-        .await
-        .map_err(chain)?;
+    let out = q.exec("/bin/sh", &args, &env, None, COMMAND_LIMIT).await?;
     Ok(run_command_result(
         out.exit_code,
         &tail(&out.stdout, TAIL),
@@ -132,7 +141,10 @@ mod tests {
             script: vec!["x".into()],
             parameters: vec![],
         };
-        assert!(script_for(&r).unwrap_err().contains("RunShellScript"));
+        assert!(script_for(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("RunShellScript"));
         assert!(is_identifier("arg_1") && !is_identifier("1a") && !is_identifier("a-b"));
     }
 }

@@ -8,6 +8,37 @@ use serde_json::{Map, Value};
 use super::handler::Command;
 use super::model::{setting, Handler};
 
+/// A configuration the handler cannot run; the texts never quote a protected value. `which` is
+/// `settings` or `protectedSettings`.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{which}.fileUris must be an array of URLs")]
+    NotAnArray { which: &'static str },
+    #[error("{which}.fileUris has an entry that is not an http:// or https:// URL")]
+    NotHttp { which: &'static str },
+    #[error("{which}.{key} must be a string")]
+    NotAString {
+        which: &'static str,
+        key: &'static str,
+    },
+    #[error(
+        "commandToExecute is given in both settings and protectedSettings; give it in one of them"
+    )]
+    CommandTwice,
+    #[error("give one of commandToExecute and script, not both")]
+    CommandAndScript,
+    #[error("Microsoft.Compute/CustomScriptExtension takes commandToExecute; script is Microsoft.Azure.Extensions/CustomScript's")]
+    ScriptForWindows,
+    #[error("script must be base64")]
+    NotBase64(#[source] base64::DecodeError),
+    #[error("script is gzip-compressed, which this node does not unpack; give it uncompressed (base64 of the script itself)")]
+    Gzip,
+    #[error("commandToExecute (or script) is required in settings or protectedSettings")]
+    NoCommand,
+    #[error("commandToExecute runs PowerShell, which this node's guests do not have: they are Linux ({INTERPRETERS}). Run a shell command instead, e.g. `sh script.sh`, with publisher Microsoft.Azure.Extensions and type CustomScript")]
+    PowerShell,
+}
+
 /// What a configuration asks the handler to do.
 pub struct Config {
     pub file_uris: Vec<String>,
@@ -20,35 +51,33 @@ pub struct Config {
 pub const INTERPRETERS: &str =
     "vmnode:tiny has busybox sh; vmnode:debian:12 has sh (dash), bash and perl";
 
-fn uris(m: &Map<String, Value>, which: &str) -> Result<Vec<String>, String> {
+fn uris(m: &Map<String, Value>, which: &'static str) -> Result<Vec<String>, SettingsError> {
     let Some(v) = setting(m, "fileUris") else {
         return Ok(vec![]);
     };
-    let arr = v
-        .as_array()
-        .ok_or_else(|| format!("{which}.fileUris must be an array of URLs"))?;
+    let arr = v.as_array().ok_or(SettingsError::NotAnArray { which })?;
     arr.iter()
         .map(|u| {
-            let s = u
-                .as_str()
-                .ok_or_else(|| format!("{which}.fileUris must be an array of URLs"))?;
+            let s = u.as_str().ok_or(SettingsError::NotAnArray { which })?;
             if s.starts_with("http://") || s.starts_with("https://") {
                 Ok(s.to_string())
             } else {
-                Err(format!(
-                    "{which}.fileUris has an entry that is not an http:// or https:// URL"
-                ))
+                Err(SettingsError::NotHttp { which })
             }
         })
         .collect()
 }
 
-fn text(m: &Map<String, Value>, key: &str, which: &str) -> Result<Option<String>, String> {
+fn text(
+    m: &Map<String, Value>,
+    key: &'static str,
+    which: &'static str,
+) -> Result<Option<String>, SettingsError> {
     match setting(m, key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("{which}.{key} must be a string")),
+        Some(_) => Err(SettingsError::NotAString { which, key }),
     }
 }
 
@@ -73,7 +102,7 @@ pub fn parse(
     handler: Handler,
     public: &Map<String, Value>,
     protected: &Map<String, Value>,
-) -> Result<Config, String> {
+) -> Result<Config, SettingsError> {
     let mut file_uris = uris(public, "settings")?;
     file_uris.extend(uris(protected, "protectedSettings")?);
     let pub_cmd = text(public, "commandToExecute", "settings")?;
@@ -81,17 +110,17 @@ pub fn parse(
     let pub_script = text(public, "script", "settings")?;
     let prot_script = text(protected, "script", "protectedSettings")?;
     if pub_cmd.is_some() && prot_cmd.is_some() {
-        return Err("commandToExecute is given in both settings and protectedSettings; give it in one of them".into());
+        return Err(SettingsError::CommandTwice);
     }
     let given = [&pub_cmd, &prot_cmd, &pub_script, &prot_script]
         .iter()
         .filter(|c| c.is_some())
         .count();
     if given > 1 {
-        return Err("give one of commandToExecute and script, not both".into());
+        return Err(SettingsError::CommandAndScript);
     }
     if handler == Handler::WindowsCustomScript && (pub_script.is_some() || prot_script.is_some()) {
-        return Err("Microsoft.Compute/CustomScriptExtension takes commandToExecute; script is Microsoft.Azure.Extensions/CustomScript's".into());
+        return Err(SettingsError::ScriptForWindows);
     }
     let (command, protected) = if let Some(c) = pub_cmd {
         (Command::Shell(c), false)
@@ -100,21 +129,17 @@ pub fn parse(
     } else if let Some(s) = pub_script.or(prot_script.clone()) {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
-            .map_err(|_| "script must be base64".to_string())?;
+            .map_err(SettingsError::NotBase64)?;
         if raw.starts_with(&[0x1f, 0x8b]) {
-            return Err("script is gzip-compressed, which this node does not unpack; give it uncompressed (base64 of the script itself)".into());
+            return Err(SettingsError::Gzip);
         }
         (Command::Script(raw), prot_script.is_some())
     } else {
-        return Err(
-            "commandToExecute (or script) is required in settings or protectedSettings".into(),
-        );
+        return Err(SettingsError::NoCommand);
     };
     if let Command::Shell(c) = &command {
         if runs_powershell(c) {
-            return Err(format!(
-                "commandToExecute runs PowerShell, which this node's guests do not have: they are Linux ({INTERPRETERS}). Run a shell command instead, e.g. `sh script.sh`, with publisher Microsoft.Azure.Extensions and type CustomScript"
-            ));
+            return Err(SettingsError::PowerShell);
         }
     }
     Ok(Config {
@@ -158,7 +183,7 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(!e.contains("secret"));
+        assert!(!e.to_string().contains("secret"));
         assert!(parse(h, &Map::new(), &Map::new()).is_err());
         assert!(parse(
             h,
@@ -189,7 +214,8 @@ mod tests {
                 &Map::new(),
             )
             .err()
-            .unwrap_or_else(|| panic!("{cmd} accepted"));
+            .unwrap_or_else(|| panic!("{cmd} accepted"))
+            .to_string();
             assert!(e.contains("PowerShell") && e.contains("busybox sh"), "{e}");
         }
         // A shell running a file named .ps1 is a shell command (the seed's mistake).

@@ -1,7 +1,7 @@
 //! The blob service's parsers an outsider feeds: XML request bodies (Put Block List, Set
 //! Container ACL) and the reader the CLI and the extension downloader use for bodies from
-//! elsewhere; the HTTP framing follower of each connection ([`crate::blob::wire`]); SAS query
-//! strings and SharedKey `Authorization` headers (`crate::blob::auth`).
+//! elsewhere; the HTTP framing follower of each connection ([`crate::blob::http::wire`]); SAS query
+//! strings and SharedKey `Authorization` headers (`crate::blob::http::auth`).
 //!
 //! Invariants, checked by panicking:
 //! - XML: an accepted block list names at most 50,000 valid block ids, an accepted ACL at most 5
@@ -20,11 +20,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 
-use crate::blob::auth::{self, Principal};
 use crate::blob::blobs::Access;
-use crate::blob::bodies::{self, MAX_BLOCKS, MAX_IDENTIFIERS};
+use crate::blob::http::auth::{self, Principal};
+use crate::blob::http::xml;
+use crate::blob::http::xml_bodies::{self as bodies, MAX_BLOCKS, MAX_IDENTIFIERS};
 use crate::blob::store::{AccessPolicy, Account, HttpProps, PublicAccess};
-use crate::blob::{xml, Store};
+use crate::blob::Store;
 
 const ACCOUNT: &str = "fuzz";
 const CONTAINER: &str = "c";
@@ -201,7 +202,7 @@ impl Default for XmlTarget {
 /// in. Returns the number of requests it followed.
 pub fn wire(data: &[u8]) -> usize {
     let piece = data.first().map_or(1, |b| usize::from(*b % 64) + 1);
-    crate::blob::wire::fuzz::check(data.get(1..).unwrap_or_default(), piece)
+    crate::blob::http::wire::fuzz::check(data.get(1..).unwrap_or_default(), piece)
 }
 
 /// How a request was taken.

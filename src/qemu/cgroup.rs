@@ -16,8 +16,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 /// The group's directory name, under the cpu hierarchy.
 pub const NAME: &str = "vmnode-guests";
@@ -30,8 +28,6 @@ pub const DAEMON_NAME: &str = "vmnode-daemon";
 
 /// The daemon group's weight: ten times all guests together.
 pub const DEFAULT_DAEMON_WEIGHT: u32 = 1000;
-
-static WEIGHT: AtomicU32 = AtomicU32::new(DEFAULT_WEIGHT);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -59,33 +55,24 @@ pub struct CpuGroup {
     pub version: Version,
 }
 
-/// Sets the group's weight (`serve --guest-cpu-weight`); 0 leaves guests ungrouped. Takes
-/// effect for the first QEMU started afterwards.
-pub fn set_weight(w: u32) {
-    WEIGHT.store(w, Ordering::Relaxed);
-}
-
-/// The group for this host, made once per process; `None` when turned off or impossible.
-pub fn host() -> Option<&'static CpuGroup> {
-    static HOST: OnceLock<Option<CpuGroup>> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let weight = WEIGHT.load(Ordering::Relaxed);
-        if weight == 0 {
-            tracing::info!("guests are not grouped in a cpu cgroup (--guest-cpu-weight 0)");
-            return None;
+/// Makes the guests' group with `weight` (`serve --guest-cpu-weight`; 0 leaves guests
+/// ungrouped); `None` when turned off or impossible (said in the log). Called once, before the
+/// daemon leaves the cgroup it started in (see [`join_daemon_group`]).
+pub fn guests(weight: u32) -> Option<CpuGroup> {
+    if weight == 0 {
+        tracing::info!("guests are not grouped in a cpu cgroup (--guest-cpu-weight 0)");
+        return None;
+    }
+    match make(weight) {
+        Ok(g) => {
+            tracing::info!(dir = %g.dir.display(), version = ?g.version, weight, "guests share a cpu cgroup");
+            Some(g)
         }
-        match make(weight) {
-            Ok(g) => {
-                tracing::info!(dir = %g.dir.display(), version = ?g.version, weight, "guests share a cpu cgroup");
-                Some(g)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "guests run without a cpu cgroup of their own: a busy guest can delay the node's services");
-                None
-            }
+        Err(e) => {
+            tracing::warn!(error = %e, "guests run without a cpu cgroup of their own: a busy guest can delay the node's services");
+            None
         }
-    })
-    .as_ref()
+    }
 }
 
 impl CpuGroup {
@@ -129,7 +116,7 @@ fn make(weight: u32) -> Result<CpuGroup, CgroupError> {
 
 /// Moves the whole daemon (every thread) into `vmnode-daemon` with `weight` (v2 units) when it
 /// runs in the root cpu cgroup; elsewhere its service manager placed it, and it stays. Returns
-/// the group joined. Call after [`host`], so the guests' group is placed from where the daemon
+/// the group joined. Call after [`guests`], so the guests' group is placed from where the daemon
 /// started.
 pub fn join_daemon_group(weight: u32) -> Result<Option<PathBuf>, CgroupError> {
     let (mounts, own) = own_cgroup()?;

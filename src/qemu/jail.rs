@@ -17,9 +17,6 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-use crate::doctor::Check;
 
 /// The `-sandbox` option every QEMU gets.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -70,45 +67,14 @@ pub struct Creds {
     pub groups: Vec<u32>,
 }
 
-static HOST: OnceLock<Result<Option<Creds>, String>> = OnceLock::new();
-
-fn user_name() -> String {
-    std::env::var("VMNODE_QEMU_USER")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_USER.into())
-}
-
-/// The credentials QEMU gets on this host, decided once per process: `None` when the daemon is
-/// not root (QEMU then runs as the daemon's own unprivileged user). Makes the user if missing.
-pub fn host() -> Result<Option<&'static Creds>, String> {
-    HOST.get_or_init(|| {
-        if !nix::unistd::geteuid().is_root() {
-            tracing::warn!("the daemon is not root: QEMU runs as the daemon's user");
-            return Ok(None);
-        }
-        let r = ensure_user(&user_name(), Path::new("/dev/kvm").exists());
-        match &r {
-            Ok(c) => tracing::info!(user = %c.user, uid = c.uid, gid = c.gid, groups = ?c.groups, "QEMU runs as"),
-            Err(e) => tracing::error!(error = %chain(e), "no QEMU user"),
-        }
-        r.map(Some).map_err(|e| chain(&e))
-    })
-    .as_ref()
-    .map(Option::as_ref)
-    .map_err(Clone::clone)
-}
-
-use crate::report::chain;
-
-fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
+pub fn lookup(user: &str) -> Result<Option<nix::unistd::User>, JailError> {
     nix::unistd::User::from_name(user).map_err(|source| JailError::Lookup {
         user: user.into(),
         source,
     })
 }
 
-fn kvm_gid() -> Option<u32> {
+pub fn kvm_gid() -> Option<u32> {
     nix::unistd::Group::from_name("kvm")
         .ok()
         .flatten()
@@ -361,55 +327,6 @@ pub unsafe fn drop_privileges(c: &Creds, groups: &[libc::gid_t]) -> std::io::Res
         }
     }
     Ok(())
-}
-
-/// `vmnode doctor`'s line about the QEMU user.
-pub fn check() -> Check {
-    let user = user_name();
-    let fix = Some(format!(
-        "the daemon creates it at start; or: useradd --system --no-create-home --shell /usr/sbin/nologin {user}"
-    ));
-    match lookup(&user) {
-        Ok(Some(u)) => {
-            let name = std::ffi::CString::new(user.clone()).unwrap_or_default();
-            let groups = nix::unistd::getgrouplist(&name, u.gid).unwrap_or_default();
-            let kvm = kvm_gid();
-            let in_kvm = kvm.is_some_and(|k| groups.iter().any(|g| g.as_raw() == k));
-            // Only a host whose guests run under KVM needs it (not kvm_pvm's, which run TCG).
-            let needs_kvm = kvm.is_some()
-                && crate::doctor::decide(crate::doctor::AccelChoice::Auto).accel
-                    == crate::doctor::Accel::Kvm;
-            Check {
-                name: "qemu-user",
-                ok: !u.uid.is_root() && (in_kvm || !needs_kvm),
-                detail: format!(
-                    "QEMU runs as {user} (uid {}, gid {}){}, -sandbox {SANDBOX}",
-                    u.uid,
-                    u.gid,
-                    match (needs_kvm, in_kvm) {
-                        (true, true) => ", in group kvm",
-                        (true, false) => ", NOT in group kvm: KVM guests cannot start",
-                        _ => "",
-                    }
-                ),
-                fix: Some(format!("usermod -a -G kvm {user}"))
-                    .filter(|_| needs_kvm && !in_kvm)
-                    .or(fix),
-            }
-        }
-        Ok(None) => Check {
-            name: "qemu-user",
-            ok: true,
-            detail: format!("{user} does not exist yet (the daemon creates it at start)"),
-            fix,
-        },
-        Err(e) => Check {
-            name: "qemu-user",
-            ok: false,
-            detail: format!("cannot look up {user}: {e}"),
-            fix,
-        },
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod argv;
 pub mod cgroup;
+pub mod host;
 pub mod jail;
 pub mod process;
 pub mod qga;

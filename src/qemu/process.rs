@@ -13,7 +13,6 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -35,8 +34,6 @@ pub enum ProcessError {
     EarlyExit { status: String, log: String },
     #[error("cannot hand QEMU its files")]
     Jail(#[from] jail::JailError),
-    #[error("no unprivileged user to run QEMU as: {0}")]
-    NoUser(String),
     #[error("cannot prepare {path}")]
     Io {
         path: PathBuf,
@@ -73,26 +70,20 @@ const SYSTEMD_MARKER: &str = "/run/systemd/system";
 const SYSTEMD_RUN: [&str; 2] = ["/usr/bin/systemd-run", "/bin/systemd-run"];
 
 impl Placement {
-    /// The placement for this host, decided once per process: a scope when `/run/systemd/system`
-    /// exists and `systemd-run` is installed, unless `VMNODE_QEMU_SCOPE=off`.
-    pub fn host() -> &'static Placement {
-        static HOST: OnceLock<Placement> = OnceLock::new();
-        HOST.get_or_init(|| {
-            let setting = std::env::var("VMNODE_QEMU_SCOPE").ok();
-            let systemd_run = SYSTEMD_RUN.iter().map(PathBuf::from).find(|p| p.is_file());
-            let version = systemd_run.as_deref().and_then(systemd_version);
-            let p = Self::decide(
-                Path::new(SYSTEMD_MARKER).is_dir(),
-                setting.as_deref(),
-                systemd_run,
-                version,
-            );
-            tracing::info!(placement = ?p, "where QEMU processes are placed");
-            p
-        })
+    /// The placement for this host: a scope when `/run/systemd/system` exists and
+    /// `systemd-run` is installed, unless `scope` is false (`serve --qemu-scope off`).
+    pub fn probe(scope: bool) -> Placement {
+        let systemd_run = SYSTEMD_RUN.iter().map(PathBuf::from).find(|p| p.is_file());
+        let version = systemd_run.as_deref().and_then(systemd_version);
+        Self::decide(
+            Path::new(SYSTEMD_MARKER).is_dir(),
+            (!scope).then_some("off"),
+            systemd_run,
+            version,
+        )
     }
 
-    /// The decision itself, from what [`Placement::host`] found on the host.
+    /// The decision itself, from what [`Placement::probe`] found on the host.
     pub fn decide(
         systemd_booted: bool,
         setting: Option<&str>,
@@ -191,17 +182,17 @@ fn vm_id_of(argv: &[String]) -> &str {
 }
 
 /// Starts QEMU with `argv`, handing it `tap` as fd 3 and `files` at their numbers, as the
-/// unprivileged QEMU user ([`jail::host`]), placed as [`Placement::host`] says. Writes `pidfile`.
+/// unprivileged QEMU user, placed and grouped as `host` says. Writes `pidfile`.
 /// Returns the child (the caller reaps it); its pid is QEMU's in either placement.
 pub fn spawn(
+    host: &super::host::QemuHost,
     argv: &[String],
     tap: &OwnedFd,
     files: &[(i32, OwnedFd)],
     log: &Path,
     pidfile: &Path,
 ) -> Result<tokio::process::Child, ProcessError> {
-    let creds = jail::host().map_err(ProcessError::NoUser)?;
-    let child = spawn_placed(Placement::host(), argv, tap, files, creds, log)?;
+    let child = spawn_placed(host, argv, tap, files, log)?;
     let mut child = child;
     crate::failpoint::crash_point("boot.qemu_forked");
     if let Some(pid) = child.id() {
@@ -219,13 +210,13 @@ pub fn spawn(
 }
 
 fn spawn_placed(
-    placement: &Placement,
+    host: &super::host::QemuHost,
     argv: &[String],
     tap: &OwnedFd,
     files: &[(i32, OwnedFd)],
-    creds: Option<&Creds>,
     log: &Path,
 ) -> Result<tokio::process::Child, ProcessError> {
+    let (placement, creds) = (&host.placement, host.creds.as_ref());
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -250,7 +241,7 @@ fn spawn_placed(
         .unwrap_or_default();
     let (program, args) = placement.command(vm_id_of(argv), argv, creds.filter(|_| !direct));
     // A direct QEMU joins the guests' cpu cgroup (a scope's is in machine.slice).
-    let join = match super::cgroup::host().filter(|_| direct) {
+    let join = match host.guest_group.as_ref().filter(|_| direct) {
         Some(g) => Some(g.open_procs().map_err(|source| ProcessError::Io {
             path: g.dir.join("cgroup.procs"),
             source,
@@ -545,15 +536,13 @@ mod tests {
         let disk = dir.path().join("disk");
         std::fs::write(&disk, b"").unwrap();
         let files = vec![(9, jail::open_one(&disk, jail::Access::ReadWrite).unwrap())];
-        let mut child = spawn_placed(
-            &placement,
-            &argv(),
-            &tap,
-            &files,
-            None,
-            &dir.path().join("qemu.log"),
-        )
-        .unwrap();
+        let host = super::super::host::QemuHost {
+            creds: None,
+            placement,
+            guest_group: None,
+        };
+        let mut child =
+            spawn_placed(&host, &argv(), &tap, &files, &dir.path().join("qemu.log")).unwrap();
         let pid = child.id().unwrap();
         assert!(child.wait().await.unwrap().success());
         let seen = std::fs::read_to_string(&out).unwrap();

@@ -4,16 +4,14 @@
 //! after a 0xFF sentinel, flushing whatever a previous client left), then commands are one JSON
 //! line each. Every call has a timeout; an agent that is not running simply times out.
 //!
-//! QEMU's agent chardev serves one client at a time, so sessions on one socket are serialised:
-//! a [`Qga`] holds that socket's session lock until it is dropped (the boot probe, graceful
-//! shutdown, provisioning and extensions all go through here and never interleave).
+//! QEMU's agent chardev serves one client at a time, so a VM's sessions are serialised: each VM
+//! has one [`Agent`] (made with the VM, kept in its handle) holding its socket's path and its
+//! session lock, and a [`Qga`] session holds that lock until it is dropped (the boot probe,
+//! graceful shutdown, provisioning, a resumed snapshot's identity and extensions all open their
+//! sessions through the VM's `Agent` and never interleave). Two VMs' agents share nothing.
 
-// Provisioning (vm/provision.rs) and extensions use exec/files/users; until they land:
-#![allow(dead_code)]
-
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -56,18 +54,44 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
-fn sessions() -> &'static Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>> {
-    static S: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    S.get_or_init(Default::default)
+/// One VM's guest agent: its socket and its session lock (one session at a time).
+#[derive(Debug)]
+pub struct Agent {
+    socket: PathBuf,
+    session: Arc<tokio::sync::Mutex<()>>,
 }
 
-fn session_lock(path: &Path) -> Arc<tokio::sync::Mutex<()>> {
-    let mut map = sessions().lock().unwrap_or_else(|e| e.into_inner());
-    // Forget sockets nobody holds any more (VMs that are gone).
-    map.retain(|_, l| Arc::strong_count(l) > 1);
-    map.entry(path.to_path_buf()).or_default().clone()
+impl Agent {
+    /// The agent on `socket` (the VM's `qga.sock`), with no session open.
+    pub fn new(socket: PathBuf) -> Agent {
+        Agent {
+            socket,
+            session: Arc::default(),
+        }
+    }
+
+    /// Connects and synchronises with the agent, waiting (within `limit`) for another session
+    /// of this VM to end.
+    pub async fn connect(&self, limit: Duration) -> Result<Qga, QgaError> {
+        let guard = tokio::time::timeout(limit, self.session.clone().lock_owned())
+            .await
+            .map_err(|_| QgaError::Busy)?;
+        Qga::open(&self.socket, limit, guard).await
+    }
+
+    /// Like [`Agent::connect`] but fails with [`QgaError::Busy`] at once if another session is
+    /// open (an agent in use is an agent that answers).
+    pub async fn try_connect(&self, limit: Duration) -> Result<Qga, QgaError> {
+        let guard = self
+            .session
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| QgaError::Busy)?;
+        Qga::open(&self.socket, limit, guard).await
+    }
 }
 
+/// One session with a VM's agent; it holds the VM's session lock until dropped.
 pub struct Qga {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
@@ -75,25 +99,6 @@ pub struct Qga {
 }
 
 impl Qga {
-    /// Connects and synchronises with the agent, waiting (within `limit`) for another session
-    /// on the same socket to end.
-    pub async fn connect(path: &Path, limit: Duration) -> Result<Qga, QgaError> {
-        let lock = session_lock(path);
-        let guard = tokio::time::timeout(limit, lock.lock_owned())
-            .await
-            .map_err(|_| QgaError::Busy)?;
-        Self::open(path, limit, guard).await
-    }
-
-    /// Like [`Qga::connect`] but fails with [`QgaError::Busy`] at once if another session is
-    /// open (an agent in use is an agent that answers).
-    pub async fn try_connect(path: &Path, limit: Duration) -> Result<Qga, QgaError> {
-        let guard = session_lock(path)
-            .try_lock_owned()
-            .map_err(|_| QgaError::Busy)?;
-        Self::open(path, limit, guard).await
-    }
-
     async fn open(
         path: &Path,
         limit: Duration,
@@ -394,7 +399,10 @@ mod tests {
                 w.write_all(&out).await.unwrap();
             }
         });
-        let mut q = Qga::connect(&sock, Duration::from_secs(5)).await.unwrap();
+        let mut q = Agent::new(sock)
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
         let e = q
             .exec("/bin/true", &[], &[], None, Duration::from_secs(5))
             .await
@@ -405,24 +413,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sessions_on_one_socket_are_serialised() {
+    async fn sessions_of_one_vm_are_serialised() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("qga.sock");
-        let l = session_lock(&sock);
-        let held = l.clone().lock_owned().await;
+        let agent = Agent::new(dir.path().join("qga.sock"));
+        let held = agent.session.clone().lock_owned().await;
         // Nobody answers on the socket, but the lock is what is tested: busy at once.
         assert!(matches!(
-            Qga::try_connect(&sock, Duration::from_millis(50)).await,
+            agent.try_connect(Duration::from_millis(50)).await,
             Err(QgaError::Busy)
         ));
         assert!(matches!(
-            Qga::connect(&sock, Duration::from_millis(50)).await,
+            agent.connect(Duration::from_millis(50)).await,
             Err(QgaError::Busy)
         ));
         drop(held);
         assert!(matches!(
-            Qga::try_connect(&sock, Duration::from_millis(50)).await,
+            agent.try_connect(Duration::from_millis(50)).await,
             Err(QgaError::Connect(_))
         ));
+    }
+
+    /// A session holds its VM's lock (a second one on the same agent is Busy until it ends),
+    /// while another VM's agent is free meanwhile.
+    #[tokio::test]
+    async fn two_vms_do_not_block_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let socks = [dir.path().join("a.sock"), dir.path().join("b.sock")];
+        let mut agents = Vec::new();
+        for s in &socks {
+            let l = tokio::net::UnixListener::bind(s).unwrap();
+            tokio::spawn(fake_agent(l));
+            agents.push(Agent::new(s.clone()));
+        }
+        let t = Duration::from_secs(5);
+        let a = agents[0].connect(t).await.unwrap();
+        assert!(matches!(
+            agents[0].try_connect(t).await,
+            Err(QgaError::Busy)
+        ));
+        assert!(matches!(
+            agents[0].connect(Duration::from_millis(50)).await,
+            Err(QgaError::Busy)
+        ));
+        let b = agents[1].try_connect(t).await.unwrap();
+        drop(b);
+        drop(a);
+        agents[0].try_connect(t).await.unwrap();
+    }
+
+    /// An agent that answers guest-sync-delimited, for as many clients as come.
+    async fn fake_agent(listener: tokio::net::UnixListener) {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let mut line = Vec::new();
+                while r.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+                    line.retain(|b| *b != 0xff);
+                    let v: Value = serde_json::from_slice(&line).unwrap();
+                    let mut out =
+                        serde_json::to_vec(&json!({"return": v["arguments"]["id"]})).unwrap();
+                    out.push(b'\n');
+                    w.write_all(&out).await.unwrap();
+                    line.clear();
+                }
+            });
+        }
     }
 }

@@ -21,12 +21,11 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
     fs::create_dir_all(dir)?;
     // One temporary file per call: two threads writing one path at once each rename their own
     // (with only the pid, one renamed the other's away and failed with ENOENT).
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp{}.{}",
+        ".{}.tmp{}.{:016x}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        rand::random::<u64>()
     ));
     {
         let mut f = OpenOptions::new()

@@ -11,14 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Free space below which new work is refused (MiB); `VMNODE_MIN_FREE_MB` overrides it.
+/// Free space below which new work is refused (MiB) unless `serve --min-free-mb` says otherwise.
 pub const MIN_FREE_MB: u64 = 64;
 
 /// How long a successful probe write vouches for a directory (failures are never cached).
 pub const PROBE_TRUST: Duration = Duration::from_secs(1);
-
-/// The directories whose probe write succeeded, and when.
-static PROBED: Mutex<Vec<(PathBuf, Instant)>> = Mutex::new(Vec::new());
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -42,53 +39,66 @@ pub enum HealthError {
     },
 }
 
-fn min_free_mb() -> u64 {
-    std::env::var("VMNODE_MIN_FREE_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MIN_FREE_MB)
+/// The state dir's checker: the free space it wants and the probe writes it trusts for now.
+/// One per daemon (in its context), shared by everything that starts new work.
+#[derive(Debug)]
+pub struct Health {
+    min_free_mb: u64,
+    /// The directories whose probe write succeeded, and when.
+    probed: Mutex<Vec<(PathBuf, Instant)>>,
 }
 
-/// Checks that `dir` has room and takes writes. A missing `dir` is checked at its nearest
-/// existing ancestor (it will be made there).
-pub fn check(dir: &Path) -> Result<(), HealthError> {
-    let mut at = dir;
-    while !at.exists() {
-        match at.parent() {
-            Some(p) => at = p,
-            None => break,
+impl Health {
+    /// Refuses new work below `min_free_mb` MiB free (`serve --min-free-mb`).
+    pub fn new(min_free_mb: u64) -> Health {
+        Health {
+            min_free_mb,
+            probed: Mutex::new(Vec::new()),
         }
     }
-    let unwritable = |source| HealthError::Unwritable {
-        dir: at.to_path_buf(),
-        source,
-    };
-    let st = nix::sys::statvfs::statvfs(at).map_err(|e| unwritable(e.into()))?;
-    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-        return Err(unwritable(std::io::Error::from_raw_os_error(libc::EROFS)));
-    }
-    let min_mb = min_free_mb();
-    let free_mb = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64) >> 20;
-    // A filesystem out of inodes is as full as one out of blocks (0 total: it does not count).
-    let no_inodes = st.files() > 0 && st.files_available() == 0;
-    if free_mb < min_mb || no_inodes {
-        return Err(HealthError::Full {
+
+    /// Checks that `dir` has room and takes writes. A missing `dir` is checked at its nearest
+    /// existing ancestor (it will be made there).
+    pub fn check(&self, dir: &Path) -> Result<(), HealthError> {
+        let mut at = dir;
+        while !at.exists() {
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        let unwritable = |source| HealthError::Unwritable {
             dir: at.to_path_buf(),
-            free_mb,
-            min_mb,
-        });
+            source,
+        };
+        let st = nix::sys::statvfs::statvfs(at).map_err(|e| unwritable(e.into()))?;
+        if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Err(unwritable(std::io::Error::from_raw_os_error(libc::EROFS)));
+        }
+        let min_mb = self.min_free_mb;
+        let free_mb =
+            (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64) >> 20;
+        // A filesystem out of inodes is as full as one out of blocks (0 total: it does not count).
+        let no_inodes = st.files() > 0 && st.files_available() == 0;
+        if free_mb < min_mb || no_inodes {
+            return Err(HealthError::Full {
+                dir: at.to_path_buf(),
+                free_mb,
+                min_mb,
+            });
+        }
+        // Writable for real: an unnamed file (gone when closed), one byte. This catches what the
+        // flags do not say: an immutable directory, permissions, a device that fails writes.
+        let mut probed = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+        probed.retain(|(_, when)| when.elapsed() < PROBE_TRUST);
+        if probed.iter().any(|(d, _)| d == at) {
+            return Ok(());
+        }
+        let probe = tempfile::tempfile_in(at).and_then(|mut f| f.write_all(b"v"));
+        probe.map_err(unwritable)?;
+        probed.push((at.to_path_buf(), Instant::now()));
+        Ok(())
     }
-    // Writable for real: an unnamed file (gone when closed), one byte. This catches what the
-    // flags do not say: an immutable directory, permissions, a device that fails writes.
-    let mut probed = PROBED.lock().unwrap_or_else(|p| p.into_inner());
-    probed.retain(|(_, when)| when.elapsed() < PROBE_TRUST);
-    if probed.iter().any(|(d, _)| d == at) {
-        return Ok(());
-    }
-    let probe = tempfile::tempfile_in(at).and_then(|mut f| f.write_all(b"v"));
-    probe.map_err(unwritable)?;
-    probed.push((at.to_path_buf(), Instant::now()));
-    Ok(())
 }
 
 #[cfg(test)]
@@ -98,9 +108,12 @@ mod tests {
     #[test]
     fn a_writable_dir_with_room_passes_and_a_missing_one_is_checked_at_its_parent() {
         let d = tempfile::tempdir().unwrap();
-        std::env::set_var("VMNODE_MIN_FREE_MB", "1");
-        check(d.path()).unwrap();
-        check(&d.path().join("not/yet")).unwrap();
+        let h = Health::new(1);
+        h.check(d.path()).unwrap();
+        h.check(&d.path().join("not/yet")).unwrap();
+        // Asking for more room than any disk has is refused with what is free.
+        let e = Health::new(u64::MAX >> 21).check(d.path()).unwrap_err();
+        assert!(matches!(e, HealthError::Full { .. }), "{e}");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use super::lifecycle::{self, PowerOp};
 use super::model::{ErrorBody, PowerState, ProvisioningState, VmRecord};
 use super::{Command, Node};
 use crate::catalog::{self, ImageRef, ImageVersion};
+use crate::config::VmRunDir;
 use crate::diagnostics::recorder::Recorder;
-use crate::qemu::{argv, process, qga::Qga, qmp::Qmp};
+use crate::qemu::{argv, process, qga::Agent, qmp::Qmp};
 pub(crate) use crate::report::chain;
 use crate::storage::db::Kind;
 pub use error::{ActorError, StepError};
@@ -53,6 +54,10 @@ struct Actor {
     events: Option<tokio::sync::broadcast::Receiver<crate::qemu::qmp::QmpEvent>>,
     child: Option<tokio::process::Child>,
     diag: Recorder,
+    /// The VM's run dir (sockets, pidfile, QEMU's log, the QMP transcript).
+    run: VmRunDir,
+    /// The VM's guest agent (its sessions one at a time; shared with extensions).
+    agent: Arc<Agent>,
     /// The booted image's kernel (its font reads the screen).
     kernel: Option<std::path::PathBuf>,
     /// The boot whose final screen was captured.
@@ -82,7 +87,9 @@ pub fn spawn(
     rx: mpsc::Receiver<Command>,
     state: watch::Sender<VmRecord>,
     diag: Recorder,
+    agent: Arc<Agent>,
 ) {
+    let run = node.cfg.paths.vm_run_dir(&rec.vm_id);
     let span = tracing::info_span!("vm", name = %rec.name, vm_id = %rec.vm_id);
     let (agent_tx, agent_rx) = mpsc::channel(1);
     let (prov_tx, prov_rx) = mpsc::unbounded_channel();
@@ -95,6 +102,8 @@ pub fn spawn(
         events: None,
         child: None,
         diag,
+        run,
+        agent,
         kernel: None,
         final_shot: None,
         agent_probing: false,
@@ -121,10 +130,6 @@ enum Resume {
 }
 
 impl Actor {
-    fn run_dir(&self) -> std::path::PathBuf {
-        self.node.cfg.paths.vm_run(&self.rec.vm_id)
-    }
-
     /// Persists and publishes the record.
     fn publish(&mut self) {
         self.rec.state_time = crate::report::time_now();
@@ -339,7 +344,8 @@ impl Actor {
         if self.rec.os_provisioning == super::model::OsProvisioning::Pending {
             self.rec.os_provisioning_since = Some(std::time::SystemTime::now());
         }
-        self.boot(image, Some(requested), "create").await?;
+        self.boot(image, Some(requested), resume::BootReason::Create)
+            .await?;
         self.rec.provisioning_state = ProvisioningState::Succeeded;
         self.set_power(PowerState::Running);
         crate::failpoint::crash_point("create.running");
@@ -352,7 +358,7 @@ impl Actor {
         &mut self,
         image: &ImageVersion,
         requested: Option<std::time::Instant>,
-        reason: &str,
+        reason: resume::BootReason,
         may_resume: bool,
         resumed: &mut Option<crate::vm::snapshot::Saved>,
     ) -> Result<(), StepError> {
@@ -371,50 +377,25 @@ impl Actor {
         }
         let tap = self.make_tap().await?;
         crate::failpoint::crash_point("boot.tap_made");
-        let run = self.run_dir();
-        std::fs::create_dir_all(&run)
-            .map_err(|e| StepError::Qemu(format!("{}: {e}", run.display())))?;
-        let _ = std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let run = self.run.clone();
+        std::fs::create_dir_all(&run.dir)
+            .map_err(|e| StepError::Qemu(format!("{}: {e}", run.dir.display())))?;
+        let _ = std::fs::set_permissions(
+            &run.dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        );
         if let Some(d) = self.rec.serial_log.parent() {
             std::fs::create_dir_all(d)
                 .map_err(|e| StepError::Qemu(format!("{}: {e}", d.display())))?;
         }
         // A new boot record; QEMU writes the console into a fresh spool.
-        self.diag.begin_boot(reason, true);
+        self.diag.begin_boot(reason.as_str(), true);
         self.agent_down();
         self.kernel = Some(image.kernel());
         // Screens are read with the kernel's own font (diagnostics/screen_text.rs): it is
         // found in the kernel file now, beside the boot, not inside a capture.
-        crate::diagnostics::screen_text::Font::warm(&image.kernel());
-        let spec = argv::VmSpec {
-            name: self.rec.name.clone(),
-            vm_id: self.rec.vm_id.clone(),
-            accel: self.node.accel.accel,
-            cpus: size.map(|s| s.number_of_cores).unwrap_or(1),
-            memory_mb: size.map(|s| s.memory_in_mb).unwrap_or(1024),
-            kernel: image.kernel(),
-            initrd: image.initrd(),
-            cmdline: image.manifest.cmdline.clone(),
-            disk: self.rec.os_disk_path.clone(),
-            temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
-                .then(|| self.rec.temp_disk.clone()),
-            hotplug_slots: size.map(|s| s.max_data_disk_count).unwrap_or(0),
-            data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
-            caching: self.rec.caching.clone(),
-            mac: self.rec.nic.mac.clone(),
-            serial_log: self.diag.spool_path(),
-            qmp_socket: run.join("qmp.sock"),
-            qga_socket: run.join("qga.sock"),
-            pidfile: run.join("qemu.pid"),
-            boot: if image.firmware_boot() {
-                argv::Boot::Firmware
-            } else {
-                argv::Boot::Kernel
-            },
-            seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
-            snapshot: None,
-        };
-        let mut spec = spec;
+        self.node.fonts.warm(&image.kernel());
+        let mut spec = self.vm_spec(image, size);
         let plan = if may_resume {
             self.snapshot_plan(&mut spec, image)
         } else {
@@ -424,16 +405,13 @@ impl Actor {
             *resumed = Some(saved.clone());
         }
         let args = argv::build(&spec);
-        let _ = std::fs::write(
-            run.join("qemu.argv.json"),
-            serde_json::to_vec(&args).unwrap_or_default(),
-        );
+        let _ = std::fs::write(&run.argv, serde_json::to_vec(&args).unwrap_or_default());
         let _ = std::fs::remove_file(&spec.pidfile);
         // Everything QEMU uses, opened here as root and handed over as fds (qemu/jail.rs).
         let files = crate::qemu::jail::open(&argv::passed(&spec))
             .map_err(|e| StepError::Qemu(chain(&e)))?;
-        let log = run.join("qemu.log");
-        let mut child = process::spawn(&args, &tap, &files, &log, &spec.pidfile)
+        let log = &run.log;
+        let mut child = process::spawn(&self.node.qemu, &args, &tap, &files, log, &spec.pidfile)
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(
             pid = child.id(),
@@ -455,12 +433,12 @@ impl Actor {
         // The socket listens already (the daemon made it): QEMU answers once it is up.
         let connected = Qmp::connect_with_retry(
             &spec.qmp_socket,
-            Some(run.join("qmp.transcript")),
+            Some(run.transcript.clone()),
             Duration::from_secs(30),
         )
         .await;
         let early = match &connected {
-            Err(_) => process::exited(&mut child, &log, Duration::from_secs(2)).await,
+            Err(_) => process::exited(&mut child, log, Duration::from_secs(2)).await,
             Ok(_) => None,
         };
         self.child = Some(child);
@@ -480,7 +458,7 @@ impl Actor {
             .map_err(|e| StepError::Qemu(chain(&e)))?;
         tracing::info!(status = ?status.status, "QMP connected");
         if let resume::Plan::Resume(saved) = &plan {
-            self.continue_resumed(&qmp, saved, &spec.qga_socket).await?;
+            self.continue_resumed(&qmp, saved).await?;
         }
         crate::failpoint::crash_point("boot.qmp_connected");
         self.events = Some(qmp.events());
@@ -495,6 +473,38 @@ impl Actor {
             self.make_snapshot_later(&spec, image, key);
         }
         Ok(())
+    }
+
+    /// What QEMU is started with for this VM's next boot (no snapshot yet).
+    fn vm_spec(&self, image: &ImageVersion, size: Option<&super::sizes::VmSize>) -> argv::VmSpec {
+        argv::VmSpec {
+            name: self.rec.name.clone(),
+            vm_id: self.rec.vm_id.clone(),
+            accel: self.node.accel.accel,
+            cpus: size.map(|s| s.number_of_cores).unwrap_or(1),
+            memory_mb: size.map(|s| s.memory_in_mb).unwrap_or(1024),
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            cmdline: image.manifest.cmdline.clone(),
+            disk: self.rec.os_disk_path.clone(),
+            temp_disk: (!self.rec.temp_disk.as_os_str().is_empty())
+                .then(|| self.rec.temp_disk.clone()),
+            hotplug_slots: size.map(|s| s.max_data_disk_count).unwrap_or(0),
+            data_disks: self.rec.data_disks.iter().map(disks::spec_of).collect(),
+            caching: self.rec.caching.clone(),
+            mac: self.rec.nic.mac.clone(),
+            serial_log: self.diag.spool_path(),
+            qmp_socket: self.run.qmp.clone(),
+            qga_socket: self.run.qga.clone(),
+            pidfile: self.run.pidfile.clone(),
+            boot: if image.firmware_boot() {
+                argv::Boot::Firmware
+            } else {
+                argv::Boot::Kernel
+            },
+            seed: self.rec.cloud_init_seed.clone().filter(|s| s.exists()),
+            snapshot: None,
+        }
     }
 
     async fn make_tap(&self) -> Result<OwnedFd, StepError> {
@@ -524,7 +534,7 @@ impl Actor {
             PowerOp::Start => {
                 self.set_power(PowerState::Starting);
                 crate::failpoint::crash_point("start.starting");
-                self.boot_or_fail("start").await
+                self.boot_or_fail(resume::BootReason::Start).await
             }
             PowerOp::PowerOff { skip_shutdown } => {
                 self.set_power(PowerState::Stopping);
@@ -557,12 +567,12 @@ impl Actor {
                 self.shutdown(false).await;
                 self.drop_temp_disk();
                 self.set_power(PowerState::Starting);
-                self.boot_or_fail("redeploy").await
+                self.boot_or_fail(resume::BootReason::Redeploy).await
             }
         }
     }
 
-    async fn boot_or_fail(&mut self, reason: &str) -> Result<(), ActorError> {
+    async fn boot_or_fail(&mut self, reason: resume::BootReason) -> Result<(), ActorError> {
         let r = match self.image() {
             Ok(img) => self.boot(&img, None, reason).await,
             Err(e) => Err(e),
@@ -594,13 +604,12 @@ impl Actor {
             if let Some(q) = &self.qmp {
                 let _ = q.execute(qapi::qmp::system_powerdown {}).await;
             }
-            let qga = self.run_dir().join("qga.sock");
             let deadline = tokio::time::Instant::now() + GRACEFUL;
             let mut asked = false;
             let mut off = false;
             while tokio::time::Instant::now() < deadline {
                 if !asked {
-                    match Qga::connect(&qga, Duration::from_secs(1)).await {
+                    match self.agent.connect(Duration::from_secs(1)).await {
                         Ok(mut a) => {
                             asked = a.shutdown().await.is_ok();
                             tracing::info!("asked the guest agent to power off");
@@ -762,7 +771,7 @@ impl Actor {
         if let Some(d) = self.rec.temp_disk.parent() {
             let _ = std::fs::remove_dir(d);
         }
-        let _ = std::fs::remove_dir_all(self.run_dir());
+        let _ = std::fs::remove_dir_all(&self.run.dir);
         if let Some(d) = self.rec.serial_log.parent() {
             let _ = std::fs::remove_dir_all(d);
         }

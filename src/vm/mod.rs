@@ -15,6 +15,7 @@
 
 pub mod actor;
 pub mod cloudinit;
+mod create;
 pub mod lifecycle;
 pub mod model;
 pub mod ops;
@@ -32,14 +33,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::catalog::{self, CatalogError, ImageRef};
-use crate::config::{DaemonConfig, LOCATION};
+use crate::catalog::{CatalogError, ImageRef};
+use crate::config::DaemonConfig;
 use crate::diagnostics::recorder::Recorder;
 use crate::doctor::AccelDecision;
 use crate::net::NodeNet;
+use crate::qemu::qga::Agent;
 use crate::storage::db::{Db, DbError, Kind};
 pub use actor::ActorError;
-use model::{NicRecord, PowerState, ProvisioningState, VmRecord};
+use model::VmRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -150,6 +152,9 @@ pub struct VmHandle {
     pub state: watch::Receiver<VmRecord>,
     /// The VM's boot flight recorder (read by the API without going through the actor).
     pub diag: Recorder,
+    /// The VM's guest agent: made with the VM, shared by its actor (probe, shutdown,
+    /// provisioning, a resumed snapshot's identity) and extensions; one session at a time.
+    pub agent: Arc<Agent>,
 }
 
 /// Everything the VM actors share: configuration, the store, the network, the subscription.
@@ -162,10 +167,17 @@ pub struct Node {
     pub account: String,
     pub ops: ops::Operations,
     pub snapshots: Arc<snapshot::Snapshots>,
+    /// Who QEMU runs as, where it is placed, its cpu cgroup (decided at start).
+    pub qemu: Arc<crate::qemu::host::QemuHost>,
+    /// The state dir's checker: new work it cannot take is refused up front.
+    pub health: Arc<crate::storage::health::Health>,
+    /// The fonts boot screenshots are read with (`diagnostics::screen_text`).
+    pub fonts: Arc<crate::diagnostics::screen_text::Fonts>,
     vms: Mutex<HashMap<String, VmHandle>>,
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)] // the daemon context (issue 19, item 1) replaces this
     pub fn new(
         cfg: DaemonConfig,
         db: Db,
@@ -173,10 +185,19 @@ impl Node {
         accel: AccelDecision,
         net: NodeNet,
         account: String,
+        qemu: Arc<crate::qemu::host::QemuHost>,
+        health: Arc<crate::storage::health::Health>,
     ) -> Arc<Node> {
-        let snapshots =
-            snapshot::Snapshots::new(&cfg.paths.state, &cfg.paths.run, cfg.boot_snapshots);
+        let snapshots = snapshot::Snapshots::new(
+            &cfg.paths.state,
+            &cfg.paths.run,
+            cfg.boot_snapshots,
+            qemu.clone(),
+        );
         Arc::new(Node {
+            qemu,
+            health,
+            fonts: Default::default(),
             snapshots,
             cfg,
             db,
@@ -219,13 +240,15 @@ impl Node {
             .unwrap_or(Path::new(""))
             .to_path_buf();
         let diag = Recorder::open(&dir, &rec.name, &rec.vm_id);
+        let agent = Arc::new(Agent::new(self.cfg.paths.vm_run_dir(&rec.vm_id).qga));
         let handle = VmHandle {
             tx,
             state: state_rx,
             diag: diag.clone(),
+            agent: agent.clone(),
         };
         self.registry().insert(rec.key(), handle.clone());
-        actor::spawn(self.clone(), rec, start, rx, state_tx, diag);
+        actor::spawn(self.clone(), rec, start, rx, state_tx, diag, agent);
         handle
     }
 
@@ -266,6 +289,14 @@ impl Node {
         Ok(self.handle(rg, name)?.diag)
     }
 
+    /// The guest agent of the VM whose vmId is `vm_id` (none once it is deleted).
+    pub fn agent(&self, vm_id: &str) -> Option<Arc<Agent>> {
+        self.registry()
+            .values()
+            .find(|h| h.state.borrow().vm_id == vm_id)
+            .map(|h| h.agent.clone())
+    }
+
     pub(crate) fn forget(&self, key: &str) {
         self.registry().remove(key);
     }
@@ -289,297 +320,6 @@ impl Node {
 
     pub fn lease_ip(&self, mac: &str) -> Option<std::net::Ipv4Addr> {
         self.db.lease_get(mac).ok().flatten().map(|l| l.ip)
-    }
-
-    /// Validates everything first, so that bad input creates nothing; then records the VM and
-    /// its NIC and hands the rest (disk, tap, QEMU) to the VM's actor.
-    pub fn create(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord, VmError> {
-        let requested = std::time::Instant::now();
-        validate_rg_name(&req.rg)?;
-        validate_vm_name(&req.name)?;
-        if !self.rg_exists(&req.rg)? {
-            return Err(VmError::ResourceGroupNotFound(req.rg));
-        }
-        let computer_name = req
-            .computer_name
-            .clone()
-            .unwrap_or_else(|| req.name.clone());
-        validate_computer_name(&computer_name)?;
-        let size = sizes::find(&req.size)
-            .ok_or_else(|| VmError::UnknownSize(req.size.clone(), sizes::names()))?;
-        capacity(size)?;
-        let data_disks = self.plan_data_disks(
-            &req.name,
-            size.name,
-            req.data_disks.as_deref().unwrap_or(&[]),
-            &[],
-        )?;
-        if let Some(loc) = &req.location {
-            if !loc.eq_ignore_ascii_case(LOCATION) {
-                return Err(VmError::InvalidParameter(format!(
-                    "The location '{loc}' is not available on this node; its location is '{LOCATION}'."
-                )));
-            }
-        }
-        if !matches!(
-            req.caching.to_ascii_lowercase().as_str(),
-            "none" | "readonly" | "readwrite"
-        ) {
-            return Err(VmError::InvalidParameter(format!(
-                "osDisk.caching '{}' is invalid: use None, ReadOnly or ReadWrite.",
-                req.caching
-            )));
-        }
-        let os_profile = osprofile::check(&req.admin_username, &req.os_profile)?;
-        let delete_option = req
-            .os_disk_delete_option
-            .clone()
-            .unwrap_or_else(|| "Delete".into());
-        let delete_option = match delete_option.to_ascii_lowercase().as_str() {
-            "delete" => "Delete".to_string(),
-            "detach" => "Detach".to_string(),
-            other => {
-                return Err(VmError::InvalidParameter(format!(
-                    "osDisk.deleteOption '{other}' is invalid: use Delete or Detach."
-                )))
-            }
-        };
-        let image = catalog::resolve(&self.cfg.paths.images(), &req.image)?;
-        // Its files must be what its manifest says before anything is made from them (hashed
-        // once; then a stamp in the image's folder vouches for unchanged files).
-        let checked = catalog::verify::verify(&image).inspect_err(|e| {
-            tracing::error!(image = %image.urn(), error = %e, "image files do not match their manifest")
-        })?;
-        if !checked.hashed.is_empty() {
-            tracing::info!(image = %image.urn(), hashed = ?checked.hashed, "image files verified");
-        }
-        // The guest agent provisions the OS (vm/provision.rs) if asked and the image uses it.
-        let agent_provisions = os_profile.provision_vm_agent
-            && image.manifest.provisioning == catalog::Provisioning::Agent;
-        let image_bytes = image
-            .manifest
-            .files
-            .get("disk.raw")
-            .map(|f| f.size)
-            .unwrap_or(0);
-        let min_gb = image_bytes.div_ceil(1 << 30).max(1);
-        let disk_gb = req.disk_size_gb.unwrap_or(min_gb);
-        if disk_gb < min_gb || disk_gb > 4095 {
-            return Err(VmError::InvalidParameter(format!(
-                "osDisk.diskSizeGB {disk_gb} is invalid: the image needs at least {min_gb} GB and the limit is 4095 GB."
-            )));
-        }
-        // A cloud-init image takes its osProfile from a NoCloud seed (vm/cloudinit.rs).
-        let cloud_init = image.manifest.provisioning == catalog::Provisioning::CloudInit;
-        let mut seed_input = cloud_init.then(|| cloudinit::SeedInput {
-            vm_id: String::new(),
-            computer_name: computer_name.clone(),
-            admin_username: req.admin_username.clone(),
-            ssh_public_keys: os_profile
-                .ssh_public_keys
-                .iter()
-                .map(|k| k.key_data.clone())
-                .collect(),
-            admin_password_hash: os_profile.admin_password_hash.clone(),
-            disable_password_auth: os_profile.disable_password_auth,
-            custom_data: os_profile.custom_data.clone(),
-        });
-        if let Some(i) = &seed_input {
-            cloudinit::validate(i).map_err(|e| VmError::InvalidParameter(e.to_string()))?;
-        }
-        let key = model::vm_key(&req.rg, &req.name);
-        if self.registry().contains_key(&key) || self.db.get::<VmRecord>(Kind::Vm, &key)?.is_some()
-        {
-            return Err(VmError::Exists(req.name, req.rg));
-        }
-
-        // Nothing is written before this: a full or read-only state dir refuses the create whole.
-        crate::storage::health::check(&self.cfg.paths.state)?;
-        let vm_id = uuid::Uuid::new_v4().to_string();
-        let local = self.cfg.paths.state.join("local").join(&vm_id);
-        let seed = seed_input.as_ref().map(|_| local.join("cidata.iso"));
-        // The NIC: an existing one (checked, then attached), or a new one in the default vnet.
-        let existing_nic = match &req.nic {
-            Some((nrg, nname, delete_with_vm)) => {
-                let mut n: NicRecord = self
-                    .db
-                    .get(Kind::Nic, &crate::net::nic::nic_key(nrg, nname))?
-                    .ok_or_else(|| {
-                        VmError::InvalidParameter(format!(
-                            "Network interface '{nname}' in resource group '{nrg}' was not found. Create it first (`vmnode network nic create`)."
-                        ))
-                    })?;
-                if !n.vm.is_empty() && !n.vm.eq_ignore_ascii_case(&req.name) {
-                    return Err(VmError::Conflict(format!(
-                        "Network interface '{nname}' is already used by VM '{}'.",
-                        n.vm
-                    )));
-                }
-                n.vm = req.name.clone();
-                n.hostname = computer_name.clone();
-                n.delete_with_vm = *delete_with_vm;
-                Some(n)
-            }
-            None => None,
-        };
-        // A new NIC's address is reserved in the transaction that stores the VM and the NIC
-        // (below): `new_nic_vnet` is its vnet, the record's address a placeholder until then.
-        let mut new_nic_vnet = None;
-        let nic = match existing_nic {
-            Some(n) => n,
-            None => {
-                let v = self
-                    .net
-                    .vnet(crate::net::DEFAULT_RG, crate::net::VNET_NAME)
-                    .map_err(net_error)?
-                    .ok_or_else(|| VmError::Conflict("the default network is missing".into()))?;
-                let nic_name = format!("{}VMNic", req.name);
-                let nkey = crate::net::nic::nic_key(&req.rg, &nic_name);
-                if self.db.get::<NicRecord>(Kind::Nic, &nkey)?.is_some() {
-                    return Err(VmError::Conflict(format!(
-                        "Network interface '{nic_name}' already exists in resource group '{}'; delete it or pass it explicitly.",
-                        req.rg
-                    )));
-                }
-                let skey = crate::net::vnet::subnet_key(&v.rg, &v.name, crate::net::SUBNET_NAME);
-                let n = NicRecord {
-                    rg: req.rg.clone(),
-                    name: nic_name,
-                    mac: self.net.random_mac(),
-                    ip: std::net::Ipv4Addr::UNSPECIFIED,
-                    subnet: skey,
-                    tap: vmnode_network::plumbing::tap_name_for(&vm_id),
-                    vm: req.name.clone(),
-                    hostname: computer_name.clone(),
-                    vnet_rg: v.rg.clone(),
-                    vnet_name: v.name.clone(),
-                    subnet_name: crate::net::SUBNET_NAME.into(),
-                    allocation: "Dynamic".into(),
-                    delete_with_vm: true,
-                };
-                new_nic_vnet = Some(v);
-                n
-            }
-        };
-        let disk_name = format!("{}-osdisk-{}", req.name, &vm_id[..8]);
-        let disk_path = self
-            .cfg
-            .paths
-            .blobs()
-            .join(&self.account)
-            .join("vhds")
-            .join(format!("{disk_name}.vhd"));
-        let diag_account = match &req.diag_storage_uri {
-            Some(u) => self.diag_account(u)?,
-            None => self.account.clone(),
-        };
-        let diag = self
-            .cfg
-            .paths
-            .blobs()
-            .join(&diag_account)
-            .join(crate::diagnostics::container_name(&req.name, &vm_id));
-        let mut rec = VmRecord {
-            rg: req.rg.clone(),
-            name: req.name.clone(),
-            vm_id: vm_id.clone(),
-            location: LOCATION.into(),
-            size: size.name.into(),
-            image: req.image.clone(),
-            exact_version: image.manifest.version.clone(),
-            computer_name: computer_name.clone(),
-            admin_username: req.admin_username.clone(),
-            os_disk_uri: format!(
-                "http://{}/{}/vhds/{disk_name}.vhd",
-                self.cfg.blob_listen, self.account
-            ),
-            os_disk_name: disk_name,
-            os_disk_path: disk_path,
-            caching: req.caching.clone(),
-            nic: nic.clone(),
-            provisioning_state: ProvisioningState::Creating,
-            power: PowerState::Starting,
-            error: None,
-            time_created: crate::report::time_now(),
-            tags: req.tags.clone(),
-            serial_log: crate::diagnostics::serial_log_path(&diag, &req.name, &vm_id),
-            pid: None,
-            os_disk_gb: disk_gb,
-            data_disks,
-            os_disk_delete_option: delete_option,
-            last_boot: None,
-            diag_storage_uri: req.diag_storage_uri.clone(),
-            temp_disk: self
-                .cfg
-                .paths
-                .state
-                .join("local")
-                .join(&vm_id)
-                .join("resource.raw"),
-            state_time: crate::report::time_now(),
-            admin_password_hash: os_profile.admin_password_hash,
-            ssh_public_keys: os_profile.ssh_public_keys,
-            custom_data: os_profile.custom_data,
-            disable_password_auth: os_profile.disable_password_auth,
-            provision_vm_agent: os_profile.provision_vm_agent,
-            os_provisioning: if agent_provisions {
-                model::OsProvisioning::Pending
-            } else {
-                model::OsProvisioning::NotNeeded
-            },
-            os_provisioning_since: None,
-            os_provisioning_message: None,
-            vm_agent: None,
-            cloud_init_seed: seed.clone(),
-        };
-        let nic_key = nic.key();
-        // The NoCloud seed, made before the VM is recorded (it holds the only copy of the
-        // password hash and customData).
-        let seeded = match (seed_input.as_mut(), &seed) {
-            (Some(i), Some(path)) => {
-                i.vm_id = vm_id.clone();
-                cloudinit::make_seed(i, path).map_err(VmError::Seed)
-            }
-            _ => Ok(()),
-        };
-        if let Err(e) = seeded {
-            let _ = std::fs::remove_dir_all(&local);
-            return Err(e);
-        }
-        // The address, the VM and its NIC: one transaction, so a kill anywhere in it leaves
-        // none of them (no address reserved for a NIC that was never stored).
-        let stored = self.db.transaction(|tx| {
-            if let Some(v) = &new_nic_vnet {
-                let (ip, _) = crate::net::NodeNet::allocate_ip_in(
-                    tx,
-                    &nic_key,
-                    v,
-                    crate::net::SUBNET_NAME,
-                    None,
-                )
-                .map_err(net_error)?;
-                rec.nic.ip = ip;
-            }
-            tx.insert(Kind::Vm, &key, &rec).map_err(|e| match e {
-                DbError::Exists(_) => VmError::Exists(req.name.clone(), req.rg.clone()),
-                e => e.into(),
-            })?;
-            crate::failpoint::crash_point("create.addr_allocated");
-            tx.put(Kind::Nic, &nic_key, &rec.nic)?;
-            Ok::<_, VmError>(())
-        });
-        if let Err(e) = stored {
-            if seed.is_some() {
-                let _ = std::fs::remove_dir_all(&local);
-            }
-            return Err(e);
-        }
-        crate::failpoint::crash_point("create.recorded");
-        self.spawn_actor(
-            rec.clone(),
-            actor::Start::Create(Box::new(image), requested),
-        );
-        Ok(rec)
     }
 
     /// Deletes a VM and everything it owns; returns when nothing is left.
@@ -610,7 +350,7 @@ impl Node {
         // A new QEMU needs a temp disk, a serial log and its records: refused up front when the
         // state dir cannot take them (stopping needs nothing, and frees).
         if matches!(op, lifecycle::PowerOp::Start | lifecycle::PowerOp::Redeploy) {
-            crate::storage::health::check(&self.cfg.paths.state)?;
+            self.health.check(&self.cfg.paths.state)?;
         }
         let id = self.ops.begin(op.name());
         let node = self.clone();
@@ -666,15 +406,7 @@ impl Node {
                     w.size_gb
                 )));
             }
-            if !matches!(
-                w.caching.to_ascii_lowercase().as_str(),
-                "none" | "readonly" | "readwrite"
-            ) {
-                return Err(VmError::InvalidParameter(format!(
-                    "caching '{}' is invalid: use None, ReadOnly or ReadWrite.",
-                    w.caching
-                )));
-            }
+            validate::validate_caching("caching", &w.caching)?;
             let dname = w
                 .name
                 .clone()

@@ -14,14 +14,14 @@
 //! customData). A step the guest has but that fails is fatal (`OSProvisioningClientError`); an
 //! agent that stops answering midway is not: the actor tries again at its next answer.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::model::{SshKey, VmRecord};
 use super::osprofile::default_key_path;
-use crate::qemu::qga::{Qga, QgaError};
+use crate::qemu::qga::{Agent, Qga, QgaError};
 
 /// How long one step may run in the guest (useradd under TCG takes a second or two).
 const STEP_LIMIT: Duration = Duration::from_secs(120);
@@ -171,21 +171,22 @@ async fn sh(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs every step in one agent session on `sock`, reporting on `tx`.
-pub async fn run(sock: PathBuf, plan: Plan, tx: mpsc::UnboundedSender<Progress>) {
-    let r = steps(&sock, &plan, &tx).await;
+/// Runs every step in one session of the VM's agent, reporting on `tx`.
+pub async fn run(agent: Arc<Agent>, plan: Plan, tx: mpsc::UnboundedSender<Progress>) {
+    let r = steps(&agent, &plan, &tx).await;
     let _ = tx.send(Progress::Done(r));
 }
 
 async fn steps(
-    sock: &std::path::Path,
+    agent: &Agent,
     plan: &Plan,
     tx: &mpsc::UnboundedSender<Progress>,
 ) -> Result<String, ProvisionError> {
     let say = |s: String| {
         let _ = tx.send(Progress::Step(s));
     };
-    let mut q = Qga::connect(sock, SESSION_WAIT)
+    let mut q = agent
+        .connect(SESSION_WAIT)
         .await
         .map_err(|source| ProvisionError::Agent {
             step: "connect",
@@ -324,16 +325,6 @@ async fn steps(
         ));
     }
     Ok(summary)
-}
-
-/// `VMNODE_PROVISION_TIMEOUT_SECS`, else 20 minutes (as long as the cloud waits for a Linux
-/// VM's agent before `OSProvisioningTimedOut`).
-pub fn timeout() -> Duration {
-    std::env::var("VMNODE_PROVISION_TIMEOUT_SECS")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(20 * 60))
 }
 
 #[cfg(test)]

@@ -35,8 +35,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::ImageVersion;
+use crate::config::VmRunDir;
 use crate::qemu::argv::{self, Boot, Snapshot, VmSpec};
-use crate::qemu::qga::{Qga, QgaError};
+use crate::qemu::qga::{Agent, QgaError};
 use crate::qemu::qmp::Qmp;
 use crate::qemu::{jail, process};
 
@@ -109,13 +110,21 @@ pub struct Snapshots {
     enabled: bool,
     /// Keys being made now, and keys whose making failed (not tried again until restart).
     busy: Mutex<HashSet<String>>,
+    /// How the snapshot makers' QEMU is started (as every VM's).
+    qemu: Arc<crate::qemu::host::QemuHost>,
 }
 
 impl Snapshots {
     /// `state_dir/snapshots`, with what a killed daemon left half-made removed (and the QEMU
     /// that was making it killed).
-    pub fn new(state_dir: &Path, run_dir: &Path, enabled: bool) -> Arc<Snapshots> {
+    pub fn new(
+        state_dir: &Path,
+        run_dir: &Path,
+        enabled: bool,
+        qemu: Arc<crate::qemu::host::QemuHost>,
+    ) -> Arc<Snapshots> {
         let s = Snapshots {
+            qemu,
             dir: state_dir.join("snapshots"),
             run: run_dir.join("snapshots"),
             enabled,
@@ -130,9 +139,9 @@ impl Snapshots {
     pub fn stop_makers(&self) {
         if let Ok(rd) = std::fs::read_dir(&self.run) {
             for e in rd.flatten() {
-                let d = e.path();
-                let id = std::fs::read_to_string(d.join("vm-id")).unwrap_or_default();
-                let pid = process::read_pidfile(&d.join("qemu.pid"))
+                let d = VmRunDir::at(e.path());
+                let id = std::fs::read_to_string(&d.vm_id).unwrap_or_default();
+                let pid = process::read_pidfile(&d.pidfile)
                     .filter(|p| !id.is_empty() && process::pid_is_vm(*p, &id))
                     // A daemon killed between spawning it and writing its pidfile (the vm-id
                     // is written first): found by its UUID, as a VM's QEMU is at re-adoption.
@@ -144,7 +153,7 @@ impl Snapshots {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                let _ = std::fs::remove_dir_all(&d);
+                let _ = std::fs::remove_dir_all(&d.dir);
             }
         }
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
@@ -263,7 +272,9 @@ impl Snapshots {
         let _ = std::fs::remove_dir_all(&run);
         std::fs::create_dir_all(&run).map_err(io("cannot create", &run))?;
         let _ = std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        let made = self.make_in(vm, sizes, image, key, &tmp, &run).await;
+        let made = self
+            .make_in(vm, sizes, image, key, &tmp, &VmRunDir::at(run.clone()))
+            .await;
         let _ = std::fs::remove_dir_all(&run);
         match made {
             Ok(()) => {
@@ -289,7 +300,7 @@ impl Snapshots {
         image: &ImageVersion,
         key: &str,
         tmp: &Path,
-        run: &Path,
+        run: &VmRunDir,
     ) -> Result<(), SnapshotError> {
         // The guest's own disks: the image's disk at the VM's size, an empty temp disk.
         let disk = tmp.join("os.raw");
@@ -310,7 +321,7 @@ impl Snapshots {
             None => None,
         };
         let vm_id = uuid::Uuid::new_v4().to_string();
-        std::fs::write(run.join("vm-id"), &vm_id).map_err(io("cannot write", run))?;
+        std::fs::write(&run.vm_id, &vm_id).map_err(io("cannot write", &run.dir))?;
         let spec = VmSpec {
             name: format!("snapshot-{}", &key[..12]),
             vm_id,
@@ -318,9 +329,9 @@ impl Snapshots {
             disk,
             temp_disk: temp,
             serial_log: tmp.join("console.log"),
-            qmp_socket: run.join("qmp.sock"),
-            qga_socket: run.join("qga.sock"),
-            pidfile: run.join("qemu.pid"),
+            qmp_socket: run.qmp.clone(),
+            qga_socket: run.qga.clone(),
+            pidfile: run.pidfile.clone(),
             snapshot: Some(Snapshot::Make),
             ..vm.clone()
         };
@@ -331,9 +342,9 @@ impl Snapshots {
         let nothing: std::os::fd::OwnedFd = std::fs::File::open("/dev/null")
             .map_err(io("cannot open", Path::new("/dev/null")))?
             .into();
-        let log = run.join("qemu.log");
-        let mut child = process::spawn(&args, &nothing, &files, &log, &spec.pidfile)
-            .map_err(|e| SnapshotError::Qemu(e.to_string()))?;
+        let mut child =
+            process::spawn(&self.qemu, &args, &nothing, &files, &run.log, &spec.pidfile)
+                .map_err(|e| SnapshotError::Qemu(e.to_string()))?;
         drop(files);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let result = self.save(&spec, &mut child, pid, tmp).await;
@@ -510,8 +521,8 @@ fn qemu_identity() -> String {
 
 /// Hands a resumed guest its identity: its MAC address, the time and fresh entropy, in
 /// `/run/vmnode/identity`, which its init waits for (images/tiny/init).
-pub async fn hand_identity(qga_socket: &Path, mac: &str) -> Result<(), SnapshotError> {
-    let mut q = Qga::connect(qga_socket, IDENTITY_LIMIT).await?;
+pub async fn hand_identity(agent: &Agent, mac: &str) -> Result<(), SnapshotError> {
+    let mut q = agent.connect(IDENTITY_LIMIT).await?;
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -627,7 +638,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Snapshots::new(&state, &run, true);
+        Snapshots::new(&state, &run, true, crate::qemu::host::QemuHost::plain());
         let st = child.wait().unwrap();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&st),
@@ -665,8 +676,18 @@ mod tests {
     fn only_a_create_of_an_image_that_knows_how_may_use_one() {
         let d = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();
-        let on = Snapshots::new(d.path(), run.path(), true);
-        let off = Snapshots::new(d.path(), run.path(), false);
+        let on = Snapshots::new(
+            d.path(),
+            run.path(),
+            true,
+            crate::qemu::host::QemuHost::plain(),
+        );
+        let off = Snapshots::new(
+            d.path(),
+            run.path(),
+            false,
+            crate::qemu::host::QemuHost::plain(),
+        );
         let s = spec(d.path(), "a", 1 << 20);
         assert!(on.key_for(&s, &image("aa")).is_some());
         assert!(off.key_for(&s, &image("aa")).is_none());
@@ -687,7 +708,12 @@ mod tests {
         std::fs::create_dir_all(d.path().join("snapshots").join(&k)).unwrap();
         std::fs::create_dir_all(d.path().join("snapshots/.making-x")).unwrap();
         assert!(on.find(&k).is_none());
-        let _ = Snapshots::new(d.path(), run.path(), true);
+        let _ = Snapshots::new(
+            d.path(),
+            run.path(),
+            true,
+            crate::qemu::host::QemuHost::plain(),
+        );
         assert!(!d.path().join("snapshots/.making-x").exists());
         std::fs::write(d.path().join("snapshots").join(&k).join("state.bin"), b"x").unwrap();
         assert_eq!(

@@ -36,6 +36,19 @@ pub fn capacity(size: &sizes::VmSize) -> Result<(), VmError> {
     Ok(())
 }
 
+/// A disk's caching: None, ReadOnly or ReadWrite, in any case; `field` names it in the error.
+pub fn validate_caching(field: &str, caching: &str) -> Result<(), VmError> {
+    if !matches!(
+        caching.to_ascii_lowercase().as_str(),
+        "none" | "readonly" | "readwrite"
+    ) {
+        return Err(VmError::InvalidParameter(format!(
+            "{field} '{caching}' is invalid: use None, ReadOnly or ReadWrite."
+        )));
+    }
+    Ok(())
+}
+
 /// Cloud rules for a Linux VM resource name.
 pub fn validate_vm_name(name: &str) -> Result<(), VmError> {
     let ok_chars = name
@@ -81,19 +94,7 @@ pub fn validate_computer_name(name: &str) -> Result<(), VmError> {
 
 /// Cloud rules for a resource group name.
 pub fn validate_rg_name(name: &str) -> Result<(), VmError> {
-    let ok = !name.is_empty()
-        && name.len() <= 90
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'))
-        && !name.ends_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(VmError::InvalidParameter(format!(
-            "The resource group name '{name}' is invalid: use 1-90 letters, digits, '-', '_', '.', '(' or ')', not ending with '.'."
-        )))
-    }
+    crate::groups::validate_name(name).map_err(|e| VmError::InvalidParameter(e.to_string()))
 }
 
 #[cfg(test)]

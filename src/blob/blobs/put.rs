@@ -10,9 +10,7 @@ use hyper::StatusCode;
 
 use super::{block_file, succeed, wrong_type, Access, BlockRef, NewBlob};
 use crate::blob::error::{BlobError, Result};
-use crate::blob::store::{
-    ensure_dir, lock, now_ms, now_ns, BlobMeta, BlobType, Block, HttpProps, Store,
-};
+use crate::blob::store::{ensure_dir, now_ms, now_ns, BlobMeta, BlobType, Block, HttpProps, Store};
 use crate::blob::{lease, reaper};
 
 /// Copies `len` bytes of `from` at `off` to the end of `to`.
@@ -39,7 +37,7 @@ impl Store {
         a: &Access,
     ) -> Result<BlobMeta> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let old = self.check_overwrite(&p, blob, a)?;
         let (kind, size) = match &new {
             NewBlob::Block(tmp) => (BlobType::BlockBlob, fs::metadata(tmp)?.len()),
@@ -65,7 +63,7 @@ impl Store {
                 fs::rename(&tmp, &p.data)?;
             }
         }
-        reaper::release(old_file);
+        self.reaper.release(old_file);
         self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
@@ -83,7 +81,7 @@ impl Store {
     ) -> Result<()> {
         let p = self.paths_in(account, container, blob)?;
         let dst = block_file(&p, id)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         if let Some(m) = self.load_blob(&p, blob)? {
             if m.blob_type != BlobType::BlockBlob {
                 return Err(wrong_type());
@@ -115,7 +113,7 @@ impl Store {
         a: &Access,
     ) -> Result<BlobMeta> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let old = self.check_overwrite(&p, blob, a)?;
         // Where each committed block is in the current content.
         let mut committed = std::collections::HashMap::new();
@@ -174,7 +172,7 @@ impl Store {
         succeed(&mut m, old.as_ref());
         fs::rename(&tmp, &p.data)?;
         // `current` is the replaced file: its last close frees its blocks, off the request path.
-        reaper::release(current);
+        self.reaper.release(current);
         self.pool.recycle_dir(&p.blocks);
         self.save_blob(&p, &m)?;
         Ok(m)
@@ -190,7 +188,7 @@ impl Store {
         a: &Access,
     ) -> Result<(Option<BlobMeta>, Vec<Block>, Vec<Block>)> {
         let p = self.paths_in(account, container, blob)?;
-        let _g = lock(&p.key);
+        let _g = self.lock(&p.key);
         let m = match snapshot {
             Some(s) => Some(
                 self.load_snapshot(&p, s)?

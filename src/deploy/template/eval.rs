@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::expr::{parse, Expr};
+use super::functions::{self, Args};
 use super::{invalid, resource_id, Scope};
 use crate::deploy::DeployError;
 
@@ -176,161 +176,58 @@ impl Evaluator {
     }
 
     fn call(&self, name: &str, a: &[Value], depth: u32) -> Result<Value, DeployError> {
-        let s = |i: usize| -> Result<String, DeployError> {
-            match a.get(i) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(Value::Number(n)) => Ok(n.to_string()),
-                Some(Value::Bool(b)) => Ok(b.to_string()),
-                Some(other) => Err(invalid(format!(
-                    "{name}(): argument {} is {other}, not a string",
-                    i + 1
-                ))),
-                None => Err(invalid(format!("{name}(): missing argument {}", i + 1))),
-            }
-        };
-        let arity = |lo: usize, hi: usize| -> Result<(), DeployError> {
-            if a.len() < lo || a.len() > hi {
-                return Err(invalid(format!(
-                    "{name}() takes {lo}..{hi} arguments, {} given",
-                    a.len()
-                )));
-            }
-            Ok(())
-        };
+        let args = Args { name, a };
         let lname = name.to_ascii_lowercase();
         match lname.as_str() {
             "parameters" => {
-                arity(1, 1)?;
-                let k = s(0)?;
+                args.arity(1, 1)?;
+                let k = args.s(0)?;
                 self.params
                     .get(&k.to_lowercase())
                     .cloned()
                     .ok_or_else(|| invalid(format!("the template parameter '{k}' is not found")))
             }
             "variables" => {
-                arity(1, 1)?;
-                let k = s(0)?;
-                let raw = self
-                    .variables
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(&k))
-                    .map(|(_, v)| v)
-                    .ok_or_else(|| invalid(format!("the template variable '{k}' is not found")))?;
-                let n = self.expansions.get() + 1;
-                if n > MAX_EXPANSIONS {
-                    return Err(invalid(format!(
-                        "the template expands variables more than {MAX_EXPANSIONS} times"
-                    )));
-                }
-                self.expansions.set(n);
-                self.eval_depth(raw, depth + 1)
+                args.arity(1, 1)?;
+                self.variable(&args.s(0)?, depth)
             }
-            "concat" => {
-                if a.iter().all(Value::is_array) && !a.is_empty() {
-                    Ok(Value::Array(
-                        a.iter()
-                            .flat_map(|x| x.as_array().cloned().unwrap_or_default())
-                            .collect(),
-                    ))
-                } else {
-                    let mut out = String::new();
-                    for i in 0..a.len() {
-                        out.push_str(&s(i)?);
-                    }
-                    Ok(Value::String(out))
-                }
+            "resourcegroup" | "subscription" | "deployment" | "resourceid" => {
+                self.scope_function(&lname, &args)
             }
-            "format" => {
-                arity(1, 64)?;
-                let f = s(0)?;
-                let mut out = f.clone();
-                for i in 1..a.len() {
-                    out = out.replace(&format!("{{{}}}", i - 1), &s(i)?);
-                }
-                Ok(Value::String(out))
-            }
-            "tolower" => Ok(Value::String(s(0)?.to_lowercase())),
-            "toupper" => Ok(Value::String(s(0)?.to_uppercase())),
-            "string" => {
-                arity(1, 1)?;
-                Ok(Value::String(match &a[0] {
-                    Value::String(x) => x.clone(),
-                    other => other.to_string(),
-                }))
-            }
-            "int" => {
-                arity(1, 1)?;
-                let v = s(0)?;
-                v.trim()
-                    .parse::<i64>()
-                    .map(|n| json!(n))
-                    .map_err(|_| invalid(format!("int(): '{v}' is not an integer")))
-            }
-            "true" => Ok(Value::Bool(true)),
-            "false" => Ok(Value::Bool(false)),
-            "equals" => {
-                arity(2, 2)?;
-                Ok(Value::Bool(a[0] == a[1]))
-            }
-            "not" => match a {
-                [Value::Bool(b)] => Ok(Value::Bool(!b)),
-                _ => Err(invalid("not() takes one boolean")),
-            },
-            "and" | "or" => {
-                let bools: Option<Vec<bool>> = a.iter().map(Value::as_bool).collect();
-                let b = bools.ok_or_else(|| invalid(format!("{name}() takes booleans")))?;
-                Ok(Value::Bool(if lname == "and" {
-                    b.iter().all(|x| *x)
-                } else {
-                    b.iter().any(|x| *x)
-                }))
-            }
-            "if" => match a {
-                [Value::Bool(c), t, f] => Ok(if *c { t.clone() } else { f.clone() }),
-                _ => Err(invalid("if() takes a boolean and two values")),
-            },
-            "empty" => {
-                arity(1, 1)?;
-                Ok(Value::Bool(match &a[0] {
-                    Value::Null => true,
-                    Value::String(x) => x.is_empty(),
-                    Value::Array(x) => x.is_empty(),
-                    Value::Object(x) => x.is_empty(),
-                    _ => false,
-                }))
-            }
-            "length" => {
-                arity(1, 1)?;
-                match &a[0] {
-                    Value::String(x) => Ok(json!(x.chars().count())),
-                    Value::Array(x) => Ok(json!(x.len())),
-                    Value::Object(x) => Ok(json!(x.len())),
-                    other => Err(invalid(format!("length() of {other}"))),
-                }
-            }
-            "base64" => {
-                use base64::Engine as _;
-                Ok(Value::String(
-                    base64::engine::general_purpose::STANDARD.encode(s(0)?),
-                ))
-            }
-            "uniquestring" => {
-                arity(1, 64)?;
-                let mut h = Sha256::new();
-                for i in 0..a.len() {
-                    h.update(s(i)?.as_bytes());
-                    h.update([0]);
-                }
-                // 13 characters of base-32, lower case, like the cloud's.
-                const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-                let d = h.finalize();
-                let v = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
-                Ok(Value::String(
-                    (0..13)
-                        .map(|i| ALPHA[((v >> (i * 5)) & 31) as usize] as char)
-                        .collect(),
-                ))
-            }
+            "reference" | "list" | "listkeys" | "reference2" => Err(invalid(format!(
+                "{name}() is not supported by vmnode's template engine (runtime values of other resources); pass the value as a parameter"
+            ))),
+            _ => functions::call(&lname, &args).unwrap_or_else(|| {
+                Err(invalid(format!(
+                    "the template function '{name}' is not known to vmnode's template engine"
+                )))
+            }),
+        }
+    }
+
+    /// `variables('k')`: the variable's value, evaluated (and counted, see [`MAX_EXPANSIONS`]).
+    fn variable(&self, k: &str, depth: u32) -> Result<Value, DeployError> {
+        let raw = self
+            .variables
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v)
+            .ok_or_else(|| invalid(format!("the template variable '{k}' is not found")))?;
+        let n = self.expansions.get() + 1;
+        if n > MAX_EXPANSIONS {
+            return Err(invalid(format!(
+                "the template expands variables more than {MAX_EXPANSIONS} times"
+            )));
+        }
+        self.expansions.set(n);
+        self.eval_depth(raw, depth + 1)
+    }
+
+    /// The functions that read the deployment's scope: `resourceGroup()`, `subscription()`,
+    /// `deployment()`, `resourceId(...)`.
+    fn scope_function(&self, lname: &str, args: &Args) -> Result<Value, DeployError> {
+        let (a, s) = (args.a, |i| args.s(i));
+        match lname {
             "resourcegroup" => Ok(json!({
                 "id": format!("/subscriptions/{}/resourceGroups/{}", self.scope.subscription, self.scope.resource_group),
                 "name": self.scope.resource_group,
@@ -351,9 +248,9 @@ impl Evaluator {
                 // resourceId([subscriptionId], [resourceGroup], type, name1, name2 …)
                 let all: Vec<String> = (0..a.len()).map(s).collect::<Result<_, _>>()?;
                 let t = all
-                    .iter()
-                    .position(|x| x.contains('/') && x.contains('.'))
-                    .ok_or_else(|| invalid("resourceId() needs a resource type such as 'Microsoft.Network/virtualNetworks'"))?;
+                .iter()
+                .position(|x| x.contains('/') && x.contains('.'))
+                .ok_or_else(|| invalid("resourceId() needs a resource type such as 'Microsoft.Network/virtualNetworks'"))?;
                 let mut scope = self.scope.clone();
                 match t {
                     0 => {}
@@ -367,12 +264,7 @@ impl Evaluator {
                 let names = all[t + 1..].join("/");
                 Ok(Value::String(resource_id(&scope, &all[t], &names)?))
             }
-            "reference" | "list" | "listkeys" | "reference2" => Err(invalid(format!(
-                "{name}() is not supported by vmnode's template engine (runtime values of other resources); pass the value as a parameter"
-            ))),
-            _ => Err(invalid(format!(
-                "the template function '{name}' is not known to vmnode's template engine"
-            ))),
+            _ => unreachable!("scope_function is called for the four scope functions"),
         }
     }
 }

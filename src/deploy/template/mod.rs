@@ -12,6 +12,7 @@ use super::DeployError;
 
 mod eval;
 mod expr;
+mod functions;
 
 pub use eval::Evaluator;
 

@@ -7,8 +7,8 @@ impl Actor {
     /// Rebuilds the VM's state from the live system after a daemon restart. Returns what was
     /// interrupted and must be finished.
     pub(super) async fn adopt(&mut self) -> Resume {
-        let run = self.run_dir();
-        let pid = process::read_pidfile(&run.join("qemu.pid")).or(self.rec.pid);
+        let run = self.run.clone();
+        let pid = process::read_pidfile(&run.pidfile).or(self.rec.pid);
         let alive = pid
             .filter(|p| process::pid_is_vm(*p, &self.rec.vm_id))
             // Killed between spawn and pidfile (the daemon writes it now): find QEMU by its UUID.
@@ -30,9 +30,8 @@ impl Actor {
                 self.rec.pid = Some(pid);
                 // Found by its UUID (the daemon was killed before writing the pidfile): write
                 // it now, so the next restart finds it the quick way.
-                let pidfile = run.join("qemu.pid");
-                if process::read_pidfile(&pidfile) != Some(pid) {
-                    if let Err(e) = process::write_pidfile(&pidfile, pid) {
+                if process::read_pidfile(&run.pidfile) != Some(pid) {
+                    if let Err(e) = process::write_pidfile(&run.pidfile, pid) {
                         tracing::warn!(error = %e, "cannot write the re-adopted QEMU's pidfile");
                     }
                 }
@@ -103,10 +102,9 @@ impl Actor {
         resume
     }
 
-    pub(super) async fn connect_qmp(&self, run: &std::path::Path) -> Option<(Qmp, String)> {
-        let sock = run.join("qmp.sock");
+    pub(super) async fn connect_qmp(&self, run: &VmRunDir) -> Option<(Qmp, String)> {
         for _ in 0..20 {
-            if let Ok(q) = Qmp::connect(&sock, Some(run.join("qmp.transcript"))).await {
+            if let Ok(q) = Qmp::connect(&run.qmp, Some(run.transcript.clone())).await {
                 if let Ok(s) = q.execute(qapi::qmp::query_status {}).await {
                     let status = serde_json::to_value(s.status)
                         .ok()

@@ -108,9 +108,12 @@ impl Actor {
             Mark::Info,
             "provisioning: the guest agent answered; setting host name, admin user and keys",
         );
-        let sock = self.run_dir().join("qga.sock");
         let plan = provision::Plan::of(&self.rec);
-        tokio::spawn(provision::run(sock, plan, self.prov_tx.clone()));
+        tokio::spawn(provision::run(
+            self.agent.clone(),
+            plan,
+            self.prov_tx.clone(),
+        ));
     }
 
     pub(super) fn provision_progress(&mut self, p: Progress) {
@@ -176,7 +179,7 @@ impl Actor {
         if self.rec.os_provisioning != OsProvisioning::Pending || self.provisioning {
             return;
         }
-        let limit = provision::timeout();
+        let limit = self.node.cfg.provision_timeout;
         let waited = self
             .rec
             .os_provisioning_since

@@ -55,23 +55,20 @@ impl Actor {
         self.health_probing = true;
         let tx = self.health_tx.clone();
         let qmp = self.qmp.clone();
-        let run = self.run_dir();
+        let run = self.run.clone();
         tokio::spawn(async move {
             let found = match qmp {
                 Some(q) => match q.execute(qapi::qmp::query_status {}).await {
                     Ok(s) => Health::Answered(status_name(&s)),
                     Err(e) => Health::NoAnswer(chain(&e)),
                 },
-                None => {
-                    let sock = run.join("qmp.sock");
-                    match Qmp::connect(&sock, Some(run.join("qmp.transcript"))).await {
-                        Ok(q) => match q.execute(qapi::qmp::query_status {}).await {
-                            Ok(s) => Health::Reconnected(q, status_name(&s)),
-                            Err(e) => Health::NoAnswer(chain(&e)),
-                        },
-                        Err(e) => Health::NoAnswer(format!("{}: {}", sock.display(), chain(&e))),
-                    }
-                }
+                None => match Qmp::connect(&run.qmp, Some(run.transcript)).await {
+                    Ok(q) => match q.execute(qapi::qmp::query_status {}).await {
+                        Ok(s) => Health::Reconnected(q, status_name(&s)),
+                        Err(e) => Health::NoAnswer(chain(&e)),
+                    },
+                    Err(e) => Health::NoAnswer(format!("{}: {}", run.qmp.display(), chain(&e))),
+                },
             };
             let _ = tx.send(found).await;
         });
@@ -133,7 +130,7 @@ impl Actor {
     /// The guest is paused on a failed disk write: resumed when the state dir has room again.
     fn io_error_pause(&mut self) {
         let Some(q) = self.qmp.clone() else { return };
-        match crate::storage::health::check(&self.node.cfg.paths.state) {
+        match self.node.health.check(&self.node.cfg.paths.state) {
             Err(e) => {
                 if !self.io_paused {
                     tracing::warn!(error = %chain(&e), "the guest is paused by a failed disk write (io-error): it resumes when the state dir has room again");

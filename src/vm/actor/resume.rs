@@ -7,12 +7,45 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::{Actor, StepError};
+use super::{chain, Actor, StepError};
 use crate::catalog::ImageVersion;
 use crate::diagnostics::boots::{Mark, Source};
 use crate::qemu::argv::{Snapshot, VmSpec};
-use crate::qemu::qmp::Qmp;
+use crate::qemu::qmp::{Qmp, QmpError};
 use crate::vm::snapshot::{self, Saved};
+
+/// Why a QEMU is booted: only a create may resume a boot snapshot (start, restart and
+/// redeploy boot the kernel with the VM's own command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BootReason {
+    Create,
+    Start,
+    Redeploy,
+}
+
+impl BootReason {
+    /// The boot record's reason (diagnostics/boots.rs), as the API shows it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            BootReason::Create => "create",
+            BootReason::Start => "start",
+            BootReason::Redeploy => "redeploy",
+        }
+    }
+}
+
+/// Why a resumed QEMU could not be continued.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ResumeError {
+    /// `query-status` failed.
+    #[error(transparent)]
+    Status(QmpError),
+    /// QEMU is in a state a resumed guest cannot be continued from.
+    #[error("QEMU is {0:?}")]
+    State(Option<String>),
+    #[error("continuing the guest")]
+    Cont(#[source] QmpError),
+}
 
 /// What a create does about boot snapshots.
 pub(super) enum Plan {
@@ -31,11 +64,12 @@ impl Actor {
         &mut self,
         image: &ImageVersion,
         requested: Option<std::time::Instant>,
-        reason: &str,
+        reason: BootReason,
     ) -> Result<(), StepError> {
         let mut resumed = None;
+        let may_resume = reason == BootReason::Create;
         let first = self
-            .boot_inner(image, requested, reason, reason == "create", &mut resumed)
+            .boot_inner(image, requested, reason, may_resume, &mut resumed)
             .await;
         match (first, resumed) {
             (Err(e), Some(saved)) => {
@@ -73,16 +107,11 @@ impl Actor {
     /// After QMP is up on a resumed QEMU: waits for the state to load, continues the guest and
     /// hands it its identity on a task of its own. If the guest does not take it, the snapshot
     /// is deleted and the guest reset: it then boots its kernel with its own command line.
-    pub(super) async fn continue_resumed(
-        &self,
-        qmp: &Qmp,
-        saved: &Saved,
-        qga_socket: &Path,
-    ) -> Result<(), StepError> {
+    pub(super) async fn continue_resumed(&self, qmp: &Qmp, saved: &Saved) -> Result<(), StepError> {
         loaded_then_continue(qmp)
             .await
-            .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {e}")))?;
-        self.hand_identity_later(qmp, Some(saved.key.clone()), qga_socket);
+            .map_err(|e| StepError::Qemu(format!("resuming the boot snapshot: {}", chain(&e))))?;
+        self.hand_identity_later(qmp, Some(saved.key.clone()));
         Ok(())
     }
 
@@ -95,23 +124,23 @@ impl Actor {
             return;
         }
         if let Err(e) = loaded_then_continue(qmp).await {
-            tracing::warn!(error = %e, "cannot continue the re-adopted resumed guest");
+            tracing::warn!(error = %chain(&e), "cannot continue the re-adopted resumed guest");
             return;
         }
-        self.hand_identity_later(qmp, None, &self.run_dir().join("qga.sock"));
+        self.hand_identity_later(qmp, None);
     }
 
     /// Hands the guest its identity on a task of its own; for a fresh resume (`key`), a guest
     /// that does not take it costs its snapshot and is reset.
-    fn hand_identity_later(&self, qmp: &Qmp, key: Option<String>, qga_socket: &Path) {
+    fn hand_identity_later(&self, qmp: &Qmp, key: Option<String>) {
         let qmp = qmp.clone();
-        let qga = qga_socket.to_path_buf();
+        let agent = self.agent.clone();
         let mac = self.rec.nic.mac.clone();
         let snaps = self.node.snapshots.clone();
         let diag = self.diag.clone();
         let task = async move {
             let started = std::time::Instant::now();
-            match snapshot::hand_identity(&qga, &mac).await {
+            match snapshot::hand_identity(&agent, &mac).await {
                 Ok(()) => {
                     tracing::info!(
                         ms = started.elapsed().as_millis() as u64,
@@ -168,27 +197,27 @@ impl Actor {
 }
 
 /// Waits until QEMU has loaded the incoming state, then continues the guest if it is paused.
-async fn loaded_then_continue(qmp: &Qmp) -> Result<(), String> {
+async fn loaded_then_continue(qmp: &Qmp) -> Result<(), ResumeError> {
     let t = Duration::from_secs(10);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let s = qmp
             .execute_raw("query-status", None, t)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ResumeError::Status)?;
         match s["status"].as_str() {
             Some("inmigrate") if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }
             Some("paused") | Some("prelaunch") => break,
             Some("running") => return Ok(()),
-            other => return Err(format!("QEMU is {other:?}")),
+            other => return Err(ResumeError::State(other.map(str::to_string))),
         }
     }
     qmp.execute_raw("cont", None, t)
         .await
         .map(|_| ())
-        .map_err(|e| format!("continuing the guest: {e}"))
+        .map_err(ResumeError::Cont)
 }
 
 /// The VM's console begins with the snapshot guest's boot, then a line saying where it resumed.

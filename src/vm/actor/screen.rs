@@ -7,7 +7,7 @@ use super::agent::{AgentProbe, Answer};
 use super::{chain, Actor, ActorError};
 use crate::diagnostics::boots::{Mark, Source};
 use crate::diagnostics::verdict::Outcome;
-use crate::qemu::qga::{Qga, QgaError};
+use crate::qemu::qga::QgaError;
 use crate::qemu::qmp::QmpEvent;
 
 /// How often the agent is probed while a boot waits for it.
@@ -20,15 +20,6 @@ const WATCH_FOR_MS: i64 = 300_000;
 /// is blank, and a screendump then waits on it (the slowest captures measured were these).
 /// Milestones still get theirs, and a boot stuck in firmware is caught by the next period.
 const FIRST_SHOT_AFTER_MS: i64 = 1_000;
-
-/// `VMNODE_BOOT_SCREENSHOTS=off` turns the automatic boot screenshots off, periodic and at
-/// milestones (on-demand ones still work): for measuring what they cost a boot (bench/diag.py).
-fn boot_shots_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        !std::env::var("VMNODE_BOOT_SCREENSHOTS").is_ok_and(|v| v.eq_ignore_ascii_case("off"))
-    })
-}
 
 impl Actor {
     /// `{container}/{vm}.{vmId}.screenshot.{ext}`, as the cloud names it (`bmp`; `png` beside).
@@ -66,7 +57,7 @@ impl Actor {
                 "QEMU's monitor does not answer (VM status unknown)",
             ));
         }
-        let ppm = self.run_dir().join("screen.ppm");
+        let ppm = self.run.screen.clone();
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -109,12 +100,13 @@ impl Actor {
         let (bmp, png) = (self.shot_path("bmp"), self.shot_path("png"));
         let (ppm2, bmp2, png2, kernel) =
             (ppm.clone(), bmp.clone(), png.clone(), self.kernel.clone());
+        let fonts = self.node.fonts.clone();
         let (img_hash, w, h, text, store_us) = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
             let img = crate::diagnostics::screenshot::store(&ppm2, &bmp2, &png2)?;
             let store_us = t.elapsed().as_micros() as u64;
             let text = kernel
-                .and_then(|k| crate::diagnostics::screen_text::Font::for_kernel_now(&k))
+                .and_then(|k| fonts.for_kernel_now(&k))
                 .map(|f| crate::diagnostics::screen_text::read(&img, &f))
                 .unwrap_or_default();
             // The same text is the same screen, whatever the cursor's blink did to the pixels.
@@ -147,7 +139,7 @@ impl Actor {
         self.diag.pump();
         let running = self.qmp.is_some();
         // A boot milestone (kernel, userspace, network, login, panic) gets its own screenshot.
-        if self.diag.take_milestone() && running && boot_shots_on() {
+        if self.diag.take_milestone() && running && self.node.cfg.boot_screenshots {
             if let Err(e) = self.screenshot().await {
                 tracing::debug!(error = %e, "milestone screenshot");
             }
@@ -181,7 +173,7 @@ impl Actor {
     /// Screenshots during a boot: every few seconds until it has booted (then one more of the
     /// final screen), or for the first minutes of a boot that is stuck or failed.
     pub(super) async fn boot_shot(&mut self) {
-        if self.qmp.is_none() || !boot_shots_on() {
+        if self.qmp.is_none() || !self.node.cfg.boot_screenshots {
             return;
         }
         let Some((n, age)) = self.diag.current() else {
@@ -215,10 +207,10 @@ impl Actor {
         };
         self.agent_probing = true;
         self.agent_probed = Some(tokio::time::Instant::now());
-        let sock = self.run_dir().join("qga.sock");
+        let agent = self.agent.clone();
         let tx = self.agent_tx.clone();
         tokio::spawn(async move {
-            let answer = match Qga::try_connect(&sock, Duration::from_secs(1)).await {
+            let answer = match agent.try_connect(Duration::from_secs(1)).await {
                 Ok(mut q) => {
                     let info = q
                         .execute("guest-info", None, Duration::from_secs(2))

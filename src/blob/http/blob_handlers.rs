@@ -5,14 +5,20 @@ use std::ops::Range;
 use hyper::body::Incoming;
 use hyper::{Response, StatusCode};
 
-use super::blobs::{DeleteSnapshots, Entry, NewBlob};
-use super::containers::{lease_op, lease_response};
-use super::error::{BlobError, Result};
-use super::http::{self, Body};
-use super::pages::PAGE;
-use super::server::*;
-use super::store::{http_date, now_ms, BlobMeta, BlobType};
+use super::body::{self, Body};
+use super::request::{http_props, lease_op, max_results, page_range, range, u64_header, Req};
+use super::response::{
+    blob_headers, blocking, done, empty, lease_response, listing, meta_headers, with_etag,
+    xml_response,
+};
 use super::xml;
+use crate::blob::blobs::{DeleteSnapshots, Entry, NewBlob};
+use crate::blob::error::{BlobError, Result};
+use crate::blob::pages::PAGE;
+use crate::blob::store::{http_date, now_ms, BlobMeta, BlobType};
+
+/// Put Page update: at most 4 MiB a call.
+const MAX_PAGE_WRITE: u64 = 4 << 20;
 
 pub(super) fn list_blobs(r: &Req) -> Result<Response<Body>> {
     let prefix = r.q("prefix").unwrap_or("");
@@ -34,25 +40,8 @@ pub(super) fn list_blobs(r: &Req) -> Result<Response<Body>> {
         include.contains(&"uncommittedblobs"),
     )?;
     let with_meta = include.contains(&"metadata");
-    let mut w = xml::Writer::new();
-    w.open_with(
-        "EnumerationResults",
-        &format!(
-            " ServiceEndpoint=\"{}/{}\" ContainerName=\"{}\"",
-            xml::escape(&r.endpoint),
-            xml::escape(&r.account),
-            xml::escape(&r.container)
-        ),
-    );
-    if !prefix.is_empty() {
-        w.elem("Prefix", prefix);
-    }
-    if let Some(m) = marker {
-        w.elem("Marker", m);
-    }
-    if r.q("maxresults").is_some() {
-        w.elem("MaxResults", &max.to_string());
-    }
+    let container = format!(" ContainerName=\"{}\"", xml::escape(&r.container));
+    let mut w = listing(r, &container, prefix, marker, max);
     if let Some(d) = delimiter {
         w.elem("Delimiter", d);
     }
@@ -126,32 +115,17 @@ pub(super) fn blob_xml(w: &mut xml::Writer, m: &BlobMeta, with_meta: bool) {
     w.close("Blob");
 }
 
-pub(super) fn u64_header(r: &Req, name: &str) -> Result<Option<u64>> {
-    match r.h(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| BlobError::invalid_header(name, v)),
-    }
-}
-
 pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
     let kind = r
         .h("x-ms-blob-type")
         .ok_or_else(|| BlobError::missing_header("x-ms-blob-type"))?;
     let kind =
         BlobType::parse(kind).ok_or_else(|| BlobError::invalid_header("x-ms-blob-type", kind))?;
-    let props = http::http_props(&r.h, true).unwrap_or_default();
+    let props = http_props(&r.h, true).unwrap_or_default();
     let md = r.metadata()?;
     match kind {
         BlobType::BlockBlob => {
-            if !r.store.container_exists(&r.account, &r.container) {
-                return Err(BlobError::container_not_found());
-            }
-            let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
-            let tmp = p.tmp.join(format!("put-{}", uuid::Uuid::new_v4()));
-            http::body_to_file(body, &tmp, &r.store).await?;
+            let tmp = stage(&r, body, "put").await?;
             blocking(move || {
                 let res = r.store.put_blob(
                     &r.account,
@@ -192,7 +166,7 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
             } else {
                 None
             };
-            let b = http::body_bytes(body, 0).await?;
+            let b = body::body_bytes(body, 0).await?;
             if !b.is_empty() {
                 return Err(BlobError::invalid_header(
                     "Content-Length",
@@ -224,7 +198,7 @@ pub(super) async fn put_blob(r: Req, body: Incoming) -> Result<Response<Body>> {
 }
 
 pub(super) fn get_blob(r: &Req) -> Result<Response<Body>> {
-    let range = http::range(&r.h)?;
+    let range = range(&r.h)?;
     let (m, file) = r.store.open_read(
         &r.account,
         &r.container,
@@ -263,7 +237,7 @@ pub(super) fn get_blob(r: &Req) -> Result<Response<Body>> {
     let body = if r.head {
         Body::empty()
     } else {
-        http::file_body(file, off, len)
+        body::file_body(file, off, len)
     };
     b.body(body).map_err(BlobError::internal)
 }
@@ -314,7 +288,7 @@ pub(super) fn set_blob_props(r: &Req) -> Result<Response<Body>> {
                 .resize(&r.account, &r.container, &r.blob, size, &r.access)?,
         );
     }
-    let props = http::http_props(&r.h, false);
+    let props = http_props(&r.h, false);
     let seq_action = r.h("x-ms-sequence-number-action").map(str::to_string);
     let seq = u64_header(r, "x-ms-blob-sequence-number")?;
     if props.is_some() || seq_action.is_some() || m.is_none() {
@@ -361,17 +335,24 @@ pub(super) fn set_blob_metadata(r: &Req) -> Result<Response<Body>> {
     )
 }
 
+/// Receives a request body into a new staging file of the blob's container
+/// (`.tmp/{what}-{uuid}`), for the store to take in; the container must exist.
+async fn stage(r: &Req, body: Incoming, what: &str) -> Result<std::path::PathBuf> {
+    if !r.store.container_exists(&r.account, &r.container) {
+        return Err(BlobError::container_not_found());
+    }
+    let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
+    let tmp = p.tmp.join(format!("{what}-{}", uuid::Uuid::new_v4()));
+    body::body_to_file(body, &tmp, &r.store).await?;
+    Ok(tmp)
+}
+
 pub(super) async fn put_block(r: Req, body: Incoming) -> Result<Response<Body>> {
     let id = r
         .q("blockid")
         .ok_or_else(|| BlobError::invalid_query("blockid", ""))?
         .to_string();
-    if !r.store.container_exists(&r.account, &r.container) {
-        return Err(BlobError::container_not_found());
-    }
-    let p = r.store.blob_paths(&r.account, &r.container, &r.blob);
-    let tmp = p.tmp.join(format!("block-{}", uuid::Uuid::new_v4()));
-    http::body_to_file(body, &tmp, &r.store).await?;
+    let tmp = stage(&r, body, "block").await?;
     blocking(move || {
         let res = r
             .store
@@ -384,8 +365,8 @@ pub(super) async fn put_block(r: Req, body: Incoming) -> Result<Response<Body>> 
 }
 
 pub(super) fn put_block_list(r: &Req, body: &[u8]) -> Result<Response<Body>> {
-    let list = super::bodies::block_list(body)?;
-    let props = http::http_props(&r.h, false).unwrap_or_default();
+    let list = super::xml_bodies::block_list(body)?;
+    let props = http_props(&r.h, false).unwrap_or_default();
     let m = r.store.put_block_list(
         &r.account,
         &r.container,
@@ -415,7 +396,7 @@ pub(super) fn get_block_list(r: &Req) -> Result<Response<Body>> {
     )?;
     let mut w = xml::Writer::new();
     w.open("BlockList");
-    let list = |w: &mut xml::Writer, tag: &str, blocks: &[super::store::Block]| {
+    let list = |w: &mut xml::Writer, tag: &str, blocks: &[crate::blob::store::Block]| {
         w.open(tag);
         for b in blocks {
             w.open("Block")
@@ -441,28 +422,6 @@ pub(super) fn get_block_list(r: &Req) -> Result<Response<Body>> {
     b.body(Body::from(body)).map_err(BlobError::internal)
 }
 
-/// The aligned page range of a Put Page / Get Page Ranges request.
-pub(super) fn page_range(r: &Req, required: bool) -> Result<Option<Range<u64>>> {
-    match http::range(&r.h)? {
-        None if required => Err(BlobError::missing_header("x-ms-range")),
-        None => Ok(None),
-        Some((name, a, b)) => {
-            let raw = r
-                .h(if name == "Range" { "range" } else { name })
-                .unwrap_or("");
-            let end = match b {
-                Some(b) => b + 1,
-                None if required => return Err(BlobError::invalid_header(name, raw)),
-                None => u64::MAX,
-            };
-            if required && (a % PAGE != 0 || end % PAGE != 0) {
-                return Err(BlobError::invalid_header(name, raw));
-            }
-            Ok(Some(a..end))
-        }
-    }
-}
-
 pub(super) async fn put_page(r: Req, body: Incoming) -> Result<Response<Body>> {
     let range = page_range(&r, true)?.unwrap_or(0..0);
     let write = match r.h("x-ms-page-write") {
@@ -479,7 +438,7 @@ pub(super) async fn put_page(r: Req, body: Incoming) -> Result<Response<Body>> {
             "The request body is too large and exceeds the maximum permissible limit.",
         ));
     }
-    let data = http::body_bytes(body, if write { len as usize } else { 0 }).await?;
+    let data = body::body_bytes(body, if write { len as usize } else { 0 }).await?;
     if write && data.len() as u64 != len {
         return Err(BlobError::invalid_header(
             "Content-Length",

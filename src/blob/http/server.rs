@@ -2,38 +2,36 @@
 //! operation picked from method + `restype` + `comp`, authentication and authorization, then
 //! the store operation (on a blocking thread) and the cloud's response shape.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::http::response::Builder;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
 use super::auth::{self, Principal};
-use super::blob_ops::*;
-use super::blobs::{Access, Cond};
-use super::containers::*;
-use super::error::{BlobError, Result};
-use super::http::{self, header, Body};
-use super::lease;
-use super::store::{
-    etag, http_date, now_ms, now_ns, AccessPolicy, Account, BlobMeta, BlobType, ContainerMeta,
-    PublicAccess, Store,
-};
+use super::blob_handlers::*;
+use super::body::{self, Body};
+use super::container_handlers::*;
+use super::request::{access_of, decode, header, Req};
+use super::response::{blocking, empty, error_response, service_properties, xml_response};
 use super::wire::{CaseIo, MetaCase, Wire};
-use super::xml;
+use crate::blob::error::{BlobError, Result};
+use crate::blob::store::{http_date, now_ns, AccessPolicy, ContainerMeta, PublicAccess};
+use crate::blob::{AttachedFn, Store};
 
 /// The service version we answer with when the client names none.
 pub const VERSION: &str = "2025-11-05";
-/// Put Page update: at most 4 MiB a call.
-pub(super) const MAX_PAGE_WRITE: u64 = 4 << 20;
 
+/// What the service serves: the store, how clients reach it, and which disks VMs hold.
 pub struct Service {
     pub store: Arc<Store>,
     /// `http://host:port`, for `ServiceEndpoint` in listings.
     pub endpoint: String,
+    /// The state dir's checker: a write it cannot take is refused up front (507/503).
+    pub health: Arc<crate::storage::health::Health>,
+    /// The disks VMs have attached, for the consistency check.
+    pub attached: AttachedFn,
 }
 
 /// Serves HTTP/1.1 on `listener` until the task is dropped.
@@ -84,8 +82,8 @@ pub async fn handle(
     let run = dispatch(svc, req, peer, names.unwrap_or_default());
     let mut resp = match crate::serve::unwinding(&method, &path, run).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => http::error_response(&e, &rid, head),
-        Err(_) => http::error_response(&BlobError::unlogged_internal(), &rid, head),
+        Ok(Err(e)) => error_response(&e, &rid, head),
+        Err(_) => error_response(&BlobError::unlogged_internal(), &rid, head),
     };
     if let (Some(seq), Some(MetaCase(names))) = (seq, resp.extensions_mut().remove()) {
         wire.reply(seq, names);
@@ -107,16 +105,6 @@ pub async fn handle(
     tracing::debug!(%method, %path, %comp, status = resp.status().as_u16(),
         us = started.elapsed().as_micros() as u64, "blob request");
     resp
-}
-
-/// Runs store work that may take a while (copies, directory walks, bulk reads and writes)
-/// off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(BlobError::internal)?
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,70 +288,6 @@ fn authorize(p: &Principal, op: Op, level: Option<PublicAccess>) -> Result<()> {
     }
 }
 
-/// Everything a handler needs, owned (handlers run on blocking threads).
-pub(super) struct Req {
-    pub(super) store: Arc<Store>,
-    pub(super) endpoint: String,
-    pub(super) account: String,
-    pub(super) container: String,
-    pub(super) blob: String,
-    pub(super) q: Vec<(String, String)>,
-    pub(super) h: HeaderMap,
-    pub(super) head: bool,
-    pub(super) access: Access,
-    /// The request's `x-ms-meta-*` names as sent (hyper's `h` has them lower-cased).
-    pub(super) meta_names: Vec<String>,
-}
-
-impl Req {
-    pub(super) fn q(&self, name: &str) -> Option<&str> {
-        self.q
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub(super) fn h(&self, name: &str) -> Option<&str> {
-        header(&self.h, name)
-    }
-    /// The request's user metadata, names spelt as sent.
-    pub(super) fn metadata(&self) -> Result<BTreeMap<String, String>> {
-        http::metadata(&self.h, &self.meta_names)
-    }
-}
-
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-fn date_secs(h: &HeaderMap, name: &str) -> Result<Option<u64>> {
-    match header(h, name) {
-        None => Ok(None),
-        Some(v) => httpdate::parse_http_date(v)
-            .map(|t| {
-                Some(
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                )
-            })
-            .map_err(|_| BlobError::invalid_header(name, v)),
-    }
-}
-
-fn access_of(h: &HeaderMap) -> Result<Access> {
-    Ok(Access {
-        lease_id: header(h, "x-ms-lease-id").map(String::from),
-        cond: Cond {
-            if_match: header(h, "if-match").map(String::from),
-            if_none_match: header(h, "if-none-match").map(String::from),
-            if_modified_since: date_secs(h, "if-modified-since")?,
-            if_unmodified_since: date_secs(h, "if-unmodified-since")?,
-        },
-    })
-}
-
 async fn dispatch(
     svc: Arc<Service>,
     req: Request<Incoming>,
@@ -399,7 +323,7 @@ async fn dispatch(
         crate::failpoint::panic_point("blob.panic");
     }
     if let Some(c) = &container {
-        if !super::store::valid_container_name(c) {
+        if !crate::blob::store::valid_container_name(c) {
             return Err(BlobError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidResourceName",
@@ -408,7 +332,7 @@ async fn dispatch(
         }
     }
     if let Some(b) = &blob {
-        if !super::store::valid_blob_name(b) {
+        if !crate::blob::store::valid_blob_name(b) {
             return Err(BlobError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidResourceName",
@@ -461,7 +385,7 @@ async fn dispatch(
     if parts.method == Method::PUT && !matches!(op, Op::ContainerLease | Op::BlobLease) {
         // A write the store cannot take is refused before a byte is stored (leases only change
         // a little metadata and may be what frees a disk; reads and deletes always go on).
-        super::error::state_dir(&svc.store.root)?;
+        crate::blob::error::state_dir(&svc.health, &svc.store.root)?;
     }
     let r = Req {
         store: svc.store.clone(),
@@ -475,19 +399,24 @@ async fn dispatch(
         h: parts.headers,
         head: parts.method == Method::HEAD,
     };
-    run(op, r, body, acct).await
+    run(op, r, body, &svc.attached).await
 }
 
-async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<Body>> {
+async fn run(op: Op, r: Req, body: Incoming, attached: &AttachedFn) -> Result<Response<Body>> {
     use Op::*;
     // Operations that read or write a little metadata run here: a hop to a blocking thread
     // would cost more than the work (and wake-ups on a busy host are what lease latency's p99
     // is made of). Bulk data, copies and directory walks go to blocking threads.
+    // Those inline operations take the blob's key lock (`Store::lock`, a condvar) on this
+    // runtime worker: while another request holds the same blob (a slow write of it on a
+    // blocking thread) the worker waits, and the service's other worker carries on. The lock
+    // is held only around the metadata's read and write, and the blob runtime's workers are
+    // its own, so the API's are never the ones waiting.
     match op {
         ListContainers => blocking(move || list_containers(&r)).await,
         ServiceProps => Ok(xml_response(StatusCode::OK, service_properties())),
         SetServiceProps => {
-            http::body_bytes(body, 1 << 20).await?;
+            body::body_bytes(body, 1 << 20).await?;
             Ok(empty(StatusCode::ACCEPTED)
                 .body(Body::empty())
                 .map_err(BlobError::internal)?)
@@ -501,8 +430,9 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         Check => {
             let repair = r.q("repair") == Some("true");
             let store = r.store.clone();
-            let findings = blocking(move || Ok(super::check(&store, repair))).await?;
-            let _ = acct;
+            let attached = attached.clone();
+            let findings =
+                blocking(move || Ok(crate::blob::check(&store, &attached(), repair))).await?;
             let body = serde_json::to_vec(&findings).map_err(BlobError::internal)?;
             Ok(empty(StatusCode::OK)
                 .header("content-type", "application/json")
@@ -517,7 +447,7 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         GetAcl => get_acl(&r),
         // Bodies read into memory only up to what the cloud allows them (blob/bodies.rs).
         SetAcl => {
-            let b = http::body_bytes(body, super::bodies::MAX_ACL_BYTES).await?;
+            let b = body::body_bytes(body, super::xml_bodies::MAX_ACL_BYTES).await?;
             set_acl(&r, &b)
         }
         ContainerLease => container_lease(&r),
@@ -530,7 +460,7 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         GetBlobMetadata => get_blob_metadata(&r),
         PutBlock => put_block(r, body).await,
         PutBlockList => {
-            let b = http::body_bytes(body, super::bodies::MAX_BLOCK_LIST_BYTES).await?;
+            let b = body::body_bytes(body, super::xml_bodies::MAX_BLOCK_LIST_BYTES).await?;
             blocking(move || put_block_list(&r, &b)).await
         }
         GetBlockList => blocking(move || get_block_list(&r)).await,
@@ -541,150 +471,11 @@ async fn run(op: Op, r: Req, body: Incoming, acct: Account) -> Result<Response<B
         Snapshot => blocking(move || snapshot(&r)).await,
         BlobLease => blob_lease(&r),
         AppendBlock => {
-            let b = http::body_bytes(body, 100 << 20).await?;
+            let b = body::body_bytes(body, 100 << 20).await?;
             blocking(move || append_block(&r, &b)).await
         }
         SetTier => Ok(empty(StatusCode::OK)
             .body(Body::empty())
             .map_err(BlobError::internal)?),
-    }
-}
-
-pub(super) fn empty(status: StatusCode) -> Builder {
-    Response::builder().status(status)
-}
-
-pub(super) fn done(b: Builder) -> Result<Response<Body>> {
-    b.header("content-length", 0)
-        .body(Body::empty())
-        .map_err(BlobError::internal)
-}
-
-pub(super) fn xml_response(status: StatusCode, body: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/xml")
-        .header("content-length", body.len())
-        .body(Body::from(body))
-        .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
-pub(super) fn with_etag(b: Builder, modified_ns: u64) -> Builder {
-    b.header("etag", etag(modified_ns))
-        .header("last-modified", http_date(modified_ns))
-}
-
-/// `x-ms-meta-*` headers; names that are not all lower-case are re-cased on the wire.
-pub(super) fn meta_headers(mut b: Builder, md: &BTreeMap<String, String>) -> Builder {
-    for (k, v) in md {
-        b = b.header(format!("x-ms-meta-{k}"), v);
-    }
-    if md.keys().any(|k| k.bytes().any(|c| c.is_ascii_uppercase())) {
-        b = b.extension(MetaCase(md.keys().cloned().collect()));
-    }
-    b
-}
-
-pub(super) fn lease_headers(mut b: Builder, l: &lease::Lease) -> Builder {
-    let now = now_ms();
-    let st = l.state(now);
-    b = b
-        .header("x-ms-lease-status", st.status())
-        .header("x-ms-lease-state", st.as_str());
-    if let Some(d) = l.duration_header(now) {
-        b = b.header("x-ms-lease-duration", d);
-    }
-    b
-}
-
-pub(super) fn blob_headers(mut b: Builder, m: &BlobMeta) -> Builder {
-    b = with_etag(b, m.modified_ns)
-        .header("x-ms-creation-time", http_date(m.created_ns))
-        .header("x-ms-blob-type", m.blob_type.as_str())
-        .header("x-ms-server-encrypted", "true")
-        .header("accept-ranges", "bytes")
-        .header(
-            "content-type",
-            m.props
-                .content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream"),
-        );
-    let p = &m.props;
-    for (name, v) in [
-        ("content-encoding", &p.content_encoding),
-        ("content-language", &p.content_language),
-        ("cache-control", &p.cache_control),
-        ("content-disposition", &p.content_disposition),
-    ] {
-        if let Some(v) = v {
-            b = b.header(name, v);
-        }
-    }
-    if m.snapshot.is_none() {
-        b = lease_headers(b, &m.lease);
-    }
-    match m.blob_type {
-        BlobType::PageBlob => b = b.header("x-ms-blob-sequence-number", m.sequence_number),
-        BlobType::AppendBlob => b = b.header("x-ms-blob-committed-block-count", m.append_blocks),
-        BlobType::BlockBlob => {
-            b = b
-                .header("x-ms-access-tier", "Hot")
-                .header("x-ms-access-tier-inferred", "true")
-        }
-    }
-    meta_headers(b, &m.metadata)
-}
-
-pub(super) fn container_headers(b: Builder, m: &ContainerMeta) -> Builder {
-    let mut b = lease_headers(with_etag(b, m.modified_ns), &m.lease)
-        .header("x-ms-has-immutability-policy", "false")
-        .header("x-ms-has-legal-hold", "false")
-        .header("x-ms-default-encryption-scope", "$account-encryption-key")
-        .header("x-ms-deny-encryption-scope-override", "false");
-    if let Some(a) = m.public_access.header() {
-        b = b.header("x-ms-blob-public-access", a);
-    }
-    meta_headers(b, &m.metadata)
-}
-
-pub(super) fn service_properties() -> String {
-    let mut w = xml::Writer::new();
-    w.open("StorageServiceProperties");
-    w.open("Logging")
-        .elem("Version", "1.0")
-        .elem("Read", "false")
-        .elem("Write", "false")
-        .elem("Delete", "false")
-        .open("RetentionPolicy")
-        .elem("Enabled", "false")
-        .close("RetentionPolicy")
-        .close("Logging");
-    for m in ["HourMetrics", "MinuteMetrics"] {
-        w.open(m)
-            .elem("Version", "1.0")
-            .elem("Enabled", "false")
-            .open("RetentionPolicy")
-            .elem("Enabled", "false")
-            .close("RetentionPolicy")
-            .close(m);
-    }
-    w.opt("Cors", None)
-        .open("DeleteRetentionPolicy")
-        .elem("Enabled", "false")
-        .close("DeleteRetentionPolicy")
-        .open("StaticWebsite")
-        .elem("Enabled", "false")
-        .close("StaticWebsite");
-    w.close("StorageServiceProperties").finish()
-}
-
-pub(super) fn max_results(r: &Req) -> Result<usize> {
-    match r.q("maxresults") {
-        None => Ok(5000),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n.min(5000)),
-            _ => Err(BlobError::invalid_query("maxresults", v)),
-        },
     }
 }

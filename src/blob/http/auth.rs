@@ -12,8 +12,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use hyper::HeaderMap;
 
-use super::error::{BlobError, Result};
-use super::store::{AccessPolicy, Account};
+use crate::blob::error::{BlobError, Result};
+use crate::blob::store::{AccessPolicy, Account};
 
 type HmacSha256 = Hmac<sha2::Sha256>;
 

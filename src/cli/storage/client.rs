@@ -6,7 +6,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 
-use super::AccountFile;
+use crate::blob::AccountFile;
 
 const PATH_SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'/')
@@ -35,7 +35,7 @@ impl Reply {
             return Ok(self);
         }
         let text = String::from_utf8_lossy(&self.body);
-        let doc = super::xml::parse(&text);
+        let doc = crate::blob::http::xml::parse(&text);
         let code = doc
             .as_ref()
             .and_then(|d| d.child_text("Code"))
@@ -108,7 +108,10 @@ impl Client {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         xms.push(("x-ms-date".into(), date));
-        xms.push(("x-ms-version".into(), super::server::VERSION.into()));
+        xms.push((
+            "x-ms-version".into(),
+            crate::blob::http::server::VERSION.into(),
+        ));
         xms.sort();
         let std_h = |n: &str| {
             headers
@@ -151,7 +154,7 @@ impl Client {
                 .map(|(k, v)| format!("\n{k}:{v}"))
                 .collect::<String>()
         );
-        let sig = super::auth::sign(&self.key, &sts);
+        let sig = crate::blob::http::auth::sign(&self.key, &sts);
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(&uri)

@@ -1,13 +1,15 @@
-//! Handlers of container operations (and the lease helpers blobs share).
+//! Handlers of container operations.
 
 use hyper::{Response, StatusCode};
 
-use super::error::{BlobError, Result};
-use super::http::Body;
-use super::lease;
-use super::server::*;
-use super::store::{etag, http_date, now_ms, ContainerMeta, PublicAccess};
+use super::body::Body;
+use super::request::{lease_op, max_results, Req};
+use super::response::{
+    container_headers, done, empty, lease_response, listing, with_etag, xml_response,
+};
 use super::xml;
+use crate::blob::error::{BlobError, Result};
+use crate::blob::store::{etag, http_date, now_ms, ContainerMeta, PublicAccess};
 
 pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
     let prefix = r.q("prefix").unwrap_or("");
@@ -17,24 +19,7 @@ pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
         .q("include")
         .is_some_and(|i| i.split(',').any(|x| x == "metadata"));
     let all = r.store.list_containers(&r.account)?;
-    let mut w = xml::Writer::new();
-    w.open_with(
-        "EnumerationResults",
-        &format!(
-            " ServiceEndpoint=\"{}/{}\"",
-            xml::escape(&r.endpoint),
-            xml::escape(&r.account)
-        ),
-    );
-    if !prefix.is_empty() {
-        w.elem("Prefix", prefix);
-    }
-    if let Some(m) = marker {
-        w.elem("Marker", m);
-    }
-    if r.q("maxresults").is_some() {
-        w.elem("MaxResults", &max.to_string());
-    }
+    let mut w = listing(r, "", prefix, marker, max);
     w.open("Containers");
     let mut next = None;
     for (n, c) in all
@@ -173,7 +158,7 @@ pub(super) fn set_acl(r: &Req, body: &[u8]) -> Result<Response<Body>> {
         Some(v) => PublicAccess::parse(v)
             .ok_or_else(|| BlobError::invalid_header("x-ms-blob-public-access", v))?,
     };
-    let ids = super::bodies::signed_identifiers(body)?;
+    let ids = super::xml_bodies::signed_identifiers(body)?;
     let m = r.store.update_container(&r.account, &r.container, |m| {
         check_container_lease(m, r, false)?;
         r.access.cond.check(m.modified_ns, false)?;
@@ -183,84 +168,6 @@ pub(super) fn set_acl(r: &Req, body: &[u8]) -> Result<Response<Body>> {
         Ok((m.clone(), true))
     })?;
     done(with_etag(empty(StatusCode::OK), m.modified_ns))
-}
-
-pub(super) fn is_guid(s: &str) -> bool {
-    uuid::Uuid::parse_str(s).is_ok()
-}
-
-/// The lease operation a request asks for, validated like the cloud does.
-pub(super) fn lease_op(r: &Req) -> Result<lease::Op> {
-    let action = r
-        .h("x-ms-lease-action")
-        .ok_or_else(|| BlobError::missing_header("x-ms-lease-action"))?;
-    let id = |name: &'static str| -> Result<String> {
-        let v = r.h(name).ok_or_else(|| BlobError::missing_header(name))?;
-        if !is_guid(v) {
-            return Err(BlobError::invalid_header(name, v));
-        }
-        Ok(v.to_string())
-    };
-    match action.to_ascii_lowercase().as_str() {
-        "acquire" => {
-            let d = r.h("x-ms-lease-duration").unwrap_or("-1");
-            let duration: i64 = d
-                .parse()
-                .ok()
-                .filter(|d| *d == -1 || (15..=60).contains(d))
-                .ok_or_else(|| BlobError::invalid_header("x-ms-lease-duration", d))?;
-            let proposed = match r.h("x-ms-proposed-lease-id") {
-                Some(_) => Some(id("x-ms-proposed-lease-id")?),
-                None => None,
-            };
-            Ok(lease::Op::Acquire { duration, proposed })
-        }
-        "renew" => Ok(lease::Op::Renew {
-            id: id("x-ms-lease-id")?,
-        }),
-        "change" => Ok(lease::Op::Change {
-            id: id("x-ms-lease-id")?,
-            proposed: id("x-ms-proposed-lease-id")?,
-        }),
-        "release" => Ok(lease::Op::Release {
-            id: id("x-ms-lease-id")?,
-        }),
-        "break" => {
-            let period = match r.h("x-ms-lease-break-period") {
-                None => None,
-                Some(p) => Some(
-                    p.parse::<i64>()
-                        .ok()
-                        .filter(|p| (0..=60).contains(p))
-                        .ok_or_else(|| BlobError::invalid_header("x-ms-lease-break-period", p))?,
-                ),
-            };
-            Ok(lease::Op::Break { period })
-        }
-        _ => Err(BlobError::invalid_header("x-ms-lease-action", action)),
-    }
-}
-
-pub(super) fn lease_response(
-    op: &lease::Op,
-    out: &lease::Outcome,
-    modified_ns: u64,
-) -> Result<Response<Body>> {
-    let status = match op {
-        lease::Op::Acquire { .. } => StatusCode::CREATED,
-        lease::Op::Break { .. } => StatusCode::ACCEPTED,
-        _ => StatusCode::OK,
-    };
-    let mut b = with_etag(empty(status), modified_ns);
-    if !matches!(op, lease::Op::Break { .. }) {
-        if let Some(id) = &out.lease_id {
-            b = b.header("x-ms-lease-id", id);
-        }
-    }
-    if let Some(t) = out.lease_time {
-        b = b.header("x-ms-lease-time", t);
-    }
-    done(b)
 }
 
 pub(super) fn container_lease(r: &Req) -> Result<Response<Body>> {

@@ -13,10 +13,10 @@
 
 use base64::Engine;
 
-use super::blobs::BlockRef;
-use super::error::{BlobError, Result};
-use super::store::AccessPolicy;
 use super::xml::{self, Limits, XmlError};
+use crate::blob::blobs::BlockRef;
+use crate::blob::error::{BlobError, Result};
+use crate::blob::store::AccessPolicy;
 
 /// The most blocks a block list may name (and a block blob may have committed).
 pub const MAX_BLOCKS: usize = 50_000;

@@ -1,7 +1,6 @@
-//! HTTP plumbing of the blob service: the response body type, request bodies to memory or to
-//! a file, header helpers, and the cloud's error rendering.
+//! Bodies in and out: the response body type (in memory, or chunks read from a file), and
+//! request bodies to memory or to a file (over the store's pool of recycled files).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
@@ -9,10 +8,8 @@ use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Frame, Incoming, SizeHint};
-use hyper::{HeaderMap, Response, StatusCode};
 
-use super::error::{BlobError, Result};
-use super::store::{self, HttpProps};
+use crate::blob::error::{BlobError, Result};
 
 /// A response body: in memory, or chunks from a reader thread.
 pub enum Body {
@@ -203,137 +200,9 @@ pub async fn body_to_file(
     Ok(n)
 }
 
-pub fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-}
-
-/// `x-ms-meta-*` request headers, named as in `spelt` (the names as sent; hyper's are
-/// lower-case). The cloud keeps a name's case but compares names ignoring it: the same name
-/// twice is 400.
-pub fn metadata(h: &HeaderMap, spelt: &[String]) -> Result<BTreeMap<String, String>> {
-    let invalid = |why: &str| {
-        BlobError::new(
-            StatusCode::BAD_REQUEST,
-            "InvalidMetadata",
-            format!("The metadata specified is invalid. {why}"),
-        )
-    };
-    let mut out = BTreeMap::new();
-    for (k, v) in h {
-        let Some(lower) = k.as_str().strip_prefix("x-ms-meta-") else {
-            continue;
-        };
-        let ok = lower
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && lower.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(invalid("It has characters that are not permitted."));
-        }
-        if h.get_all(k).iter().count() > 1 {
-            return Err(invalid("A name is given more than once."));
-        }
-        let name = spelt
-            .iter()
-            .find(|s| s.eq_ignore_ascii_case(lower))
-            .map_or(lower, String::as_str);
-        out.insert(name.to_string(), v.to_str().unwrap_or_default().to_string());
-    }
-    Ok(out)
-}
-
-/// The blob's HTTP properties from `x-ms-blob-*` headers (`Content-Type` as a fallback where the
-/// cloud takes it, on Put Blob). None when the request sets none of them.
-pub fn http_props(h: &HeaderMap, content_type_fallback: bool) -> Option<HttpProps> {
-    let g = |n: &str| header(h, n).map(String::from);
-    let p = HttpProps {
-        content_type: g("x-ms-blob-content-type")
-            .or_else(|| content_type_fallback.then(|| g("content-type")).flatten()),
-        content_encoding: g("x-ms-blob-content-encoding").or_else(|| {
-            content_type_fallback
-                .then(|| g("content-encoding"))
-                .flatten()
-        }),
-        content_language: g("x-ms-blob-content-language"),
-        content_md5: g("x-ms-blob-content-md5"),
-        cache_control: g("x-ms-blob-cache-control"),
-        content_disposition: g("x-ms-blob-content-disposition"),
-    };
-    (p != HttpProps::default()).then_some(p)
-}
-
-/// `bytes=a-b` / `bytes=a-` from `x-ms-range` (preferred) or `Range`; the header name too.
-pub fn range(h: &HeaderMap) -> Result<Option<(&'static str, u64, Option<u64>)>> {
-    let (name, v) = match (header(h, "x-ms-range"), header(h, "range")) {
-        (Some(v), _) => ("x-ms-range", v),
-        (None, Some(v)) => ("Range", v),
-        (None, None) => return Ok(None),
-    };
-    let bad = || BlobError::invalid_header(name, v);
-    let spec = v.trim().strip_prefix("bytes=").ok_or_else(bad)?;
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let a: u64 = a.trim().parse().map_err(|_| bad())?;
-    let b = match b.trim() {
-        "" => None,
-        b => Some(b.parse::<u64>().map_err(|_| bad())?),
-    };
-    if b.is_some_and(|b| b < a) {
-        return Err(bad());
-    }
-    Ok(Some((name, a, b)))
-}
-
-/// Renders an error the way the cloud does.
-pub fn error_response(e: &BlobError, request_id: &str, head: bool) -> Response<Body> {
-    let mut w = super::xml::Writer::new();
-    w.open("Error").elem("Code", e.code).elem(
-        "Message",
-        &format!(
-            "{}\nRequestId:{request_id}\nTime:{}",
-            e.message,
-            super::store::snapshot_time(store::now_ns())
-        ),
-    );
-    for (k, v) in &e.details {
-        w.elem(k, v);
-    }
-    w.close("Error");
-    let body = w.finish();
-    let mut b = Response::builder()
-        .status(e.status)
-        .header("x-ms-error-code", e.code)
-        .header("content-type", "application/xml");
-    if e.status == StatusCode::UNAUTHORIZED {
-        b = b.header("www-authenticate", "SharedKey realm=\"vmnode\"");
-    }
-    let no_body = head || e.status == StatusCode::NOT_MODIFIED;
-    b = b.header("content-length", if no_body { 0 } else { body.len() });
-    b.body(if no_body {
-        Body::empty()
-    } else {
-        Body::from(body)
-    })
-    .unwrap_or_else(|_| Response::new(Body::empty()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
-
     #[test]
     fn reads_fill_the_range_and_zeros_past_the_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -346,26 +215,5 @@ mod tests {
         assert_eq!(&tail[..10], &data[90..]);
         assert_eq!(&tail[10..], &[0u8; 20]);
         assert!(read_at(&f, 500, 8).unwrap().iter().all(|b| *b == 0));
-    }
-
-    #[test]
-    fn metadata_takes_the_spelling_sent_and_refuses_a_name_twice() {
-        let h = headers(&[("x-ms-meta-MyKey", "1"), ("x-ms-meta-b", "2")]);
-        let md = metadata(&h, &["MyKey".into(), "b".into()]).unwrap();
-        assert_eq!(
-            md.into_iter().collect::<Vec<_>>(),
-            [
-                ("MyKey".to_string(), "1".to_string()),
-                ("b".to_string(), "2".to_string())
-            ]
-        );
-        // Without the wire's spellings: hyper's lower case.
-        let md = metadata(&h, &[]).unwrap();
-        assert!(md.contains_key("mykey"));
-        let dup = headers(&[("x-ms-meta-Key", "1"), ("x-ms-meta-KEY", "2")]);
-        let e = metadata(&dup, &["Key".into(), "KEY".into()]).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "InvalidMetadata"));
-        let bad = headers(&[("x-ms-meta-1abc", "1")]);
-        assert_eq!(metadata(&bad, &[]).unwrap_err().code, "InvalidMetadata");
     }
 }
