@@ -48,8 +48,8 @@ struct BenchBook {
 impl BenchBook {
     /// Appends `line` and returns once it is on disk. The first waiter writes
     /// and syncs everything queued so far; the others wait for that sync.
-    fn append_durably(&self, line: &str) -> Result<(), String> {
-        let mut j = self.journal.lock().map_err(|e| e.to_string())?;
+    fn append_durably(&self, line: &str) -> std::io::Result<()> {
+        let mut j = self.journal.lock().map_err(poisoned)?;
         j.pending.extend_from_slice(line.as_bytes());
         j.queued += 1;
         let mine = j.queued;
@@ -63,11 +63,11 @@ impl BenchBook {
                 let upto = j.queued;
                 drop(j);
                 let result = (|| {
-                    let mut f = self.file.lock().map_err(|e| e.to_string())?;
-                    f.write_all(&batch).map_err(|e| e.to_string())?;
-                    f.sync_data().map_err(|e| e.to_string())
+                    let mut f = self.file.lock().map_err(poisoned)?;
+                    f.write_all(&batch)?;
+                    f.sync_data()
                 })();
-                j = self.journal.lock().map_err(|e| e.to_string())?;
+                j = self.journal.lock().map_err(poisoned)?;
                 j.flushing = false;
                 if result.is_ok() {
                     j.durable = upto;
@@ -76,9 +76,14 @@ impl BenchBook {
                 result?;
                 continue;
             }
-            j = self.synced.wait(j).map_err(|e| e.to_string())?;
+            j = self.synced.wait(j).map_err(poisoned)?;
         }
     }
+}
+
+/// A lock whose holder panicked: the journal cannot be trusted.
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> std::io::Error {
+    std::io::Error::other("journal lock poisoned")
 }
 
 impl LeaseBook for BenchBook {
@@ -107,8 +112,8 @@ impl LeaseBook for BenchBook {
         })
     }
 
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
-        self.append_durably(&format!("{mac} {ip}\n"))
+    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), vmnode_network::dhcp::CommitError> {
+        Ok(self.append_durably(&format!("{mac} {ip}\n"))?)
     }
 
     fn release(&self, _mac: &Mac, _ip: Ipv4Addr) {}

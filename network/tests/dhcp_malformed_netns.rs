@@ -60,7 +60,7 @@ impl LeaseBook for Book {
             domain: "abc.internal.cloudapp.net".into(),
         })
     }
-    fn commit(&self, _mac: &Mac, _ip: Ipv4Addr) -> Result<(), String> {
+    fn commit(&self, _mac: &Mac, _ip: Ipv4Addr) -> Result<(), vmnode_network::dhcp::CommitError> {
         Ok(())
     }
     fn release(&self, _mac: &Mac, _ip: Ipv4Addr) {}

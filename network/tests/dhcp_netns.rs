@@ -36,7 +36,7 @@ impl LeaseBook for TestBook {
         self.nics.get(mac).cloned()
     }
 
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
+    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), vmnode_network::dhcp::CommitError> {
         // A slow durable write: an ACK sent before it finished would reach
         // the client (and its script would log) first.
         std::thread::sleep(Duration::from_millis(300));

@@ -361,7 +361,7 @@ impl LeaseBook for OneNic {
             domain: String::new(),
         })
     }
-    fn commit(&self, _mac: &Mac, _ip: Ipv4Addr) -> Result<(), String> {
+    fn commit(&self, _mac: &Mac, _ip: Ipv4Addr) -> Result<(), vmnode_network::dhcp::CommitError> {
         Ok(())
     }
     fn release(&self, _mac: &Mac, _ip: Ipv4Addr) {}

@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::catalog::CatalogError;
+use crate::net::nics::NicError;
+use crate::net::vnet::VnetError;
 use crate::report::chain;
 use crate::vm::VmError;
 
@@ -110,6 +112,44 @@ impl From<VmError> for ApiError {
     }
 }
 
+/// A vnet's or subnet's refusal is the caller's (400, 404 for a missing one); the store and the
+/// bridge are the node's (500, or 409 when another request stored the record first).
+impl From<VnetError> for ApiError {
+    fn from(e: VnetError) -> Self {
+        match e {
+            VnetError::SubnetName(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceName",
+                e.to_string(),
+            ),
+            VnetError::InUse(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "InUseSubnetCannotBeDeleted",
+                e.to_string(),
+            ),
+            VnetError::NotFound { .. } => Self::not_found("ResourceNotFound", e.to_string()),
+            VnetError::DefaultVnet => Self::new(
+                StatusCode::BAD_REQUEST,
+                "OperationNotAllowed",
+                e.to_string(),
+            ),
+            VnetError::Net(n) => Self::internal(&n),
+            VnetError::Db(d) => d.into(),
+            VnetError::BadPrefix(_)
+            | VnetError::Outside { .. }
+            | VnetError::Overlap(..)
+            | VnetError::NoSpace
+            | VnetError::BadName(_)
+            | VnetError::Duplicate(_)
+            | VnetError::Location(_)
+            | VnetError::VnetName(_)
+            | VnetError::SubnetWithoutName
+            | VnetError::SubnetWithoutPrefix(_)
+            | VnetError::PrefixMissing => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::groups::GroupError> for ApiError {
     fn from(e: crate::groups::GroupError) -> Self {
         use crate::groups::GroupError;
@@ -122,6 +162,37 @@ impl From<crate::groups::GroupError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "ResourceGroupNotEmpty", e.to_string())
             }
             GroupError::Db(d) => Self::from(d),
+        }
+    }
+}
+
+/// A NIC's refusal is the caller's (400, 404 for a missing one, 409 for a changed one); the
+/// store is the node's (500, or 409 when another request stored the record first).
+impl From<NicError> for ApiError {
+    fn from(e: NicError) -> Self {
+        match e {
+            NicError::Name(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidResourceName",
+                e.to_string(),
+            ),
+            NicError::Changed(_) => Self::new(
+                StatusCode::CONFLICT,
+                "PropertyChangeNotAllowed",
+                e.to_string(),
+            ),
+            NicError::NotFound { .. } => Self::not_found("ResourceNotFound", e.to_string()),
+            NicError::InUse { .. } => Self::new(StatusCode::BAD_REQUEST, "NicInUse", e.to_string()),
+            // The cloud's message is the cause's: the subnet, the address or the full subnet.
+            NicError::Address(n) => Self::bad_request(n.to_string()),
+            NicError::Net(n) => Self::internal(&n),
+            NicError::Db(d) => d.into(),
+            NicError::SubnetIdMissing
+            | NicError::NotSubnetId(_)
+            | NicError::NotIpv4(_)
+            | NicError::StaticWithoutAddress
+            | NicError::Method(_)
+            | NicError::NoVnet { .. } => Self::bad_request(e.to_string()),
         }
     }
 }

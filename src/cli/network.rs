@@ -158,35 +158,52 @@ async fn net_path(cl: &Client, rg: &str, rest: &str) -> anyhow::Result<String> {
 pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
     let cl = Client::new(g.url.as_deref(), g.paths())?;
     match c {
-        NetworkCmd::Vnet(VnetCmd::Create {
+        NetworkCmd::Vnet(c) => vnet(g, &cl, c).await,
+        NetworkCmd::Nic(c) => nic(g, &cl, c).await,
+        NetworkCmd::Dhcp(c) => dhcp(g, &cl, c).await,
+    }
+}
+
+/// The body of a vnet's PUT, with its first subnet if one is named.
+fn vnet_body(
+    prefixes: &[String],
+    subnet_name: Option<String>,
+    subnet_prefix: Option<String>,
+) -> Value {
+    let mut subnets = vec![];
+    if let Some(name) = subnet_name {
+        let prefix = subnet_prefix.unwrap_or_else(|| {
+            // az's default: the first /24 of the address space.
+            prefixes[0]
+                .split('/')
+                .next()
+                .map(|a| format!("{a}/24"))
+                .unwrap_or_default()
+        });
+        subnets.push(json!({ "name": name, "properties": { "addressPrefix": prefix } }));
+    }
+    json!({
+        "location": crate::config::LOCATION,
+        "properties": { "addressSpace": { "addressPrefixes": prefixes }, "subnets": subnets },
+    })
+}
+
+async fn vnet(g: &Global, cl: &Client, c: VnetCmd) -> anyhow::Result<()> {
+    match c {
+        VnetCmd::Create {
             id,
             prefixes,
             subnet_name,
             subnet_prefix,
-        }) => {
-            let mut subnets = vec![];
-            if let Some(name) = subnet_name {
-                let prefix = subnet_prefix.unwrap_or_else(|| {
-                    // az's default: the first /24 of the address space.
-                    prefixes[0]
-                        .split('/')
-                        .next()
-                        .map(|a| format!("{a}/24"))
-                        .unwrap_or_default()
-                });
-                subnets.push(json!({ "name": name, "properties": { "addressPrefix": prefix } }));
-            }
-            let body = json!({
-                "location": crate::config::LOCATION,
-                "properties": { "addressSpace": { "addressPrefixes": prefixes }, "subnets": subnets },
-            });
-            let p = net_path(&cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?;
+        } => {
+            let body = vnet_body(&prefixes, subnet_name, subnet_prefix);
+            let p = net_path(cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?;
             let r = cl.request(Method::PUT, &p, Some(&body)).await?.ok()?;
             print(g.output, &with_subnet_list(r.body), VNET_COLS);
         }
-        NetworkCmd::Vnet(VnetCmd::List { rg }) => {
+        VnetCmd::List { rg } => {
             let r = cl
-                .get(&net_path(&cl, &rg, "virtualNetworks").await?)
+                .get(&net_path(cl, &rg, "virtualNetworks").await?)
                 .await?
                 .ok()?;
             let rows: Vec<Value> = r.body["value"]
@@ -198,25 +215,32 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                 .collect();
             print(g.output, &Value::Array(rows), VNET_COLS);
         }
-        NetworkCmd::Vnet(VnetCmd::Show(id)) => {
+        VnetCmd::Show(id) => {
             let r = cl
-                .get(&net_path(&cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?)
+                .get(&net_path(cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?)
                 .await?
                 .ok()?;
             print(Format::Json, &r.body, &[]);
         }
-        NetworkCmd::Vnet(VnetCmd::Delete(id)) => {
-            let p = net_path(&cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?;
+        VnetCmd::Delete(id) => {
+            let p = net_path(cl, &id.rg, &format!("virtualNetworks/{}", id.name)).await?;
             cl.request(Method::DELETE, &p, None).await?.ok()?;
             eprintln!("deleted virtual network {}", id.name);
         }
-        NetworkCmd::Vnet(VnetCmd::Subnet(SubnetCmd::Create {
+        VnetCmd::Subnet(c) => subnet(g, cl, c).await?,
+    }
+    Ok(())
+}
+
+async fn subnet(g: &Global, cl: &Client, c: SubnetCmd) -> anyhow::Result<()> {
+    match c {
+        SubnetCmd::Create {
             rg,
             vnet,
             name,
             prefix,
-        })) => {
-            let p = net_path(&cl, &rg, &format!("virtualNetworks/{vnet}/subnets/{name}")).await?;
+        } => {
+            let p = net_path(cl, &rg, &format!("virtualNetworks/{vnet}/subnets/{name}")).await?;
             let r = cl
                 .request(
                     Method::PUT,
@@ -234,17 +258,23 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                 ],
             );
         }
-        NetworkCmd::Vnet(VnetCmd::Subnet(SubnetCmd::Delete { rg, vnet, name })) => {
-            let p = net_path(&cl, &rg, &format!("virtualNetworks/{vnet}/subnets/{name}")).await?;
+        SubnetCmd::Delete { rg, vnet, name } => {
+            let p = net_path(cl, &rg, &format!("virtualNetworks/{vnet}/subnets/{name}")).await?;
             cl.request(Method::DELETE, &p, None).await?.ok()?;
             eprintln!("deleted subnet {name}");
         }
-        NetworkCmd::Nic(NicCmd::Create {
+    }
+    Ok(())
+}
+
+async fn nic(g: &Global, cl: &Client, c: NicCmd) -> anyhow::Result<()> {
+    match c {
+        NicCmd::Create {
             id,
             vnet,
             subnet,
             private_ip,
-        }) => {
+        } => {
             let sub = cl.subscription().await?;
             let subnet_id = format!("/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Network/virtualNetworks/{vnet}/subnets/{subnet}", id.rg);
             let mut cfg =
@@ -257,30 +287,36 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                 "location": crate::config::LOCATION,
                 "properties": { "ipConfigurations": [{ "name": "ipconfig1", "properties": cfg }] },
             });
-            let p = net_path(&cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?;
+            let p = net_path(cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?;
             let r = cl.request(Method::PUT, &p, Some(&body)).await?.ok()?;
             print(g.output, &r.body, NIC_COLS);
         }
-        NetworkCmd::Nic(NicCmd::List { rg }) => {
+        NicCmd::List { rg } => {
             let r = cl
-                .get(&net_path(&cl, &rg, "networkInterfaces").await?)
+                .get(&net_path(cl, &rg, "networkInterfaces").await?)
                 .await?
                 .ok()?;
             print(g.output, &r.body["value"], NIC_COLS);
         }
-        NetworkCmd::Nic(NicCmd::Show(id)) => {
+        NicCmd::Show(id) => {
             let r = cl
-                .get(&net_path(&cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?)
+                .get(&net_path(cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?)
                 .await?
                 .ok()?;
             print(Format::Json, &r.body, &[]);
         }
-        NetworkCmd::Nic(NicCmd::Delete(id)) => {
-            let p = net_path(&cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?;
+        NicCmd::Delete(id) => {
+            let p = net_path(cl, &id.rg, &format!("networkInterfaces/{}", id.name)).await?;
             cl.request(Method::DELETE, &p, None).await?.ok()?;
             eprintln!("deleted network interface {}", id.name);
         }
-        NetworkCmd::Dhcp(DhcpCmd::Leases) => {
+    }
+    Ok(())
+}
+
+async fn dhcp(g: &Global, cl: &Client, c: DhcpCmd) -> anyhow::Result<()> {
+    match c {
+        DhcpCmd::Leases => {
             let r = cl.get("/vmnode/v1/dhcp/leases").await?.ok()?;
             print(
                 g.output,
@@ -293,7 +329,7 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                 ],
             );
         }
-        NetworkCmd::Dhcp(DhcpCmd::Check) => {
+        DhcpCmd::Check => {
             let r = cl.get("/vmnode/v1/network/check").await?.ok()?;
             let v = &r.body["value"];
             if g.output == Format::Table && v.as_array().is_some_and(|a| a.is_empty()) {
@@ -311,31 +347,36 @@ pub async fn run(g: &Global, c: NetworkCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        NetworkCmd::Dhcp(DhcpCmd::Ledger) => {
+        DhcpCmd::Ledger => {
             let r = cl.get("/vmnode/v1/dhcp/ledger").await?.ok()?;
             if g.output == Format::Json {
                 print(Format::Json, &r.body["value"], &[]);
             } else {
-                for nic in r.body["value"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{} ({}, {})",
-                        nic["nic"].as_str().unwrap_or(""),
-                        nic["resourceGroup"].as_str().unwrap_or(""),
-                        nic["macAddress"].as_str().unwrap_or("")
-                    );
-                    for e in nic["entries"].as_array().cloned().unwrap_or_default() {
-                        let at = e["at"]["secs_since_epoch"].as_u64().unwrap_or(0);
-                        println!(
-                            "  {at}  {:<10} xid={:08x} {} {}",
-                            e["kind"]["type"].as_str().unwrap_or(""),
-                            e["xid"].as_u64().unwrap_or(0),
-                            e["ip"].as_str().unwrap_or(""),
-                            e["detail"].as_str().unwrap_or("")
-                        );
-                    }
-                }
+                print_ledger(&r.body["value"]);
             }
         }
     }
     Ok(())
+}
+
+/// Every NIC's DHCP exchanges, a line each under a line naming the NIC.
+fn print_ledger(nics: &Value) {
+    for nic in nics.as_array().cloned().unwrap_or_default() {
+        println!(
+            "{} ({}, {})",
+            nic["nic"].as_str().unwrap_or(""),
+            nic["resourceGroup"].as_str().unwrap_or(""),
+            nic["macAddress"].as_str().unwrap_or("")
+        );
+        for e in nic["entries"].as_array().cloned().unwrap_or_default() {
+            let at = e["at"]["secs_since_epoch"].as_u64().unwrap_or(0);
+            println!(
+                "  {at}  {:<10} xid={:08x} {} {}",
+                e["kind"]["type"].as_str().unwrap_or(""),
+                e["xid"].as_u64().unwrap_or(0),
+                e["ip"].as_str().unwrap_or(""),
+                e["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use vmnode_network::addr::Mac;
-use vmnode_network::dhcp::{Binding, LeaseBook, LedgerEntry};
+use vmnode_network::dhcp::{Binding, CommitError, LeaseBook, LedgerEntry};
 use vmnode_network::dns::NameBook;
 
 use super::nic::NicRecord;
@@ -48,12 +48,10 @@ impl LeaseBook for VnetBook {
         })
     }
 
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
+    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), CommitError> {
         let host = self.binding(mac).map(|b| b.hostname).unwrap_or_default();
-        self.net
-            .db()
-            .lease_commit(&mac.to_colon(), ip, &host)
-            .map_err(|e| e.to_string())
+        self.net.db().lease_commit(&mac.to_colon(), ip, &host)?;
+        Ok(())
     }
 
     fn release(&self, mac: &Mac, _ip: Ipv4Addr) {

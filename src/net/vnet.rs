@@ -28,6 +28,10 @@ pub struct VnetRecord {
     pub tags: serde_json::Map<String, Value>,
 }
 
+/// Why a virtual network or subnet is refused or cannot be written: its address space and
+/// subnets ([`validate`]), its PUT body's fields, the rules of [`super::vnets`] (names, subnets in
+/// use, the default vnet) and, with their causes, the store and the bridge. The API maps it to the
+/// cloud's codes (src/api/error.rs); the rule variants' messages are the cloud's.
 #[derive(Debug, thiserror::Error)]
 pub enum VnetError {
     #[error("'{0}' is not an IPv4 prefix such as 10.0.0.0/16")]
@@ -46,6 +50,43 @@ pub enum VnetError {
     BadName(String),
     #[error("subnet '{0}' appears twice")]
     Duplicate(String),
+    #[error(
+        "The location '{0}' is not available on this node; its location is '{here}'.",
+        here = crate::config::LOCATION
+    )]
+    Location(String),
+    #[error(
+        "The virtual network name '{0}' is invalid: use 2-64 letters, digits, '-', '_' or '.'."
+    )]
+    VnetName(String),
+    /// ARM's rule for a subnet's name ([`super::vnets::check_name`]): 400 InvalidResourceName.
+    #[error("The subnet name '{0}' is invalid: use 1-80 letters, digits, '-', '_' or '.', starting with a letter or digit and ending with one or '_'.")]
+    SubnetName(String),
+    #[error("Every subnet needs a name.")]
+    SubnetWithoutName,
+    #[error("Subnet '{0}' needs properties.addressPrefix.")]
+    SubnetWithoutPrefix(String),
+    /// A subnet's own PUT without `properties.addressPrefix`.
+    #[error("Required parameter 'properties.addressPrefix' is missing.")]
+    PrefixMissing,
+    #[error("Subnet '{0}' is in use by network interfaces and cannot be deleted or changed.")]
+    InUse(String),
+    /// `kind` is `virtualNetworks` or `virtualNetworks/subnets`.
+    #[error(
+        "The Resource 'Microsoft.Network/{kind}/{name}' under resource group '{rg}' was not found."
+    )]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        rg: String,
+    },
+    #[error("The node's default virtual network cannot be deleted.")]
+    DefaultVnet,
+    /// Reading the vnet, or bringing its bridge up or down.
+    #[error("virtual network")]
+    Net(#[source] super::NetError),
+    #[error("virtual network record")]
+    Db(#[from] crate::storage::db::DbError),
 }
 
 pub fn key(rg: &str, name: &str) -> String {
@@ -135,6 +176,14 @@ impl VnetRecord {
             .filter_map(|s| parse_prefix(&s.prefix).ok())
             .find(|s| s.contains(ip))
     }
+}
+
+/// The segment after `keyword` in an ARM resource id (`.../resourceGroups/{rg}/...`), the
+/// keyword matched case-insensitively as ARM does.
+pub fn id_segment<'a>(id: &'a str, keyword: &str) -> Option<&'a str> {
+    let mut parts = id.trim_matches('/').split('/');
+    parts.find(|p| p.eq_ignore_ascii_case(keyword))?;
+    parts.next()
 }
 
 pub fn vnet_id(sub: &str, rg: &str, name: &str) -> String {

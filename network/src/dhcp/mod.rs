@@ -87,14 +87,15 @@ pub enum DhcpError {
         reason: String,
     },
     /// The lease book failed to record a lease; no ACK was sent.
-    #[error("lease book failed to commit {ip} for {mac}: {reason}")]
+    #[error("lease book failed to commit {ip} for {mac}")]
     Commit {
         /// The NIC.
         mac: Mac,
         /// The address that was being committed.
         ip: Ipv4Addr,
         /// The book's error.
-        reason: String,
+        #[source]
+        source: CommitError,
     },
     /// Socket error in the serve loop.
     #[error("socket error: {0}")]
@@ -137,13 +138,17 @@ pub struct Binding {
     pub domain: String,
 }
 
+/// Why a [`LeaseBook`] could not store a lease: the book's own error (its store's), the cause of
+/// [`DhcpError::Commit`] and the reason in the ledger's `CommitFailed`.
+pub type CommitError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Supplied by the daemon: knows which MACs are NICs, and stores leases durably.
 pub trait LeaseBook: Send + Sync {
     /// The binding of a NIC, or `None` when the MAC is not a NIC of this network.
     fn binding(&self, mac: &Mac) -> Option<Binding>;
     /// Records that `mac` holds `ip`. It MUST be durable when it returns `Ok`:
     /// it is called before the ACK is sent, and an error means no ACK.
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String>;
+    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), CommitError>;
     /// The client gave the lease back (DHCPRELEASE). Only called for a known
     /// MAC releasing the address of its binding.
     fn release(&self, mac: &Mac, ip: Ipv4Addr);
@@ -207,10 +212,21 @@ pub fn handle(cfg: &DhcpConfig, book: &dyn LeaseBook, packet: &[u8]) -> Option<R
             None
         }
         Err(e) => {
-            error!("no DHCP reply: {e}");
+            error!("no DHCP reply: {}", chain(&e));
             None
         }
     }
+}
+
+/// An error and its causes, `: `-separated, for the log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    out
 }
 
 /// The protocol core behind [`handle`], with errors. Every packet that gets
@@ -229,10 +245,6 @@ fn respond(
         .opts()
         .msg_type()
         .ok_or(DhcpError::Malformed("no message type"))?;
-    let xid = req.xid();
-    let log = |kind: LedgerKind, ip: Option<Ipv4Addr>, detail: String| {
-        book.record(&mac, LedgerEntry::now(kind, xid, ip, detail));
-    };
     let server_id = match req.opts().get(OptionCode::ServerIdentifier) {
         Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
         _ => None,
@@ -245,138 +257,183 @@ fn respond(
 
     let Some(binding) = book.binding(&mac) else {
         debug!(%mac, ?msg_type, "ignoring DHCP from a MAC that is not a NIC");
-        log(
-            LedgerKind::UnknownMac,
-            requested.or(ciaddr),
-            format!("{msg_type:?}"),
+        book.record(
+            &mac,
+            LedgerEntry::now(
+                LedgerKind::UnknownMac,
+                req.xid(),
+                requested.or(ciaddr),
+                format!("{msg_type:?}"),
+            ),
         );
         return Ok(None);
     };
-    // Records a reply (or the error that prevented it) and passes it on.
-    let sent = |kind: LedgerKind, ip: Option<Ipv4Addr>, r: Result<Reply, DhcpError>| match r {
-        Ok(reply) => {
-            log(kind, ip, format!("to {}", reply.destination()));
-            Ok(Some(reply))
-        }
-        Err(e) => {
-            log(
-                LedgerKind::Ignored {
-                    reason: e.to_string(),
-                },
-                ip,
-                String::new(),
-            );
-            Err(e)
-        }
+    let x = Exchange {
+        cfg,
+        book,
+        req: &req,
+        mac,
+        msg_type,
+        binding,
+        server_id,
+        requested,
+        ciaddr,
     };
-    let ignore = |reason: &str, ip: Option<Ipv4Addr>| {
-        debug!(%mac, ?msg_type, "ignoring DHCP: {reason}");
-        log(
-            LedgerKind::Ignored {
-                reason: reason.into(),
-            },
-            ip,
-            String::new(),
-        );
-        Ok(None)
-    };
-    let nak_for = |reason: String| {
-        info!(%mac, ?requested, ?ciaddr, ip = %binding.ip, "DHCPREQUEST -> NAK: {reason}");
-        sent(LedgerKind::Nak { reason }, None, nak(cfg, &req, &mac))
-    };
-
     match msg_type {
         MessageType::Discover => {
-            log(LedgerKind::Discover, requested, String::new());
-            debug!(%mac, ip = %binding.ip, "DHCPDISCOVER -> OFFER");
-            let offer = reply(cfg, &req, &mac, &binding, Kind::Offer);
-            sent(LedgerKind::Offer, Some(binding.ip), offer)
+            x.log(LedgerKind::Discover, requested, String::new());
+            debug!(%mac, ip = %x.binding.ip, "DHCPDISCOVER -> OFFER");
+            let offer = reply(cfg, &req, &mac, &x.binding, Kind::Offer);
+            x.sent(LedgerKind::Offer, Some(x.binding.ip), offer)
         }
-        MessageType::Request => {
-            let state = match (server_id, requested, ciaddr) {
-                (Some(_), _, _) => "selecting",
-                (None, Some(_), None) => "init-reboot",
-                (None, _, Some(_)) => "renewing or rebinding",
-                (None, None, None) => "no address",
-            };
-            log(LedgerKind::Request, requested.or(ciaddr), state.into());
-            if let Some(sid) = server_id {
-                // SELECTING: the client names the server whose offer it takes.
-                if sid != cfg.server_id {
-                    return ignore(&format!("the client selected server {sid}"), requested);
-                }
-                if requested != Some(binding.ip) {
-                    return nak_for(match requested {
-                        Some(ip) => format!("requested {ip}, the NIC's address is {}", binding.ip),
-                        None => "selecting without a requested address".into(),
-                    });
-                }
-            } else {
-                // INIT-REBOOT (requested-ip), RENEWING/REBINDING (ciaddr).
-                let Some(asked) = requested.or(ciaddr) else {
-                    return nak_for("a REQUEST without an address".into());
-                };
-                if asked != binding.ip || ciaddr.is_some_and(|c| c != binding.ip) {
-                    return nak_for(format!(
-                        "asked for {}, the NIC's address is {}",
-                        ciaddr.unwrap_or(asked),
-                        binding.ip
-                    ));
-                }
+        MessageType::Request => x.request(),
+        MessageType::Inform => {
+            x.log(LedgerKind::Inform, ciaddr, String::new());
+            debug!(%mac, "DHCPINFORM -> ACK");
+            let ack = reply(cfg, &req, &mac, &x.binding, Kind::InformAck);
+            x.sent(LedgerKind::Ack, None, ack)
+        }
+        MessageType::Release => x.release(),
+        MessageType::Decline => x.decline(),
+        other => x.ignore(&format!("message type {other:?} is not a client's"), ciaddr),
+    }
+}
+
+/// One request from a known NIC, as [`respond`] read it: what each answer needs.
+struct Exchange<'a> {
+    cfg: &'a DhcpConfig,
+    book: &'a dyn LeaseBook,
+    req: &'a Message,
+    mac: Mac,
+    msg_type: MessageType,
+    binding: Binding,
+    /// Option 54: the server the client addresses.
+    server_id: Option<Ipv4Addr>,
+    /// Option 50: the address the client asks for.
+    requested: Option<Ipv4Addr>,
+    ciaddr: Option<Ipv4Addr>,
+}
+
+impl Exchange<'_> {
+    fn log(&self, kind: LedgerKind, ip: Option<Ipv4Addr>, detail: String) {
+        self.book.record(
+            &self.mac,
+            LedgerEntry::now(kind, self.req.xid(), ip, detail),
+        );
+    }
+
+    /// Records a reply (or the error that prevented it) and passes it on.
+    fn sent(
+        &self,
+        kind: LedgerKind,
+        ip: Option<Ipv4Addr>,
+        r: Result<Reply, DhcpError>,
+    ) -> Result<Option<Reply>, DhcpError> {
+        match r {
+            Ok(reply) => {
+                self.log(kind, ip, format!("to {}", reply.destination()));
+                Ok(Some(reply))
             }
-            // Build the ACK first so a bad binding does not commit a lease it cannot serve.
-            let ack = match reply(cfg, &req, &mac, &binding, Kind::Ack) {
-                Ok(ack) => ack,
-                Err(e) => return sent(LedgerKind::Ack, Some(binding.ip), Err(e)),
-            };
-            if let Err(reason) = book.commit(&mac, binding.ip) {
-                log(
-                    LedgerKind::CommitFailed {
-                        reason: reason.clone(),
-                    },
-                    Some(binding.ip),
-                    String::new(),
-                );
-                return Err(DhcpError::Commit {
-                    mac,
-                    ip: binding.ip,
-                    reason,
+            Err(e) => {
+                let reason = e.to_string();
+                self.log(LedgerKind::Ignored { reason }, ip, String::new());
+                Err(e)
+            }
+        }
+    }
+
+    fn ignore(&self, reason: &str, ip: Option<Ipv4Addr>) -> Result<Option<Reply>, DhcpError> {
+        let (mac, msg_type) = (self.mac, self.msg_type);
+        debug!(%mac, ?msg_type, "ignoring DHCP: {reason}");
+        let reason = reason.into();
+        self.log(LedgerKind::Ignored { reason }, ip, String::new());
+        Ok(None)
+    }
+
+    fn nak_for(&self, reason: String) -> Result<Option<Reply>, DhcpError> {
+        let (mac, requested, ciaddr) = (self.mac, self.requested, self.ciaddr);
+        info!(%mac, ?requested, ?ciaddr, ip = %self.binding.ip, "DHCPREQUEST -> NAK: {reason}");
+        let nak = nak(self.cfg, self.req, &self.mac);
+        self.sent(LedgerKind::Nak { reason }, None, nak)
+    }
+
+    /// A REQUEST: the NIC's own address is ACKed once the book has stored the lease; any other
+    /// is NAKed; one for another server is ignored.
+    fn request(&self) -> Result<Option<Reply>, DhcpError> {
+        let (mac, ip) = (self.mac, self.binding.ip);
+        let (requested, ciaddr) = (self.requested, self.ciaddr);
+        let state = match (self.server_id, requested, ciaddr) {
+            (Some(_), _, _) => "selecting",
+            (None, Some(_), None) => "init-reboot",
+            (None, _, Some(_)) => "renewing or rebinding",
+            (None, None, None) => "no address",
+        };
+        self.log(LedgerKind::Request, requested.or(ciaddr), state.into());
+        if let Some(sid) = self.server_id {
+            // SELECTING: the client names the server whose offer it takes.
+            if sid != self.cfg.server_id {
+                return self.ignore(&format!("the client selected server {sid}"), requested);
+            }
+            if requested != Some(ip) {
+                return self.nak_for(match requested {
+                    Some(r) => format!("requested {r}, the NIC's address is {ip}"),
+                    None => "selecting without a requested address".into(),
                 });
             }
-            info!(%mac, ip = %binding.ip, "DHCPREQUEST -> ACK");
-            sent(LedgerKind::Ack, Some(binding.ip), Ok(ack))
-        }
-        MessageType::Inform => {
-            log(LedgerKind::Inform, ciaddr, String::new());
-            debug!(%mac, "DHCPINFORM -> ACK");
-            let ack = reply(cfg, &req, &mac, &binding, Kind::InformAck);
-            sent(LedgerKind::Ack, None, ack)
-        }
-        MessageType::Release => {
-            log(LedgerKind::Release, ciaddr, String::new());
-            if server_id.is_some_and(|sid| sid != cfg.server_id) {
-                ignore("a RELEASE for another server", ciaddr)
-            } else if ciaddr == Some(binding.ip) {
-                info!(%mac, ip = %binding.ip, "DHCPRELEASE");
-                book.release(&mac, binding.ip);
-                Ok(None)
-            } else {
-                ignore("a RELEASE of an address the NIC does not hold", ciaddr)
+        } else {
+            // INIT-REBOOT (requested-ip), RENEWING/REBINDING (ciaddr).
+            let Some(asked) = requested.or(ciaddr) else {
+                return self.nak_for("a REQUEST without an address".into());
+            };
+            if asked != ip || ciaddr.is_some_and(|c| c != ip) {
+                return self.nak_for(format!(
+                    "asked for {}, the NIC's address is {ip}",
+                    ciaddr.unwrap_or(asked),
+                ));
             }
         }
-        MessageType::Decline => {
-            log(LedgerKind::Decline, requested, String::new());
-            if server_id.is_some_and(|sid| sid != cfg.server_id) {
-                ignore("a DECLINE for another server", requested)
-            } else if requested == Some(binding.ip) {
-                warn!(%mac, ip = %binding.ip, "guest declined its address (in use on the link?)");
-                book.decline(&mac, binding.ip);
-                Ok(None)
-            } else {
-                ignore("a DECLINE of an address the NIC was not given", requested)
-            }
+        // Build the ACK first so a bad binding does not commit a lease it cannot serve.
+        let ack = match reply(self.cfg, self.req, &mac, &self.binding, Kind::Ack) {
+            Ok(ack) => ack,
+            Err(e) => return self.sent(LedgerKind::Ack, Some(ip), Err(e)),
+        };
+        if let Err(source) = self.book.commit(&mac, ip) {
+            let reason = source.to_string();
+            self.log(LedgerKind::CommitFailed { reason }, Some(ip), String::new());
+            return Err(DhcpError::Commit { mac, ip, source });
         }
-        other => ignore(&format!("message type {other:?} is not a client's"), ciaddr),
+        info!(%mac, %ip, "DHCPREQUEST -> ACK");
+        self.sent(LedgerKind::Ack, Some(ip), Ok(ack))
+    }
+
+    /// A RELEASE of the NIC's address, for this server: the book is told.
+    fn release(&self) -> Result<Option<Reply>, DhcpError> {
+        let (mac, ip, ciaddr) = (self.mac, self.binding.ip, self.ciaddr);
+        self.log(LedgerKind::Release, ciaddr, String::new());
+        if self.server_id.is_some_and(|sid| sid != self.cfg.server_id) {
+            self.ignore("a RELEASE for another server", ciaddr)
+        } else if ciaddr == Some(ip) {
+            info!(%mac, %ip, "DHCPRELEASE");
+            self.book.release(&mac, ip);
+            Ok(None)
+        } else {
+            self.ignore("a RELEASE of an address the NIC does not hold", ciaddr)
+        }
+    }
+
+    /// A DECLINE of the NIC's address, for this server: the book is told.
+    fn decline(&self) -> Result<Option<Reply>, DhcpError> {
+        let (mac, ip, requested) = (self.mac, self.binding.ip, self.requested);
+        self.log(LedgerKind::Decline, requested, String::new());
+        if self.server_id.is_some_and(|sid| sid != self.cfg.server_id) {
+            self.ignore("a DECLINE for another server", requested)
+        } else if requested == Some(ip) {
+            warn!(%mac, %ip, "guest declined its address (in use on the link?)");
+            self.book.decline(&mac, ip);
+            Ok(None)
+        } else {
+            self.ignore("a DECLINE of an address the NIC was not given", requested)
+        }
     }
 }
 

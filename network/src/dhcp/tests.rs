@@ -61,7 +61,7 @@ impl LeaseBook for Book {
     fn binding(&self, mac: &Mac) -> Option<Binding> {
         self.nics.get(mac).cloned()
     }
-    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), String> {
+    fn commit(&self, mac: &Mac, ip: Ipv4Addr) -> Result<(), super::CommitError> {
         if self.fail_commit {
             return Err("disk full".into());
         }
