@@ -80,3 +80,104 @@ fn no_import_cycle_between_top_level_folders() {
         "folders in an import cycle: {cycles:?}\nedges: {edges:#?}"
     );
 }
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((p.clone(), std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// State lives in the daemon's context (src/node.rs) and the values it owns, never in a
+/// process-wide static: a `static` holding a lock, an atomic, a cell or a set-once value is
+/// mutable state every part of the process shares unseen. (A `LazyLock` of a constant is not.)
+#[test]
+fn no_process_wide_mutable_static() {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let net = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/network/src"));
+    let shared = [
+        "Mutex", "RwLock", "Atomic", "OnceLock", "OnceCell", "Cell<", "Condvar",
+    ];
+    let mut found = vec![];
+    for (path, text) in sources(src).into_iter().chain(sources(net)) {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("").trim_start();
+            let is_static = code.starts_with("static ") || code.starts_with("pub static ");
+            if code.contains("static mut ")
+                || (is_static && shared.iter().any(|s| code.contains(s)))
+            {
+                found.push(format!(
+                    "{}:{}: {}",
+                    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                        .unwrap_or(&path)
+                        .display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "process-wide mutable statics:\n{}",
+        found.join("\n")
+    );
+}
+
+/// No `Result<_, String>` between modules: errors are typed (`thiserror`, causes kept with
+/// `#[source]`). Only clap's value parsers (their error is what clap prints) may say `String`.
+#[test]
+fn no_string_errors_in_signatures() {
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let net = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/network/src"));
+    let mut found = vec![];
+    for (path, text) in sources(src).into_iter().chain(sources(net)) {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("fn ") && code.split("Result<").skip(1).any(error_is_string) {
+                found.push(format!(
+                    "{}:{}: {}",
+                    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                        .unwrap_or(&path)
+                        .display(),
+                    n + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Result<_, String> signatures:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Whether the text after a `Result<` has `String` as its second type argument.
+fn error_is_string(after: &str) -> bool {
+    let mut depth = 0;
+    for (i, c) in after.char_indices() {
+        match c {
+            '<' | '(' => depth += 1,
+            ')' => depth -= 1,
+            '>' if depth == 0 => return false,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
+                let rest = after[i + 1..].trim_start();
+                return rest.starts_with("String>") || rest.starts_with("String >");
+            }
+            _ => {}
+        }
+    }
+    false
+}
