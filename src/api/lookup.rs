@@ -68,7 +68,7 @@ pub fn blob_uri(
         .ok()?
         .format(&time::format_description::well_known::Rfc3339)
         .ok()?;
-    let sas = crate::blob::auth::service_sas(
+    let sas = crate::blob::http::auth::service_sas(
         &acct,
         &container,
         Some(blob),

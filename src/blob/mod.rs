@@ -31,10 +31,6 @@ pub mod quarantine;
 pub mod reaper;
 pub mod store;
 
-// Paths that callers outside blob/ use today (the extension downloader, the viewer, the API's
-// boot diagnostics): kept until their owners name `blob::http::…`.
-pub use http::{auth, server, xml};
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

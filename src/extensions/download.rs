@@ -194,7 +194,7 @@ async fn get_once(url: &Url) -> Result<Fetch, DownloadError> {
     let req = hyper::Request::get(path)
         .header("host", host_header)
         .header("user-agent", "vmnode-extension-handler")
-        .header("x-ms-version", crate::blob::server::VERSION)
+        .header("x-ms-version", crate::blob::http::server::VERSION)
         .body(Empty::<Bytes>::new())
         .map_err(|e| http(Box::new(e)))?;
     let resp = if tls {
@@ -247,7 +247,7 @@ async fn get_once(url: &Url) -> Result<Fetch, DownloadError> {
         .await
         .map_err(http)?;
     let text = String::from_utf8_lossy(&body);
-    let doc = crate::blob::xml::parse(&text);
+    let doc = crate::blob::http::xml::parse(&text);
     let code = doc
         .as_ref()
         .and_then(|d| d.child_text("Code"))

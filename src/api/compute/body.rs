@@ -225,13 +225,7 @@ fn primary_nic(net: Option<NetworkProfile>) -> Result<Option<(String, String, bo
     let id = n.id.as_deref().ok_or_else(|| {
         ApiError::bad_request("networkProfile.networkInterfaces[].id is missing.")
     })?;
-    let parts: Vec<&str> = id.trim_matches('/').split('/').collect();
-    let at = |k: &str| {
-        parts
-            .iter()
-            .position(|p| p.eq_ignore_ascii_case(k))
-            .and_then(|i| parts.get(i + 1))
-    };
+    let at = |k: &str| crate::net::vnet::id_segment(id, k);
     let (Some(nrg), Some(nname)) = (at("resourceGroups"), at("networkInterfaces")) else {
         return Err(ApiError::bad_request(format!(
             "'{id}' is not a network interface id."

@@ -12,7 +12,7 @@ use super::{VmData, PREFIX};
 use crate::vm::model::VmRecord;
 
 /// Escapes text for element content and quoted attributes (`&apos;` is HTML too).
-pub use crate::blob::xml::escape as esc;
+pub use crate::blob::http::xml::escape as esc;
 
 /// A path segment, percent-encoded.
 fn seg(s: &str) -> String {
