@@ -162,6 +162,7 @@ fn main() {
         server_id: subnet.gateway(),
         dns: vec![subnet.gateway()],
         lease_secs: 3600,
+        ..DhcpConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

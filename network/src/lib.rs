@@ -22,7 +22,10 @@
 //!   reserved addresses skipped) and served by [`dhcp`], which answers only the
 //!   MACs the daemon's [`dhcp::LeaseBook`] knows, always with the same address.
 //!   As in the cloud, the DHCP server identifier and the DNS server guests see
-//!   are the platform address [`dhcp::PLATFORM_ADDR`] (`168.63.129.16`).
+//!   are the platform address [`dhcp::PLATFORM_ADDR`] (`168.63.129.16`); every
+//!   OFFER and ACK also names it as the WireServer (option 245) and routes it
+//!   and the metadata address [`dhcp::METADATA_ADDR`] through the gateway
+//!   (option 121), as the Azure guest agents expect.
 //!   Every packet and outcome goes to the book's ledger
 //!   ([`dhcp::LedgerEntry`]); [`dhcp::diagnose`] names what went wrong.
 //! * **Names from vmnode's own DNS.** [`dns`] answers A and PTR for the
@@ -44,7 +47,7 @@ pub mod plumbing;
 pub use addr::{AddrError, Mac, Subnet};
 pub use dhcp::{
     diagnose, handle, serve, Binding, DhcpConfig, DhcpError, LeaseBook, LedgerEntry, LedgerKind,
-    Reply, PLATFORM_ADDR,
+    Reply, METADATA_ADDR, PLATFORM_ADDR,
 };
 pub use plumbing::{
     attach_to_bridge, create_tap, delete_link, delete_netns, ensure_bridge, ensure_netns,

@@ -163,6 +163,8 @@ bound|renew)
         echo "domain=$domain"
         echo "lease=$lease"
         echo "serverid=$serverid"
+        echo "staticroutes=$staticroutes"
+        echo "opt245=$opt245"
     }} > "{out}"
     echo "bound" >> "{events}"
     ;;
@@ -216,6 +218,12 @@ async fn udhcpc_gets_its_binding() {
         ("domain", "abc.internal.cloudapp.net".into()),
         ("lease", DEFAULT_LEASE_SECS.to_string()),
         ("serverid", "168.63.129.16".into()),
+        // RFC 3442 routes and the WireServer, sent whatever the client asked for.
+        (
+            "staticroutes",
+            "0.0.0.0/0 10.1.0.1 168.63.129.16/32 10.1.0.1 169.254.169.254/32 10.1.0.1".into(),
+        ),
+        ("opt245", "a83f8110".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -1,6 +1,8 @@
 //! Robustness of the packet cores on stable Rust: 10^6 randomized and mutated
 //! packets through `dhcp::handle` and 10^6 through `dns::handle`, on all
-//! cores. Asserts no panic and no DHCP reply to a MAC the book does not know.
+//! cores. Asserts no panic and no DHCP reply to a MAC the book does not know,
+//! and that every DHCP reply parses and every OFFER and ACK carries options 121
+//! and 245 (the platform routes and the WireServer), whatever the request asked.
 //! The seeds are built here and read from the fuzz corpus
 //! (`network/fuzz/corpus/{dhcp,dns}`: hand-made seeds and what a libFuzzer run
 //! of the cargo-fuzz targets in `network/fuzz/` kept, minimised with
@@ -33,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
-use dhcproto::{Encodable, Encoder};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use hickory_proto::op::{Edns, Message as DnsMessage, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use rand::rngs::StdRng;
@@ -803,6 +805,7 @@ fn a_million_dhcp_packets() {
         );
         assert_eq!(&reply.packet()[28..34], &KNOWN.octets()[..]);
         assert_eq!(reply.packet()[0], 2, "a BOOTREPLY");
+        assert_platform_options(reply.packet());
         true
     });
     // The reply path must be exercised, not just the rejections.
@@ -814,6 +817,29 @@ fn a_million_dhcp_packets() {
     );
 }
 
+/// A reply parses; an OFFER or ACK has the three routes of option 121 and option 245, a NAK
+/// neither.
+fn assert_platform_options(reply: &[u8]) {
+    let m = Message::decode(&mut Decoder::new(reply))
+        .unwrap_or_else(|e| panic!("a reply that does not parse ({e}): {reply:02x?}"));
+    let routes = match m.opts().get(OptionCode::ClasslessStaticRoute) {
+        Some(DhcpOption::ClasslessStaticRoute(r)) => r.len(),
+        _ => 0,
+    };
+    let wireserver = match m.opts().get(OptionCode::Unknown(dhcp::WIRESERVER_OPTION)) {
+        Some(DhcpOption::Unknown(o)) => o.data().to_vec(),
+        _ => Vec::new(),
+    };
+    match m.opts().msg_type() {
+        Some(MessageType::Offer | MessageType::Ack) => {
+            assert_eq!(routes, 3, "{m:?}");
+            assert_eq!(wireserver, PLATFORM_ADDR.octets(), "{m:?}");
+        }
+        Some(MessageType::Nak) => assert_eq!((routes, wireserver.len()), (0, 0), "{m:?}"),
+        other => panic!("a reply of type {other:?}"),
+    }
+}
+
 /// The crafted seeds as they are (not mutated) get the answers they should.
 #[test]
 fn crafted_seeds_are_answered_as_they_should() {
@@ -822,6 +848,7 @@ fn crafted_seeds_are_answered_as_they_should() {
     for (i, packet) in crafted_dhcp().iter().enumerate() {
         if let Some(reply) = dhcp::handle(&cfg, &book, packet) {
             assert_eq!(&reply.packet()[28..34], &KNOWN.octets()[..], "seed {i}");
+            assert_platform_options(reply.packet());
             assert_eq!(packet[..3], [1, 1, 6], "seed {i} answered: {packet:02x?}");
         }
     }

@@ -239,11 +239,7 @@ impl NodeNet {
         let at = std::net::SocketAddrV4::new(self.inner.platform_ip, dns::DNS_PORT);
         let nsock = plumbing::udp_socket_in_ns_at(ns, &v.bridge, at)?;
         let nsock = tokio::net::UdpSocket::from_std(nsock).map_err(NetError::Socket)?;
-        let cfg = DhcpConfig {
-            server_id: self.inner.platform_ip,
-            dns: vec![self.inner.platform_ip],
-            ..DhcpConfig::default()
-        };
+        let cfg = DhcpConfig::for_platform(self.inner.platform_ip);
         let book = Arc::new(books::VnetBook {
             net: self.clone(),
             vnet: key.clone(),

@@ -1,5 +1,5 @@
-//! Any bytes through the DHCP responder: no panic, and no reply to a MAC the
-//! book does not know.
+//! Any bytes through the DHCP responder: no panic, no reply to a MAC the
+//! book does not know, and options 121 and 245 in every OFFER and ACK.
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -32,5 +32,16 @@ fuzz_target!(|data: &[u8]| {
     if let Some(reply) = handle(&DhcpConfig::default(), &Book, data) {
         assert_eq!(data.get(28..34), Some(&KNOWN.octets()[..]));
         assert_eq!(&reply.packet()[28..34], &KNOWN.octets()[..]);
+        // An OFFER or ACK (not a NAK) carries the WireServer (245) and the platform routes (121).
+        let p = reply.packet();
+        let nak = p.get(240..243) == Some(&[53, 1, 6][..]);
+        let has = |opt: &[u8]| p.windows(opt.len()).any(|w| w == opt);
+        assert_eq!(has(&[245, 4, 168, 63, 129, 16]), !nak);
+        assert_eq!(has(&ROUTES), !nak);
     }
 });
+
+/// Option 121 for a NIC behind 10.1.0.1: the default route, 168.63.129.16/32, 169.254.169.254/32.
+const ROUTES: [u8; 25] = [
+    121, 23, 0, 10, 1, 0, 1, 32, 168, 63, 129, 16, 10, 1, 0, 1, 32, 169, 254, 169, 254, 10, 1, 0, 1,
+];

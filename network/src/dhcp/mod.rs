@@ -17,7 +17,10 @@
 //!
 //! Replies carry the server identifier, DNS server and source address of the
 //! platform address (`168.63.129.16` by default), a lease that is for all
-//! practical purposes permanent, and T1/T2 at 1/2 and 7/8 of it.
+//! practical purposes permanent, and T1/T2 at 1/2 and 7/8 of it. Every OFFER
+//! and ACK also carries, requested or not, what the Azure guest agents look for
+//! (see `platform.rs`): option 245 with the WireServer address and option 121
+//! routing the platform and metadata addresses (and the default) to the gateway.
 //!
 //! ## Parsing
 //! Packets are decoded with `dhcproto` 0.12, but only after [`handle`] has
@@ -43,8 +46,13 @@ use tracing::{debug, error, info, warn};
 use crate::addr::{prefix_mask, Mac};
 
 mod ledger;
+mod platform;
 mod serve;
 pub use ledger::{diagnose, LedgerEntry, LedgerKind, DISCOVER_DEADLINE, REQUEST_DEADLINE};
+pub use platform::{
+    encode_classless_routes, gateway_routes, StaticRoute, CLASSLESS_ROUTES_OPTION, METADATA_ADDR,
+    WIRESERVER_OPTION,
+};
 pub use serve::{serve, WORKERS};
 
 /// The platform address: DHCP server identifier and DNS server seen by guests.
@@ -111,15 +119,33 @@ pub struct DhcpConfig {
     pub dns: Vec<Ipv4Addr>,
     /// Lease time in seconds (option 51); T1 and T2 are derived from it.
     pub lease_secs: u32,
+    /// The WireServer address, sent as option 245 in every OFFER and ACK whether the client
+    /// asked or not; none sends no option 245.
+    pub wireserver: Option<Ipv4Addr>,
+    /// Hosts each routed (`/32`) through the NIC's gateway by option 121, after the default
+    /// route, in every OFFER and ACK; empty sends no option 121.
+    pub gateway_routes: Vec<Ipv4Addr>,
+}
+
+impl DhcpConfig {
+    /// The cloud's settings around platform address `platform` (`--platform-ip`): server
+    /// identifier, DNS server and WireServer (option 245), and option 121 routing it and the
+    /// metadata address [`METADATA_ADDR`] through the gateway.
+    pub fn for_platform(platform: Ipv4Addr) -> Self {
+        Self {
+            server_id: platform,
+            dns: vec![platform],
+            lease_secs: DEFAULT_LEASE_SECS,
+            wireserver: Some(platform),
+            gateway_routes: vec![platform, METADATA_ADDR],
+        }
+    }
 }
 
 impl Default for DhcpConfig {
+    /// [`DhcpConfig::for_platform`] of [`PLATFORM_ADDR`].
     fn default() -> Self {
-        Self {
-            server_id: PLATFORM_ADDR,
-            dns: vec![PLATFORM_ADDR],
-            lease_secs: DEFAULT_LEASE_SECS,
-        }
+        Self::for_platform(PLATFORM_ADDR)
     }
 }
 
@@ -594,6 +620,12 @@ fn reply(
     if !binding.domain.is_empty() {
         opts.push(DhcpOption::DomainName(binding.domain.clone()));
     }
+    // Last, so the options before them are as they were before these two existed.
+    opts.extend(platform::platform_options(
+        binding.router,
+        &cfg.gateway_routes,
+        cfg.wireserver,
+    ));
     let packet = encode(&msg, &opts)?;
     Ok(address(req, packet, false))
 }

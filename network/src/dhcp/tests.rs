@@ -45,6 +45,19 @@ impl Book {
         b.nics.insert(MAC, binding());
         b
     }
+    /// A NIC on a /20 behind 172.16.0.1, with no host name or domain.
+    fn with_wide_nic() -> Self {
+        let mut b = Self::default();
+        let nic = Binding {
+            ip: ip("172.16.5.20"),
+            prefix: 20,
+            router: ip("172.16.0.1"),
+            hostname: String::new(),
+            domain: String::new(),
+        };
+        b.nics.insert(MAC, nic);
+        b
+    }
     fn events(&self) -> Vec<Event> {
         std::mem::take(&mut *self.events.lock().unwrap())
     }
@@ -182,7 +195,72 @@ fn assert_lease_reply(reply: &Reply, want: MessageType) {
             (u64::from(DEFAULT_LEASE_SECS) * 7 / 8) as u32
         ))
     );
-    assert_eq!(o.len(), 10, "unexpected options: {o:?}");
+    assert_platform_options(reply, "10.1.0.1");
+    assert_eq!(o.len(), 12, "unexpected options: {o:?}");
+}
+
+/// Option 121 of the default config for a client whose gateway is `gw`, byte by byte.
+fn azure_routes(gw: &str) -> Vec<u8> {
+    routes_via(ip(gw), PLATFORM_ADDR)
+}
+
+/// Option 121 of [`DhcpConfig::for_platform`]`(platform)` for a client behind `gw`.
+fn routes_via(gw: Ipv4Addr, platform: Ipv4Addr) -> Vec<u8> {
+    let (g, p) = (gw.octets(), platform.octets());
+    [&[0][..], &g, &[32], &p, &g, &[32, 169, 254, 169, 254], &g].concat()
+}
+
+/// The value of option `code` in an encoded reply's options field, walked by hand.
+fn raw_option(packet: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while let Some(&c) = packet.get(i) {
+        match c {
+            0 => i += 1,
+            255 => return None,
+            _ => {
+                let len = usize::from(packet[i + 1]);
+                if c == code {
+                    return Some(packet[i + 2..i + 2 + len].to_vec());
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+/// Options 121 and 245 of the default config: exact bytes, and as dhcproto reads them.
+fn assert_platform_options(reply: &Reply, gw: &str) {
+    let p = reply.packet();
+    assert_eq!(raw_option(p, 121), Some(azure_routes(gw)));
+    assert_eq!(raw_option(p, 245), Some(vec![0xa8, 0x3f, 0x81, 0x10]));
+    let m = decode(reply);
+    let Some(DhcpOption::ClasslessStaticRoute(routes)) =
+        m.opts().get(OptionCode::ClasslessStaticRoute)
+    else {
+        panic!("no option 121 in {:?}", m.opts());
+    };
+    let routes: Vec<(Ipv4Addr, u8, Ipv4Addr)> = routes
+        .iter()
+        .map(|(net, via)| (net.addr(), net.prefix_len(), *via))
+        .collect();
+    let gw = ip(gw);
+    assert_eq!(
+        routes,
+        [
+            (Ipv4Addr::UNSPECIFIED, 0, gw),
+            (PLATFORM_ADDR, 32, gw),
+            (METADATA_ADDR, 32, gw),
+        ]
+    );
+    assert!(
+        matches!(
+            m.opts().get(OptionCode::Unknown(245)),
+            Some(DhcpOption::Unknown(o)) if o.data() == [168, 63, 129, 16]
+        ),
+        "{:?}",
+        m.opts()
+    );
 }
 
 fn assert_nak(reply: &Reply) {
@@ -421,21 +499,13 @@ fn decline_and_server_messages_get_nothing() {
 
 #[test]
 fn config_and_binding_variants() {
-    let mut book = Book::default();
-    book.nics.insert(
-        MAC,
-        Binding {
-            ip: ip("172.16.5.20"),
-            prefix: 20,
-            router: ip("172.16.0.1"),
-            hostname: String::new(),
-            domain: String::new(),
-        },
-    );
+    let mut book = Book::with_wide_nic();
     let cfg = DhcpConfig {
         server_id: ip("172.16.0.1"),
         dns: vec![],
         lease_secs: 0xffff_ffff,
+        wireserver: None,
+        gateway_routes: vec![],
     };
     let reply = handle(&cfg, &book, &bytes(&request(MAC, MessageType::Discover))).unwrap();
     let o = decode(&reply);
@@ -447,6 +517,8 @@ fn config_and_binding_variants() {
     assert!(opts.get(OptionCode::DomainNameServer).is_none());
     assert!(opts.get(OptionCode::Hostname).is_none());
     assert!(opts.get(OptionCode::DomainName).is_none());
+    assert!(opts.get(OptionCode::ClasslessStaticRoute).is_none());
+    assert!(opts.get(OptionCode::Unknown(245)).is_none());
     assert_eq!(
         opts.get(OptionCode::Renewal),
         Some(&DhcpOption::Renewal(0x7fff_ffff))
@@ -706,4 +778,114 @@ fn option_overload_is_read() {
     assert_nak(&r);
     // A truncated option inside an overloaded field makes the packet malformed.
     assert!(handle(&cfg(), &book, &overloaded(1, &[50, 200, 10], &[])).is_none());
+}
+
+/// A DISCOVER with no parameter request list at all, and one asking only for a mask.
+fn unasking(kind: MessageType) -> Vec<Message> {
+    let mut none = request(MAC, kind);
+    none.opts_mut().remove(OptionCode::ParameterRequestList);
+    let mut mask = request(MAC, kind);
+    mask.opts_mut()
+        .insert(DhcpOption::ParameterRequestList(vec![
+            OptionCode::SubnetMask,
+        ]));
+    vec![none, mask]
+}
+
+#[test]
+fn platform_options_are_sent_unrequested() {
+    let book = Book::with_nic();
+    for m in unasking(MessageType::Discover) {
+        assert_lease_reply(&run(&book, &m).unwrap(), MessageType::Offer);
+    }
+    for mut m in unasking(MessageType::Request) {
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(ip("10.1.0.4")));
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier(PLATFORM_ADDR));
+        assert_lease_reply(&run(&book, &m).unwrap(), MessageType::Ack);
+    }
+}
+
+/// waagent sends its own DHCP request from a guest that already has its address; renewing,
+/// rebinding and rebooting clients must get the options as well as a fresh one.
+#[test]
+fn configured_clients_get_platform_options() {
+    let book = Book::with_nic();
+    let four = ip("10.1.0.4");
+    // A DISCOVER from a client that keeps its address in ciaddr: unicast to it.
+    let mut discover = unasking(MessageType::Discover).remove(0);
+    discover.set_ciaddr(four);
+    let r = run(&book, &discover).unwrap();
+    assert_eq!(r.destination(), SocketAddrV4::new(four, 68));
+    assert_lease_reply(&r, MessageType::Offer);
+    // RENEWING (unicast, no broadcast flag) and REBINDING (broadcast): ciaddr, no server id.
+    for broadcast in [false, true] {
+        let mut m = unasking(MessageType::Request).remove(0);
+        m.set_ciaddr(four);
+        m.set_flags(Flags::new(if broadcast { 0x8000 } else { 0 }));
+        let r = run(&book, &m).unwrap();
+        assert_eq!(r.destination(), SocketAddrV4::new(four, 68));
+        assert_eq!(decode(&r).opts().msg_type(), Some(MessageType::Ack));
+        assert_platform_options(&r, "10.1.0.1");
+    }
+    // INIT-REBOOT: requested address, no ciaddr, no server id.
+    let mut reboot = unasking(MessageType::Request).remove(1);
+    reboot
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(four));
+    assert_lease_reply(&run(&book, &reboot).unwrap(), MessageType::Ack);
+    // INFORM: an ACK without a lease, with the routes and the WireServer all the same.
+    let mut inform = unasking(MessageType::Inform).remove(0);
+    inform.set_ciaddr(four);
+    assert_platform_options(&run(&book, &inform).unwrap(), "10.1.0.1");
+    // A NAK carries neither.
+    let mut wrong = unasking(MessageType::Request).remove(0);
+    wrong.set_ciaddr(ip("10.1.0.9"));
+    let nak = run(&book, &wrong).unwrap();
+    assert_nak(&nak);
+    assert_eq!(raw_option(nak.packet(), 121), None);
+    assert_eq!(raw_option(nak.packet(), 245), None);
+}
+
+/// With both options switched off a reply is what it was before they existed; with them on,
+/// the same bytes are followed by 121 and 245, then End.
+#[test]
+fn platform_options_come_last_and_change_nothing_else() {
+    let book = Book::with_nic();
+    let plain = DhcpConfig {
+        wireserver: None,
+        gateway_routes: vec![],
+        ..DhcpConfig::default()
+    };
+    for m in [
+        request(MAC, MessageType::Discover),
+        selecting(MAC, ip("10.1.0.4"), PLATFORM_ADDR),
+    ] {
+        let before = handle(&plain, &book, &bytes(&m)).unwrap();
+        let after = run(&book, &m).unwrap();
+        let (b, a) = (before.packet(), after.packet());
+        let end = b.iter().rposition(|&x| x == 255).unwrap();
+        assert!(b[end + 1..].iter().all(|&x| x == 0), "padding after End");
+        assert_eq!(a[..end], b[..end]);
+        let tail = [
+            &[121, 23][..],
+            &azure_routes("10.1.0.1"),
+            &[245, 4, 168, 63, 129, 16, 255],
+        ]
+        .concat();
+        assert_eq!(a[end..end + tail.len()], tail[..]);
+    }
+}
+
+#[test]
+fn platform_options_follow_the_gateway_and_the_platform_address() {
+    let book = Book::with_wide_nic();
+    let cfg = DhcpConfig::for_platform(ip("100.64.0.9"));
+    let r = handle(&cfg, &book, &bytes(&request(MAC, MessageType::Discover))).unwrap();
+    let want = routes_via(ip("172.16.0.1"), ip("100.64.0.9"));
+    assert_eq!(raw_option(r.packet(), 121), Some(want));
+    assert_eq!(raw_option(r.packet(), 245), Some(vec![100, 64, 0, 9]));
+    assert_eq!(raw_option(r.packet(), 54), Some(vec![100, 64, 0, 9]));
+    assert_eq!(raw_option(r.packet(), 3), Some(vec![172, 16, 0, 1]));
 }
