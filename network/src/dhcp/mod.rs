@@ -50,8 +50,7 @@ mod platform;
 mod serve;
 pub use ledger::{diagnose, LedgerEntry, LedgerKind, DISCOVER_DEADLINE, REQUEST_DEADLINE};
 pub use platform::{
-    encode_classless_routes, gateway_routes, StaticRoute, CLASSLESS_ROUTES_OPTION, METADATA_ADDR,
-    WIRESERVER_OPTION,
+    encode_classless_routes, gateway_routes, StaticRoute, METADATA_ADDR, WIRESERVER_OPTION,
 };
 pub use serve::{serve, WORKERS};
 

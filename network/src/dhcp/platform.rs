@@ -23,8 +23,6 @@ use crate::addr::prefix_mask;
 pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// Azure's private option carrying the WireServer address.
 pub const WIRESERVER_OPTION: u8 = 245;
-/// RFC 3442's option code.
-pub const CLASSLESS_ROUTES_OPTION: u8 = 121;
 
 /// One classless static route: a destination network and the router that reaches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
