@@ -889,3 +889,34 @@ fn platform_options_follow_the_gateway_and_the_platform_address() {
     assert_eq!(raw_option(r.packet(), 54), Some(vec![100, 64, 0, 9]));
     assert_eq!(raw_option(r.packet(), 3), Some(vec![172, 16, 0, 1]));
 }
+
+/// The DISCOVER WALinuxAgent 2.7.3 sends itself when it finds neither the /32 route to the
+/// WireServer nor a lease with option 245 (`azurelinuxagent/common/dhcp.py`,
+/// `build_dhcp_request`): 244 bytes, the header zero but for op/htype/hlen, xid, the broadcast
+/// flag on its second try, and chaddr; then the cookie, option 53 = DISCOVER and End. It reads
+/// option 245 from the OFFER (`parse_dhcp_resp`), which must come to the broadcast address
+/// since the agent's socket has no address of its own.
+#[test]
+fn waagents_own_discover_gets_the_wireserver() {
+    let book = Book::with_nic();
+    for broadcast in [false, true] {
+        let mut p = vec![0u8; 244];
+        p[..3].copy_from_slice(&[1, 1, 6]);
+        p[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        if broadcast {
+            p[0x0a] = 0x80;
+        }
+        p[0x1c..0x22].copy_from_slice(&MAC.octets());
+        p[0xec..].copy_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
+        let r = handle(&cfg(), &book, &p).expect("an OFFER");
+        assert_eq!(r.destination(), SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(decode(&r).opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(decode(&r).flags().broadcast(), broadcast);
+        assert_platform_options(&r, "10.1.0.1");
+        // What `validate_dhcp_resp` compares: cookie, xid and MAC at the request's offsets.
+        let o = r.packet();
+        for (at, len) in [(0xec, 4), (4, 4), (0x1c, 6)] {
+            assert_eq!(o[at..at + len], p[at..at + len], "offset {at:#x}");
+        }
+    }
+}
