@@ -1,0 +1,110 @@
+//! IMDS from inside a real guest: the tiny image's busybox `wget` asks 169.254.169.254 (reached
+//! through the guest's default route, the vnet's bridge) for `/metadata/instance`, and the answer
+//! names the VM the API shows — its vmId, name and DIP; without `Metadata: true` it is refused;
+//! a leaf with `format=text` is the bare value.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{exec_when_ready, Netns, Node};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(120);
+const URL: &str = "http://169.254.169.254/metadata/instance";
+
+/// `wget` in the guest (once its agent answers): (exit code, what it printed).
+fn wget(node: &Node, vm_id: &str, header: bool, target: &str) -> (i64, String) {
+    let mut argv = vec!["/bin/wget", "-q", "-O", "-"];
+    if header {
+        argv.extend(["--header", "Metadata: true"]);
+    }
+    argv.push(target);
+    exec_when_ready(node, vm_id, &argv, BOOT)
+}
+
+#[test]
+fn a_guest_reads_its_own_instance_document() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg1"]);
+    let vm = node.create_vm("rg1", "imds-1", &["--computer-name", "imds-guest"]);
+    let vm_id = vm["properties"]["vmId"].as_str().unwrap().to_string();
+    node.wait_for_log("rg1", "imds-1", "VMNODE-BOOT: network ", BOOT);
+    let show = node.json(&["vm", "show", "-g", "rg1", "-n", "imds-1"]);
+
+    let (code, out) = wget(
+        &node,
+        &vm_id,
+        true,
+        &format!("{URL}?api-version=2021-02-01"),
+    );
+    assert_eq!(code, 0, "{out}\n{}", node.daemon_log());
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(doc["compute"]["vmId"], show["properties"]["vmId"], "{doc}");
+    assert_eq!(doc["compute"]["name"], "imds-1");
+    assert_eq!(doc["compute"]["resourceGroupName"], "rg1");
+    assert_eq!(doc["compute"]["osProfile"]["computerName"], "imds-guest");
+    let nic = &doc["network"]["interface"][0];
+    assert_eq!(
+        nic["ipv4"]["ipAddress"][0]["privateIpAddress"], show["privateIps"],
+        "{doc}"
+    );
+    assert_eq!(
+        nic["macAddress"],
+        show["macAddresses"].as_str().unwrap().replace('-', "")
+    );
+    assert_eq!(nic["ipv4"]["subnet"][0]["prefix"], "24");
+
+    // No header: the cloud's 400, which busybox wget reports as a failure.
+    let (code, out) = wget(
+        &node,
+        &vm_id,
+        false,
+        &format!("{URL}?api-version=2021-02-01"),
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("400"), "{out}");
+
+    // A leaf, as text.
+    let (code, out) = wget(
+        &node,
+        &vm_id,
+        true,
+        &format!("{URL}/compute/name?api-version=2021-02-01&format=text"),
+    );
+    assert_eq!((code, out.as_str()), (0, "imds-1"));
+}
+
+/// The host's end of the default vnet's veth (10.1.0.2, in a namespace of the test's own) is on
+/// the bridge but is no VM's: IMDS answers it only what needs no VM, and refuses the document.
+#[test]
+fn a_caller_no_vm_holds_gets_no_document() {
+    let outer = Netns::add("vmim");
+    let node = Node::start_with_host_netns(&outer.0);
+    let sh = |script: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &outer.0, "sh", "-c", script])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = sh("ip route add 169.254.169.254/32 via 10.1.0.1");
+    assert!(ok, "{out}");
+    let get = |target: &str| {
+        sh(&format!(
+            "busybox wget -q -O - -T 10 --header 'Metadata: true' 'http://169.254.169.254{target}'"
+        ))
+    };
+    let (ok, out) = get("/metadata/versions");
+    assert!(
+        ok && out.contains("2021-02-01"),
+        "{out}\n{}",
+        node.daemon_log()
+    );
+    let (ok, out) = get("/metadata/instance?api-version=2021-02-01");
+    assert!(!ok && out.contains("403"), "{out}");
+    drop(node);
+}
