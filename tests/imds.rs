@@ -122,3 +122,52 @@ fn a_caller_no_vm_holds_gets_no_document() {
     assert!(body.contains("No virtual machine"), "{body}");
     drop(node);
 }
+
+/// Two vnets with the same address space: each has its own IMDS listener, so the two guests at
+/// 10.1.0.4 are told apart by the bridge their request came in on, and each reads only its own
+/// name. A guest that sends from an address it does not hold is dropped by the tap's filter.
+#[test]
+fn guests_at_one_address_on_two_vnets_each_read_their_own() {
+    let node = Node::start();
+    node.ok(&["group", "create", "-n", "rg"]);
+    node.ok(&[
+        "network",
+        "vnet",
+        "create",
+        "-g",
+        "rg",
+        "-n",
+        "twin",
+        "--address-prefixes",
+        "10.1.0.0/16",
+        "--subnet-name",
+        "s1",
+        "--subnet-prefixes",
+        "10.1.0.0/24",
+    ]);
+    let left = node.create_vm("rg", "left", &[]);
+    let right = node.create_vm("rg", "right", &["--vnet-name", "twin", "--subnet", "s1"]);
+    assert_eq!(left["privateIps"], right["privateIps"]);
+    let name = format!("{URL}/compute/name?api-version=2021-02-01&format=text");
+    for (vm, want) in [(&left, "left"), (&right, "right")] {
+        let id = vm["properties"]["vmId"].as_str().unwrap();
+        node.wait_for_log("rg", want, "VMNODE-BOOT: network ", BOOT);
+        assert_eq!(wget(&node, id, true, &name), (0, want.to_string()));
+    }
+    // The left guest takes an address no NIC holds as its source for IMDS: nothing comes back
+    // (the tap's filter drops it, and counts it).
+    let id = left["properties"]["vmId"].as_str().unwrap();
+    let spoof = format!(
+        "ip addr add 10.1.0.99/24 dev eth0 && ip route add 169.254.169.254/32 via 10.1.0.1 src 10.1.0.99 \
+         && timeout 5 wget -q -O - --header 'Metadata: true' '{name}'; echo \"rc=$?\""
+    );
+    let (_, out) = exec_when_ready(&node, id, &["/bin/sh", "-c", &spoof], BOOT);
+    // Cut by `timeout` (busybox wget's own -T crashes in 1.35): SIGTERM, 128 + 15.
+    assert!(out.contains("rc=143"), "{out}");
+    assert!(!out.contains("left"), "{out}");
+    let nic = node.json(&["network", "nic", "show", "-g", "rg", "-n", "leftVMNic"]);
+    assert!(
+        nic["properties"]["spoofedFramesDropped"].as_u64().unwrap() > 0,
+        "{nic}"
+    );
+}
