@@ -130,21 +130,9 @@ fn a_caller_no_vm_holds_gets_no_document() {
 fn guests_at_one_address_on_two_vnets_each_read_their_own() {
     let node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
-    node.ok(&[
-        "network",
-        "vnet",
-        "create",
-        "-g",
-        "rg",
-        "-n",
-        "twin",
-        "--address-prefixes",
-        "10.1.0.0/16",
-        "--subnet-name",
-        "s1",
-        "--subnet-prefixes",
-        "10.1.0.0/24",
-    ]);
+    let twin = "network vnet create -g rg -n twin --address-prefixes 10.1.0.0/16 \
+                --subnet-name s1 --subnet-prefixes 10.1.0.0/24";
+    node.ok(&twin.split_whitespace().collect::<Vec<_>>());
     let left = node.create_vm("rg", "left", &[]);
     let right = node.create_vm("rg", "right", &["--vnet-name", "twin", "--subnet", "s1"]);
     assert_eq!(left["privateIps"], right["privateIps"]);
