@@ -106,3 +106,60 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, view: &View) -> Respon
         .body(Full::new(Bytes::from(res.body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::storage::db::Db;
+
+    /// What the listener answers `raw` with, on a connection of its own (read to its close).
+    async fn exchange(at: SocketAddr, raw: impl AsRef<[u8]>) -> String {
+        let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+        c.write_all(raw.as_ref()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn every_request_is_answered_or_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(View {
+            db: Db::open(&dir.path().join("db.sqlite")).unwrap(),
+            subscription: "s".into(),
+            vnet: "vmnode/vmnode-vnet".into(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, view));
+        let ask = |target: &str, extra: &str| {
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+        };
+        let versions = exchange(at, ask("/metadata/versions", "Metadata: true\r\n"));
+        assert!(versions.await.starts_with("HTTP/1.1 200"));
+        // 127.0.0.1 is no VM's address.
+        let doc = ask(
+            "/metadata/instance?api-version=2021-02-01",
+            "Metadata: true\r\n",
+        );
+        let got = exchange(at, doc).await;
+        assert!(
+            got.starts_with("HTTP/1.1 403") && got.contains("application/json"),
+            "{got}"
+        );
+        let got = exchange(at, ask("/metadata/instance", "")).await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+        // A head over the bound, and bytes that are no request: hyper's refusal, then closed.
+        let huge = ask("/", &format!("X-Pad: {}\r\n", "a".repeat(MAX_HEAD * 4)));
+        let got = exchange(at, huge).await;
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 431"), "{got}");
+        let got = exchange(at, b"\x00\xff\r\n\r\n").await;
+        assert!(got.is_empty() || got.starts_with("HTTP/1.1 400"), "{got}");
+        // The listener goes on.
+        let again = exchange(at, ask("/metadata/versions", "Metadata: True\r\n"));
+        assert!(again.await.starts_with("HTTP/1.1 200"));
+        server.abort();
+    }
+}
