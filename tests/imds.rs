@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{exec_when_ready, Netns, Node};
+use common::{exec_when_ready, wait_in_guest, Netns, Node};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -74,6 +74,18 @@ fn a_guest_reads_its_own_instance_document() {
         &format!("{URL}/compute/name?api-version=2021-02-01&format=text"),
     );
     assert_eq!((code, out.as_str()), (0, "imds-1"));
+
+    // A host network restart takes the bridge away: the watch rebuilds it, IMDS's listener too.
+    let del = Command::new("ip")
+        .args(["-n", &node.netns, "link", "del", "vnbr0"])
+        .status()
+        .unwrap();
+    assert!(del.success());
+    let again = format!(
+        "timeout 5 wget -q -O - --header 'Metadata: true' \
+         '{URL}/compute/vmId?api-version=2021-02-01&format=text'"
+    );
+    wait_in_guest(&node, &vm_id, &again, |out| out == vm_id, BOOT);
 }
 
 /// Asks IMDS from the namespace `ns` (Python's urllib: the host's busybox wget crashes under
