@@ -137,8 +137,8 @@ fn identity(db: &Db, paths: &crate::config::Paths) -> anyhow::Result<(String, St
     Ok((subscription, account, token))
 }
 
-/// The guest network in `--netns`: bridges, DHCP, DNS, the host's veth and NAT as asked.
-fn network(cfg: &DaemonConfig, db: &Db) -> anyhow::Result<NodeNet> {
+/// The guest network in `--netns`: bridges, DHCP, DNS, IMDS, the host's veth and NAT as asked.
+fn network(cfg: &DaemonConfig, db: &Db, subscription: &str) -> anyhow::Result<NodeNet> {
     let paths = &cfg.paths;
     // A wrong --nat-via is the user's to fix: say so before anything is changed.
     let nat = match &cfg.nat_via {
@@ -149,9 +149,15 @@ fn network(cfg: &DaemonConfig, db: &Db) -> anyhow::Result<NodeNet> {
         )?),
         None => None,
     };
+    // IMDS on every vnet's bridge, answering from the store.
+    let services = crate::guest::Platform::new(db.clone(), subscription.to_string());
+    let platform = crate::net::Platform {
+        ip: cfg.platform_ip,
+        services: Arc::new(services),
+    };
     let net = NodeNet::setup(
         &cfg.netns,
-        cfg.platform_ip,
+        platform,
         db,
         cfg.host_netns.as_deref(),
         nat.as_ref(),
@@ -273,7 +279,7 @@ pub async fn run(cfg: DaemonConfig, guests: GuestGroup) -> anyhow::Result<()> {
     let qemu =
         crate::qemu::host::QemuHost::prepare(&cfg.qemu_user, cfg.qemu_scope, guests.wait().await)
             .map_err(|e| anyhow::anyhow!("the QEMU user: {}", crate::report::chain(&e)))?;
-    let net = network(&cfg, &db)?;
+    let net = network(&cfg, &db, &subscription)?;
     let health = Arc::new(crate::storage::health::Health::new(cfg.min_free_mb));
     let (blobs, accounts) = storage_accounts(&cfg, &db, &account, &health).await?;
     let node = Arc::new(Node {

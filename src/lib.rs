@@ -18,6 +18,7 @@ mod extensions;
 mod failpoint;
 pub mod fuzzing;
 mod groups;
+mod guest;
 mod install;
 mod net;
 mod node;

@@ -11,7 +11,7 @@ use common::{ip, link_addrs, link_json, Netns};
 use vmnode_network::plumbing::link_addrs as nl_addrs;
 use vmnode_network::plumbing::{
     attach_to_bridge, create_tap, delete_link, ensure_bridge, ensure_netns, link_exists,
-    list_links, tap_name_for, udp_socket_in_ns, PlumbingError,
+    list_links, tap_name_for, tcp_listener_in_ns_at, udp_socket_in_ns, PlumbingError,
 };
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -146,6 +146,26 @@ fn udp_socket_is_bound_to_the_device_in_the_namespace() {
     drop((sock, again));
     // A device that does not exist in the namespace.
     assert!(udp_socket_in_ns(&ns.name, "nope0", 67).is_err());
+}
+
+#[test]
+fn tcp_listeners_at_one_address_coexist_on_different_bridges() {
+    let ns = Netns::new("tcp");
+    let at: std::net::SocketAddrV4 = "169.254.169.254:80".parse().unwrap();
+    for br in ["br0", "br1"] {
+        ensure_bridge(&ns.name, br, &["169.254.169.254/32".parse().unwrap()]).unwrap();
+    }
+    let a = tcp_listener_in_ns_at(&ns.name, "br0", at).unwrap();
+    let b = tcp_listener_in_ns_at(&ns.name, "br1", at).unwrap();
+    assert_eq!(a.local_addr().unwrap().to_string(), "169.254.169.254:80");
+    // Non-blocking: no connection waiting is WouldBlock, not a hang.
+    let err = b.accept().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    // One bridge has one listener there.
+    assert!(tcp_listener_in_ns_at(&ns.name, "br0", at).is_err());
+    drop(a);
+    let again = tcp_listener_in_ns_at(&ns.name, "br0", at).unwrap();
+    drop((again, b));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The daemon's side of networking. Every virtual network is a Linux bridge in the daemon's
-//! namespace with its gateways and the platform address on it, its own DHCP responder and DNS
-//! server (bound to that bridge), and nftables anti-spoofing for its taps; forwarding between
+//! namespace with its gateways and the platform addresses on it (168.63.129.16 and IMDS's
+//! 169.254.169.254), its own DHCP responder, DNS server and platform listener (IMDS, served by
+//! the [`PlatformServices`] the daemon hands in; all bound to that bridge), and nftables
+//! anti-spoofing for its taps; forwarding between
 //! bridges is off, so vnets are isolated. The node's default vnet `vmnode-vnet` (10.1.0.0/16,
 //! subnet `default` 10.1.0.0/24) lives in resource group `vmnode`, made at first start.
 //! The mechanisms (netns, bridge, tap, DHCP and DNS packets, nftables) live in `vmnode-network`.
@@ -60,6 +62,30 @@ pub const DEFAULT_BRIDGE: &str = "vnbr0";
 const LEDGER_PER_MAC: usize = 64;
 const LEDGER_MACS: usize = 4096;
 
+/// IMDS's address, on every vnet's bridge (as a /32) with a listener at port [`IMDS_PORT`].
+pub const IMDS_IP: Ipv4Addr = vmnode_network::METADATA_ADDR;
+pub const IMDS_PORT: u16 = 80;
+
+/// A vnet's platform listener, running until its task is aborted.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The guest-facing platform services (IMDS), implemented above this module (`guest/`) and
+/// handed in by the daemon, so that `net` starts and stops them with each vnet's bridge without
+/// knowing them.
+pub trait PlatformServices: Send + Sync {
+    /// Serves IMDS for the vnet `vnet` (`rg/name`, lower case) on `listener`, a socket at
+    /// [`IMDS_IP`]:[`IMDS_PORT`] bound to the vnet's bridge: whatever it accepts came in
+    /// through that bridge.
+    fn serve_imds(&self, vnet: &str, listener: tokio::net::TcpListener) -> Serving;
+}
+
+/// The platform as the guests see it: the address of DHCP, DNS and the WireServer, and the
+/// services behind the platform addresses.
+pub struct Platform {
+    pub ip: Ipv4Addr,
+    pub services: Arc<dyn PlatformServices>,
+}
+
 struct Runtime {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -69,6 +95,7 @@ struct Inner {
     /// `run/nat.json`: what outbound NAT changed outside the namespace (see [`nat`]).
     nat_record: std::path::PathBuf,
     platform_ip: Ipv4Addr,
+    services: Arc<dyn PlatformServices>,
     /// Where the internal DNS sends names outside the vnets (none: it refuses them).
     dns_forwarder: Option<std::net::SocketAddr>,
     db: Db,
@@ -112,7 +139,7 @@ impl NodeNet {
     /// vnet up, and sets outbound NAT as `nat` says (removing any an earlier run left).
     pub fn setup(
         ns: &str,
-        platform_ip: Ipv4Addr,
+        platform: Platform,
         db: &Db,
         host_netns: Option<&str>,
         nat: Option<&vmnode_network::nat::Applied>,
@@ -137,7 +164,8 @@ impl NodeNet {
             inner: Arc::new(Inner {
                 ns: ns.into(),
                 nat_record: nat_record.to_path_buf(),
-                platform_ip,
+                platform_ip: platform.ip,
+                services: platform.services,
                 dns_forwarder,
                 db: db.clone(),
                 runtimes: Mutex::new(HashMap::new()),
@@ -216,13 +244,17 @@ impl NodeNet {
         self.inner.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The bridge with the gateways and the platform address, and its DHCP and DNS servers.
+    /// The bridge with the gateways and the platform addresses, and its DHCP, DNS and IMDS
+    /// servers.
     pub fn bring_up(&self, v: &VnetRecord) -> Result<(), NetError> {
         let ns = &self.inner.ns;
         let mut addrs = v.gateways();
-        let platform = Ipv4Network::new(self.inner.platform_ip, 32)
-            .map_err(|e| NetError::Socket(std::io::Error::other(e.to_string())))?;
-        addrs.push(platform);
+        for ip in [self.inner.platform_ip, IMDS_IP] {
+            addrs.push(
+                Ipv4Network::new(ip, 32)
+                    .map_err(|e| NetError::Socket(std::io::Error::other(e.to_string())))?,
+            );
+        }
         plumbing::ensure_bridge(ns, &v.bridge, &addrs)?;
         let key = vnet::key(&v.rg, &v.name);
         let mut rts = self
@@ -239,6 +271,9 @@ impl NodeNet {
         let at = std::net::SocketAddrV4::new(self.inner.platform_ip, dns::DNS_PORT);
         let nsock = plumbing::udp_socket_in_ns_at(ns, &v.bridge, at)?;
         let nsock = tokio::net::UdpSocket::from_std(nsock).map_err(NetError::Socket)?;
+        let at = std::net::SocketAddrV4::new(IMDS_IP, IMDS_PORT);
+        let imds = plumbing::tcp_listener_in_ns_at(ns, &v.bridge, at)?;
+        let imds = tokio::net::TcpListener::from_std(imds).map_err(NetError::Socket)?;
         let cfg = DhcpConfig::for_platform(self.inner.platform_ip);
         let book = Arc::new(books::VnetBook {
             net: self.clone(),
@@ -247,6 +282,7 @@ impl NodeNet {
         let tasks = vec![
             tokio::spawn(dhcp::serve(dsock, cfg, book.clone())),
             tokio::spawn(dns::serve_with(nsock, book, self.inner.dns_forwarder)),
+            tokio::spawn(self.inner.services.serve_imds(&key, imds)),
         ];
         tracing::info!(vnet = %v.name, bridge = %v.bridge, "virtual network up");
         rts.insert(key, Runtime { tasks });

@@ -1,8 +1,8 @@
 //! Brings back what a host network restart takes away: every [`CHECK_EVERY`] the daemon's
 //! namespace is listed, and
 //! - a vnet whose bridge is gone (one this daemon brought up and is not tearing down) gets it
-//!   again, with its gateways and the platform address, and
-//!   new DHCP and DNS sockets (the old ones were bound to the deleted link, which no new link of
+//!   again, with its gateways and the platform addresses, and
+//!   new DHCP, DNS and IMDS sockets (the old ones were bound to the deleted link, which no new link of
 //!   the same name revives); the host-access veth goes back on the default bridge;
 //! - a running VM whose tap is gone gets it re-made on QEMU's own descriptor
 //!   (`plumbing::reattach_tap`: the link vanishes on `ip link del` even while QEMU holds it), then
@@ -79,7 +79,7 @@ impl NodeNet {
                 .remove(&key);
             let Some(old) = old else { continue };
             tracing::warn!(vnet = %v.name, bridge = %v.bridge, "the vnet's bridge is gone (a host network restart?): rebuilding it");
-            // Its DHCP and DNS sockets were bound to the old link: they go, new ones come.
+            // Its DHCP, DNS and IMDS sockets were bound to the old link: they go, new ones come.
             for t in old.tasks {
                 t.abort();
             }

@@ -16,7 +16,7 @@
 //! result must stay usable by operators' `ip netns exec vmnode ...` anyway.
 //!
 //! A tap or socket belongs to the namespace of the thread that creates it, so
-//! [`create_tap`] and [`udp_socket_in_ns`] create theirs on a short-lived
+//! [`create_tap`], [`udp_socket_in_ns`] and [`tcp_listener_in_ns_at`] create theirs on a short-lived
 //! dedicated thread that first joins the namespace with `setns`; the calling
 //! thread (maybe a tokio worker) never changes namespace.
 //!
@@ -25,12 +25,13 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
 
 use nix::sched::CloneFlags;
+use nix::sys::socket::SockType;
 use tracing::debug;
 
 use crate::addr::stable_hash;
@@ -232,26 +233,54 @@ pub fn udp_socket_in_ns(ns: &str, device: &str, port: u16) -> Result<UdpSocket> 
 /// namespace can have its own listener at the platform address (the DNS
 /// listeners do: see [`crate::dns`]).
 pub fn udp_socket_in_ns_at(ns: &str, device: &str, addr: SocketAddrV4) -> Result<UdpSocket> {
+    let fd = socket_in_ns_at(ns, device, addr, SockType::Datagram)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// A listening TCP socket made inside `ns`: `SO_REUSEADDR`, `SO_BINDTODEVICE` =
+/// `device`, bound to `addr`, non-blocking and close-on-exec (backlog
+/// [`TCP_BACKLOG`]). As with [`udp_socket_in_ns_at`], listeners at the same
+/// address on different devices coexist: each bridge gets its own at the
+/// platform's addresses, and what one accepts entered that bridge. Wrap it
+/// with `tokio::net::TcpListener::from_std`.
+pub fn tcp_listener_in_ns_at(ns: &str, device: &str, addr: SocketAddrV4) -> Result<TcpListener> {
+    let fd = socket_in_ns_at(ns, device, addr, SockType::Stream)?;
+    nix::sys::socket::listen(
+        &fd,
+        nix::sys::socket::Backlog::new(TCP_BACKLOG).map_err(nix_sys("backlog"))?,
+    )
+    .map_err(nix_sys(format!("listen {addr} on {device}")))?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Pending connections a [`tcp_listener_in_ns_at`] listener keeps.
+pub const TCP_BACKLOG: i32 = 128;
+
+/// An IPv4 socket of `kind` made inside `ns`, bound to `device` and `addr`
+/// (`SO_BROADCAST` too for datagrams).
+fn socket_in_ns_at(ns: &str, device: &str, addr: SocketAddrV4, kind: SockType) -> Result<OwnedFd> {
     check_ifname(device)?;
     let device = device.to_string();
     in_netns(ns, move || {
         use nix::sys::socket::{
-            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockaddrIn,
         };
         let fd = socket(
             AddressFamily::Inet,
-            SockType::Datagram,
+            kind,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )
         .map_err(nix_sys("socket"))?;
         setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(nix_sys("SO_REUSEADDR"))?;
-        setsockopt(&fd, sockopt::Broadcast, &true).map_err(nix_sys("SO_BROADCAST"))?;
+        if kind == SockType::Datagram {
+            setsockopt(&fd, sockopt::Broadcast, &true).map_err(nix_sys("SO_BROADCAST"))?;
+        }
         setsockopt(&fd, sockopt::BindToDevice, &OsString::from(&device))
             .map_err(nix_sys(format!("SO_BINDTODEVICE {device}")))?;
         bind(fd.as_raw_fd(), &SockaddrIn::from(addr))
             .map_err(nix_sys(format!("bind {addr} on {device}")))?;
-        Ok(UdpSocket::from(fd))
+        Ok(fd)
     })
 }
 
