@@ -38,3 +38,8 @@ VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed VMNODE_FUZZ_MAX_MS=10 \
 # (best of 20), fails the run (VMNODE_FUZZ_MAX_MS).
 VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed VMNODE_FUZZ_MAX_MS=10 \
     cargo test --locked --test fuzz_api -- --nocapture --test-threads 1
+
+# --- IMDS requests a guest sends (tests/fuzz_imds.rs) -------------------------------------------
+# Request lines, headers and queries through the IMDS rules and document (src/guest/imds.rs).
+VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed \
+    cargo test --locked --test fuzz_imds -- --nocapture --test-threads 1

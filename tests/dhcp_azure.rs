@@ -35,9 +35,7 @@ fn the_guest_routes_the_platform_and_metadata_addresses_through_its_gateway() {
     let node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
     // A subnet that is neither the default nor a /24, so the gateway is the subnet's own.
-    let vnet = "network vnet create -g rg -n az --address-prefixes 10.7.0.0/16 \
-                --subnet-name s1 --subnet-prefixes 10.7.4.0/22";
-    node.ok(&vnet.split_whitespace().collect::<Vec<_>>());
+    node.create_vnet("rg", "az", "10.7.0.0/16", "10.7.4.0/22");
     let vm = node.create_vm("rg", "vm1", &["--vnet-name", "az", "--subnet", "s1"]);
     assert_eq!(vm["privateIps"], "10.7.4.4");
     let id = vm["properties"]["vmId"].as_str().unwrap().to_string();

@@ -142,9 +142,7 @@ fn a_caller_no_vm_holds_gets_no_document() {
 fn guests_at_one_address_on_two_vnets_each_read_their_own() {
     let node = Node::start();
     node.ok(&["group", "create", "-n", "rg"]);
-    let twin = "network vnet create -g rg -n twin --address-prefixes 10.1.0.0/16 \
-                --subnet-name s1 --subnet-prefixes 10.1.0.0/24";
-    node.ok(&twin.split_whitespace().collect::<Vec<_>>());
+    node.create_vnet("rg", "twin", "10.1.0.0/16", "10.1.0.0/24");
     let left = node.create_vm("rg", "left", &[]);
     let right = node.create_vm("rg", "right", &["--vnet-name", "twin", "--subnet", "s1"]);
     assert_eq!(left["privateIps"], right["privateIps"]);
@@ -154,11 +152,12 @@ fn guests_at_one_address_on_two_vnets_each_read_their_own() {
         node.wait_for_log("rg", want, "VMNODE-BOOT: network ", BOOT);
         assert_eq!(wget(&node, id, true, &name), (0, want.to_string()));
     }
-    // The left guest takes an address no NIC holds as its source for IMDS: nothing comes back
+    // The left guest takes an address no NIC holds as its source for IMDS (replacing the route DHCP
+    // option 121 installed): nothing comes back
     // (the tap's filter drops it, and counts it).
     let id = left["properties"]["vmId"].as_str().unwrap();
     let spoof = format!(
-        "ip addr add 10.1.0.99/24 dev eth0 && ip route add 169.254.169.254/32 via 10.1.0.1 src 10.1.0.99 \
+        "ip addr add 10.1.0.99/24 dev eth0 && ip route replace 169.254.169.254/32 via 10.1.0.1 src 10.1.0.99 \
          && timeout 5 wget -q -O - --header 'Metadata: true' '{name}'; echo \"rc=$?\""
     );
     let (_, out) = exec_when_ready(&node, id, &["/bin/sh", "-c", &spoof], BOOT);

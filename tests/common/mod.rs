@@ -305,6 +305,26 @@ impl Node {
         serde_json::from_str(&self.ok(&a)).expect("JSON output")
     }
 
+    /// `network vnet create` of `name` in `rg` with one address space and one subnet `s1`.
+    #[allow(dead_code)]
+    pub fn create_vnet(&self, rg: &str, name: &str, space: &str, subnet: &str) -> String {
+        self.ok(&[
+            "network",
+            "vnet",
+            "create",
+            "-g",
+            rg,
+            "-n",
+            name,
+            "--address-prefixes",
+            space,
+            "--subnet-name",
+            "s1",
+            "--subnet-prefixes",
+            subnet,
+        ])
+    }
+
     pub fn create_vm(&self, rg: &str, name: &str, extra: &[&str]) -> Value {
         self.create_vm_from("vmnode:tiny:1:latest", rg, name, extra)
     }
