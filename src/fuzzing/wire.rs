@@ -43,6 +43,16 @@ const QUERY: &[&str] = &[
     "&",
     "%ff",
 ];
+/// What the agents send (method, path, query), half of the requests.
+const REAL: &[(&str, &str, &str)] = &[
+    ("GET", "/", "comp=versions"),
+    ("GET", "/machine/", "comp=goalstate"),
+    ("GET", "/machine", "comp=goalstate"),
+    ("POST", "/machine", "comp=health"),
+    ("POST", "/machine/", "comp=health"),
+    ("POST", "/machine", "comp=telemetrydata"),
+    ("POST", "/HealthService", ""),
+];
 /// Pieces spliced into bodies.
 const XML_BITS: &[&str] = &[
     "<Health>",
@@ -124,7 +134,8 @@ fn body(rng: &mut StdRng) -> Vec<u8> {
     b
 }
 
-/// A request: a method, a path (sometimes the caller's own configuration path), a query.
+/// A request: one the agents send, or a method, a path (sometimes the caller's own
+/// configuration path) and a query from pieces.
 fn request(rng: &mut StdRng) -> Request {
     let id = Identity::of(&vm());
     let own = format!("/machine/{}/{}", id.container_id, id.instance_id);
@@ -134,10 +145,16 @@ fn request(rng: &mut StdRng) -> Request {
         pick(rng, PATHS).to_string()
     };
     let query: Vec<&str> = (0..rng.gen_range(0..4)).map(|_| pick(rng, QUERY)).collect();
+    let (method, path, query) = if rng.gen_ratio(1, 2) {
+        let (m, p, q) = REAL[rng.gen_range(0..REAL.len())];
+        (m, p.to_string(), q.to_string())
+    } else {
+        (pick(rng, METHODS), path, query.join("&"))
+    };
     Request {
-        method: pick(rng, METHODS).into(),
+        method: method.into(),
         path,
-        query: query.join("&"),
+        query,
         headers: vec![("x-ms-version".into(), "2012-11-30".into())],
     }
 }
