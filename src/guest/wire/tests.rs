@@ -227,3 +227,41 @@ fn sinks_take_posts_and_the_rest_is_404() {
         );
     }
 }
+
+/// cloud-init 22.4.2's report (`GoalStateHealthReporter.build_report`), indented as it sends it.
+#[test]
+fn cloud_init_s_indented_report_is_read() {
+    let f = vm(VM1, "vm1");
+    let id = Identity::of(&f);
+    let body = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+ xmlns:xsd="http://www.w3.org/2001/XMLSchema">
+  <GoalStateIncarnation>1</GoalStateIncarnation>
+  <Container>
+    <ContainerId>{}</ContainerId>
+    <RoleInstanceList>
+      <Role>
+        <InstanceId>{}</InstanceId>
+        <Health>
+          <State>NotReady</State>
+          <Details>
+            <SubStatus>ProvisioningFailed</SubStatus>
+            <Description>failed to mount the provisioning media</Description>
+          </Details>
+        </Health>
+      </Role>
+    </RoleInstanceList>
+  </Container>
+</Health>
+"#,
+        id.container_id, id.instance_id
+    );
+    let h = health::parse(body.as_bytes()).expect("a report");
+    assert_eq!(h.instance_id, id.instance_id);
+    assert_eq!(
+        (h.state.as_str(), h.sub_status.as_str()),
+        ("NotReady", "ProvisioningFailed")
+    );
+    assert_eq!(h.description, "failed to mount the provisioning media");
+}
