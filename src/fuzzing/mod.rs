@@ -6,6 +6,7 @@
 pub mod api;
 pub mod blob;
 pub mod imds;
+pub mod wire;
 
 /// The seed inputs of one target, `fuzz/corpus/<target>/*` in the repository, sorted (the stable
 /// loops and the cargo-fuzz targets share them). Panics, naming the folder, when it cannot be

@@ -26,6 +26,26 @@ pub struct View {
 }
 
 impl View {
+    /// The VM calling from `peer`, for `service`'s request to `path`; `None` (logged: the
+    /// request is refused) when no VM on this vnet holds the address or the store cannot be
+    /// read.
+    pub fn caller(&self, peer: std::net::SocketAddr, service: &str, path: &str) -> Option<Facts> {
+        let ip = super::http::source(peer)?;
+        match self.facts(ip) {
+            Ok(Some(f)) => Some(f),
+            Ok(None) => {
+                tracing::warn!(source = %ip, vnet = %self.vnet, %path,
+                    "{service}: no VM on this network holds the caller's address; refused (403)");
+                None
+            }
+            Err(e) => {
+                tracing::error!(source = %ip, vnet = %self.vnet, error = %crate::report::chain(&e),
+                    "{service}: cannot read the store; refused (403)");
+                None
+            }
+        }
+    }
+
     /// The VM whose NIC on this vnet holds `source`, as IMDS shows it; `None` if no VM does.
     pub fn facts(&self, source: Ipv4Addr) -> Result<Option<Facts>, DbError> {
         let nics: Vec<NicRecord> = self.db.list(Kind::Nic)?;

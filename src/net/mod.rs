@@ -1,7 +1,7 @@
 //! The daemon's side of networking. Every virtual network is a Linux bridge in the daemon's
 //! namespace with its gateways and the platform addresses on it (168.63.129.16 and IMDS's
-//! 169.254.169.254), its own DHCP responder, DNS server and platform listener (IMDS, served by
-//! the [`PlatformServices`] the daemon hands in; all bound to that bridge), and nftables
+//! 169.254.169.254), its own DHCP responder, DNS server and platform listeners (IMDS and the
+//! WireServer, served by the [`PlatformServices`] the daemon hands in; all bound to that bridge), and nftables
 //! anti-spoofing for its taps; forwarding between
 //! bridges is off, so vnets are isolated. The node's default vnet `vmnode-vnet` (10.1.0.0/16,
 //! subnet `default` 10.1.0.0/24) lives in resource group `vmnode`, made at first start.
@@ -65,11 +65,13 @@ const LEDGER_MACS: usize = 4096;
 /// IMDS's address, on every vnet's bridge (as a /32) with a listener at port [`IMDS_PORT`].
 pub const IMDS_IP: Ipv4Addr = vmnode_network::METADATA_ADDR;
 pub const IMDS_PORT: u16 = 80;
+/// The WireServer's port at the platform address, on every vnet's bridge.
+pub const WIRE_PORT: u16 = 80;
 
 /// A vnet's platform listener, running until its task is aborted.
 pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The guest-facing platform services (IMDS), implemented above this module (`guest/`) and
+/// The guest-facing platform services (IMDS, the WireServer), implemented above this module (`guest/`) and
 /// handed in by the daemon, so that `net` starts and stops them with each vnet's bridge without
 /// knowing them.
 pub trait PlatformServices: Send + Sync {
@@ -77,6 +79,9 @@ pub trait PlatformServices: Send + Sync {
     /// [`IMDS_IP`]:[`IMDS_PORT`] bound to the vnet's bridge: whatever it accepts came in
     /// through that bridge.
     fn serve_imds(&self, vnet: &str, listener: tokio::net::TcpListener) -> Serving;
+    /// Serves the WireServer for `vnet` on `listener`, a socket at the platform address
+    /// (168.63.129.16):[`WIRE_PORT`] bound to the vnet's bridge.
+    fn serve_wire(&self, vnet: &str, listener: tokio::net::TcpListener) -> Serving;
 }
 
 /// The platform as the guests see it: the address of DHCP, DNS and the WireServer, and the
@@ -244,8 +249,8 @@ impl NodeNet {
         self.inner.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The bridge with the gateways and the platform addresses, and its DHCP, DNS and IMDS
-    /// servers.
+    /// The bridge with the gateways and the platform addresses, and its DHCP, DNS, IMDS and
+    /// WireServer servers.
     pub fn bring_up(&self, v: &VnetRecord) -> Result<(), NetError> {
         let ns = &self.inner.ns;
         let mut addrs = v.gateways();
@@ -274,6 +279,9 @@ impl NodeNet {
         let at = std::net::SocketAddrV4::new(IMDS_IP, IMDS_PORT);
         let imds = plumbing::tcp_listener_in_ns_at(ns, &v.bridge, at)?;
         let imds = tokio::net::TcpListener::from_std(imds).map_err(NetError::Socket)?;
+        let at = std::net::SocketAddrV4::new(self.inner.platform_ip, WIRE_PORT);
+        let wire = plumbing::tcp_listener_in_ns_at(ns, &v.bridge, at)?;
+        let wire = tokio::net::TcpListener::from_std(wire).map_err(NetError::Socket)?;
         let cfg = DhcpConfig::for_platform(self.inner.platform_ip);
         let book = Arc::new(books::VnetBook {
             net: self.clone(),
@@ -283,6 +291,7 @@ impl NodeNet {
             tokio::spawn(dhcp::serve(dsock, cfg, book.clone())),
             tokio::spawn(dns::serve_with(nsock, book, self.inner.dns_forwarder)),
             tokio::spawn(self.inner.services.serve_imds(&key, imds)),
+            tokio::spawn(self.inner.services.serve_wire(&key, wire)),
         ];
         tracing::info!(vnet = %v.name, bridge = %v.bridge, "virtual network up");
         rts.insert(key, Runtime { tasks });
