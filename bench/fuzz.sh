@@ -43,3 +43,7 @@ VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed VMNODE_FUZZ_MAX_MS=10 \
 # Request lines, headers and queries through the IMDS rules and document (src/guest/imds.rs).
 VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed \
     cargo test --locked --test fuzz_imds -- --nocapture --test-threads 1
+
+# --- WireServer requests and health reports a guest sends (tests/fuzz_wire.rs) -----------------
+VMNODE_FUZZ_ITERS=$runs VMNODE_FUZZ_SEED=$seed \
+    cargo test --locked --test fuzz_wire -- --nocapture --test-threads 1
