@@ -103,30 +103,14 @@ fn sources(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
 /// mutable state every part of the process shares unseen. (A `LazyLock` of a constant is not.)
 #[test]
 fn no_process_wide_mutable_static() {
-    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
-    let net = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/network/src"));
     let shared = [
         "Mutex", "RwLock", "Atomic", "OnceLock", "OnceCell", "Cell<", "Condvar",
     ];
-    let mut found = vec![];
-    for (path, text) in sources(src).into_iter().chain(sources(net)) {
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("").trim_start();
-            let is_static = code.starts_with("static ") || code.starts_with("pub static ");
-            if code.contains("static mut ")
-                || (is_static && shared.iter().any(|s| code.contains(s)))
-            {
-                found.push(format!(
-                    "{}:{}: {}",
-                    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-                        .unwrap_or(&path)
-                        .display(),
-                    n + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
+    let found = code_lines_where(|line| {
+        let code = line.split("//").next().unwrap_or("").trim_start();
+        let is_static = code.starts_with("static ") || code.starts_with("pub static ");
+        code.contains("static mut ") || (is_static && shared.iter().any(|s| code.contains(s)))
+    });
     assert!(
         found.is_empty(),
         "process-wide mutable statics:\n{}",
@@ -138,29 +122,34 @@ fn no_process_wide_mutable_static() {
 /// `#[source]`). Only clap's value parsers (their error is what clap prints) may say `String`.
 #[test]
 fn no_string_errors_in_signatures() {
-    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
-    let net = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/network/src"));
-    let mut found = vec![];
-    for (path, text) in sources(src).into_iter().chain(sources(net)) {
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            if code.contains("fn ") && code.split("Result<").skip(1).any(error_is_string) {
-                found.push(format!(
-                    "{}:{}: {}",
-                    path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-                        .unwrap_or(&path)
-                        .display(),
-                    n + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
+    let found = code_lines_where(|line| {
+        let code = line.split("//").next().unwrap_or("");
+        code.contains("fn ") && code.split("Result<").skip(1).any(error_is_string)
+    });
     assert!(
         found.is_empty(),
         "Result<_, String> signatures:\n{}",
         found.join("\n")
     );
+}
+
+/// `path:line: text` of every line of `src/` and `network/src` that `bad` picks.
+fn code_lines_where(bad: impl Fn(&str) -> bool) -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dirs = [
+        Path::new(root).join("src"),
+        Path::new(root).join("network/src"),
+    ];
+    let mut found = vec![];
+    for (path, text) in dirs.iter().flat_map(|d| sources(d)) {
+        for (n, line) in text.lines().enumerate() {
+            if bad(line) {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    found
 }
 
 /// Whether the text after a `Result<` has `String` as its second type argument.

@@ -106,11 +106,7 @@ pub(super) fn blob_xml(w: &mut xml::Writer, m: &BlobMeta, with_meta: bool) {
     }
     w.elem("ServerEncrypted", "true").close("Properties");
     if with_meta {
-        w.open("Metadata");
-        for (k, v) in &m.metadata {
-            w.elem(k, v);
-        }
-        w.close("Metadata");
+        w.metadata(&m.metadata);
     }
     w.close("Blob");
 }

@@ -50,11 +50,7 @@ pub(super) fn list_containers(r: &Req) -> Result<Response<Body>> {
             .elem("HasLegalHold", "false")
             .close("Properties");
         if with_meta {
-            w.open("Metadata");
-            for (k, v) in &c.metadata {
-                w.elem(k, v);
-            }
-            w.close("Metadata");
+            w.metadata(&c.metadata);
         }
         w.close("Container");
     }

@@ -57,6 +57,14 @@ impl Writer {
         self.buf.push_str(&escape(text));
         self.close(tag)
     }
+    /// `<Metadata><k>v</k>…</Metadata>`, as listings show a blob's or container's metadata.
+    pub fn metadata(&mut self, m: &std::collections::BTreeMap<String, String>) -> &mut Self {
+        self.open("Metadata");
+        for (k, v) in m {
+            self.elem(k, v);
+        }
+        self.close("Metadata")
+    }
     /// `<tag />` when `text` is None.
     pub fn opt(&mut self, tag: &str, text: Option<&str>) -> &mut Self {
         match text {
